@@ -28,14 +28,12 @@ FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 LOOP_MAX_T = 16  # the torch backend runs the plain loop up to this length
 _warned = set()
 
+try:  # a relative "from .x import" so that transformers ships the kernels with remote code
+    from .scan_triton import bdlru_scan_triton, hlru_scan_triton, triton_unsupported_reason
 
-def _triton_module():
-    """The Triton kernel module, or the reason it cannot be used (a string)."""
-    try:
-        from . import scan_triton
-    except ImportError as err:  # triton not installed (e.g. CPU-only machines without it)
-        return f"triton could not be imported ({err})"
-    return scan_triton
+    TRITON_IMPORT_ERROR = None
+except ImportError as err:  # triton not installed (e.g. a CPU-only machine without it)
+    TRITON_IMPORT_ERROR = f"triton could not be imported ({err})"
 
 
 def _resolve_backend(backend: str, v: torch.Tensor, kind: str, size: int) -> str:
@@ -45,8 +43,7 @@ def _resolve_backend(backend: str, v: torch.Tensor, kind: str, size: int) -> str
         return backend
     if not v.is_cuda:
         return "torch"
-    module = _triton_module()
-    reason = module if isinstance(module, str) else module.unsupported_reason(kind, size)
+    reason = TRITON_IMPORT_ERROR or triton_unsupported_reason(kind, size)
     if reason is None:
         return "triton"
     if (kind, reason) not in _warned:
@@ -118,7 +115,8 @@ def hlru_scan(
     _check_common("hlru_scan", v, gate_logits, initial_state, mask, normalization, (B, N, m))
     backend = _resolve_backend(backend, v, "hlru", m)
     if backend == "triton":
-        h, final = _triton_module_or_raise().hlru_scan_triton(
+        _require_triton("hlru", m)
+        h, final = hlru_scan_triton(
             v, gate_logits, initial_state, output_final_state, normalization, mask
         )
     elif backend == "reference" or T <= LOOP_MAX_T:
@@ -161,7 +159,8 @@ def bdlru_scan(
     _check_common("bdlru_scan", v, gate_logits, initial_state, mask, normalization, (B, N, k))
     backend = _resolve_backend(backend, v, "bdlru", k)
     if backend == "triton":
-        h, final = _triton_module_or_raise().bdlru_scan_triton(
+        _require_triton("bdlru", k)
+        h, final = bdlru_scan_triton(
             v, gate_logits, initial_state, output_final_state, normalization, mask
         )
     elif backend == "reference" or T <= LOOP_MAX_T:
@@ -171,9 +170,8 @@ def bdlru_scan(
     return h, (final if output_final_state else None)
 
 
-def _triton_module_or_raise():
-    module = _triton_module()
-    if isinstance(module, str):
-        raise RuntimeError(f"backend='triton' is unavailable: {module}")
-    return module
+def _require_triton(kind: str, size: int) -> None:
+    reason = TRITON_IMPORT_ERROR or triton_unsupported_reason(kind, size)
+    if reason is not None:
+        raise RuntimeError(f"{kind}_scan: backend='triton' is unavailable: {reason}")
 
