@@ -1,0 +1,21 @@
+"""hf_lrnn: H-LRU and BD-LRU structured linear RNNs as a transformers architecture.
+
+Importing the package registers ``model_type="lrnn"`` with ``AutoConfig``, ``AutoModel`` and
+``AutoModelForCausalLM``, and marks the classes so that ``save_pretrained`` also writes the modeling
+code and ``auto_map`` (for ``trust_remote_code=True`` loading where hf_lrnn is not installed).
+"""
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+
+from . import ops
+from .configuration_lrnn import LRNNConfig
+from .modeling_lrnn import LRNNCache, LRNNForCausalLM, LRNNModel, LRNNPreTrainedModel
+
+__version__ = "0.1.0"
+__all__ = ["LRNNConfig", "LRNNCache", "LRNNModel", "LRNNForCausalLM", "LRNNPreTrainedModel", "ops"]
+
+AutoConfig.register(LRNNConfig.model_type, LRNNConfig, exist_ok=True)
+AutoModel.register(LRNNConfig, LRNNModel, exist_ok=True)
+AutoModelForCausalLM.register(LRNNConfig, LRNNForCausalLM, exist_ok=True)
+LRNNConfig.register_for_auto_class()
+LRNNModel.register_for_auto_class("AutoModel")
+LRNNForCausalLM.register_for_auto_class("AutoModelForCausalLM")

@@ -1,0 +1,420 @@
+"""H-LRU and BD-LRU causal language models (Dubinin, Orvieto, Effenberger, 2026) for transformers.
+
+Each of the ``num_hidden_layers`` blocks is ``x = x + Mixer(RMSNorm(x))`` then
+``x = x + SwiGLU(RMSNorm(x))``; a final RMSNorm and a linear head follow. The mixers:
+
+- H-LRU (order m, N channels): ``v_t = W_v x_t``, ``(a_0..a_m) = normalize(W_g x_t + b_g)`` per channel,
+  ``h_t = sum_{k=1..m} a_k h_{t-k} + a_0 v_t``, ``y_t = W_o vec([h_t, h_{t-1}, ..., h_{t-m+1}])``.
+- BD-LRU (N blocks of size k): ``v_t = W_v x_t`` (N, k), per block row i
+  ``(a_{i,0}, A_{i,1..k}) = normalize(W_g x_t + b_g)``, ``h_t = A_t h_{t-1} + a_0 * v_t``,
+  ``y_t = W_o [h_t^(1); ...; h_t^(N)]``.
+
+Generation keeps one recurrent state per layer in :class:`LRNNCache` (constant memory in length).
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import GenerationMixin, PreTrainedModel
+from transformers.cache_utils import Cache
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.utils import logging
+
+from .configuration_lrnn import LRNNConfig
+from .ops import bdlru_scan, hlru_scan
+
+logger = logging.get_logger(__name__)
+
+# transformers 5.24 renamed the outputs' and the generation loop's `past_key_values` to `cache`.
+CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
+# Keyword arguments forward() accepts beyond its named ones: from Trainer and from generate().
+EXTRA_FORWARD_KWARGS = ("num_items_in_batch", "output_attentions", "position_ids", "cache_position")
+
+
+class LRNNCache(Cache):
+    """Recurrent state of every layer, for ``generate``; memory is constant in sequence length.
+
+    ``states[i]`` is layer i's float32 state: H-LRU (B, N, m) = [h_{t-1}, ..., h_{t-m}], BD-LRU
+    (B, N, k) = h_{t-1}; None before the first forward. ``seen_tokens`` counts the positions
+    processed so far (padding included), which is what ``get_seq_length`` returns.
+    """
+
+    is_compileable = False
+
+    def __init__(self, num_layers: int):
+        super().__init__(layers=[])
+        self.states: List[Optional[torch.Tensor]] = [None] * num_layers
+        self.seen_tokens = 0
+
+    def __len__(self) -> int:
+        return len(self.states)
+
+    def __repr__(self) -> str:
+        return f"LRNNCache(layers={len(self.states)}, seen_tokens={self.seen_tokens})"
+
+    @property
+    def batch_size(self) -> Optional[int]:
+        return next((s.shape[0] for s in self.states if s is not None), None)
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.seen_tokens
+
+    def get_max_cache_shape(self, layer_idx: int = 0) -> int:
+        return -1  # no maximum length: the state does not grow
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        """Beam search: keep the states of the selected beams, in order."""
+        self.states = [s if s is None else s.index_select(0, beam_idx.to(s.device)) for s in self.states]
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        self.states = [s if s is None else s.repeat_interleave(repeats, dim=0) for s in self.states]
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        self.states = [s if s is None else s[indices] for s in self.states]
+
+    def reset(self) -> None:
+        self.states = [None] * len(self.states)
+        self.seen_tokens = 0
+
+    def crop(self, max_length: int) -> None:
+        raise NotImplementedError(
+            "LRNNCache cannot be cropped: a recurrent state cannot forget tokens (assisted generation is unsupported)"
+        )
+
+
+class LRNNRMSNorm(nn.Module):
+    """y = x / sqrt(mean(x^2) + eps) * w, computed in float32."""
+
+    def __init__(self, hidden_size: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (self.weight * x32).to(x.dtype)
+
+
+class LRNNMLP(nn.Module):
+    """SwiGLU: down_proj(silu(gate_proj x) * up_proj x)."""
+
+    def __init__(self, hidden_size: int, intermediate_size: int):
+        super().__init__()
+        self.gate_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
+        self.up_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
+        self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+def hlru_lagged_states(h: torch.Tensor, initial_state: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+    """The H-LRU readout's states s_t = [h_t, h_{t-1}, ..., h_{t-m+1}]: (B, T, N) -> (B, T, N, m).
+
+    Before t = 0 the lags come from ``initial_state`` (B, N, m) = [h_{-1}, ..., h_{-m}].
+    Masked steps (mask == 0) do not shift the lags (the scan keeps the state there), so lag j is the
+    j-th most recent unmasked step; at a masked step s_t equals the state at the last unmasked one.
+    """
+    B, T, N = h.shape
+    m = initial_state.shape[-1]
+    past = initial_state.flip(-1).transpose(1, 2).to(h.dtype)  # (B, m, N) = h_{-m}, ..., h_{-1}
+    ext = torch.cat([past, h], dim=1)  # ext[:, m + t] = h_t
+    if mask is None:
+        return torch.stack([ext[:, m - j : m - j + T] for j in range(m)], dim=-1)
+    keep = torch.cat([mask.new_ones(B, m), mask], dim=1).bool()  # the initial lags count as kept steps
+    rank = keep.long().cumsum(1) - 1  # index of the latest kept step at or before each position
+    slots = torch.where(keep, rank, torch.full_like(rank, m + T))  # unkept positions go to a spare slot
+    position_of_rank = torch.zeros(B, m + T + 1, dtype=torch.long, device=h.device)
+    position_of_rank.scatter_(1, slots, torch.arange(m + T, device=h.device).expand(B, -1))
+    lag_ranks = rank[:, m:, None] - torch.arange(m, device=h.device)  # (B, T, m), all >= 0
+    positions = position_of_rank.gather(1, lag_ranks.reshape(B, T * m))  # (B, T*m)
+    lagged = ext.gather(1, positions[..., None].expand(B, T * m, N))
+    return lagged.view(B, T, m, N).transpose(2, 3)
+
+
+class HLRUMixer(nn.Module):
+    """m-th order selective recurrence per channel with an L1-normalised gate (see module docstring)."""
+
+    def __init__(self, hidden_size: int, recurrent_size: int, order: int, gate_normalization: str, scan_backend: str):
+        super().__init__()
+        self.num_channels, self.order = recurrent_size, order
+        self.gate_normalization, self.scan_backend = gate_normalization, scan_backend
+        self.v_proj = nn.Linear(hidden_size, recurrent_size, bias=False)
+        self.gate_proj = nn.Linear(hidden_size, recurrent_size * (order + 1), bias=True)
+        self.out_proj = nn.Linear(recurrent_size * order, hidden_size, bias=False)
+
+    def state_shape(self, batch_size: int) -> Tuple[int, int, int]:
+        return (batch_size, self.num_channels, self.order)
+
+    def forward(
+        self, x: torch.Tensor, mask: Optional[torch.Tensor], state: Optional[torch.Tensor], return_state: bool
+    ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """x (B, T, d), mask (B, T) or None, state (B, N, m) or None -> y (B, T, d), new state or None."""
+        B, T, _ = x.shape
+        N, m = self.num_channels, self.order
+        v = self.v_proj(x)
+        gate_logits = self.gate_proj(x).view(B, T, N, m + 1)
+        h, final_state = hlru_scan(
+            v, gate_logits, state, return_state, self.gate_normalization, self.scan_backend, mask
+        )
+        if state is None:
+            state = h.new_zeros(B, N, m)
+        lagged = hlru_lagged_states(h, state, mask)  # (B, T, N, m)
+        return self.out_proj(lagged.reshape(B, T, N * m)), final_state
+
+
+class BDLRUMixer(nn.Module):
+    """Block-diagonal selective recurrence, dense k x k blocks, row-wise normalised gates."""
+
+    def __init__(self, hidden_size: int, recurrent_size: int, block_size: int, gate_normalization: str, scan_backend: str):
+        super().__init__()
+        self.num_blocks, self.block_size = recurrent_size // block_size, block_size
+        self.gate_normalization, self.scan_backend = gate_normalization, scan_backend
+        self.v_proj = nn.Linear(hidden_size, recurrent_size, bias=False)
+        self.gate_proj = nn.Linear(hidden_size, recurrent_size * (block_size + 1), bias=True)
+        self.out_proj = nn.Linear(recurrent_size, hidden_size, bias=False)
+
+    def state_shape(self, batch_size: int) -> Tuple[int, int, int]:
+        return (batch_size, self.num_blocks, self.block_size)
+
+    def forward(
+        self, x: torch.Tensor, mask: Optional[torch.Tensor], state: Optional[torch.Tensor], return_state: bool
+    ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """x (B, T, d), mask (B, T) or None, state (B, N, k) or None -> y (B, T, d), new state or None."""
+        B, T, _ = x.shape
+        N, k = self.num_blocks, self.block_size
+        v = self.v_proj(x).view(B, T, N, k)
+        gate_logits = self.gate_proj(x).view(B, T, N, k, k + 1)
+        h, final_state = bdlru_scan(
+            v, gate_logits, state, return_state, self.gate_normalization, self.scan_backend, mask
+        )
+        return self.out_proj(h.reshape(B, T, N * k)), final_state
+
+
+class LRNNDecoderLayer(GradientCheckpointingLayer):
+    """x = x + Mixer(RMSNorm(x)); x = x + SwiGLU(RMSNorm(x))."""
+
+    def __init__(self, config: LRNNConfig, layer_idx: int):
+        super().__init__()
+        spec = config.layer_specs[layer_idx]
+        self.layer_idx = layer_idx
+        mixer_class, size = (HLRUMixer, spec["order"]) if spec["mixer"] == "hlru" else (BDLRUMixer, spec["block_size"])
+        self.mixer_norm = LRNNRMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mixer = mixer_class(
+            config.hidden_size, spec["recurrent_size"], size, spec["gate_normalization"], config.scan_backend
+        )
+        self.mlp_norm = LRNNRMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mlp = LRNNMLP(config.hidden_size, config.intermediate_size)
+
+    def forward(
+        self, hidden_states: torch.Tensor, mask: Optional[torch.Tensor] = None, layer_cache: Optional[LRNNCache] = None
+    ) -> torch.Tensor:
+        state = layer_cache.states[self.layer_idx] if layer_cache is not None else None
+        mixed, new_state = self.mixer(self.mixer_norm(hidden_states), mask, state, layer_cache is not None)
+        if layer_cache is not None:
+            layer_cache.states[self.layer_idx] = new_state
+        hidden_states = hidden_states + mixed
+        return hidden_states + self.mlp(self.mlp_norm(hidden_states))
+
+
+class LRNNPreTrainedModel(PreTrainedModel):
+    config_class = LRNNConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["LRNNDecoderLayer"]
+    _is_stateful = True  # generate() must not use assisted decoding (the state cannot be rolled back)
+
+    @classmethod
+    def _supports_default_dynamic_cache(cls) -> bool:
+        return False  # the model makes its own LRNNCache in forward()
+
+
+def _pick_cache(cache, past_key_values):
+    """The cache passed as ``cache`` (transformers >= 5.24) or ``past_key_values`` (earlier)."""
+    if cache is not None and past_key_values is not None:
+        raise ValueError("pass the recurrent cache as either `cache` or `past_key_values`, not both")
+    cache = cache if cache is not None else past_key_values
+    if cache is not None and not isinstance(cache, LRNNCache):
+        raise TypeError(f"the cache must be an LRNNCache (from a previous forward), got {type(cache).__name__}")
+    return cache
+
+
+def _check_extra_kwargs(kwargs) -> None:
+    unknown = sorted(set(kwargs) - set(EXTRA_FORWARD_KWARGS))
+    if unknown:
+        raise TypeError(f"LRNN forward() got unexpected keyword arguments {unknown}")
+
+
+class LRNNModel(LRNNPreTrainedModel):
+    """Embedding, ``num_hidden_layers`` decoder layers and a final RMSNorm; outputs hidden states."""
+
+    def __init__(self, config: LRNNConfig):
+        super().__init__(config)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, config.pad_token_id)
+        self.layers = nn.ModuleList([LRNNDecoderLayer(config, i) for i in range(config.num_hidden_layers)])
+        self.norm = LRNNRMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.embed_tokens = value
+
+    def _check_inputs(self, input_ids, inputs_embeds, attention_mask, cache):
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids and inputs_embeds")
+        if input_ids is not None:
+            if input_ids.dim() != 2 or input_ids.dtype not in (torch.long, torch.int, torch.short, torch.uint8):
+                raise ValueError(f"input_ids must be an integer tensor (batch, seq_len), got {input_ids.dtype} {tuple(input_ids.shape)}")
+            if input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= self.config.vocab_size):
+                raise ValueError(
+                    f"input_ids must lie in [0, vocab_size={self.config.vocab_size}), got values in "
+                    f"[{int(input_ids.min())}, {int(input_ids.max())}]"
+                )
+            B, T = input_ids.shape
+        else:
+            if inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != self.config.hidden_size:
+                raise ValueError(f"inputs_embeds must be (batch, seq_len, {self.config.hidden_size}), got {tuple(inputs_embeds.shape)}")
+            B, T = inputs_embeds.shape[:2]
+        seen = cache.seen_tokens if cache is not None else 0
+        if attention_mask is not None:
+            if attention_mask.dim() != 2 or attention_mask.shape[0] != B or attention_mask.shape[1] not in (T, seen + T):
+                raise ValueError(
+                    f"attention_mask must be (batch, seq_len) = ({B}, {T}) or (batch, past + seq_len) = ({B}, {seen + T}), "
+                    f"got {tuple(attention_mask.shape)}"
+                )
+        if cache is not None and cache.batch_size not in (None, B):
+            raise ValueError(f"the cache holds states for batch size {cache.batch_size}, but the input has batch size {B}")
+        return B, T
+
+    def forward(
+        self,
+        input_ids: Optional[torch.LongTensor] = None,
+        attention_mask: Optional[torch.Tensor] = None,
+        cache: Optional[LRNNCache] = None,
+        inputs_embeds: Optional[torch.Tensor] = None,
+        use_cache: Optional[bool] = None,
+        output_hidden_states: Optional[bool] = None,
+        return_dict: Optional[bool] = None,
+        past_key_values: Optional[LRNNCache] = None,
+        **kwargs,
+    ) -> Union[Tuple, BaseModelOutputWithPast]:
+        """input_ids (B, T) or inputs_embeds (B, T, d); attention_mask (B, T) or (B, past + T) with 0 at
+        padding (padded steps leave the recurrent state untouched); cache from a previous call."""
+        _check_extra_kwargs(kwargs)
+        cache = _pick_cache(cache, past_key_values)
+        use_cache = use_cache if use_cache is not None else self.config.use_cache
+        output_hidden_states = output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        B, T = self._check_inputs(input_ids, inputs_embeds, attention_mask, cache)
+
+        checkpointing = self.training and torch.is_grad_enabled() and any(l.gradient_checkpointing for l in self.layers)
+        if checkpointing and (use_cache and cache is not None):
+            logger.warning_once("gradient checkpointing recomputes layers, so the recurrent cache is not used in training")
+        if checkpointing:
+            use_cache, cache = False, None
+        if use_cache and cache is None:
+            cache = LRNNCache(self.config.num_hidden_layers)
+        if not use_cache:
+            cache = None
+
+        mask = None
+        if attention_mask is not None:
+            new_mask = attention_mask[:, -T:]
+            if not bool(new_mask.all()):
+                mask = new_mask
+
+        hidden_states = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
+        all_hidden_states = [hidden_states] if output_hidden_states else None
+        for layer in self.layers:
+            hidden_states = layer(hidden_states, mask, cache)
+            if output_hidden_states:
+                all_hidden_states.append(hidden_states)
+        hidden_states = self.norm(hidden_states)
+        if output_hidden_states:
+            all_hidden_states[-1] = hidden_states
+        if cache is not None:
+            cache.seen_tokens += T
+
+        all_hidden_states = tuple(all_hidden_states) if output_hidden_states else None
+        if not return_dict:
+            return tuple(x for x in (hidden_states, cache, all_hidden_states) if x is not None)
+        return BaseModelOutputWithPast(
+            last_hidden_state=hidden_states, hidden_states=all_hidden_states, **{CACHE_FIELD: cache}
+        )
+
+
+class LRNNForCausalLM(LRNNPreTrainedModel, GenerationMixin):
+    """LRNNModel with a linear language-model head; labels are shifted inside (``-100`` ignored)."""
+
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+
+    def __init__(self, config: LRNNConfig):
+        super().__init__(config)
+        self.model = LRNNModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.model.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.model.embed_tokens = value
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head
+
+    def set_output_embeddings(self, value: nn.Linear) -> None:
+        self.lm_head = value
+
+    def forward(
+        self,
+        input_ids: Optional[torch.LongTensor] = None,
+        attention_mask: Optional[torch.Tensor] = None,
+        cache: Optional[LRNNCache] = None,
+        inputs_embeds: Optional[torch.Tensor] = None,
+        labels: Optional[torch.LongTensor] = None,
+        use_cache: Optional[bool] = None,
+        output_hidden_states: Optional[bool] = None,
+        return_dict: Optional[bool] = None,
+        logits_to_keep: Union[int, torch.Tensor] = 0,
+        past_key_values: Optional[LRNNCache] = None,
+        **kwargs,
+    ) -> Union[Tuple, CausalLMOutputWithPast]:
+        """As :meth:`LRNNModel.forward`, plus ``labels`` (B, T) for the next-token loss (shifted here;
+        ``num_items_in_batch`` from Trainer normalises it) and ``logits_to_keep`` (int: the last n
+        positions, 0 = all; or a 1-D tensor of positions)."""
+        _check_extra_kwargs(kwargs)
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            cache=_pick_cache(cache, past_key_values),
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+        )
+        hidden_states = outputs.last_hidden_state
+        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        logits = self.lm_head(hidden_states[:, keep, :])
+        loss = None
+        if labels is not None:
+            if labels.shape != hidden_states.shape[:2]:
+                raise ValueError(f"labels must have shape {tuple(hidden_states.shape[:2])}, got {tuple(labels.shape)}")
+            if logits.shape[1] != labels.shape[1]:
+                raise ValueError("labels need logits at every position: use logits_to_keep=0 when passing labels")
+            loss_kwargs = {"num_items_in_batch": kwargs["num_items_in_batch"]} if "num_items_in_batch" in kwargs else {}
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **loss_kwargs)
+        cache_out = getattr(outputs, CACHE_FIELD)
+        if not return_dict:
+            return tuple(x for x in (loss, logits, cache_out, outputs.hidden_states) if x is not None)
+        return CausalLMOutputWithPast(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, **{CACHE_FIELD: cache_out}
+        )
