@@ -1,0 +1,339 @@
+"""LRNNForCausalLM: forward/backward, cache, generation, padding, Trainer, save/load, remote code, errors."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, DynamicCache, Trainer, TrainingArguments
+
+import hf_lrnn
+from hf_lrnn import LRNNCache, LRNNConfig, LRNNForCausalLM, LRNNModel
+from hf_lrnn.modeling_lrnn import CACHE_FIELD, hlru_lagged_states
+
+MIXERS = {
+    "hlru": dict(mixer="hlru", order=3),
+    "bdlru": dict(mixer="bdlru", block_size=4),
+    "hybrid": dict(mixer=["hlru", {"mixer": "bdlru", "block_size": 2, "gate_normalization": "tanh_l1"}]),
+}
+
+
+def tiny_config(mixer="hlru", **overrides):
+    kwargs = dict(vocab_size=37, hidden_size=24, num_hidden_layers=2, intermediate_size=40, pad_token_id=0)
+    kwargs.update(MIXERS[mixer])
+    kwargs.update(overrides)
+    return LRNNConfig(**kwargs)
+
+
+def tiny_model(mixer="hlru", seed=0, **overrides):
+    torch.manual_seed(seed)
+    return LRNNForCausalLM(tiny_config(mixer, **overrides)).eval()
+
+
+def ids(B, T, seed=0, low=2):
+    return torch.randint(low, 37, (B, T), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("mixer", MIXERS)
+def test_forward_backward_and_loss_is_shifted_cross_entropy(mixer):
+    model = tiny_model(mixer).train()
+    x = ids(3, 13)
+    labels = x.clone()
+    labels[0, :4] = -100
+    out = model(x, labels=labels)
+    assert out.logits.shape == (3, 13, 37)
+    expected = F.cross_entropy(out.logits[:, :-1].reshape(-1, 37), labels[:, 1:].reshape(-1), ignore_index=-100)
+    assert torch.allclose(out.loss, expected)
+    out.loss.backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+    assert model.model.layers[0].mixer.gate_proj.weight.grad.abs().sum() > 0
+
+
+def test_num_items_in_batch_normalises_the_summed_loss():
+    model = tiny_model()
+    x = ids(2, 9)
+    summed = model(x, labels=x, num_items_in_batch=torch.tensor(4)).loss
+    mean = model(x, labels=x).loss
+    assert torch.allclose(summed, mean * 16 / 4)
+
+
+def test_logits_to_keep_and_hidden_states():
+    model = tiny_model("bdlru")
+    x = ids(2, 11)
+    full = model(x).logits
+    last = model(x, logits_to_keep=1).logits
+    assert last.shape == (2, 1, 37) and torch.allclose(last, full[:, -1:], atol=1e-6)
+    out = model(x, output_hidden_states=True)
+    assert len(out.hidden_states) == 1 + model.config.num_hidden_layers
+
+
+@pytest.mark.parametrize("mixer", MIXERS)
+def test_cached_step_by_step_logits_equal_full_forward(mixer):
+    model = tiny_model(mixer)
+    x = ids(2, 20)
+    with torch.no_grad():
+        full = model(x).logits
+        out = model(x[:, :7], use_cache=True)
+        cache = getattr(out, CACHE_FIELD)
+        assert isinstance(cache, LRNNCache) and cache.get_seq_length() == 7
+        pieces = [out.logits]
+        for t in range(7, 20):
+            out = model(x[:, t : t + 1], use_cache=True, **{CACHE_FIELD: cache})
+            pieces.append(out.logits)
+    assert cache.get_seq_length() == 20
+    torch.testing.assert_close(torch.cat(pieces, 1), full, atol=1e-5, rtol=1e-5)
+
+
+def test_cache_memory_is_constant_in_sequence_length():
+    model = tiny_model("hybrid")
+    sizes = []
+    for T in (5, 50):
+        with torch.no_grad():
+            cache = getattr(model(ids(2, T), use_cache=True), CACHE_FIELD)
+        sizes.append([tuple(s.shape) for s in cache.states])
+        assert all(s.dtype == torch.float32 for s in cache.states)
+    assert sizes[0] == sizes[1] == [(2, 24, 2), (2, 12, 2)]  # H-LRU lags (B, N, m); BD-LRU (B, N, k)
+
+
+@pytest.mark.parametrize("mixer", MIXERS)
+def test_generate_with_and_without_cache_agree(mixer):
+    model = tiny_model(mixer)
+    prompt = ids(2, 6)
+    greedy = model.generate(prompt, max_new_tokens=10, do_sample=False)
+    greedy_nocache = model.generate(prompt, max_new_tokens=10, do_sample=False, use_cache=False)
+    assert greedy.shape == (2, 16)
+    assert torch.equal(greedy, greedy_nocache)
+    torch.manual_seed(5)
+    sampled = model.generate(prompt, max_new_tokens=10, do_sample=True, top_k=10, temperature=0.9)
+    torch.manual_seed(5)
+    sampled_nocache = model.generate(prompt, max_new_tokens=10, do_sample=True, top_k=10, temperature=0.9, use_cache=False)
+    assert torch.equal(sampled, sampled_nocache)
+
+
+@pytest.mark.parametrize("mixer", ["hlru", "bdlru"])
+def test_beam_search_reorders_the_cache(mixer):
+    model = tiny_model(mixer, seed=1)
+    prompt = ids(2, 5, seed=3)
+    beams = model.generate(prompt, max_new_tokens=8, num_beams=4, do_sample=False)
+    beams_nocache = model.generate(prompt, max_new_tokens=8, num_beams=4, do_sample=False, use_cache=False)
+    assert torch.equal(beams, beams_nocache)
+    several = model.generate(prompt, max_new_tokens=4, num_beams=3, num_return_sequences=3, do_sample=False)
+    assert several.shape == (6, 9)
+
+
+@pytest.mark.parametrize("mixer", MIXERS)
+def test_left_padded_batch_generates_what_each_prompt_generates_alone(mixer):
+    model = tiny_model(mixer, seed=2)
+    prompts = [ids(1, 9, seed=10)[0], ids(1, 4, seed=11)[0], ids(1, 6, seed=12)[0]]
+    width = max(len(p) for p in prompts)
+    batch = torch.zeros(len(prompts), width, dtype=torch.long)
+    mask = torch.zeros(len(prompts), width, dtype=torch.long)
+    for i, p in enumerate(prompts):
+        batch[i, width - len(p) :] = p
+        mask[i, width - len(p) :] = 1
+    together = model.generate(batch, attention_mask=mask, max_new_tokens=8, do_sample=False)
+    with torch.no_grad():
+        padded_logits = model(batch, attention_mask=mask).logits
+    for i, p in enumerate(prompts):
+        alone = model.generate(p[None], max_new_tokens=8, do_sample=False)
+        assert torch.equal(together[i, width:], alone[0, len(p) :]), f"prompt {i}"
+        with torch.no_grad():
+            torch.testing.assert_close(padded_logits[i, width - len(p) :], model(p[None]).logits[0], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("mixer", ["hlru", "bdlru"])
+def test_masked_steps_leave_a_nonzero_state_untouched(mixer):
+    """With a cache, a chunk whose first steps are masked continues exactly like the unmasked tokens alone."""
+    model = tiny_model(mixer, seed=3)
+    x = ids(1, 12, seed=4)
+    with torch.no_grad():
+        cache_a = getattr(model(x[:, :6], use_cache=True), CACHE_FIELD)
+        cache_b = getattr(model(x[:, :6], use_cache=True), CACHE_FIELD)
+        noise = ids(1, 3, seed=9)
+        padded = torch.cat([noise, x[:, 6:]], 1)
+        mask = torch.cat([torch.zeros(1, 3, dtype=torch.long), torch.ones(1, 6, dtype=torch.long)], 1)
+        logits_padded = model(padded, attention_mask=mask, use_cache=True, **{CACHE_FIELD: cache_a}).logits
+        logits_plain = model(x[:, 6:], use_cache=True, **{CACHE_FIELD: cache_b}).logits
+    torch.testing.assert_close(logits_padded[:, 3:], logits_plain, atol=1e-5, rtol=1e-5)
+    for sa, sb in zip(cache_a.states, cache_b.states):
+        torch.testing.assert_close(sa, sb, atol=1e-6, rtol=1e-6)
+
+
+def test_lagged_states_skip_masked_steps():
+    h = torch.arange(1.0, 7.0).view(1, 6, 1)  # h_0..h_5 = 1..6
+    init = torch.tensor([[[-1.0, -2.0, -3.0]]])  # h_{-1}, h_{-2}, h_{-3}
+    mask = torch.tensor([[1, 0, 1, 1, 0, 1]])
+    lagged = hlru_lagged_states(h, init, mask)[0, :, 0]
+    expected = torch.tensor(
+        [[1, -1, -2], [1, -1, -2], [3, 1, -1], [4, 3, 1], [4, 3, 1], [6, 4, 3]], dtype=torch.float32
+    )
+    assert torch.equal(lagged, expected)
+    assert torch.equal(hlru_lagged_states(h, init, None)[0, 2, 0], torch.tensor([3.0, 2.0, 1.0]))
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    x = ids(2, 10)
+    grads = []
+    for checkpointing in (False, True):
+        model = tiny_model("hybrid").train()
+        if checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model(x, labels=x).loss.backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    torch.testing.assert_close(grads[0], grads[1])
+
+
+def test_bf16_autocast_forward_and_backward():
+    model = tiny_model("hybrid").train()
+    x = ids(2, 10)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x, labels=x)
+    assert out.logits.dtype == torch.bfloat16 and torch.isfinite(out.loss)
+    out.loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_trainer_trains_out_of_the_box(tmp_path):
+    model = tiny_model("hybrid").train()
+    pattern = torch.arange(2, 12).repeat(4)[:32]
+    data = [{"input_ids": pattern.roll(-i), "labels": pattern.roll(-i)} for i in range(32)]
+    args = TrainingArguments(
+        output_dir=str(tmp_path), per_device_train_batch_size=8, max_steps=30, learning_rate=1e-2,
+        logging_steps=10, report_to=[], save_strategy="no", use_cpu=True,
+    )
+    with torch.no_grad():
+        before = model(torch.stack([d["input_ids"] for d in data[:8]]), labels=torch.stack([d["labels"] for d in data[:8]])).loss
+    Trainer(model=model, args=args, train_dataset=data).train()
+    with torch.no_grad():
+        after = model(torch.stack([d["input_ids"] for d in data[:8]]), labels=torch.stack([d["labels"] for d in data[:8]])).loss
+    assert after < 0.5 * before
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_save_and_load_round_trip(tmp_path, tie):
+    model = tiny_model("hybrid", tie_word_embeddings=tie)
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").exists()
+    for name in ("modeling_lrnn.py", "configuration_lrnn.py", "ops.py", "scan_torch.py"):
+        assert (tmp_path / name).exists(), name
+    auto_map = json.loads((tmp_path / "config.json").read_text())["auto_map"]
+    assert auto_map["AutoModelForCausalLM"] == "modeling_lrnn.LRNNForCausalLM"
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert type(loaded) is LRNNForCausalLM
+    x = ids(2, 9)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x).logits, model(x).logits, atol=0, rtol=0)
+    if tie:
+        assert loaded.lm_head.weight.data_ptr() == loaded.model.embed_tokens.weight.data_ptr()
+
+
+def test_auto_classes_are_registered():
+    config = AutoConfig.for_model("lrnn", vocab_size=11, hidden_size=8, num_hidden_layers=1)
+    assert isinstance(config, LRNNConfig)
+    assert isinstance(AutoModel.from_config(config), LRNNModel)
+    assert isinstance(AutoModelForCausalLM.from_config(config), LRNNForCausalLM)
+
+
+def test_remote_code_loads_where_hf_lrnn_is_not_importable(tmp_path):
+    model = tiny_model("hybrid")
+    model.save_pretrained(tmp_path / "ckpt")
+    x = ids(2, 7)
+    with torch.no_grad():
+        expected = model(x).logits
+    torch.save({"x": x, "logits": expected}, tmp_path / "expected.pt")
+    script = textwrap.dedent(
+        f"""
+        import sys
+        sys.modules["hf_lrnn"] = None  # make the package unimportable, as on a machine without it
+        try:
+            import hf_lrnn
+        except ImportError:
+            pass
+        else:
+            raise SystemExit("hf_lrnn is importable")
+        import torch
+        from transformers import AutoModelForCausalLM
+        model = AutoModelForCausalLM.from_pretrained({str(tmp_path / "ckpt")!r}, trust_remote_code=True).eval()
+        assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+        ref = torch.load({str(tmp_path / "expected.pt")!r})
+        with torch.no_grad():
+            torch.testing.assert_close(model(ref["x"]).logits, ref["logits"], atol=1e-6, rtol=1e-6)
+            out = model.generate(ref["x"], max_new_tokens=3, do_sample=False)
+        assert out.shape == (2, 10)
+        print("REMOTE_OK")
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"))
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert "REMOTE_OK" in result.stdout, result.stdout + result.stderr
+
+
+CONFIG_ERRORS = [
+    (dict(mixer="lstm"), "mixer must be one of"),
+    (dict(order=0), "order must be a positive int"),
+    (dict(block_size=0), "block_size must be a positive int"),
+    (dict(hidden_size=-1), "hidden_size must be a positive int"),
+    (dict(vocab_size=0), "vocab_size must be a positive int"),
+    (dict(num_hidden_layers=0), "num_hidden_layers must be a positive int"),
+    (dict(intermediate_size=0), "intermediate_size must be a positive int"),
+    (dict(recurrent_size=0), "recurrent_size must be a positive int"),
+    (dict(mixer="bdlru", block_size=5, recurrent_size=24), r"recurrent_size \(24\) must be a multiple of block_size \(5\)"),
+    (dict(gate_normalization="l2"), "gate_normalization must be one of"),
+    (dict(scan_backend="cuda"), "scan_backend must be one of"),
+    (dict(rms_norm_eps=0), "rms_norm_eps must be a positive float"),
+    (dict(initializer_range=-1.0), "initializer_range must be >= 0"),
+    (dict(pad_token_id=99), r"pad_token_id must be None or an id in \[0, vocab_size"),
+    (dict(bos_token_id=-1), r"bos_token_id must be None or an id in \[0, vocab_size"),
+    (dict(eos_token_id=[1, 200]), "eos_token_id must be None"),
+    (dict(mixer=["hlru"]), "mixer is a list of 1 layer specs but num_hidden_layers is 2"),
+    (dict(mixer=["hlru", {"block_size": 2}]), r"mixer\[1\] must name its 'mixer'"),
+    (dict(mixer=["hlru", {"mixer": "bdlru", "blocksize": 2}]), r"mixer\[1\] has unknown keys \['blocksize'\]"),
+    (dict(mixer=["hlru", {"mixer": "bdlru", "order": 0}]), r"mixer\[1\].order must be a positive int"),
+    (dict(mixer=["hlru", 3]), r"mixer\[1\] must be a mixer name"),
+    (dict(mixer=7), "mixer must be one of"),
+]
+
+
+@pytest.mark.parametrize("kwargs,message", CONFIG_ERRORS, ids=[m for _, m in CONFIG_ERRORS])
+def test_config_errors_name_the_field(kwargs, message):
+    base = dict(vocab_size=37, hidden_size=24, num_hidden_layers=2)
+    base.update(kwargs)
+    with pytest.raises(ValueError, match=message):
+        LRNNConfig(**base)
+
+
+def test_config_defaults_and_layer_specs():
+    config = LRNNConfig(hidden_size=128, mixer=["hlru", {"mixer": "bdlru", "block_size": 8}], order=2)
+    assert config.recurrent_size == 128 and config.intermediate_size == 352  # 8d/3 rounded up to 32
+    assert config.layer_specs[1] == dict(mixer="bdlru", order=2, block_size=8, recurrent_size=128, gate_normalization="softmax")
+    round_trip = LRNNConfig.from_dict(config.to_dict())
+    assert round_trip.layer_specs == config.layer_specs
+
+
+def test_bad_inputs_give_clear_errors():
+    model = tiny_model()
+    with pytest.raises(ValueError, match=r"input_ids must lie in \[0, vocab_size=37\)"):
+        model(torch.tensor([[1, 37]]))
+    with pytest.raises(ValueError, match=r"input_ids must lie in"):
+        model(torch.tensor([[-1, 3]]))
+    with pytest.raises(ValueError, match="attention_mask must be"):
+        model(ids(2, 5), attention_mask=torch.ones(2, 4))
+    with pytest.raises(ValueError, match="exactly one of input_ids and inputs_embeds"):
+        model()
+    with pytest.raises(ValueError, match="labels must have shape"):
+        model(ids(2, 5), labels=ids(2, 4))
+    with torch.no_grad():
+        cache = getattr(model(ids(2, 5), use_cache=True), CACHE_FIELD)
+    with pytest.raises(ValueError, match="the cache holds states for batch size 2, but the input has batch size 3"):
+        model(ids(3, 1), use_cache=True, **{CACHE_FIELD: cache})
+    with pytest.raises(TypeError, match="the cache must be an LRNNCache"):
+        model(ids(2, 1), use_cache=True, **{CACHE_FIELD: DynamicCache()})
+    with pytest.raises(TypeError, match="unexpected keyword arguments"):
+        model(ids(2, 5), attention_maks=torch.ones(2, 5))
+    with pytest.raises(NotImplementedError, match="cannot be cropped"):
+        cache.crop(3)
