@@ -31,7 +31,8 @@ logger = logging.get_logger(__name__)
 
 # transformers 5.24 renamed the outputs' and the generation loop's `past_key_values` to `cache`.
 CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
-# Keyword arguments forward() accepts beyond its named ones: from Trainer and from generate().
+# Keyword arguments forward() accepts beyond its named ones, from Trainer and generate(); positions are
+# ignored (the model has no positional embeddings).
 EXTRA_FORWARD_KWARGS = ("num_items_in_batch", "output_attentions", "position_ids", "cache_position")
 
 
@@ -248,6 +249,8 @@ def _check_extra_kwargs(kwargs) -> None:
     unknown = sorted(set(kwargs) - set(EXTRA_FORWARD_KWARGS))
     if unknown:
         raise TypeError(f"LRNN forward() got unexpected keyword arguments {unknown}")
+    if kwargs.get("output_attentions"):
+        raise ValueError("output_attentions=True: LRNN models have no attention weights")
 
 
 class LRNNModel(LRNNPreTrainedModel):

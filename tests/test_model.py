@@ -335,5 +335,7 @@ def test_bad_inputs_give_clear_errors():
         model(ids(2, 1), use_cache=True, **{CACHE_FIELD: DynamicCache()})
     with pytest.raises(TypeError, match="unexpected keyword arguments"):
         model(ids(2, 5), attention_maks=torch.ones(2, 5))
+    with pytest.raises(ValueError, match="no attention weights"):
+        model(ids(2, 5), output_attentions=True)
     with pytest.raises(NotImplementedError, match="cannot be cropped"):
         cache.crop(3)
