@@ -339,3 +339,35 @@ def test_bad_inputs_give_clear_errors():
         model(ids(2, 5), output_attentions=True)
     with pytest.raises(NotImplementedError, match="cannot be cropped"):
         cache.crop(3)
+
+
+def test_tuple_outputs_and_inputs_embeds_match_the_dict_and_ids_path():
+    model = tiny_model("hybrid")
+    x = ids(2, 8)
+    with torch.no_grad():
+        as_dict = model(x, labels=x)
+        as_tuple = model(x, labels=x, return_dict=False, use_cache=False)
+        from_embeds = model(inputs_embeds=model.get_input_embeddings()(x)).logits
+    assert torch.equal(as_tuple[0], as_dict.loss) and torch.equal(as_tuple[1], as_dict.logits)
+    torch.testing.assert_close(from_embeds, as_dict.logits)
+
+
+def test_resize_token_embeddings_keeps_old_rows():
+    model = tiny_model()
+    old = model.get_input_embeddings().weight.detach().clone()
+    model.resize_token_embeddings(45)
+    assert model.config.vocab_size == 45 and model.lm_head.weight.shape == (45, 24)
+    assert torch.equal(model.get_input_embeddings().weight[:37], old)
+    assert model(torch.tensor([[44, 3]])).logits.shape == (1, 2, 45)
+
+
+def test_from_pretrained_in_bf16_keeps_the_state_in_fp32(tmp_path):
+    tiny_model("hybrid").save_pretrained(tmp_path)
+    model = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.bfloat16).eval()
+    assert model.dtype == torch.bfloat16
+    with torch.no_grad():
+        out = model(ids(2, 9), use_cache=True)
+    assert out.logits.dtype == torch.bfloat16 and torch.isfinite(out.logits).all()
+    assert all(s.dtype == torch.float32 for s in getattr(out, CACHE_FIELD).states)
+    generated = model.generate(ids(2, 4), max_new_tokens=5, do_sample=False)
+    assert generated.shape == (2, 9)
