@@ -1,0 +1,145 @@
+"""The Triton scans against the float64 loop reference, forward and backward (v, gate_logits,
+initial_state; the loss also reads the final state). On the CPU they run through Triton's interpreter
+(TRITON_INTERPRET=1, set by conftest.py), so the shapes are small and odd. The same comparisons at
+large shapes on a GPU: scripts/check_scan_gpu.py.
+"""
+import itertools
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+from hf_lrnn import ops  # noqa: E402
+from hf_lrnn import scan_triton  # noqa: E402
+from hf_lrnn.scan_torch import GATE_NORMALIZATIONS, bdlru_scan_reference, hlru_scan_reference  # noqa: E402
+
+F64 = torch.float64
+KERNELS = {
+    "hlru": (scan_triton.hlru_scan_triton, hlru_scan_reference),
+    "bdlru": (scan_triton.bdlru_scan_triton, bdlru_scan_reference),
+}
+
+
+def _inputs(kind, B, T, N, D, normalization, with_state, with_mask, seed):
+    g = torch.Generator().manual_seed(seed)
+    tail = (N,) if kind == "hlru" else (N, D)
+    v = torch.randn(B, T, *tail, generator=g)
+    scale = 0.3 if normalization == "none" else 2.0  # raw gates: keep the recurrence from blowing up
+    logits = scale * torch.randn(B, T, *tail, D + 1, generator=g)
+    state = torch.randn(B, N, D, generator=g) if with_state else None
+    mask = None
+    if with_mask:
+        mask = torch.rand(B, T, generator=g) > 0.3
+        mask[0] = True  # one sequence unmasked, the others with masked steps
+    return v, logits, state, mask
+
+
+def _rel(x, ref):
+    return ((x.double() - ref).norm() / ref.norm().clamp_min(1e-30)).item()
+
+
+def _errors(kind, D, T, N, normalization, with_state, with_mask, chunk_size=None, dtype=torch.float32, B=2, seed=0):
+    """Relative errors of h, the final state and the gradients of v, gate_logits (and initial_state)."""
+    triton_fn, reference_fn = KERNELS[kind]
+    v, logits, state, mask = _inputs(kind, B, T, N, D, normalization, with_state, with_mask, seed)
+    inputs = [x.to(dtype) for x in (v, logits)] + ([state] if with_state else [])
+    for x in inputs:
+        x.requires_grad_(True)
+    h, final = triton_fn(inputs[0], inputs[1], inputs[2] if with_state else None, True, normalization, mask,
+                         chunk_size=chunk_size)
+    assert h.dtype == dtype and h.shape == v.shape and final.dtype == torch.float32
+    g = torch.Generator().manual_seed(seed + 1)
+    dh, dfinal = torch.randn(h.shape, generator=g), torch.randn(final.shape, generator=g)
+    grads = torch.autograd.grad((h.float() * dh).sum() + (final * dfinal).sum(), inputs)
+
+    ref_inputs = [x.detach().to(F64).requires_grad_(True) for x in inputs]
+    h_ref, final_ref = reference_fn(ref_inputs[0], ref_inputs[1], ref_inputs[2] if with_state else None,
+                                    normalization, mask)
+    ref_grads = torch.autograd.grad((h_ref * dh.to(F64)).sum() + (final_ref * dfinal.to(F64)).sum(), ref_inputs)
+    names = ["h", "final", "dv", "dgate_logits", "dinitial_state"]
+    errors = [_rel(h, h_ref), _rel(final, final_ref)] + [_rel(a, b) for a, b in zip(grads, ref_grads)]
+    assert all(torch.isfinite(x).all() for x in (h, final, *grads))
+    return dict(zip(names, errors))
+
+
+def _assert_close(errors, tol):
+    bad = {k: e for k, e in errors.items() if not e <= tol}
+    assert not bad, f"relative errors above {tol}: {bad} (all: {errors})"
+
+
+# every normalisation x initial state x mask, at an odd length and width
+@pytest.mark.parametrize("kind", ["hlru", "bdlru"])
+@pytest.mark.parametrize(
+    "normalization,with_state,with_mask", list(itertools.product(GATE_NORMALIZATIONS, [False, True], [False, True]))
+)
+def test_every_normalization(kind, normalization, with_state, with_mask):
+    _assert_close(_errors(kind, 2, 7, 5, normalization, with_state, with_mask), 1e-5)
+
+
+# lengths 1, 7, 63, 65, widths that are not powers of two, orders and block sizes up to 16;
+# a chunk size forces the chunked (summary, combine, rescan) path that large GPUs take.
+SHAPES = [
+    # (D, T, N, normalization, with_state, with_mask, chunk_size)
+    (1, 1, 5, "softmax", False, False, None),
+    (3, 1, 5, "tanh_l1", True, True, None),
+    (3, 63, 5, "relu_l1", True, True, None),
+    (1, 63, 7, "none", True, True, 8),
+    (2, 65, 3, "tanh_l1", False, True, 16),
+    (4, 65, 5, "l1", True, False, 16),
+    (5, 9, 3, "sigmoid_l1", True, True, 4),
+    (8, 65, 3, "softmax", True, True, 20),
+    (16, 7, 3, "softmax", True, True, None),
+]
+
+
+@pytest.mark.parametrize("kind", ["hlru", "bdlru"])
+@pytest.mark.parametrize("D,T,N,normalization,with_state,with_mask,chunk_size", SHAPES)
+def test_shapes(kind, D, T, N, normalization, with_state, with_mask, chunk_size):
+    _assert_close(_errors(kind, D, T, N, normalization, with_state, with_mask, chunk_size), 1e-5)
+
+
+@pytest.mark.parametrize("kind", ["hlru", "bdlru"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision(kind, dtype):
+    """h is stored in the input dtype; the state stays fp32 (against fp64 on the rounded inputs)."""
+    _assert_close(_errors(kind, 3, 33, 6, "softmax", True, True, chunk_size=8, dtype=dtype), 2e-2)
+
+
+@pytest.mark.parametrize("kind,size", [("hlru", 2), ("bdlru", 3)])
+def test_through_ops(kind, size):
+    """ops.hlru_scan / bdlru_scan with backend='triton' reach these kernels and agree with 'reference'."""
+    fn = ops.hlru_scan if kind == "hlru" else ops.bdlru_scan
+    v, logits, state, mask = _inputs(kind, 2, 5, 3, size, "softmax", True, True, seed=3)
+    h, final = fn(v, logits, state, True, "softmax", backend="triton", mask=mask)
+    h_ref, final_ref = fn(v.double(), logits.double(), state.double(), True, "softmax", backend="reference", mask=mask)
+    assert _rel(h, h_ref) < 1e-5 and _rel(final, final_ref) < 1e-5
+    h, final = fn(v, logits, output_final_state=False, backend="triton")
+    assert final is None and h.shape == v.shape
+
+
+def test_unsupported_reasons():
+    assert scan_triton.triton_unsupported_reason("hlru", 8) is None
+    assert scan_triton.triton_unsupported_reason("bdlru", 16) is None
+    assert "1..16" in scan_triton.triton_unsupported_reason("hlru", 17)
+    assert "1..16" in scan_triton.triton_unsupported_reason("bdlru", 17)
+    assert "unknown" in scan_triton.triton_unsupported_reason("lstm", 1)
+
+
+def test_errors(monkeypatch):
+    v, logits, _, _ = _inputs("hlru", 1, 3, 2, 1, "softmax", False, False, seed=0)
+    with pytest.raises(TypeError, match="float64"):
+        scan_triton.hlru_scan_triton(v.double(), logits.double())
+    with pytest.raises(ValueError, match="1..16"):
+        scan_triton.hlru_scan_triton(v, torch.zeros(1, 3, 2, 18))
+    with pytest.raises(ValueError, match="normalization"):
+        scan_triton.hlru_scan_triton(v, logits, normalization="relu")
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(RuntimeError, match="CUDA"):
+        scan_triton.hlru_scan_triton(v, logits)
+
+
+def test_empty_sequence():
+    v, logits, state, _ = _inputs("bdlru", 2, 0, 3, 2, "softmax", True, False, seed=0)
+    h, final = scan_triton.bdlru_scan_triton(v, logits, state, True)
+    assert h.shape == v.shape and torch.equal(final, state)
