@@ -9,6 +9,9 @@ Both recurrences are affine maps of a D-dimensional state per channel (D = m or 
 diagonal) and ``u_t = a_{t,0} v_t e_1``; BD-LRU uses ``M_t = A_t`` and ``u_t = a_{t,0} * v_t``.
 Where ``mask`` is 0 the step is the identity (M = I, u = 0): the state is left untouched.
 
+The chunked scans take O(L + T/L) Python steps for chunks of L steps instead of T; see
+``scripts/bench_torch_scan.py`` for what that buys against the loop.
+
 All arithmetic runs in float32 (float64 when the inputs are float64); h is returned in v's dtype.
 """
 from __future__ import annotations
@@ -17,6 +20,7 @@ import math
 from typing import Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 
 GATE_NORMALIZATIONS = ("softmax", "sigmoid_l1", "relu_l1", "tanh_l1", "l1", "none")
 # Added to the L1 denominators of relu_l1 / tanh_l1 / l1 so an all-zero row gives zero gates, not NaN.
@@ -121,19 +125,12 @@ def _apply_dense(M: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
     return (M[..., :, :, None] * X[..., None, :, :]).sum(-2)
 
 
-def _apply_companion(first_row: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
-    """C X for the companion matrix C with first row (...,  m) and ones below the diagonal."""
-    new_first = (first_row[..., :, None] * X).sum(-2, keepdim=True)
-    return torch.cat([new_first, X[..., :-1, :]], dim=-2)
-
-
 def _chunked_affine_scan(
-    M: torch.Tensor, u: torch.Tensor, s0: torch.Tensor, chunk_size: int, companion: bool
+    M: torch.Tensor, u: torch.Tensor, s0: torch.Tensor, chunk_size: int
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """All states of s_t = M_t s_{t-1} + u_t.
 
-    M (B, T, N, D, D) or, if ``companion``, the companion matrices' first rows (B, T, N, D);
-    u (B, T, N, D), s0 (B, N, D) -> states (B, T, N, D), final (B, N, D).
+    M (B, T, N, D, D), u (B, T, N, D), s0 (B, N, D) -> states (B, T, N, D), final (B, N, D).
     Within each chunk of L steps (all chunks at once) we scan from a zero state while carrying the
     cumulative product P_t = M_t ... M_1, as D extra columns of one (D, D+1) matrix X. A loop over the
     chunks then passes the boundary state on: s_t = local_t + P_t s_start. Cost: L + T/L Python steps.
@@ -143,18 +140,17 @@ def _chunked_affine_scan(
     n_chunks = math.ceil(T / L)
     pad = n_chunks * L - T
     if pad:  # steps past T (any transition, zero input) are computed and dropped
-        M = torch.cat([M, M.new_zeros(B, pad, N, *M.shape[3:])], dim=1)
+        M = torch.cat([M, M.new_zeros(B, pad, N, D, D)], dim=1)
         u = torch.cat([u, u.new_zeros(B, pad, N, D)], dim=1)
-    M = M.view(B, n_chunks, L, N, *M.shape[3:])
+    M = M.view(B, n_chunks, L, N, D, D)
     u = u.view(B, n_chunks, L, N, D)
-    apply = _apply_companion if companion else _apply_dense
 
     # X = [local state | cumulative product], starting from [0 | I].
     start = torch.cat([M.new_zeros(D, 1), torch.eye(D, dtype=M.dtype, device=M.device)], dim=1)
     X = start.expand(B, n_chunks, N, D, D + 1)
     steps = []
     for M_i, u_i in zip(M.unbind(2), u.unbind(2)):
-        X = apply(M_i, X)
+        X = _apply_dense(M_i, X)
         X = torch.cat([X[..., :1] + u_i[..., None], X[..., 1:]], dim=-1)
         steps.append(X)
     X = torch.stack(steps, dim=2)  # (B, n_chunks, L, N, D, D+1)
@@ -178,6 +174,51 @@ def _identity_where_masked(M, u, mask):
     return torch.where(keep[..., None], M, eye), torch.where(keep, u, torch.zeros_like(u))
 
 
+def _hlru_chunked_scan(
+    a: torch.Tensor, u: torch.Tensor, s0: torch.Tensor, chunk_size: int
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Chunked H-LRU scan without a mask: a (B, T, N, m+1) normalised gates, u = a_0 v (B, T, N),
+    s0 (B, N, m) -> h (B, T, N), final state (B, N, m).
+
+    Inside a chunk h_t is affine in the chunk's start lags s: ``h_t = y_t[0] + y_t[1:] . s``, and the
+    (m+1)-vector y_t obeys the recurrence itself: ``y_t = sum_k a_{t,k} y_{t-k} + (u_t, 0, ..., 0)``,
+    started from ``y_{-k} = (0, e_k)``. That is m+1 numbers per step (not the m x m product of the
+    companion matrices). A chunk's end lags are its own last m values of h, which start the next.
+    """
+    B, T, N, _ = a.shape
+    m = a.shape[-1] - 1
+    L = max(min(chunk_size, T), m)  # a chunk holds at least m steps
+    n_chunks = math.ceil(T / L)
+    pad = n_chunks * L - T
+    if pad:  # steps past T are computed and dropped
+        a = torch.cat([a, a.new_zeros(B, pad, N, m + 1)], dim=1)
+        u = torch.cat([u, u.new_zeros(B, pad, N)], dim=1)
+    a = a.view(B, n_chunks, L, N, m + 1)
+    u = u.view(B, n_chunks, L, N)
+
+    basis = torch.cat([a.new_zeros(m, 1), torch.eye(m, dtype=a.dtype, device=a.device)], dim=1)
+    window = [basis[k].expand(B, n_chunks, N, m + 1) for k in range(m)]  # window[k - 1] = y_{t-k}
+    ys = []
+    for a_i, u_i in zip(a.unbind(2), u.unbind(2)):
+        y = F.pad(u_i[..., None], (0, m))
+        for k in range(m):
+            y = y + a_i[..., k + 1, None] * window[k]
+        window = [y] + window[:-1]
+        ys.append(y)
+    Y = torch.stack(ys, dim=2)  # (B, n_chunks, L, N, m+1)
+
+    s = s0
+    chunk_starts = [s0]
+    for c in range(n_chunks - 1):
+        end = Y[:, c, L - m :].flip(1).transpose(1, 2)  # (B, N, m, m+1): row j is step L-1-j
+        s = end[..., 0] + (end[..., 1:] * s[:, :, None, :]).sum(-1)
+        chunk_starts.append(s)
+    S = torch.stack(chunk_starts, dim=1)  # (B, n_chunks, N, m)
+    h = (Y[..., 0] + (Y[..., 1:] * S[:, :, None]).sum(-1)).reshape(B, n_chunks * L, N)[:, :T]
+    lags = torch.cat([s0.flip(-1).transpose(1, 2), h], dim=1)[:, -m:]  # h_{T-m}, ..., h_{T-1}
+    return h, lags.flip(1).transpose(1, 2)
+
+
 def hlru_scan_chunked(
     v: torch.Tensor,
     gate_logits: torch.Tensor,
@@ -186,18 +227,22 @@ def hlru_scan_chunked(
     mask: Optional[torch.Tensor] = None,
     chunk_size: int = 64,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Same result as :func:`hlru_scan_reference`, via the companion form and a chunked scan."""
+    """Same result as :func:`hlru_scan_reference`, via a chunked scan."""
     cd = compute_dtype(v.dtype)
     B, T, N = v.shape
     m = gate_logits.shape[-1] - 1
     a = normalize_gates(gate_logits.to(cd), normalization)
-    u = torch.cat([(a[..., 0] * v.to(cd)).unsqueeze(-1), v.new_zeros(B, T, N, m - 1, dtype=cd)], -1)
-    M = a[..., 1:]  # first rows of the companion matrices
-    if mask is not None:  # masked steps are the identity, which is not a companion matrix: go dense
-        shift = torch.eye(m - 1, m, dtype=cd, device=v.device).expand(B, T, N, m - 1, m)
-        M, u = _identity_where_masked(torch.cat([M.unsqueeze(-2), shift], dim=-2), u, mask)
+    u = a[..., 0] * v.to(cd)
     s0 = initial_state.to(cd) if initial_state is not None else v.new_zeros(B, N, m, dtype=cd)
-    states, final = _chunked_affine_scan(M, u, s0, chunk_size, companion=mask is None)
+    if mask is None:
+        h, final = _hlru_chunked_scan(a, u, s0, chunk_size)
+        return h.to(v.dtype), final
+    # A masked step is the identity on the lags, which no gate values give: scan the companion form,
+    # s_t = C_t s_{t-1} + (u_t, 0, ..., 0), with C_t = I at masked steps.
+    shift = torch.eye(m - 1, m, dtype=cd, device=v.device).expand(B, T, N, m - 1, m)
+    M = torch.cat([a[..., None, 1:], shift], dim=-2)
+    M, u = _identity_where_masked(M, F.pad(u[..., None], (0, m - 1)), mask)
+    states, final = _chunked_affine_scan(M, u, s0, chunk_size)
     return states[..., 0].to(v.dtype), final
 
 
@@ -217,5 +262,5 @@ def bdlru_scan_chunked(
     if mask is not None:
         M, u = _identity_where_masked(M, u, mask)
     s0 = initial_state.to(cd) if initial_state is not None else v.new_zeros(B, N, k, dtype=cd)
-    states, final = _chunked_affine_scan(M, u, s0, chunk_size, companion=False)
+    states, final = _chunked_affine_scan(M, u, s0, chunk_size)
     return states.to(v.dtype), final

@@ -186,3 +186,13 @@ def test_no_nan_on_long_sequences_with_extreme_logits():
     h, final = ops.hlru_scan(v, logits, output_final_state=True, backend="torch")
     assert torch.isfinite(h).all() and torch.isfinite(final).all()
     assert h.abs().max() <= v.abs().max() * (1 + 1e-5)
+
+
+@pytest.mark.parametrize("T", [2, 7, 13])
+def test_hlru_chunked_with_chunks_shorter_than_the_order(T):
+    """A chunk must hold at least m steps (its end lags are its own last m values of h)."""
+    v, logits, state = _hlru_inputs(2, T, 3, 5, True, seed=T)
+    ref = _grads(lambda v, g, s: hlru_scan_reference(v, g, s), [v, logits, state])
+    out = _grads(lambda v, g, s: hlru_scan_chunked(v, g, s, chunk_size=2), [v, logits, state])
+    for a, b, name in zip(out, ref, ["h", "final_state", "dv", "dgate_logits", "dinitial_state"]):
+        _assert_close(a, b, 1e-10, name)
