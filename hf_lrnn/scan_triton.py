@@ -157,6 +157,23 @@ def _ring_lag(cnt, col, M: tl.constexpr):
     return tl.where(j == 0, M, j)
 
 
+@triton.jit
+def _gather_rows(ptr, n_rows, R: tl.constexpr, F: tl.constexpr, idx, S0: tl.constexpr, S1: tl.constexpr):
+    """Tile (S0, S1) of ``ptr[idx]`` from the n_rows * R contiguous values at ptr: one vectorised (and
+    pipelinable) load of F >= n_rows * R values, redistributed through shared memory by tl.gather.
+    Rows of R = m+1 or k(k+1) bf16 logits are not 16-byte aligned, so per-row loads would be scalar."""
+    f = tl.arange(0, F)
+    flat = tl.load(ptr + f, mask=f < n_rows * R, other=0.0)
+    return tl.reshape(tl.gather(flat, tl.reshape(idx, (S0 * S1,)), 0), (S0, S1))
+
+
+@triton.jit
+def _scatter_rows(ptr, n_rows, R: tl.constexpr, F: tl.constexpr, x, idx, S0: tl.constexpr, S1: tl.constexpr):
+    """Store the contiguous values ptr[f] = x.flat[idx[f]] for f < n_rows * R (idx of shape (F,))."""
+    f = tl.arange(0, F)
+    tl.store(ptr + f, tl.gather(tl.reshape(x, (S0 * S1,)), idx, 0), mask=f < n_rows * R)
+
+
 # ---------------------------------------------------------------------------------------------
 # H-LRU kernels. Tile (BLOCK_N channels, MP columns): column 0 is the input (v, a_0), columns 1..m
 # the ring slots 0..m-1 of the lags; MP = next power of two >= m+1.
@@ -165,32 +182,49 @@ def _ring_lag(cnt, col, M: tl.constexpr):
 
 @triton.jit
 def _hlru_fwd_kernel(
-    v_ptr, g_ptr, h_ptr, start_ptr, end_ptr, mask_ptr,
+    v_ptr, g_ptr, h_ptr, start_ptr, out_ptr, mask_ptr,
     T, N, L, start_stride_b, start_stride_c,
-    M: tl.constexpr, MP: tl.constexpr, NORM: tl.constexpr, EPS: tl.constexpr,
-    HAS_START: tl.constexpr, HAS_MASK: tl.constexpr, BLOCK_N: tl.constexpr, NUM_STAGES: tl.constexpr,
+    M: tl.constexpr, MP: tl.constexpr, NORM: tl.constexpr, EPS: tl.constexpr, HAS_START: tl.constexpr,
+    HAS_MASK: tl.constexpr, SUMMARY: tl.constexpr, E: tl.constexpr, BLOCK_N: tl.constexpr, GF: tl.constexpr,
+    NUM_STAGES: tl.constexpr,
 ):
-    """h for one (channel tile, chunk, sequence): start lags from ``start_ptr`` (lag order, or zeros),
-    write h (B, T, N) and the chunk's end lags to end (B, C, N, M)."""
+    """One (channel tile, chunk, sequence). Rows of the tile are (channel, copy) pairs, E copies per channel.
+
+    Main mode (E = 1): start from the lags at ``start_ptr`` (lag order, or zeros), write h (B, T, N) and
+    the chunk's end lags to out (B, C, N, M).
+    SUMMARY mode: [e | P] of the chunk, the affine map s_end = P s_start + e of its lags. Copy 0 runs from
+    zero lags with the input (gives e), copy j in 1..M from lag j = 1 without input (column j of P); writes
+    out (B, C, N, M, M+1) with [..., i, 0] = e[i], [..., i, j] = P[i, j-1]; no h.
+    """
     pid_c, b, t0, t1 = _chunk_bounds(T, L)
-    n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    r = tl.arange(0, BLOCK_N * E)
+    n0 = tl.program_id(0) * BLOCK_N
+    n = n0 + r // E
+    n_rows = tl.minimum(N - n0, BLOCK_N)
+    cp = r % E  # copy index
     n_ok = n < N
     col = tl.arange(0, MP)
     is_lag = (col >= 1) & (col <= M)
     valid = n_ok[:, None] & (col <= M)[None, :]
     lag_io = n_ok[:, None] & is_lag[None, :]
 
-    ring = tl.zeros((BLOCK_N, MP), dtype=tl.float32)
-    if HAS_START:  # at count 0, ring column c holds lag M + 1 - c
-        s_ptr = start_ptr + b * start_stride_b + pid_c * start_stride_c + n[:, None] * M
-        ring = tl.load(s_ptr + (M - col)[None, :], mask=lag_io, other=0.0).to(tl.float32)
+    if SUMMARY:  # copy j starts from lag j = 1, which sits in ring column M + 1 - j at count 0
+        ring = tl.where((col[None, :] == M + 1 - cp[:, None]) & (cp[:, None] >= 1), 1.0, 0.0)
+        v_ok = n_ok & (cp == 0)
+    else:
+        ring = tl.zeros((BLOCK_N * E, MP), dtype=tl.float32)
+        if HAS_START:  # at count 0, ring column c holds lag M + 1 - c
+            s_ptr = start_ptr + b * start_stride_b + pid_c * start_stride_c + n[:, None] * M
+            ring = tl.load(s_ptr + (M - col)[None, :], mask=lag_io, other=0.0).to(tl.float32)
+        v_ok = n_ok
 
     cnt = t0 - t0  # unmasked steps so far in this chunk
     for t in tl.range(t0, t1, num_stages=NUM_STAGES):
         bt = b * T + t
-        v = tl.load(v_ptr + bt * N + n, mask=n_ok, other=0.0).to(tl.float32)
+        v = tl.load(v_ptr + bt * N + n, mask=v_ok, other=0.0).to(tl.float32)
         gidx = tl.where(col == 0, 0, _ring_lag(cnt, col, M))  # logit index read into each column
-        g = tl.load(g_ptr + (bt * N + n[:, None]) * (M + 1) + gidx[None, :], mask=valid, other=0.0)
+        idx = (r // E)[:, None] * (M + 1) + tl.minimum(gidx, M)[None, :]
+        g = _gather_rows(g_ptr + (bt * N + n0) * (M + 1), n_rows, M + 1, GF, idx, BLOCK_N * E, MP)
         a = _normalize(g.to(tl.float32), valid, NORM, 1, EPS)
         h = tl.sum(a * tl.where(col == 0, v[:, None], ring), axis=1)
         write = col == cnt % M + 1  # the slot of lag m receives h
@@ -198,59 +232,23 @@ def _hlru_fwd_kernel(
             keep = tl.load(mask_ptr + bt) != 0
             ring = tl.where(write[None, :] & keep, h[:, None], ring)
             cnt += keep.to(tl.int32)
-            newest = col == (cnt - 1 + M) % M + 1
-            h = tl.sum(tl.where(newest[None, :], ring, 0.0), axis=1)
+            if not SUMMARY:
+                newest = col == (cnt - 1 + M) % M + 1
+                h = tl.sum(tl.where(newest[None, :], ring, 0.0), axis=1)
         else:
             ring = tl.where(write[None, :], h[:, None], ring)
             cnt += 1
-        tl.store(h_ptr + bt * N + n, h.to(h_ptr.dtype.element_ty), mask=n_ok)
-
-    e_ptr = end_ptr + ((b * tl.num_programs(1) + pid_c) * N + n[:, None]) * M
-    tl.store(e_ptr + (_ring_lag(cnt, col, M) - 1)[None, :], ring, mask=lag_io)
-
-
-@triton.jit
-def _hlru_chunk_summary_kernel(
-    v_ptr, g_ptr, sum_ptr, mask_ptr, T, N, L,
-    M: tl.constexpr, MP: tl.constexpr, E: tl.constexpr, NORM: tl.constexpr, EPS: tl.constexpr,
-    HAS_MASK: tl.constexpr, BLOCK_N: tl.constexpr, NUM_STAGES: tl.constexpr,
-):
-    """[e | P] of one chunk, the affine map s_end = P s_start + e of its lags: scan E copies of the
-    ring at once, copy 0 from zero lags with the input (gives e), copy j in 1..M from lag j = 1 and no
-    input (gives column j of P). Writes sum (B, C, N, M, M+1), [..., i, 0] = e[i], [..., i, j] = P[i, j-1]."""
-    pid_c, b, t0, t1 = _chunk_bounds(T, L)
-    n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    n_ok = n < N
-    col = tl.arange(0, MP)
-    cp = tl.arange(0, E)  # copy index
-    valid = n_ok[:, None] & (col <= M)[None, :]
-    unit = (col[None, :] == M + 1 - cp[:, None]) & (cp[:, None] >= 1) & (cp[:, None] <= M)
-    ring = tl.zeros((BLOCK_N, E, MP), dtype=tl.float32) + tl.where(unit, 1.0, 0.0)[None, :, :]
-    is_input = ((col[None, :] == 0) & (cp[:, None] == 0))[None, :, :]
-
-    cnt = t0 - t0
-    for t in tl.range(t0, t1, num_stages=NUM_STAGES):
-        bt = b * T + t
-        v = tl.load(v_ptr + bt * N + n, mask=n_ok, other=0.0).to(tl.float32)
-        gidx = tl.where(col == 0, 0, _ring_lag(cnt, col, M))
-        g = tl.load(g_ptr + (bt * N + n[:, None]) * (M + 1) + gidx[None, :], mask=valid, other=0.0)
-        a = _normalize(g.to(tl.float32), valid, NORM, 1, EPS)
-        x = tl.where(is_input, v[:, None, None], tl.where((col == 0)[None, None, :], 0.0, ring))
-        h = tl.sum(a[:, None, :] * x, axis=2)  # (BLOCK_N, E)
-        write = (col == cnt % M + 1)[None, None, :]
-        if HAS_MASK:
-            keep = tl.load(mask_ptr + bt) != 0
-            ring = tl.where(write & keep, h[:, :, None], ring)
-            cnt += keep.to(tl.int32)
-        else:
-            ring = tl.where(write, h[:, :, None], ring)
-            cnt += 1
+        if not SUMMARY:
+            tl.store(h_ptr + bt * N + n, h.to(h_ptr.dtype.element_ty), mask=n_ok)
 
     lag = _ring_lag(cnt, col, M)
-    s_ptr = sum_ptr + ((b * tl.num_programs(1) + pid_c) * N + n[:, None, None]) * (M * (M + 1))
-    offs = (lag - 1)[None, None, :] * (M + 1) + cp[None, :, None]
-    ok = n_ok[:, None, None] & (cp <= M)[None, :, None] & ((col >= 1) & (col <= M))[None, None, :]
-    tl.store(s_ptr + offs, ring, mask=ok)
+    if SUMMARY:
+        o_ptr = out_ptr + ((b * tl.num_programs(1) + pid_c) * N + n[:, None]) * (M * (M + 1))
+        o_ptr += (lag - 1)[None, :] * (M + 1) + cp[:, None]
+        tl.store(o_ptr, ring, mask=lag_io & (cp <= M)[:, None])
+    else:
+        o_ptr = out_ptr + ((b * tl.num_programs(1) + pid_c) * N + n[:, None]) * M
+        tl.store(o_ptr + (lag - 1)[None, :], ring, mask=lag_io)
 
 
 @triton.jit
@@ -259,7 +257,7 @@ def _hlru_bwd_kernel(
     src_ptr, mask_ptr, T, N, L, lam_stride_b, lam_stride_c,
     M: tl.constexpr, MP: tl.constexpr, NORM: tl.constexpr, EPS: tl.constexpr,
     HAS_INIT: tl.constexpr, HAS_LAM: tl.constexpr, HAS_MASK: tl.constexpr,
-    WRITE_GRADS: tl.constexpr, BLOCK_N: tl.constexpr, NUM_STAGES: tl.constexpr,
+    WRITE_GRADS: tl.constexpr, BLOCK_N: tl.constexpr, GF: tl.constexpr, NUM_STAGES: tl.constexpr,
 ):
     """Reverse-time adjoint scan of one chunk, ``lam`` = dL/d(lags) in the ring.
 
@@ -269,12 +267,17 @@ def _hlru_bwd_kernel(
     Otherwise (chunk summary): start from zero, write the chunk-start adjoint to lam_out (B, C, N, M).
     """
     pid_c, b, t0, t1 = _chunk_bounds(T, L)
-    n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    n0 = tl.program_id(0) * BLOCK_N
+    n = n0 + tl.arange(0, BLOCK_N)
+    n_rows = tl.minimum(N - n0, BLOCK_N)
     n_ok = n < N
     col = tl.arange(0, MP)
     is_lag = (col >= 1) & (col <= M)
     valid = n_ok[:, None] & (col <= M)[None, :]
     lag_io = n_ok[:, None] & is_lag[None, :]
+    f = tl.arange(0, GF)  # flat logit index of the tile: channel f // (M+1), logit f % (M+1)
+    f_row = tl.minimum(f // (M + 1), BLOCK_N - 1) * MP
+    f_logit = f % (M + 1)
 
     if HAS_MASK:
         cnt = t0 - t0
@@ -303,8 +306,8 @@ def _hlru_bwd_kernel(
         lam += tl.where(newest[None, :], dh[:, None], 0.0)
         cnt -= keep.to(tl.int32)  # count before the step
         gidx = tl.where(col == 0, 0, _ring_lag(cnt, col, M))
-        g = tl.load(g_ptr + (bt * N + n[:, None]) * (M + 1) + gidx[None, :], mask=valid, other=0.0)
-        g = g.to(tl.float32)
+        idx = tl.arange(0, BLOCK_N)[:, None] * (M + 1) + tl.minimum(gidx, M)[None, :]
+        g = _gather_rows(g_ptr + (bt * N + n0) * (M + 1), n_rows, M + 1, GF, idx, BLOCK_N, MP).to(tl.float32)
         a = _normalize(g, valid, NORM, 1, EPS)
         gh = tl.sum(tl.where(newest[None, :], lam, 0.0), axis=1)  # total gradient of h_t
         if WRITE_GRADS:
@@ -325,9 +328,10 @@ def _hlru_bwd_kernel(
             a0 = tl.sum(tl.where((col == 0)[None, :], a, 0.0), axis=1)
             dv = tl.where(keep, gh * a0, 0.0)
             tl.store(dv_ptr + bt * N + n, dv.to(dv_ptr.dtype.element_ty), mask=n_ok)
-            dg = tl.where(keep, dg, 0.0)
-            dg_ptrs = dg_ptr + (bt * N + n[:, None]) * (M + 1) + gidx[None, :]
-            tl.store(dg_ptrs, dg.to(dg_ptr.dtype.element_ty), mask=valid)
+            dg = tl.where(keep, dg, 0.0).to(dg_ptr.dtype.element_ty)
+            # logit j >= 1 sits in ring column (cnt - j) mod M + 1
+            f_col = tl.where(f_logit == 0, 0, (cnt - f_logit + M) % M + 1)
+            _scatter_rows(dg_ptr + (bt * N + n0) * (M + 1), n_rows, M + 1, GF, dg, f_row + f_col, BLOCK_N, MP)
             ring = tl.where(keep, ring_old, ring)
         lam_step = tl.where(newest[None, :], 0.0, lam) + gh[:, None] * a
         lam = tl.where(keep, tl.where(is_lag[None, :], lam_step, 0.0), lam)
@@ -348,83 +352,76 @@ def _hlru_bwd_kernel(
 
 
 @triton.jit
+def _bdlru_logit_index(blk, row, col, K: tl.constexpr):
+    """Offset of tile entry (block blk, row, column) in the tile's contiguous logits (clamped in range)."""
+    j = tl.where(col == K, 0, tl.minimum(col + 1, K))
+    return (blk[:, None, None] * (K * (K + 1)) + tl.minimum(row, K - 1)[None, :, None] * (K + 1) + j[None, None, :])
+
+
+@triton.jit
+def _bdlru_gates(ptr, n_rows, K: tl.constexpr, KP: tl.constexpr, GF: tl.constexpr, idx, ROWS: tl.constexpr):
+    """Logits (ROWS, KP, KP) of one step in the tile's column order, as float32."""
+    g = _gather_rows(ptr, n_rows, K * (K + 1), GF, tl.reshape(idx, (ROWS * KP, KP)), ROWS * KP, KP)
+    return tl.reshape(g, (ROWS, KP, KP)).to(tl.float32)
+
+
+@triton.jit
 def _bdlru_fwd_kernel(
-    v_ptr, g_ptr, h_ptr, start_ptr, end_ptr, mask_ptr,
+    v_ptr, g_ptr, h_ptr, start_ptr, out_ptr, mask_ptr,
     T, N, L, start_stride_b, start_stride_c,
-    K: tl.constexpr, KP: tl.constexpr, NORM: tl.constexpr, EPS: tl.constexpr,
-    HAS_START: tl.constexpr, HAS_MASK: tl.constexpr, BLOCK_N: tl.constexpr, NUM_STAGES: tl.constexpr,
+    K: tl.constexpr, KP: tl.constexpr, NORM: tl.constexpr, EPS: tl.constexpr, HAS_START: tl.constexpr,
+    HAS_MASK: tl.constexpr, SUMMARY: tl.constexpr, E: tl.constexpr, BLOCK_N: tl.constexpr, GF: tl.constexpr,
+    NUM_STAGES: tl.constexpr,
 ):
-    """h_t = A_t h_{t-1} + a_0 * v_t for one (block tile, chunk, sequence); the state starts from
-    start (or zeros); writes h (B, T, N, K) and the chunk's end state to end (B, C, N, K)."""
+    """h_t = A_t h_{t-1} + a_0 * v_t for one (block tile, chunk, sequence); rows are (block, copy) pairs.
+
+    Main mode (E = 1): the state starts from start (or zeros); writes h (B, T, N, K) and the chunk's end
+    state to out (B, C, N, K). SUMMARY mode: copy 0 from zero with the input, copy j in 1..K from the unit
+    vector e_{j-1} without input; writes [e | P] to out (B, C, N, K, K+1) and no h.
+    """
     pid_c, b, t0, t1 = _chunk_bounds(T, L)
-    n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    r = tl.arange(0, BLOCK_N * E)
+    n0 = tl.program_id(0) * BLOCK_N
+    n = n0 + r // E
+    n_rows = tl.minimum(N - n0, BLOCK_N)
+    cp = r % E
     n_ok = n < N
     row = tl.arange(0, KP)
     col = tl.arange(0, KP)
     vec_ok = n_ok[:, None] & (row < K)[None, :]
     valid = vec_ok[:, :, None] & (col <= K)[None, None, :]
-    g_offs = n[:, None, None] * (K * (K + 1)) + row[None, :, None] * (K + 1) + tl.where(col == K, 0, col + 1)[None, None, :]
+    g_idx = _bdlru_logit_index(r // E, row, col, K)
     v_offs = n[:, None] * K + row[None, :]
 
-    h = tl.zeros((BLOCK_N, KP), dtype=tl.float32)
-    if HAS_START:
-        s_ptr = start_ptr + b * start_stride_b + pid_c * start_stride_c
-        h = tl.load(s_ptr + v_offs, mask=vec_ok, other=0.0).to(tl.float32)
+    if SUMMARY:
+        h = tl.where((row[None, :] == cp[:, None] - 1), 1.0, 0.0)
+        v_ok = vec_ok & (cp == 0)[:, None]
+    else:
+        h = tl.zeros((BLOCK_N * E, KP), dtype=tl.float32)
+        if HAS_START:
+            s_ptr = start_ptr + b * start_stride_b + pid_c * start_stride_c
+            h = tl.load(s_ptr + v_offs, mask=vec_ok, other=0.0).to(tl.float32)
+        v_ok = vec_ok
 
     for t in tl.range(t0, t1, num_stages=NUM_STAGES):
         bt = b * T + t
-        v = tl.load(v_ptr + bt * (N * K) + v_offs, mask=vec_ok, other=0.0).to(tl.float32)
-        g = tl.load(g_ptr + bt * (N * K * (K + 1)) + g_offs, mask=valid, other=0.0)
-        a = _normalize(g.to(tl.float32), valid, NORM, 2, EPS)
+        v = tl.load(v_ptr + bt * (N * K) + v_offs, mask=v_ok, other=0.0).to(tl.float32)
+        g = _bdlru_gates(g_ptr + (bt * N + n0) * (K * (K + 1)), n_rows, K, KP, GF, g_idx, BLOCK_N * E)
+        a = _normalize(g, valid, NORM, 2, EPS)
         x = tl.where((col < K)[None, None, :], h[:, None, :], tl.where((col == K)[None, None, :], v[:, :, None], 0.0))
         h_new = tl.sum(a * x, axis=2)
         if HAS_MASK:
             h = tl.where(tl.load(mask_ptr + bt) != 0, h_new, h)
         else:
             h = h_new
-        tl.store(h_ptr + bt * (N * K) + v_offs, h.to(h_ptr.dtype.element_ty), mask=vec_ok)
+        if not SUMMARY:
+            tl.store(h_ptr + bt * (N * K) + v_offs, h.to(h_ptr.dtype.element_ty), mask=vec_ok)
 
-    tl.store(end_ptr + (b * tl.num_programs(1) + pid_c) * (N * K) + v_offs, h, mask=vec_ok)
-
-
-@triton.jit
-def _bdlru_chunk_summary_kernel(
-    v_ptr, g_ptr, sum_ptr, mask_ptr, T, N, L,
-    K: tl.constexpr, KP: tl.constexpr, NORM: tl.constexpr, EPS: tl.constexpr,
-    HAS_MASK: tl.constexpr, BLOCK_N: tl.constexpr, NUM_STAGES: tl.constexpr,
-):
-    """[e | P] of one chunk (s_end = P s_start + e): scan KP state copies at once, copy 0 from zero with
-    the input, copy j in 1..K from the unit vector e_{j-1} without input. Writes sum (B, C, N, K, K+1)."""
-    pid_c, b, t0, t1 = _chunk_bounds(T, L)
-    n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    n_ok = n < N
-    row = tl.arange(0, KP)
-    col = tl.arange(0, KP)
-    cp = tl.arange(0, KP)  # copy index
-    vec_ok = n_ok[:, None] & (row < K)[None, :]
-    valid = vec_ok[:, :, None] & (col <= K)[None, None, :]
-    g_offs = n[:, None, None] * (K * (K + 1)) + row[None, :, None] * (K + 1) + tl.where(col == K, 0, col + 1)[None, None, :]
-    v_offs = n[:, None] * K + row[None, :]
-    # state copies x[n, j, copy]
-    unit = (row[:, None] == cp[None, :] - 1) & (row < K)[:, None]
-    x = tl.zeros((BLOCK_N, KP, KP), dtype=tl.float32) + tl.where(unit, 1.0, 0.0)[None, :, :]
-    is_input = ((col == K)[:, None] & (cp == 0)[None, :])[None, None, :, :]  # over (n, i, c, copy)
-
-    for t in tl.range(t0, t1, num_stages=NUM_STAGES):
-        bt = b * T + t
-        v = tl.load(v_ptr + bt * (N * K) + v_offs, mask=vec_ok, other=0.0).to(tl.float32)
-        g = tl.load(g_ptr + bt * (N * K * (K + 1)) + g_offs, mask=valid, other=0.0)
-        a = _normalize(g.to(tl.float32), valid, NORM, 2, EPS)
-        y = tl.where((col < K)[None, None, :, None], x[:, None, :, :], tl.where(is_input, v[:, :, None, None], 0.0))
-        x_new = tl.sum(a[:, :, :, None] * y, axis=2)
-        if HAS_MASK:
-            x = tl.where(tl.load(mask_ptr + bt) != 0, x_new, x)
-        else:
-            x = x_new
-
-    s_ptr = sum_ptr + ((b * tl.num_programs(1) + pid_c) * N + n[:, None, None]) * (K * (K + 1))
-    ok = vec_ok[:, :, None] & (cp <= K)[None, None, :]
-    tl.store(s_ptr + row[None, :, None] * (K + 1) + cp[None, None, :], x, mask=ok)
+    if SUMMARY:
+        o_ptr = out_ptr + ((b * tl.num_programs(1) + pid_c) * N + n[:, None]) * (K * (K + 1))
+        tl.store(o_ptr + row[None, :] * (K + 1) + cp[:, None], h, mask=vec_ok & (cp <= K)[:, None])
+    else:
+        tl.store(out_ptr + (b * tl.num_programs(1) + pid_c) * (N * K) + v_offs, h, mask=vec_ok)
 
 
 @triton.jit
@@ -433,20 +430,27 @@ def _bdlru_bwd_kernel(
     mask_ptr, T, N, L, lam_stride_b, lam_stride_c,
     K: tl.constexpr, KP: tl.constexpr, NORM: tl.constexpr, EPS: tl.constexpr,
     HAS_INIT: tl.constexpr, HAS_LAM: tl.constexpr, HAS_MASK: tl.constexpr,
-    WRITE_GRADS: tl.constexpr, BLOCK_N: tl.constexpr, NUM_STAGES: tl.constexpr,
+    WRITE_GRADS: tl.constexpr, BLOCK_N: tl.constexpr, GF: tl.constexpr, NUM_STAGES: tl.constexpr,
 ):
     """Reverse-time adjoint scan of one chunk, lam = dL/dh. WRITE_GRADS: start from lam_ptr (or zeros),
     write dv and dgate_logits (h_{t-1} read from h, or the initial state at t = 0), and for chunk 0 the
     initial state's gradient to lam_out (B, N, K). Otherwise (chunk summary) start from zero and write
     the chunk-start adjoint to lam_out (B, C, N, K)."""
     pid_c, b, t0, t1 = _chunk_bounds(T, L)
-    n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    n0 = tl.program_id(0) * BLOCK_N
+    n = n0 + tl.arange(0, BLOCK_N)
+    n_rows = tl.minimum(N - n0, BLOCK_N)
     n_ok = n < N
     row = tl.arange(0, KP)
     col = tl.arange(0, KP)
     vec_ok = n_ok[:, None] & (row < K)[None, :]
     valid = vec_ok[:, :, None] & (col <= K)[None, None, :]
-    g_offs = n[:, None, None] * (K * (K + 1)) + row[None, :, None] * (K + 1) + tl.where(col == K, 0, col + 1)[None, None, :]
+    g_idx = _bdlru_logit_index(tl.arange(0, BLOCK_N), row, col, K)
+    # flat logit index f of the tile -> its place in the (BLOCK_N, KP, KP) tile (for the dg store)
+    f = tl.arange(0, GF)
+    f_q = f % (K * (K + 1))
+    f_j = f_q % (K + 1)
+    f_tile = (tl.minimum(f // (K * (K + 1)), BLOCK_N - 1) * KP + f_q // (K + 1)) * KP + tl.where(f_j == 0, K, f_j - 1)
     v_offs = n[:, None] * K + row[None, :]
     col_offs = n[:, None] * K + col[None, :]
     col_ok = n_ok[:, None] & (col < K)[None, :]
@@ -459,7 +463,8 @@ def _bdlru_bwd_kernel(
         t = t1 - 1 - i
         bt = b * T + t
         lam += tl.load(dh_ptr + bt * (N * K) + v_offs, mask=vec_ok, other=0.0).to(tl.float32)
-        g = tl.load(g_ptr + bt * (N * K * (K + 1)) + g_offs, mask=valid, other=0.0).to(tl.float32)
+        g_base = g_ptr + (bt * N + n0) * (K * (K + 1))
+        g = _bdlru_gates(g_base, n_rows, K, KP, GF, g_idx, BLOCK_N)
         a = _normalize(g, valid, NORM, 2, EPS)
         if HAS_MASK:
             keep = tl.load(mask_ptr + bt) != 0
@@ -476,8 +481,9 @@ def _bdlru_bwd_kernel(
             a0 = tl.sum(tl.where((col == K)[None, None, :], a, 0.0), axis=2)
             dv = tl.where(keep, lam * a0, 0.0)
             tl.store(dv_ptr + bt * (N * K) + v_offs, dv.to(dv_ptr.dtype.element_ty), mask=vec_ok)
-            dg = tl.where(keep, dg, 0.0)
-            tl.store(dg_ptr + bt * (N * K * (K + 1)) + g_offs, dg.to(dg_ptr.dtype.element_ty), mask=valid)
+            dg = tl.reshape(tl.where(keep, dg, 0.0).to(dg_ptr.dtype.element_ty), (BLOCK_N * KP, KP))
+            dg_base = dg_ptr + (bt * N + n0) * (K * (K + 1))
+            _scatter_rows(dg_base, n_rows, K * (K + 1), GF, dg, f_tile, BLOCK_N * KP, KP)
         lam_prev = tl.sum(a * lam[:, :, None], axis=1)  # A^T lam, indexed by column
         lam_prev = tl.where((col < K)[None, :], lam_prev, 0.0)
         lam = tl.where(keep, lam_prev, lam)
@@ -538,7 +544,7 @@ def _chunk_combine_kernel(
 _NORM_CODES = {name: code for code, name in enumerate(GATE_NORMALIZATIONS)}
 # tile budgets (fp32 elements per program): main/backward kernels and chunk-summary kernels
 _TILE = 1024
-_SUMMARY_TILE = {"hlru": 4096, "bdlru": 8192}
+_SUMMARY_TILE = 4096
 _NUM_WARPS = 4
 
 
@@ -556,7 +562,7 @@ def _geometry(kind: str, N: int, D: int) -> dict:
         P=P,
         DP=DP,
         block=max(1, min(cap, _TILE // per_channel)),
-        block_sum=max(1, min(cap, _SUMMARY_TILE[kind] // (per_channel * P))),
+        block_sum=max(1, min(cap, _SUMMARY_TILE // (per_channel * P))),
         block_comb=max(1, min(cap, 4096 // (DP * DP))),
     )
 
@@ -592,16 +598,14 @@ def _scan_forward(kind, v, g, init, mask, norm, chunk_size):
     summary = None
     mask_arg = mask if mask is not None else v
     common = dict(NORM=_NORM_CODES[norm], EPS=L1_EPS, HAS_MASK=mask is not None, NUM_STAGES=NUM_STAGES, num_warps=_NUM_WARPS)
-    if kind == "hlru":
-        sizes, summary_kernel, main_kernel = dict(M=D, MP=geo["P"]), _hlru_chunk_summary_kernel, _hlru_fwd_kernel
-        summary_sizes = dict(sizes, E=geo["P"])
-    else:
-        sizes, summary_kernel, main_kernel = dict(K=D, KP=geo["P"]), _bdlru_chunk_summary_kernel, _bdlru_fwd_kernel
-        summary_sizes = sizes
+    row_len = D + 1 if kind == "hlru" else D * (D + 1)  # logits per channel (block)
+    kernel = _hlru_fwd_kernel if kind == "hlru" else _bdlru_fwd_kernel
+    sizes = dict(M=D, MP=geo["P"]) if kind == "hlru" else dict(K=D, KP=geo["P"])
     if C > 1:
         summary = torch.empty(B, C, N, D, D + 1, **f32)
         grid = (triton.cdiv(N, geo["block_sum"]), C, B)
-        summary_kernel[grid](v, g, summary, mask_arg, T, N, L, BLOCK_N=geo["block_sum"], **summary_sizes, **common)
+        kernel[grid](v, g, v, v, summary, mask_arg, T, N, L, 0, 0, HAS_START=False, SUMMARY=True, E=geo["P"],
+                     BLOCK_N=geo["block_sum"], GF=triton.next_power_of_2(geo["block_sum"] * row_len), **sizes, **common)
         starts = torch.empty(B, C, N, D, **f32)
         _chunk_combine_kernel[(triton.cdiv(N, geo["block_comb"]), B)](
             summary, init if init is not None else v, v, starts, N, C, D=D, DP=geo["DP"],
@@ -611,8 +615,8 @@ def _scan_forward(kind, v, g, init, mask, norm, chunk_size):
     else:
         start, has_start, strides = (init if init is not None else v), init is not None, (N * D, 0)
     grid = (triton.cdiv(N, geo["block"]), C, B)
-    main_kernel[grid](v, g, h, start, ends, mask_arg, T, N, L, *strides, HAS_START=has_start,
-                      BLOCK_N=geo["block"], **sizes, **common)
+    kernel[grid](v, g, h, start, ends, mask_arg, T, N, L, *strides, HAS_START=has_start, SUMMARY=False, E=1,
+                 BLOCK_N=geo["block"], GF=triton.next_power_of_2(geo["block"] * row_len), **sizes, **common)
     return h, ends, summary, L
 
 
@@ -640,8 +644,9 @@ def _scan_backward(kind, v, g, init, mask, h, ends, summary, L, dh, dfinal, norm
     dv, dg = torch.empty_like(v), torch.empty_like(g)
     d_init = torch.empty(B, N, D, **f32)
     mask_arg = mask if mask is not None else v
+    row_len = D + 1 if kind == "hlru" else D * (D + 1)  # logits per channel (block)
     common = dict(NORM=_NORM_CODES[norm], EPS=L1_EPS, HAS_MASK=mask is not None, NUM_STAGES=NUM_STAGES,
-                  num_warps=_NUM_WARPS, BLOCK_N=geo["block"])
+                  num_warps=_NUM_WARPS, BLOCK_N=geo["block"], GF=triton.next_power_of_2(geo["block"] * row_len))
     init_arg = init if init is not None else v
     if kind == "hlru":
         kernel, sizes = _hlru_bwd_kernel, dict(M=D, MP=geo["P"])

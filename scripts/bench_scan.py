@@ -152,15 +152,16 @@ def plot(results, path):
 
 
 def tune(B=8, T=4096, W=2048):
-    """Forward time over scan_triton's tile budget and programs-per-SM target, at the main config."""
+    """Forward time over scan_triton's tile budgets and programs-per-SM target, at the main config."""
     from hf_lrnn import scan_triton
 
-    for tile in (512, 1024, 2048):
-        for pps in (4, 8, 16, 32):
-            scan_triton._TILE, scan_triton.PROGRAMS_PER_SM = tile, pps
-            times = {f"{kind}{D}": round(time_scan(kind, D, B, T, W, with_bwd=False, rep=50)["fwd_ms"], 3)
-                     for kind, D in (("hlru", 1), ("hlru", 2), ("hlru", 4), ("bdlru", 4), ("bdlru", 8))}
-            print(f"tile {tile:5d} programs/SM {pps:3d} fwd ms {times}", flush=True)
+    for tile in (1024, 2048):
+        for summary_tile in (1024, 4096):
+            for pps in (4, 8, 16):
+                scan_triton._TILE, scan_triton._SUMMARY_TILE, scan_triton.PROGRAMS_PER_SM = tile, summary_tile, pps
+                times = {f"{kind}{D}": round(time_scan(kind, D, B, T, W, with_bwd=False, rep=50)["fwd_ms"], 3)
+                         for kind, D in (("hlru", 1), ("hlru", 2), ("hlru", 4), ("bdlru", 4), ("bdlru", 8))}
+                print(f"tile {tile} summary tile {summary_tile} programs/SM {pps} fwd ms {times}", flush=True)
 
 
 def main():
