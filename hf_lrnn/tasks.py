@@ -263,10 +263,3 @@ def masked_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.T
         logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=IGNORE
     )
 
-
-# Numbers the paper reports (arXiv 2602.12021), used beside ours in the results table.
-PAPER_RESULTS = {
-    ("bdlru", "s3"): 1.000, ("bdlru", "s4"): 1.000, ("bdlru", "s5"): 0.930,
-    ("bdlru_k4", "recall"): 1.000, ("diag", "recall"): 0.775,
-    ("mamba2", "permutations"): 0.350, ("deltanet", "permutations"): 0.402, ("lstm", "permutations"): 0.738,
-}
