@@ -1,8 +1,9 @@
 """Public scan ops: ``hlru_scan`` and ``bdlru_scan`` with input checks and backend dispatch.
 
 Backends:
-- ``"torch"``: the chunked PyTorch scan (``scan_torch``), differentiable by autograd; short
-  sequences (T <= ``LOOP_MAX_T``, e.g. a decode step) take the plain loop, which is cheaper there.
+- ``"torch"``: PyTorch, differentiable by autograd: the chunked scan (``scan_torch``), or the plain
+  loop where that is cheaper: short sequences (T <= ``LOOP_MAX_T``, e.g. a decode step) and, on the
+  CPU, wide steps (B * N * (m or k) > ``CHUNKED_MAX_CPU_WORK``).
 - ``"reference"``: the step-by-step loop, for tests and benchmarks.
 - ``"triton"``: the fused Triton kernels (``scan_triton``), CUDA tensors (or ``TRITON_INTERPRET=1``).
 - ``"auto"``: ``"triton"`` for CUDA tensors when Triton is installed and supports the size, else
@@ -26,6 +27,9 @@ from .scan_torch import (
 BACKENDS = ("auto", "torch", "triton", "reference")
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 LOOP_MAX_T = 16  # the torch backend runs the plain loop up to this length
+# On the CPU the chunked scan pays off while a step is small: past B * N * (m or k) = 512 values per
+# step the loop's T small steps beat its L + T/L bigger ones (scripts/bench_torch_scan.py, 2 cores).
+CHUNKED_MAX_CPU_WORK = 512
 _warned = set()
 
 try:  # a relative "from .x import" so that transformers ships the kernels with remote code
@@ -112,18 +116,7 @@ def hlru_scan(
             f"got {tuple(gate_logits.shape)}"
         )
     m = gate_logits.shape[3] - 1
-    _check_common("hlru_scan", v, gate_logits, initial_state, mask, normalization, (B, N, m))
-    backend = _resolve_backend(backend, v, "hlru", m)
-    if backend == "triton":
-        _require_triton("hlru", m)
-        h, final = hlru_scan_triton(
-            v, gate_logits, initial_state, output_final_state, normalization, mask
-        )
-    elif backend == "reference" or T <= LOOP_MAX_T:
-        h, final = hlru_scan_reference(v, gate_logits, initial_state, normalization, mask)
-    else:
-        h, final = hlru_scan_chunked(v, gate_logits, initial_state, normalization, mask)
-    return h, (final if output_final_state else None)
+    return _scan("hlru", m, v, gate_logits, initial_state, output_final_state, normalization, backend, mask)
 
 
 def bdlru_scan(
@@ -156,17 +149,27 @@ def bdlru_scan(
             f"bdlru_scan: gate_logits must have shape (B, T, N, k, k+1) = ({B}, {T}, {N}, {k}, {k + 1}), "
             f"got {tuple(gate_logits.shape)}"
         )
-    _check_common("bdlru_scan", v, gate_logits, initial_state, mask, normalization, (B, N, k))
-    backend = _resolve_backend(backend, v, "bdlru", k)
+    return _scan("bdlru", k, v, gate_logits, initial_state, output_final_state, normalization, backend, mask)
+
+
+_IMPLEMENTATIONS = {  # kind -> (loop, chunked)
+    "hlru": (hlru_scan_reference, hlru_scan_chunked),
+    "bdlru": (bdlru_scan_reference, bdlru_scan_chunked),
+}
+
+
+def _scan(kind, size, v, gate_logits, initial_state, output_final_state, normalization, backend, mask):
+    """Check the shared arguments, pick the backend and run it. ``size`` is m (H-LRU) or k (BD-LRU)."""
+    B, T, N = v.shape[:3]
+    _check_common(f"{kind}_scan", v, gate_logits, initial_state, mask, normalization, (B, N, size))
+    backend = _resolve_backend(backend, v, kind, size)
     if backend == "triton":
-        _require_triton("bdlru", k)
-        h, final = bdlru_scan_triton(
-            v, gate_logits, initial_state, output_final_state, normalization, mask
-        )
-    elif backend == "reference" or T <= LOOP_MAX_T:
-        h, final = bdlru_scan_reference(v, gate_logits, initial_state, normalization, mask)
-    else:
-        h, final = bdlru_scan_chunked(v, gate_logits, initial_state, normalization, mask)
+        _require_triton(kind, size)
+        triton_scan = hlru_scan_triton if kind == "hlru" else bdlru_scan_triton
+        return triton_scan(v, gate_logits, initial_state, output_final_state, normalization, mask)
+    loop, chunked = _IMPLEMENTATIONS[kind]
+    use_loop = backend == "reference" or T <= LOOP_MAX_T or (not v.is_cuda and B * N * size > CHUNKED_MAX_CPU_WORK)
+    h, final = (loop if use_loop else chunked)(v, gate_logits, initial_state, normalization, mask)
     return h, (final if output_final_state else None)
 
 

@@ -1,0 +1,78 @@
+"""Time the pure-PyTorch scans: the step-by-step loop against the chunked scan, fwd and fwd+bwd.
+
+    python scripts/bench_torch_scan.py                       # CPU, T = 4096, prints a markdown table
+    python scripts/bench_torch_scan.py --json out.json       # also save the numbers
+
+Each case is timed once after a warm-up run (the sizes are large enough that the spread is small).
+"""
+import argparse
+import json
+import platform
+import time
+from datetime import date
+
+import torch
+
+from hf_lrnn.scan_torch import bdlru_scan_chunked, bdlru_scan_reference, hlru_scan_chunked, hlru_scan_reference
+
+CASES = [  # (op, B, N, D): H-LRU has N channels of order m = D; BD-LRU has N blocks of size k = D
+    ("hlru", 1, 64, 1), ("hlru", 1, 64, 2), ("hlru", 1, 64, 4),
+    ("hlru", 8, 128, 1), ("hlru", 8, 128, 2), ("hlru", 8, 128, 4),
+    ("bdlru", 1, 16, 4), ("bdlru", 8, 32, 4), ("bdlru", 8, 16, 8),
+]
+
+
+def inputs(op, B, T, N, D, device):
+    if op == "hlru":
+        return torch.randn(B, T, N, device=device), torch.randn(B, T, N, D + 1, device=device)
+    return torch.randn(B, T, N, D, device=device), torch.randn(B, T, N, D, D + 1, device=device)
+
+
+def seconds(fn, v, g, backward):
+    def run():
+        v_, g_ = v.detach().requires_grad_(backward), g.detach().requires_grad_(backward)
+        h, _ = fn(v_, g_)
+        if backward:
+            h.sum().backward()
+        if v.is_cuda:
+            torch.cuda.synchronize()
+
+    run()  # warm-up
+    start = time.perf_counter()
+    run()
+    return time.perf_counter() - start
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--T", type=int, default=4096)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--json", help="write the results to this file")
+    args = parser.parse_args()
+
+    rows = []
+    for op, B, N, D in CASES:
+        v, g = inputs(op, B, args.T, N, D, args.device)
+        loop, chunked = (hlru_scan_reference, hlru_scan_chunked) if op == "hlru" else (bdlru_scan_reference, bdlru_scan_chunked)
+        row = dict(op=op, B=B, T=args.T, N=N, D=D)
+        for name, fn in (("loop", loop), ("chunked", chunked)):
+            row[f"{name}_fwd_s"] = seconds(fn, v, g, backward=False)
+            row[f"{name}_fwdbwd_s"] = seconds(fn, v, g, backward=True)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+
+    meta = dict(date=str(date.today()), torch=torch.__version__, device=args.device, threads=torch.get_num_threads(),
+                machine=platform.processor() or platform.machine())
+    print(f"\n{meta}\n")
+    print("| op | B | N | m or k | loop fwd (s) | chunked fwd (s) | loop fwd+bwd (s) | chunked fwd+bwd (s) | speed-up fwd+bwd |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['op']} | {r['B']} | {r['N']} | {r['D']} | {r['loop_fwd_s']:.3f} | {r['chunked_fwd_s']:.3f} | "
+              f"{r['loop_fwdbwd_s']:.3f} | {r['chunked_fwdbwd_s']:.3f} | {r['loop_fwdbwd_s'] / r['chunked_fwdbwd_s']:.1f}x |")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(dict(meta=meta, rows=rows), f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
