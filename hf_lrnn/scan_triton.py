@@ -49,7 +49,10 @@ MAX_HLRU_ORDER = 16  # largest supported m
 MAX_BDLRU_BLOCK = 16  # largest supported k
 MAX_CHUNKED_SIZE = 8  # time chunking (the summary kernels) for m <= 8 and k <= 8
 MIN_CHUNK_LEN = 64  # shortest time chunk the planner picks
-PROGRAMS_PER_SM = 8  # the planner splits time until about this many programs per multiprocessor
+# The planner splits time until about this many programs per multiprocessor. The chunk summary costs
+# about one extra read of the inputs for H-LRU, but E = next_pow2(k+1) times the main pass's arithmetic for
+# BD-LRU, so BD-LRU is split only to fill one wave.
+PROGRAMS_PER_SM = {"hlru": 8, "bdlru": 1}
 NUM_STAGES = 3  # software-pipelining depth of the time loops
 _KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -157,23 +160,6 @@ def _ring_lag(cnt, col, M: tl.constexpr):
     return tl.where(j == 0, M, j)
 
 
-@triton.jit
-def _gather_rows(ptr, n_rows, R: tl.constexpr, F: tl.constexpr, idx, S0: tl.constexpr, S1: tl.constexpr):
-    """Tile (S0, S1) of ``ptr[idx]`` from the n_rows * R contiguous values at ptr: one vectorised (and
-    pipelinable) load of F >= n_rows * R values, redistributed through shared memory by tl.gather.
-    Rows of R = m+1 or k(k+1) bf16 logits are not 16-byte aligned, so per-row loads would be scalar."""
-    f = tl.arange(0, F)
-    flat = tl.load(ptr + f, mask=f < n_rows * R, other=0.0)
-    return tl.reshape(tl.gather(flat, tl.reshape(idx, (S0 * S1,)), 0), (S0, S1))
-
-
-@triton.jit
-def _scatter_rows(ptr, n_rows, R: tl.constexpr, F: tl.constexpr, x, idx, S0: tl.constexpr, S1: tl.constexpr):
-    """Store the contiguous values ptr[f] = x.flat[idx[f]] for f < n_rows * R (idx of shape (F,))."""
-    f = tl.arange(0, F)
-    tl.store(ptr + f, tl.gather(tl.reshape(x, (S0 * S1,)), idx, 0), mask=f < n_rows * R)
-
-
 # ---------------------------------------------------------------------------------------------
 # H-LRU kernels. Tile (BLOCK_N channels, MP columns): column 0 is the input (v, a_0), columns 1..m
 # the ring slots 0..m-1 of the lags; MP = next power of two >= m+1.
@@ -185,7 +171,7 @@ def _hlru_fwd_kernel(
     v_ptr, g_ptr, h_ptr, start_ptr, out_ptr, mask_ptr,
     T, N, L, start_stride_b, start_stride_c,
     M: tl.constexpr, MP: tl.constexpr, NORM: tl.constexpr, EPS: tl.constexpr, HAS_START: tl.constexpr,
-    HAS_MASK: tl.constexpr, SUMMARY: tl.constexpr, E: tl.constexpr, BLOCK_N: tl.constexpr, GF: tl.constexpr,
+    HAS_MASK: tl.constexpr, SUMMARY: tl.constexpr, E: tl.constexpr, BLOCK_N: tl.constexpr,
     NUM_STAGES: tl.constexpr,
 ):
     """One (channel tile, chunk, sequence). Rows of the tile are (channel, copy) pairs, E copies per channel.
@@ -198,9 +184,7 @@ def _hlru_fwd_kernel(
     """
     pid_c, b, t0, t1 = _chunk_bounds(T, L)
     r = tl.arange(0, BLOCK_N * E)
-    n0 = tl.program_id(0) * BLOCK_N
-    n = n0 + r // E
-    n_rows = tl.minimum(N - n0, BLOCK_N)
+    n = tl.program_id(0) * BLOCK_N + r // E
     cp = r % E  # copy index
     n_ok = n < N
     col = tl.arange(0, MP)
@@ -223,8 +207,7 @@ def _hlru_fwd_kernel(
         bt = b * T + t
         v = tl.load(v_ptr + bt * N + n, mask=v_ok, other=0.0).to(tl.float32)
         gidx = tl.where(col == 0, 0, _ring_lag(cnt, col, M))  # logit index read into each column
-        idx = (r // E)[:, None] * (M + 1) + tl.minimum(gidx, M)[None, :]
-        g = _gather_rows(g_ptr + (bt * N + n0) * (M + 1), n_rows, M + 1, GF, idx, BLOCK_N * E, MP)
+        g = tl.load(g_ptr + (bt * N + n[:, None]) * (M + 1) + gidx[None, :], mask=valid, other=0.0)
         a = _normalize(g.to(tl.float32), valid, NORM, 1, EPS)
         h = tl.sum(a * tl.where(col == 0, v[:, None], ring), axis=1)
         write = col == cnt % M + 1  # the slot of lag m receives h
@@ -257,7 +240,7 @@ def _hlru_bwd_kernel(
     src_ptr, mask_ptr, T, N, L, lam_stride_b, lam_stride_c,
     M: tl.constexpr, MP: tl.constexpr, NORM: tl.constexpr, EPS: tl.constexpr,
     HAS_INIT: tl.constexpr, HAS_LAM: tl.constexpr, HAS_MASK: tl.constexpr,
-    WRITE_GRADS: tl.constexpr, BLOCK_N: tl.constexpr, GF: tl.constexpr, NUM_STAGES: tl.constexpr,
+    WRITE_GRADS: tl.constexpr, BLOCK_N: tl.constexpr, NUM_STAGES: tl.constexpr,
 ):
     """Reverse-time adjoint scan of one chunk, ``lam`` = dL/d(lags) in the ring.
 
@@ -267,17 +250,12 @@ def _hlru_bwd_kernel(
     Otherwise (chunk summary): start from zero, write the chunk-start adjoint to lam_out (B, C, N, M).
     """
     pid_c, b, t0, t1 = _chunk_bounds(T, L)
-    n0 = tl.program_id(0) * BLOCK_N
-    n = n0 + tl.arange(0, BLOCK_N)
-    n_rows = tl.minimum(N - n0, BLOCK_N)
+    n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = n < N
     col = tl.arange(0, MP)
     is_lag = (col >= 1) & (col <= M)
     valid = n_ok[:, None] & (col <= M)[None, :]
     lag_io = n_ok[:, None] & is_lag[None, :]
-    f = tl.arange(0, GF)  # flat logit index of the tile: channel f // (M+1), logit f % (M+1)
-    f_row = tl.minimum(f // (M + 1), BLOCK_N - 1) * MP
-    f_logit = f % (M + 1)
 
     if HAS_MASK:
         cnt = t0 - t0
@@ -306,8 +284,8 @@ def _hlru_bwd_kernel(
         lam += tl.where(newest[None, :], dh[:, None], 0.0)
         cnt -= keep.to(tl.int32)  # count before the step
         gidx = tl.where(col == 0, 0, _ring_lag(cnt, col, M))
-        idx = tl.arange(0, BLOCK_N)[:, None] * (M + 1) + tl.minimum(gidx, M)[None, :]
-        g = _gather_rows(g_ptr + (bt * N + n0) * (M + 1), n_rows, M + 1, GF, idx, BLOCK_N, MP).to(tl.float32)
+        g = tl.load(g_ptr + (bt * N + n[:, None]) * (M + 1) + gidx[None, :], mask=valid, other=0.0)
+        g = g.to(tl.float32)
         a = _normalize(g, valid, NORM, 1, EPS)
         gh = tl.sum(tl.where(newest[None, :], lam, 0.0), axis=1)  # total gradient of h_t
         if WRITE_GRADS:
@@ -328,10 +306,9 @@ def _hlru_bwd_kernel(
             a0 = tl.sum(tl.where((col == 0)[None, :], a, 0.0), axis=1)
             dv = tl.where(keep, gh * a0, 0.0)
             tl.store(dv_ptr + bt * N + n, dv.to(dv_ptr.dtype.element_ty), mask=n_ok)
-            dg = tl.where(keep, dg, 0.0).to(dg_ptr.dtype.element_ty)
-            # logit j >= 1 sits in ring column (cnt - j) mod M + 1
-            f_col = tl.where(f_logit == 0, 0, (cnt - f_logit + M) % M + 1)
-            _scatter_rows(dg_ptr + (bt * N + n0) * (M + 1), n_rows, M + 1, GF, dg, f_row + f_col, BLOCK_N, MP)
+            dg = tl.where(keep, dg, 0.0)
+            dg_ptrs = dg_ptr + (bt * N + n[:, None]) * (M + 1) + gidx[None, :]
+            tl.store(dg_ptrs, dg.to(dg_ptr.dtype.element_ty), mask=valid)
             ring = tl.where(keep, ring_old, ring)
         lam_step = tl.where(newest[None, :], 0.0, lam) + gh[:, None] * a
         lam = tl.where(keep, tl.where(is_lag[None, :], lam_step, 0.0), lam)
@@ -352,25 +329,11 @@ def _hlru_bwd_kernel(
 
 
 @triton.jit
-def _bdlru_logit_index(blk, row, col, K: tl.constexpr):
-    """Offset of tile entry (block blk, row, column) in the tile's contiguous logits (clamped in range)."""
-    j = tl.where(col == K, 0, tl.minimum(col + 1, K))
-    return (blk[:, None, None] * (K * (K + 1)) + tl.minimum(row, K - 1)[None, :, None] * (K + 1) + j[None, None, :])
-
-
-@triton.jit
-def _bdlru_gates(ptr, n_rows, K: tl.constexpr, KP: tl.constexpr, GF: tl.constexpr, idx, ROWS: tl.constexpr):
-    """Logits (ROWS, KP, KP) of one step in the tile's column order, as float32."""
-    g = _gather_rows(ptr, n_rows, K * (K + 1), GF, tl.reshape(idx, (ROWS * KP, KP)), ROWS * KP, KP)
-    return tl.reshape(g, (ROWS, KP, KP)).to(tl.float32)
-
-
-@triton.jit
 def _bdlru_fwd_kernel(
     v_ptr, g_ptr, h_ptr, start_ptr, out_ptr, mask_ptr,
     T, N, L, start_stride_b, start_stride_c,
     K: tl.constexpr, KP: tl.constexpr, NORM: tl.constexpr, EPS: tl.constexpr, HAS_START: tl.constexpr,
-    HAS_MASK: tl.constexpr, SUMMARY: tl.constexpr, E: tl.constexpr, BLOCK_N: tl.constexpr, GF: tl.constexpr,
+    HAS_MASK: tl.constexpr, SUMMARY: tl.constexpr, E: tl.constexpr, BLOCK_N: tl.constexpr,
     NUM_STAGES: tl.constexpr,
 ):
     """h_t = A_t h_{t-1} + a_0 * v_t for one (block tile, chunk, sequence); rows are (block, copy) pairs.
@@ -381,16 +344,14 @@ def _bdlru_fwd_kernel(
     """
     pid_c, b, t0, t1 = _chunk_bounds(T, L)
     r = tl.arange(0, BLOCK_N * E)
-    n0 = tl.program_id(0) * BLOCK_N
-    n = n0 + r // E
-    n_rows = tl.minimum(N - n0, BLOCK_N)
+    n = tl.program_id(0) * BLOCK_N + r // E
     cp = r % E
     n_ok = n < N
     row = tl.arange(0, KP)
     col = tl.arange(0, KP)
     vec_ok = n_ok[:, None] & (row < K)[None, :]
     valid = vec_ok[:, :, None] & (col <= K)[None, None, :]
-    g_idx = _bdlru_logit_index(r // E, row, col, K)
+    g_offs = n[:, None, None] * (K * (K + 1)) + row[None, :, None] * (K + 1) + tl.where(col == K, 0, col + 1)[None, None, :]
     v_offs = n[:, None] * K + row[None, :]
 
     if SUMMARY:
@@ -406,8 +367,8 @@ def _bdlru_fwd_kernel(
     for t in tl.range(t0, t1, num_stages=NUM_STAGES):
         bt = b * T + t
         v = tl.load(v_ptr + bt * (N * K) + v_offs, mask=v_ok, other=0.0).to(tl.float32)
-        g = _bdlru_gates(g_ptr + (bt * N + n0) * (K * (K + 1)), n_rows, K, KP, GF, g_idx, BLOCK_N * E)
-        a = _normalize(g, valid, NORM, 2, EPS)
+        g = tl.load(g_ptr + bt * (N * K * (K + 1)) + g_offs, mask=valid, other=0.0)
+        a = _normalize(g.to(tl.float32), valid, NORM, 2, EPS)
         x = tl.where((col < K)[None, None, :], h[:, None, :], tl.where((col == K)[None, None, :], v[:, :, None], 0.0))
         h_new = tl.sum(a * x, axis=2)
         if HAS_MASK:
@@ -430,27 +391,20 @@ def _bdlru_bwd_kernel(
     mask_ptr, T, N, L, lam_stride_b, lam_stride_c,
     K: tl.constexpr, KP: tl.constexpr, NORM: tl.constexpr, EPS: tl.constexpr,
     HAS_INIT: tl.constexpr, HAS_LAM: tl.constexpr, HAS_MASK: tl.constexpr,
-    WRITE_GRADS: tl.constexpr, BLOCK_N: tl.constexpr, GF: tl.constexpr, NUM_STAGES: tl.constexpr,
+    WRITE_GRADS: tl.constexpr, BLOCK_N: tl.constexpr, NUM_STAGES: tl.constexpr,
 ):
     """Reverse-time adjoint scan of one chunk, lam = dL/dh. WRITE_GRADS: start from lam_ptr (or zeros),
     write dv and dgate_logits (h_{t-1} read from h, or the initial state at t = 0), and for chunk 0 the
     initial state's gradient to lam_out (B, N, K). Otherwise (chunk summary) start from zero and write
     the chunk-start adjoint to lam_out (B, C, N, K)."""
     pid_c, b, t0, t1 = _chunk_bounds(T, L)
-    n0 = tl.program_id(0) * BLOCK_N
-    n = n0 + tl.arange(0, BLOCK_N)
-    n_rows = tl.minimum(N - n0, BLOCK_N)
+    n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = n < N
     row = tl.arange(0, KP)
     col = tl.arange(0, KP)
     vec_ok = n_ok[:, None] & (row < K)[None, :]
     valid = vec_ok[:, :, None] & (col <= K)[None, None, :]
-    g_idx = _bdlru_logit_index(tl.arange(0, BLOCK_N), row, col, K)
-    # flat logit index f of the tile -> its place in the (BLOCK_N, KP, KP) tile (for the dg store)
-    f = tl.arange(0, GF)
-    f_q = f % (K * (K + 1))
-    f_j = f_q % (K + 1)
-    f_tile = (tl.minimum(f // (K * (K + 1)), BLOCK_N - 1) * KP + f_q // (K + 1)) * KP + tl.where(f_j == 0, K, f_j - 1)
+    g_offs = n[:, None, None] * (K * (K + 1)) + row[None, :, None] * (K + 1) + tl.where(col == K, 0, col + 1)[None, None, :]
     v_offs = n[:, None] * K + row[None, :]
     col_offs = n[:, None] * K + col[None, :]
     col_ok = n_ok[:, None] & (col < K)[None, :]
@@ -463,8 +417,7 @@ def _bdlru_bwd_kernel(
         t = t1 - 1 - i
         bt = b * T + t
         lam += tl.load(dh_ptr + bt * (N * K) + v_offs, mask=vec_ok, other=0.0).to(tl.float32)
-        g_base = g_ptr + (bt * N + n0) * (K * (K + 1))
-        g = _bdlru_gates(g_base, n_rows, K, KP, GF, g_idx, BLOCK_N)
+        g = tl.load(g_ptr + bt * (N * K * (K + 1)) + g_offs, mask=valid, other=0.0).to(tl.float32)
         a = _normalize(g, valid, NORM, 2, EPS)
         if HAS_MASK:
             keep = tl.load(mask_ptr + bt) != 0
@@ -481,9 +434,8 @@ def _bdlru_bwd_kernel(
             a0 = tl.sum(tl.where((col == K)[None, None, :], a, 0.0), axis=2)
             dv = tl.where(keep, lam * a0, 0.0)
             tl.store(dv_ptr + bt * (N * K) + v_offs, dv.to(dv_ptr.dtype.element_ty), mask=vec_ok)
-            dg = tl.reshape(tl.where(keep, dg, 0.0).to(dg_ptr.dtype.element_ty), (BLOCK_N * KP, KP))
-            dg_base = dg_ptr + (bt * N + n0) * (K * (K + 1))
-            _scatter_rows(dg_base, n_rows, K * (K + 1), GF, dg, f_tile, BLOCK_N * KP, KP)
+            dg = tl.where(keep, dg, 0.0)
+            tl.store(dg_ptr + bt * (N * K * (K + 1)) + g_offs, dg.to(dg_ptr.dtype.element_ty), mask=valid)
         lam_prev = tl.sum(a * lam[:, :, None], axis=1)  # A^T lam, indexed by column
         lam_prev = tl.where((col < K)[None, :], lam_prev, 0.0)
         lam = tl.where(keep, lam_prev, lam)
@@ -544,7 +496,7 @@ def _chunk_combine_kernel(
 _NORM_CODES = {name: code for code, name in enumerate(GATE_NORMALIZATIONS)}
 # tile budgets (fp32 elements per program): main/backward kernels and chunk-summary kernels
 _TILE = 1024
-_SUMMARY_TILE = 4096
+_SUMMARY_TILE = 1024
 _NUM_WARPS = 4
 
 
@@ -567,14 +519,16 @@ def _geometry(kind: str, N: int, D: int) -> dict:
     )
 
 
-def _num_chunks(B: int, T: int, n_tiles: int, D: int, device: torch.device, chunk_size: Optional[int]) -> Tuple[int, int]:
-    """(chunk length L, number of chunks C). Split time only when B * channel tiles is too few programs
-    to fill the GPU (and D <= MAX_CHUNKED_SIZE), into chunks of at least MIN_CHUNK_LEN steps."""
+def _num_chunks(kind: str, B: int, T: int, n_tiles: int, D: int, device: torch.device,
+                chunk_size: Optional[int]) -> Tuple[int, int]:
+    """(chunk length L, number of chunks C). Split time only when B * channel tiles is fewer programs than
+    PROGRAMS_PER_SM[kind] per multiprocessor (and D <= MAX_CHUNKED_SIZE), into chunks of at least
+    MIN_CHUNK_LEN steps."""
     if chunk_size is not None:
         L = chunk_size
     elif device.type == "cuda" and D <= MAX_CHUNKED_SIZE:
         sms = torch.cuda.get_device_properties(device).multi_processor_count
-        want = triton.cdiv(PROGRAMS_PER_SM * sms, B * n_tiles)
+        want = triton.cdiv(PROGRAMS_PER_SM[kind] * sms, B * n_tiles)
         L = triton.cdiv(T, max(1, min(want, T // MIN_CHUNK_LEN)))
     else:
         L = T
@@ -591,21 +545,20 @@ def _scan_forward(kind, v, g, init, mask, norm, chunk_size):
     B, T, N = v.shape[:3]
     D = g.shape[-1] - 1
     geo = _geometry(kind, N, D)
-    L, C = _num_chunks(B, T, triton.cdiv(N, geo["block"]), D, v.device, chunk_size)
+    L, C = _num_chunks(kind, B, T, triton.cdiv(N, geo["block"]), D, v.device, chunk_size)
     f32 = dict(dtype=torch.float32, device=v.device)
     h = torch.empty_like(v)
     ends = torch.empty(B, C, N, D, **f32)
     summary = None
     mask_arg = mask if mask is not None else v
     common = dict(NORM=_NORM_CODES[norm], EPS=L1_EPS, HAS_MASK=mask is not None, NUM_STAGES=NUM_STAGES, num_warps=_NUM_WARPS)
-    row_len = D + 1 if kind == "hlru" else D * (D + 1)  # logits per channel (block)
     kernel = _hlru_fwd_kernel if kind == "hlru" else _bdlru_fwd_kernel
     sizes = dict(M=D, MP=geo["P"]) if kind == "hlru" else dict(K=D, KP=geo["P"])
     if C > 1:
         summary = torch.empty(B, C, N, D, D + 1, **f32)
         grid = (triton.cdiv(N, geo["block_sum"]), C, B)
         kernel[grid](v, g, v, v, summary, mask_arg, T, N, L, 0, 0, HAS_START=False, SUMMARY=True, E=geo["P"],
-                     BLOCK_N=geo["block_sum"], GF=triton.next_power_of_2(geo["block_sum"] * row_len), **sizes, **common)
+                     BLOCK_N=geo["block_sum"], **sizes, **common)
         starts = torch.empty(B, C, N, D, **f32)
         _chunk_combine_kernel[(triton.cdiv(N, geo["block_comb"]), B)](
             summary, init if init is not None else v, v, starts, N, C, D=D, DP=geo["DP"],
@@ -616,7 +569,7 @@ def _scan_forward(kind, v, g, init, mask, norm, chunk_size):
         start, has_start, strides = (init if init is not None else v), init is not None, (N * D, 0)
     grid = (triton.cdiv(N, geo["block"]), C, B)
     kernel[grid](v, g, h, start, ends, mask_arg, T, N, L, *strides, HAS_START=has_start, SUMMARY=False, E=1,
-                 BLOCK_N=geo["block"], GF=triton.next_power_of_2(geo["block"] * row_len), **sizes, **common)
+                 BLOCK_N=geo["block"], **sizes, **common)
     return h, ends, summary, L
 
 
@@ -644,9 +597,8 @@ def _scan_backward(kind, v, g, init, mask, h, ends, summary, L, dh, dfinal, norm
     dv, dg = torch.empty_like(v), torch.empty_like(g)
     d_init = torch.empty(B, N, D, **f32)
     mask_arg = mask if mask is not None else v
-    row_len = D + 1 if kind == "hlru" else D * (D + 1)  # logits per channel (block)
     common = dict(NORM=_NORM_CODES[norm], EPS=L1_EPS, HAS_MASK=mask is not None, NUM_STAGES=NUM_STAGES,
-                  num_warps=_NUM_WARPS, BLOCK_N=geo["block"], GF=triton.next_power_of_2(geo["block"] * row_len))
+                  num_warps=_NUM_WARPS, BLOCK_N=geo["block"])
     init_arg = init if init is not None else v
     if kind == "hlru":
         kernel, sizes = _hlru_bwd_kernel, dict(M=D, MP=geo["P"])

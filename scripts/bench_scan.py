@@ -152,13 +152,14 @@ def plot(results, path):
 
 
 def tune(B=8, T=4096, W=2048):
-    """Forward time over scan_triton's tile budgets and programs-per-SM target, at the main config."""
+    """Forward time over scan_triton's tile budgets and H-LRU programs-per-SM target, at the main config."""
     from hf_lrnn import scan_triton
 
     for tile in (1024, 2048):
         for summary_tile in (1024, 4096):
-            for pps in (4, 8, 16):
-                scan_triton._TILE, scan_triton._SUMMARY_TILE, scan_triton.PROGRAMS_PER_SM = tile, summary_tile, pps
+            for pps in (4, 16):
+                scan_triton._TILE, scan_triton._SUMMARY_TILE = tile, summary_tile
+                scan_triton.PROGRAMS_PER_SM["hlru"] = pps
                 times = {f"{kind}{D}": round(time_scan(kind, D, B, T, W, with_bwd=False, rep=50)["fwd_ms"], 3)
                          for kind, D in (("hlru", 1), ("hlru", 2), ("hlru", 4), ("bdlru", 4), ("bdlru", 8))}
                 print(f"tile {tile} summary tile {summary_tile} programs/SM {pps} fwd ms {times}", flush=True)
