@@ -14,14 +14,19 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, TextStreamer, set_seed
 
 try:  # registers model_type "lrnn"; without it, load with --trust-remote-code
     import hf_lrnn  # noqa: F401
-except ImportError:
-    pass
+except ImportError:  # a checkout without `pip install -e .`: use the package next to scripts/, if there
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    try:
+        import hf_lrnn  # noqa: F401
+    except ImportError:
+        sys.path.pop(0)
 
 
 def parse_args(argv=None) -> argparse.Namespace:

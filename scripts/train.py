@@ -30,7 +30,11 @@ from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer, Llama
                           PreTrainedTokenizerFast, Trainer, TrainerCallback, TrainingArguments, set_seed)
 from transformers.trainer_utils import get_last_checkpoint
 
-import hf_lrnn  # registers model_type "lrnn" with the Auto classes
+try:  # registers model_type "lrnn" with the Auto classes
+    import hf_lrnn
+except ImportError:  # a checkout without `pip install -e .`: use the package next to scripts/
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    import hf_lrnn
 from hf_lrnn import LRNNConfig
 
 EMBEDDED_CORPUS = "tinyshakespeare"  # hf_lrnn/data/tinyshakespeare.txt, shipped with the package
@@ -89,7 +93,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "the run's saved arguments are the defaults")
     g.add_argument("--prompt", default="ROMEO:", help="prompt of the sample printed at the end")
     g.add_argument("--sample-tokens", type=int, default=200)
-    g.add_argument("--push-to-hub", action="store_true", help="upload the model folder with Trainer.push_to_hub")
+    g.add_argument("--push-to-hub", action=argparse.BooleanOptionalAction, default=False,
+                   help="upload the model folder (not the checkpoints) with Trainer.push_to_hub at the end")
     g.add_argument("--hub-model-id", help="user/name on the Hub (default: the output folder's name)")
 
     args = p.parse_args(argv)
@@ -186,7 +191,9 @@ def model_config(args, tokenizer):
 def describe(config) -> str:
     if config.model_type == "lrnn":
         spec = config.layer_specs[0]
-        return (f"H-LRU (order m={spec['order']})" if spec["mixer"] == "hlru" else f"BD-LRU (block size k={spec['block_size']})")
+        if (spec["order"] if spec["mixer"] == "hlru" else spec["block_size"]) == 1:
+            return "diagonal LRU (m=1)"
+        return f"H-LRU (order m={spec['order']})" if spec["mixer"] == "hlru" else f"BD-LRU (block size k={spec['block_size']})"
     return {"llama": "Llama (RoPE attention)", "mamba": "Mamba"}.get(config.model_type, config.model_type)
 
 
@@ -295,7 +302,7 @@ def main(argv=None):
         torch_compile=args.compile, seed=args.seed,
         eval_strategy="steps", eval_steps=args.eval_interval, logging_steps=args.log_interval,
         save_steps=args.save_interval or args.eval_interval, save_total_limit=2, dataloader_drop_last=True, dataloader_pin_memory=torch.cuda.is_available(),
-        report_to="none", push_to_hub=args.push_to_hub, hub_model_id=args.hub_model_id, hub_strategy="end",
+        ddp_find_unused_parameters=False, report_to="none", use_cpu=not torch.cuda.is_available(), push_to_hub=args.push_to_hub, hub_model_id=args.hub_model_id, hub_strategy="end",
     )
     tokens_per_step = args.batch_size * args.seq_len
     throughput = Throughput(tokens_per_step, args.max_time)
@@ -311,30 +318,31 @@ def main(argv=None):
         "train_tokens": trainer.state.global_step * tokens_per_step, "eval_loss": eval_loss,
         "eval_perplexity": math.exp(eval_loss), "eval_bits_per_char": eval_loss * val_tokens_per_char / math.log(2),
         "train_tokens_per_second": throughput.tokens_per_second, "train_runtime_s": train_output.metrics["train_runtime"],
-        "world_size": world, "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+        "world_size": world, "fsdp": trainer.is_fsdp_enabled, "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
         "scan_backend": getattr(config, "scan_backend", None), "torch": torch.__version__, "transformers": transformers.__version__,
     }
-    trainer.save_model()  # weights, config, tokenizer, and for the LRNN its modeling code (trust_remote_code)
-    if not is_main:
-        return metrics
-    print(f"validation loss {eval_loss:.4f} | perplexity {metrics['eval_perplexity']:.2f} | "
-          f"{metrics['eval_bits_per_char']:.3f} bits/char | {metrics['train_tokens_per_second']:.0f} training tokens/s")
-
-    model.eval()
-    torch.manual_seed(args.seed)
-    inputs = tokenizer(args.prompt, return_tensors="pt").to(model.device)
-    with torch.no_grad():
-        sample_ids = model.generate(**inputs, max_new_tokens=args.sample_tokens, do_sample=True, temperature=0.8, top_k=50,
-                                    pad_token_id=tokenizer.pad_token_id)
-    sample = tokenizer.decode(sample_ids[0], skip_special_tokens=True)
-    print(f"--- sample (temperature 0.8, top-k 50) ---\n{sample}\n---")
-
+    if is_main:
+        print(f"validation loss {eval_loss:.4f} | perplexity {metrics['eval_perplexity']:.2f} | "
+              f"{metrics['eval_bits_per_char']:.3f} bits/char | {metrics['train_tokens_per_second']:.0f} training tokens/s")
+    sample = "(no sample: FSDP shards the model over the processes; run scripts/generate.py on the saved folder)"
+    if is_main and not trainer.is_fsdp_enabled:
+        model.eval()
+        torch.manual_seed(args.seed)
+        inputs = tokenizer(args.prompt, return_tensors="pt").to(model.device)
+        with torch.no_grad():
+            sample_ids = model.generate(**inputs, max_new_tokens=args.sample_tokens, do_sample=True, temperature=0.8,
+                                        top_k=50, pad_token_id=tokenizer.pad_token_id)
+        sample = tokenizer.decode(sample_ids[0], skip_special_tokens=True)
+        print(f"--- sample (temperature 0.8, top-k 50) ---\n{sample}\n---")
     metrics["sample"] = sample
     metrics["log_history"] = trainer.state.log_history
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
-    hub_id = args.hub_model_id or out.name
+    if is_main:
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+
+    # The model folder: weights, config, tokenizer, remote code (LRNN) and README.md, rendered from
+    # model_cards/ by CardTrainer.create_model_card. push_to_hub saves it and uploads it (checkpoints excluded).
     trainer.card_fields = dict(
-        model_id=hub_id, model_type=config.model_type, architecture=describe(config),
+        model_id=args.hub_model_id or out.name, model_type=config.model_type, architecture=describe(config),
         config_json=json.dumps({k: v for k, v in config.to_diff_dict().items() if k not in ("architectures", "auto_map")}, indent=2),
         n_params=f"{n_params / 1e6:.2f}M", dataset=args.data, dataset_id=None if Path(args.data).is_file() or args.data == EMBEDDED_CORPUS else args.data,
         tokenizer=(f"byte-level BPE, {len(tokenizer)} tokens, trained on the training split" if args.tokenizer == "bpe" else args.tokenizer),
@@ -346,11 +354,14 @@ def main(argv=None):
         command="python scripts/train.py " + " ".join(sys.argv[1:] if argv is None else argv),
         versions=f"torch {torch.__version__}, transformers {transformers.__version__}, hf_lrnn {hf_lrnn.__version__}",
     )
-    trainer.create_model_card()
-    print(f"model, tokenizer and model card saved to {out}/")
-    if args.push_to_hub:
+    if args.push_to_hub:  # every process: saving may gather shards
         trainer.push_to_hub(commit_message=f"{describe(config)} trained on {args.data}")
-        print(f"pushed to https://huggingface.co/{trainer.hub_model_id}")
+    else:
+        trainer.save_model()
+        trainer.create_model_card()
+    if is_main:
+        print(f"model, tokenizer and model card saved to {out}/"
+              + (f" and pushed to https://huggingface.co/{trainer.hub_model_id}" if args.push_to_hub else ""))
     return metrics
 
 

@@ -8,7 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import types
+
 import pytest
+import transformers.trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--hidden-size", "32", "--layers", "2", "--seq-len", "32", "--batch-size", "4", "--vocab-size", "300",
@@ -37,11 +40,38 @@ def corpus(tmp_path_factory):
     return path
 
 
+class FakeHubApi:
+    """Stands in for transformers.trainer.hf_api(): Trainer.push_to_hub runs for real up to the HTTP calls,
+    and the upload copies what would be sent (folder_path minus ignore_patterns) to a local folder."""
+
+    def __init__(self, upload_to):
+        self.upload_to, self.calls = upload_to, []
+
+    def __call__(self):
+        return self
+
+    def create_repo(self, repo_id, **kwargs):
+        self.calls.append(("create_repo", repo_id))
+        return types.SimpleNamespace(repo_id=repo_id)
+
+    def upload_folder(self, repo_id, folder_path, ignore_patterns=(), **kwargs):
+        self.calls.append(("upload_folder", repo_id, folder_path))
+        shutil.copytree(folder_path, self.upload_to, ignore=shutil.ignore_patterns(*ignore_patterns))
+
+
 @pytest.fixture(scope="module")
 def run(corpus, tmp_path_factory):
+    """A tiny run with --push-to-hub: Trainer.push_to_hub with a fake Hub API; returns the output folder,
+    the metrics, and the folder that would have been uploaded."""
     out = tmp_path_factory.mktemp("run") / "lrnn-tiny"
-    metrics = train.main(["--data", str(corpus), "--output-dir", str(out)] + TINY)
-    return out, metrics
+    hub = FakeHubApi(tmp_path_factory.mktemp("hub") / "tester--lrnn-tiny")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(transformers.trainer, "hf_api", hub)
+        metrics = train.main(["--data", str(corpus), "--output-dir", str(out), "--push-to-hub",
+                              "--hub-model-id", "tester/lrnn-tiny"] + TINY)
+    assert [c[0] for c in hub.calls] == ["create_repo", "upload_folder"], hub.calls
+    assert hub.calls[1][1:] == ("tester/lrnn-tiny", str(out))
+    return out, metrics, hub.upload_to
 
 
 def test_model_card_template_is_shipped_unchanged():
@@ -52,7 +82,7 @@ def test_model_card_template_is_shipped_unchanged():
 
 
 def test_train_saves_everything(run):
-    out, metrics = run
+    out, metrics, _ = run
     for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "README.md",
                  "modeling_lrnn.py", "configuration_lrnn.py", "ops.py", "scan_torch.py", "metrics.json", "run_args.json"):
         assert (out / name).is_file(), name
@@ -64,24 +94,24 @@ def test_train_saves_everything(run):
 
 
 def test_model_card_fields(run):
-    out, metrics = run
-    card = (out / "README.md").read_text()
+    out, metrics, uploaded = run
+    card = (uploaded / "README.md").read_text()
+    assert card == (out / "README.md").read_text()
     front, body = card.split("---\n", 2)[1:]
     for field in ("library_name: transformers", "pipeline_tag: text-generation", "license: apache-2.0", "- hf_lrnn"):
         assert field in front, field
     assert "{{" not in card and "{%" not in card
-    for text in ("# lrnn-tiny", "H-LRU (order m=2)", '"hidden_size": 32', f"{metrics['eval_loss']:.4f}",
-                 f"{metrics['eval_perplexity']:.2f}", "trust_remote_code=True", 'from_pretrained("lrnn-tiny"',
+    for text in ("# tester/lrnn-tiny", "H-LRU (order m=2)", '"hidden_size": 32', f"{metrics['eval_loss']:.4f}",
+                 f"{metrics['eval_perplexity']:.2f}", "trust_remote_code=True", 'from_pretrained("tester/lrnn-tiny"',
                  "--hidden-size 32", str(metrics["train_tokens"]), "Training data", metrics["sample"].splitlines()[0]):
         assert text in body, text
 
 
-def test_upload_folder_loads_in_clean_process(run, tmp_path):
-    """What Trainer.push_to_hub uploads (the output folder without checkpoint-* and _*) loads with
-    trust_remote_code=True where hf_lrnn cannot be imported, and generates."""
-    out, _ = run
-    upload = tmp_path / "upload"
-    shutil.copytree(out, upload, ignore=shutil.ignore_patterns("checkpoint-*", "_*"))
+def test_uploaded_folder_loads_in_clean_process(run, tmp_path):
+    """What Trainer.push_to_hub uploaded loads with trust_remote_code=True where hf_lrnn cannot be
+    imported (PYTHONPATH unset, another working directory, the import blocked), and generates."""
+    _, _, upload = run
+    assert not list(upload.glob("checkpoint-*")) and (upload / "modeling_lrnn.py").is_file()
     code = f"""
 import sys
 sys.modules["hf_lrnn"] = None  # import hf_lrnn raises ImportError, even if it is installed
@@ -102,11 +132,12 @@ print("OK", type(model).__name__, tuple(out.shape), tok.decode(out[0], skip_spec
 
 
 def test_resume_continues_the_same_run(run, tmp_path):
-    out, metrics = run
+    out, metrics, _ = run
     resumed = tmp_path / "resumed"
     shutil.copytree(out / "checkpoint-3", resumed / "checkpoint-3")
     shutil.copy(out / "run_args.json", resumed / "run_args.json")
-    again = train.main(["--resume", "--output-dir", str(resumed)])  # every other setting from run_args.json
+    # every other setting comes from run_args.json (no push this time)
+    again = train.main(["--resume", "--output-dir", str(resumed), "--no-push-to-hub"])
     first, second = losses(metrics["log_history"]), losses(again["log_history"])
     assert sorted(second) == [1, 2, 3, 4, 5, 6]  # steps 1-3 come from the checkpoint's trainer state
     for step in (4, 5, 6):
