@@ -13,12 +13,14 @@ Design (one ``torch.autograd.Function`` per op, reference loops in ``scan_torch`
   the state, each step loads the logits in the matching (rotated) order, so
   ``h_t = sum_slots a[slot] * ring[slot] + a_0 v_t`` is one multiply-and-sum over a (channels, slots) tile.
 - Time chunking (when B * N cannot fill the GPU): the state update is affine, ``s_end = P s_start + e``.
-  A summary kernel scans every chunk from the zero state and from the m (or k) unit states, which gives
-  [e | P] per chunk; a combine kernel passes the true start states along the chunks; the main kernel
-  then rescans every chunk from its start state and writes h. The backward pass uses the same
+  The forward kernel in summary mode scans every chunk from the zero state and from the m (or k) unit
+  states (as extra rows of its tile), which gives [e | P] per chunk; a combine kernel passes the true start
+  states along the chunks; the forward kernel in main mode then rescans every chunk from its start state
+  and writes h. The backward pass uses the same
   decomposition in reverse time with P^T: ``lambda_start = P^T lambda_end + local``.
 - Backward: reverse-time adjoint scan. For H-LRU the adjoint of the lags follows
-  ``lambda_{t-1}[j-1] = g_t a_{t,j} + lambda_t[j]`` with ``g_t = lambda_t[0]`` (the total gradient of h_t),
+  ``lambda_{t-1}[j-1] = g_t a_{t,j} + lambda_t[j]`` (lambda_t[m] = 0), with ``g_t = lambda_t[0]`` the total
+  gradient of h_t (dh_t plus what later steps passed back),
   and ``da_{t,j} = g_t h_{t-j}``, ``da_{t,0} = g_t v_t``, ``dv_t = g_t a_{t,0}``. The forward lags are rebuilt
   backwards from the saved chunk-end states: a step overwrote lag m, whose value is read back from h
   (or from the initial state). For BD-LRU ``g_t = lambda_t``, ``dA_t = g_t h_{t-1}^T``,
@@ -31,7 +33,6 @@ refused with a TypeError); h is returned in v's dtype, the final state in float3
 """
 from __future__ import annotations
 
-import math
 import os
 from typing import Optional, Tuple
 
@@ -47,7 +48,7 @@ from .scan_torch import GATE_NORMALIZATIONS, L1_EPS
 
 MAX_HLRU_ORDER = 16  # largest supported m
 MAX_BDLRU_BLOCK = 16  # largest supported k
-MAX_CHUNKED_SIZE = 8  # time chunking (the summary kernels) for m <= 8 and k <= 8
+MAX_CHUNKED_SIZE = 8  # time chunking (chunk summaries) for m <= 8 and k <= 8
 MIN_CHUNK_LEN = 64  # shortest time chunk the planner picks
 # The planner splits time until about this many programs per multiprocessor. The chunk summary costs
 # about one extra read of the inputs for H-LRU, but E = next_pow2(k+1) times the main pass's arithmetic for
