@@ -6,7 +6,7 @@
     python scripts/train.py --data corpus.jsonl --text-field body --tokenizer gpt2
     python scripts/train.py --data roneneldan/TinyStories --preset 10m --max-steps 5000
     python scripts/train.py --resume --output-dir runs/lrnn   # continue that run from its last checkpoint
-    accelerate launch --num_processes 2 scripts/train.py ...  # DDP; add --use_fsdp ... for FSDP
+    accelerate launch --multi_gpu --num_processes 2 scripts/train.py ...  # DDP; --use_fsdp ... for FSDP
 
 The script reads top to bottom: arguments, corpus, tokenizer, model, Trainer, evaluation, a sample,
 then the model folder (weights, config, tokenizer, remote code, model card) that ``--push-to-hub`` uploads.
@@ -44,7 +44,7 @@ EOS = "<|endoftext|>"
 PRESETS = {  # name: (hidden_size, layers)
     "tiny": (128, 4),    # ~1M parameters: the CPU default
     "10m": (320, 6),     # ~10M
-    "125m": (768, 12),   # ~125M
+    "125m": (768, 12),   # GPT-2-small shape: ~100M + embeddings (~125M with a 16k vocabulary)
 }
 MAMBA_LAYERS_PER_BLOCK = 2.2  # a Mamba block (~6.3 d^2) has no MLP; an H-LRU block is ~14 d^2
 
@@ -52,7 +52,7 @@ MAMBA_LAYERS_PER_BLOCK = 2.2  # a Mamba block (~6.3 d^2) has no MLP; an H-LRU bl
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     g = p.add_argument_group("data")
-    g.add_argument("--data", default=EMBEDDED_CORPUS, help="a local .txt / .jsonl / .json file, or a Hub dataset name "
+    g.add_argument("--data", default=EMBEDDED_CORPUS, help="a local .txt / .jsonl / .json file or dataset folder, or a Hub dataset name "
                    f"(name or name:config); '{EMBEDDED_CORPUS}' is the corpus embedded in the package")
     g.add_argument("--text-field", default="text", help="column holding the text (JSONL and Hub datasets)")
     g.add_argument("--val-fraction", type=float, default=0.1, help="held-out tail when there is no validation split")
@@ -104,12 +104,14 @@ def parse_args(argv=None) -> argparse.Namespace:
             p.error(f"--resume: no {saved} (is --output-dir the folder of an earlier run?)")
         p.set_defaults(**{k: v for k, v in json.loads(saved.read_text()).items() if k != "resume"})
         args = p.parse_args(argv)
-    if args.data != EMBEDDED_CORPUS and not Path(args.data).is_file():
+    if args.data != EMBEDDED_CORPUS and not Path(args.data).exists():
         if Path(args.data).suffix in (".txt", ".jsonl", ".json", ".md") or args.data.startswith((".", "/", "~")):
             p.error(f"--data {args.data}: no such file")
     for name in ("vocab_size", "seq_len", "max_steps", "batch_size", "grad_accum", "eval_interval", "log_interval"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if not 0 < args.val_fraction < 1:
+        p.error(f"--val-fraction must be in (0, 1), got {args.val_fraction}")
     if args.tokenizer == "bpe" and args.vocab_size < 257:
         p.error(f"--vocab-size must be >= 257 (256 bytes + end-of-text) for --tokenizer bpe, got {args.vocab_size}")
     world = int(os.environ.get("WORLD_SIZE", 1))
@@ -141,8 +143,8 @@ def load_corpus(args) -> datasets.DatasetDict:
         ds = datasets.DatasetDict(train=train, validation=held_out)
     if args.text_field not in ds["train"].column_names:
         sys.exit(f"error: --text-field {args.text_field!r} is not a column of {args.data} (columns: {ds['train'].column_names})")
-    return datasets.DatasetDict({k: v.select_columns([args.text_field]).rename_column(args.text_field, "text")
-                                 for k, v in ds.items() if k in ("train", "validation")})
+    ds = datasets.DatasetDict({k: v.select_columns([args.text_field]) for k, v in ds.items() if k in ("train", "validation")})
+    return ds if args.text_field == "text" else ds.rename_column(args.text_field, "text")
 
 
 # -------------------------------------------------------------------------------------- tokenizer
@@ -286,8 +288,8 @@ def main(argv=None):
     config = AutoConfig.from_pretrained(checkpoint) if checkpoint else model_config(args, tokenizer)
     model = AutoModelForCausalLM.from_config(config)
     n_params = sum(p.numel() for p in model.parameters())
-    if args.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+    if args.gradient_checkpointing:  # transformers 5.24 renamed it activation checkpointing
+        getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)()
     if is_main:
         print(f"{describe(config)}: {n_params / 1e6:.2f}M parameters, {config.num_hidden_layers} layers, d={config.hidden_size}, "
               f"vocab {len(tokenizer)}; {len(data['train'])} training / {len(eval_data)} validation blocks of {args.seq_len} tokens")
@@ -299,10 +301,11 @@ def main(argv=None):
         per_device_eval_batch_size=per_device, gradient_accumulation_steps=args.grad_accum,
         learning_rate=args.lr, lr_scheduler_type=args.lr_scheduler, warmup_steps=args.warmup_steps,
         weight_decay=args.weight_decay, adam_beta2=0.99, max_grad_norm=1.0, bf16=args.bf16,
-        torch_compile=args.compile, seed=args.seed,
-        eval_strategy="steps", eval_steps=args.eval_interval, logging_steps=args.log_interval,
-        save_steps=args.save_interval or args.eval_interval, save_total_limit=2, dataloader_drop_last=True, dataloader_pin_memory=torch.cuda.is_available(),
-        ddp_find_unused_parameters=False, report_to="none", use_cpu=not torch.cuda.is_available(), push_to_hub=args.push_to_hub, hub_model_id=args.hub_model_id, hub_strategy="end",
+        torch_compile=args.compile, seed=args.seed, eval_strategy="steps", eval_steps=args.eval_interval,
+        logging_steps=args.log_interval, save_steps=args.save_interval or args.eval_interval, save_total_limit=2,
+        dataloader_drop_last=True, dataloader_pin_memory=torch.cuda.is_available(), ddp_find_unused_parameters=False,
+        use_cpu=not torch.cuda.is_available(),  # also what makes torchrun / accelerate launch distribute on CPUs
+        report_to="none", push_to_hub=args.push_to_hub, hub_model_id=args.hub_model_id, hub_strategy="end",
     )
     tokens_per_step = args.batch_size * args.seq_len
     throughput = Throughput(tokens_per_step, args.max_time)

@@ -167,3 +167,38 @@ def test_cli_error_in_a_subprocess(tmp_path):
     result = subprocess.run([sys.executable, str(ROOT / "scripts" / "train.py"), "--data", str(tmp_path / "missing.txt")],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 2 and "usage: train.py" in result.stderr and "missing.txt: no such file" in result.stderr
+
+
+def corpus_args(*argv):
+    return train.parse_args(list(argv))
+
+
+def test_load_corpus_text_jsonl_and_dataset_folder(tmp_path):
+    text = tmp_path / "a.txt"
+    text.write_text("x" * 90 + "y" * 10)
+    ds = train.load_corpus(corpus_args("--data", str(text)))
+    assert ds["train"]["text"] == ["x" * 90] and ds["validation"]["text"] == ["y" * 10]
+
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text("".join(json.dumps({"body": f"doc {i}", "id": i}) + "\n" for i in range(20)))
+    ds = train.load_corpus(corpus_args("--data", str(docs), "--text-field", "body"))
+    assert ds["train"]["text"] == [f"doc {i}" for i in range(18)] and ds["validation"]["text"] == ["doc 18", "doc 19"]
+    with pytest.raises(SystemExit, match="--text-field 'text' is not a column"):
+        train.load_corpus(corpus_args("--data", str(docs)))
+
+    folder = tmp_path / "folder"  # a dataset folder (as from the Hub): a "test" split becomes the validation set
+    folder.mkdir()
+    for split, n in (("train", 5), ("test", 2)):
+        (folder / f"{split}.jsonl").write_text("".join(json.dumps({"text": f"{split} {i}"}) + "\n" for i in range(n)))
+    ds = train.load_corpus(corpus_args("--data", str(folder)))
+    assert ds["validation"]["text"] == ["test 0", "test 1"] and len(ds["train"]) == 5
+
+
+def test_byte_tokenizer_round_trips_any_text():
+    import datasets
+
+    tokenizer = train.train_bpe_tokenizer(datasets.Dataset.from_dict({"text": ["abc"]}), 257)  # bytes + end-of-text
+    assert len(tokenizer) == 257 and tokenizer.eos_token == train.EOS
+    text = "Ünïcødé → 字 🙂\n\ttabs"
+    ids = tokenizer(text)["input_ids"]
+    assert len(ids) == len(text.encode()) and tokenizer.decode(ids) == text
