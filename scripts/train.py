@@ -201,12 +201,12 @@ def describe(config) -> str:
 
 # ---------------------------------------------------------------------------------------- trainer
 class Throughput(TrainerCallback):
-    """Training tokens/s over the optimizer steps after the first few (evaluation and saving excluded);
+    """Training tokens/s over the optimizer steps after the first few warm-up ones (evaluation and saving excluded);
     with --max-time, stops training once that many seconds have passed."""
 
     def __init__(self, tokens_per_step: int, max_time=None, skip: int = 3):
         self.tokens_per_step, self.max_time, self.skip = tokens_per_step, max_time, skip
-        self.seconds, self.steps, self.start = 0.0, 0, time.time()
+        self.seconds, self.all_seconds, self.steps, self.start = 0.0, 0.0, 0, time.time()
 
     def _sync(self):
         if torch.cuda.is_available():
@@ -219,14 +219,18 @@ class Throughput(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         self._sync()
         self.steps += 1
+        seconds = time.perf_counter() - self.t0
+        self.all_seconds += seconds
         if self.steps > self.skip:
-            self.seconds += time.perf_counter() - self.t0
+            self.seconds += seconds
         if self.max_time and time.time() - self.start > self.max_time:
             control.should_training_stop = True
 
     @property
     def tokens_per_second(self) -> float:
-        return self.tokens_per_step * (self.steps - self.skip) / self.seconds if self.steps > self.skip else float("nan")
+        if self.steps > self.skip:
+            return self.tokens_per_step * (self.steps - self.skip) / self.seconds
+        return self.tokens_per_step * self.steps / self.all_seconds if self.steps else float("nan")  # a very short run
 
 
 class CardTrainer(Trainer):
@@ -347,7 +351,11 @@ def main(argv=None):
     trainer.card_fields = dict(
         model_id=args.hub_model_id or out.name, model_type=config.model_type, architecture=describe(config),
         config_json=json.dumps({k: v for k, v in config.to_diff_dict().items() if k not in ("architectures", "auto_map")}, indent=2),
-        n_params=f"{n_params / 1e6:.2f}M", dataset=args.data, dataset_id=None if Path(args.data).is_file() or args.data == EMBEDDED_CORPUS else args.data,
+        n_params=f"{n_params / 1e6:.2f}M", dataset=(
+            "tinyshakespeare (embedded in hf_lrnn: 1.1 MB of Shakespeare's plays, the corpus of Karpathy's char-rnn)"
+            if args.data == EMBEDDED_CORPUS else f"`{args.data}`") + (
+            f", the last {args.val_fraction:.0%} held out for validation" if args.data == EMBEDDED_CORPUS or Path(args.data).suffix == ".txt" else ""),
+        dataset_id=None if Path(args.data).is_file() or args.data == EMBEDDED_CORPUS else args.data,
         tokenizer=(f"byte-level BPE, {len(tokenizer)} tokens, trained on the training split" if args.tokenizer == "bpe" else args.tokenizer),
         seq_len=args.seq_len, steps=metrics["steps"], batch_size=args.batch_size, train_tokens=metrics["train_tokens"],
         lr=args.lr, lr_scheduler=args.lr_scheduler, precision="bf16" if args.bf16 else "fp32", world_size=world,
