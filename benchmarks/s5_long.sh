@@ -7,11 +7,12 @@ MAX_TIME=${MAX_TIME:-150}
 run() {  # run GPU BLOCK LR SEED
   CUDA_VISIBLE_DEVICES=$1 PYTHONUNBUFFERED=1 python3 scripts/synthetic.py --task s5 --model bdlru \
     --block-size "$2" --lr "$3" --seed "$4" --steps 100000 --max-time "$MAX_TIME" \
-    --out "$OUT/synthetic_s5_long.jsonl" > "$OUT/s5_k$2_lr$3_s$4.log" 2>&1 &
+    --out "$OUT/synthetic_s5_long.jsonl" > "/tmp/s5_k$2_lr$3_s$4.log" 2>&1 &
 }
 run 0 4 5e-4 0; run 0 4 5e-4 1
 run 1 8 5e-4 0; run 1 8 5e-4 1
 run 2 4 2e-3 0; run 2 8 2e-3 0
 run 3 4 2e-3 1; run 3 8 2e-3 1
 wait
+tail -n 5 /tmp/s5_*.log > "$OUT/synthetic_s5_long.log"
 cat "$OUT/synthetic_s5_long.jsonl"
