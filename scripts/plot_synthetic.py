@@ -108,7 +108,7 @@ def plots(ok, out_dir, env):
     import matplotlib.pyplot as plt
 
     stamp = (f"scripts/synthetic_suite.py --preset paper; {len(env['gpus'])}x {env['gpus'][0] if env['gpus'] else 'CPU'};\n"
-             f"{env['date_utc']} UTC; time-capped runs (see README_synthetic.md)") if env else ""
+             f"{env['date_utc']} UTC; time-capped runs (see README.md, Synthetic benchmarks)") if env else ""
     good = [r for r in ok if r["steps"] >= MIN_STEPS]
     tasks = [t for t in TASK_ORDER if any(r["task"] == t for r in good)]
     cols = 3
