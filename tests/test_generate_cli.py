@@ -1,23 +1,12 @@
 """scripts/generate.py: streaming, stdin prompts, left-padded batches (same tokens as one at a time), errors."""
-import importlib.util
 import io
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 from hf_lrnn import LRNNConfig, LRNNForCausalLM
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_script(name):
-    spec = importlib.util.spec_from_file_location(f"{name}_script", ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
+from script_loader import ROOT, load_script
 
 generate = load_script("generate")
 

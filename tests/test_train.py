@@ -1,29 +1,20 @@
 """scripts/train.py end to end on a tiny model: train, save, model card, reload in a clean process
 (trust_remote_code, hf_lrnn not importable), generate; resume continues the same run; argument errors."""
-import importlib.util
 import json
 import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
-
 import types
 
 import pytest
 import transformers.trainer
 
-ROOT = Path(__file__).resolve().parents[1]
+from script_loader import ROOT, load_script
+
 TINY = ["--hidden-size", "32", "--layers", "2", "--seq-len", "32", "--batch-size", "4", "--vocab-size", "300",
         "--max-steps", "6", "--eval-interval", "3", "--eval-batches", "2", "--log-interval", "1", "--warmup-steps", "1",
         "--lr", "1e-2", "--sample-tokens", "8", "--scan-backend", "torch"]
-
-
-def load_script(name):
-    spec = importlib.util.spec_from_file_location(f"{name}_script", ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 train = load_script("train")
