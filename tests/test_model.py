@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, DynamicCache, Trainer, TrainingArguments
+from transformers.dynamic_module_utils import get_imports
 
 import hf_lrnn
 from hf_lrnn import LRNNCache, LRNNConfig, LRNNForCausalLM, LRNNModel
@@ -220,6 +221,10 @@ def test_save_and_load_round_trip(tmp_path, tie):
     assert (tmp_path / "model.safetensors").exists()
     for name in ("modeling_lrnn.py", "configuration_lrnn.py", "ops.py", "scan_torch.py"):
         assert (tmp_path / name).exists(), name
+    # transformers refuses remote code whose top-level imports are not installed: only torch and
+    # transformers (and the standard library) may be required; triton sits in a try block.
+    for code in tmp_path.glob("*.py"):
+        assert set(get_imports(code)) <= {"__future__", "math", "os", "typing", "warnings", "torch", "transformers"}, code
     auto_map = json.loads((tmp_path / "config.json").read_text())["auto_map"]
     assert auto_map["AutoModelForCausalLM"] == "modeling_lrnn.LRNNForCausalLM"
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
