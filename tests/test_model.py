@@ -11,7 +11,6 @@ import torch.nn.functional as F
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, DynamicCache, Trainer, TrainingArguments
 from transformers.dynamic_module_utils import get_imports
 
-import hf_lrnn
 from hf_lrnn import LRNNCache, LRNNConfig, LRNNForCausalLM, LRNNModel
 from hf_lrnn.modeling_lrnn import CACHE_FIELD, hlru_lagged_states
 

@@ -1,5 +1,4 @@
 """Synthetic tasks: generator invariants, metrics, baselines, and a CPU smoke run that must learn."""
-import itertools
 import os
 import sys
 
