@@ -185,7 +185,7 @@ def _build_fla(kind, vocab_size, d, num_layers, inter, device):
         import fla  # noqa: F401
         from fla.models import DeltaNetConfig, DeltaNetForCausalLM, GatedDeltaNetConfig, GatedDeltaNetForCausalLM
     except Exception as err:  # ImportError, or an incompatible torch/triton
-        raise BaselineUnavailable(f"{kind}: flash-linear-attention could not be imported ({type(err).__name__}: {err})")
+        raise BaselineUnavailable(f"{kind}: flash-linear-attention could not be imported ({type(err).__name__}: {err})") from err
     common = dict(vocab_size=vocab_size, hidden_size=d, num_hidden_layers=num_layers, intermediate_size=inter,
                   use_cache=False, tie_word_embeddings=False, fuse_cross_entropy=False,
                   pad_token_id=None, bos_token_id=None, eos_token_id=None)

@@ -64,18 +64,9 @@ class LRNNCache(Cache):
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self.seen_tokens
 
-    def get_max_cache_shape(self, layer_idx: int = 0) -> int:
-        return -1  # no maximum length: the state does not grow
-
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         """Beam search: keep the states of the selected beams, in order."""
         self.states = [s if s is None else s.index_select(0, beam_idx.to(s.device)) for s in self.states]
-
-    def batch_repeat_interleave(self, repeats: int) -> None:
-        self.states = [s if s is None else s.repeat_interleave(repeats, dim=0) for s in self.states]
-
-    def batch_select_indices(self, indices: torch.Tensor) -> None:
-        self.states = [s if s is None else s[indices] for s in self.states]
 
     def reset(self) -> None:
         self.states = [None] * len(self.states)

@@ -52,7 +52,7 @@ def _resolve_backend(backend: str, v: torch.Tensor, kind: str, size: int) -> str
         return "triton"
     if (kind, reason) not in _warned:
         _warned.add((kind, reason))
-        warnings.warn(f"{kind}_scan: backend='auto' uses the torch backend on CUDA because {reason}")
+        warnings.warn(f"{kind}_scan: backend='auto' uses the torch backend on CUDA because {reason}", stacklevel=4)
     return "torch"
 
 

@@ -169,12 +169,6 @@ def gen_recall(rng, n, seq_len=128, num_keys=8, vocab_size=16):
     return x, y, mapping
 
 
-def _gen_group_sequences(table):
-    def sample(rng, n, seq_len):
-        return rng.integers(0, table.shape[0], size=(n, seq_len))
-    return sample
-
-
 def gen_mod_count(rng, n, seq_len=32):
     return rng.integers(0, 2, size=(n, seq_len)).astype(np.int64)
 
