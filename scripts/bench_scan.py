@@ -151,28 +151,11 @@ def plot(results, path):
     fig.savefig(path, dpi=120)
 
 
-def tune(B=8, T=4096, W=2048):
-    """Forward time over scan_triton's tile budgets and H-LRU programs-per-SM target, at the main config."""
-    from hf_lrnn import scan_triton
-
-    for tile in (1024, 2048):
-        for summary_tile in (1024, 4096):
-            for pps in (4, 16):
-                scan_triton._TILE, scan_triton._SUMMARY_TILE = tile, summary_tile
-                scan_triton.PROGRAMS_PER_SM["hlru"] = pps
-                times = {f"{kind}{D}": round(time_scan(kind, D, B, T, W, with_bwd=False, rep=50)["fwd_ms"], 3)
-                         for kind, D in (("hlru", 1), ("hlru", 2), ("hlru", 4), ("bdlru", 4), ("bdlru", 8))}
-                print(f"tile {tile} summary tile {summary_tile} programs/SM {pps} fwd ms {times}", flush=True)
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--quick", action="store_true", help="main table only")
-    ap.add_argument("--tune", action="store_true", help="only sweep the tile and chunk-planning knobs (fwd)")
     args = ap.parse_args()
-    if args.tune:
-        return tune()
     os.makedirs(args.out, exist_ok=True)
     B, T, W = 8, 4096, 2048
     res = dict(
