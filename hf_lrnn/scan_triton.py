@@ -4,31 +4,29 @@ Shapes (B batch, T time, N channels or blocks, m order, k block size), as in ``s
 - H-LRU: v (B, T, N), gate_logits (B, T, N, m+1), state (B, N, m) = [h_{t-1}, ..., h_{t-m}].
 - BD-LRU: v (B, T, N, k), gate_logits (B, T, N, k, k+1), state (B, N, k).
 
-Three kernel families (one ``torch.autograd.Function`` per op; float64 reference loops in ``scan_torch``):
-- H-LRU (and BD-LRU with k = 1, which is the same recurrence): sequential kernels. Every thread owns one
-  channel and runs ``h_t = sum_j a_{t,j} h_{t-j} + a_{t,0} v_t`` step by step with the m lags in registers;
-  a loop iteration first loads U steps (U vectors per input, so many loads are in flight), then runs them.
-  The backward pass runs the adjoint of the lags in reverse time,
-  ``g = lam[0] + dh_t; lam <- (lam[1] + a_1 g, ..., lam[m-1] + a_{m-1} g, a_m g)``, with g = dL/dh_t,
-  ``da_{t,0} = g v_t``, ``da_{t,j} = g h_{t-j}``, ``dv_t = g a_{t,0}``; h_{t-j} is read back from h.
-- BD-LRU, k <= 4: tile scans. A program owns a (blocks, BLOCK_T steps) tile and scans it along time with
-  ``tl.associative_scan`` over affine elements ``x -> A x + u`` (k*k + k numbers, composed in registers),
-  then applies the state carried from the previous tile. The backward pass scans the adjoint elements
-  ``(A_{t+1}^T, dh_t)`` in reverse time: ``lam_t = dh_t + A_{t+1}^T lam_{t+1}``, ``dA_t = lam_t h_{t-1}^T``.
-- BD-LRU, k > 4: step kernels. A program owns a (blocks, k, k+1) tile of gates and runs one step per loop
-  iteration (the dense k*k + k scan elements do not fit in registers for large k).
+Two kernel families (one ``torch.autograd.Function`` per op; float64 reference loops in ``scan_torch``):
+- Sequential kernels (H-LRU, and BD-LRU with k <= 8): every thread owns one channel (H-LRU) or one block
+  (BD-LRU) and runs the recurrence step by step with its state in registers; a loop iteration first
+  loads U steps (U vectors per input, so that many loads are in flight), then runs them.
+  H-LRU: ``h_t = sum_j a_{t,j} h_{t-j} + a_{t,0} v_t``; the backward pass runs the adjoint of the lags in
+  reverse time, ``g = lam[0] + dh_t; lam <- (lam[1] + a_1 g, ..., lam[m-1] + a_{m-1} g, a_m g)`` with
+  g = dL/dh_t, ``da_{t,0} = g v_t``, ``da_{t,j} = g h_{t-j}``, ``dv_t = g a_{t,0}`` (h_{t-j} read back
+  from h). BD-LRU: ``h_t = A_t h_{t-1} + a_0 * v_t``; backward ``g = lam + dh_t``, ``lam <- A_t^T g``,
+  ``dA_t = g h_{t-1}^T``.
+- Step kernels (BD-LRU with k > 8, whose dense k x k state maps do not fit in one thread's registers): a
+  program owns a (blocks, k, k+1) tile of gates and runs one step per loop iteration.
 
-All of them fuse the gate normalisation (the normalised gates are never written to memory; the backward
-pass recomputes them from the logits). Time chunking, when B * N alone cannot fill the GPU: the map over a
-chunk is affine, ``s_end = P s_start + e``; a summary pass computes [e | P] per chunk, a small sequential
-kernel passes the true start states along the chunks, and the main pass reruns every chunk from its start
-state. The backward pass does the same in reverse time. Only h (and, for the step kernels, chunk-boundary
-states) is saved for backward. Masked steps (mask == 0) are the identity on the state; h there repeats the
-most recent state entry.
+The gate normalisation is fused: the normalised gates are never written to memory, and the backward pass
+recomputes them from the logits. Time chunking (sequential kernels, state size <= 8), so that small
+batches fill the GPU: the map over a chunk is affine, ``s_end = P s_start + e``. A summary pass runs
+every chunk from zero (with the inputs) and from the unit states (without) to get [e | P], a small
+sequential kernel passes the true start states along the chunks, and the main pass reruns every chunk
+from its start state. The backward pass does the same in reverse time. Only h is saved for backward.
+Masked steps (mask == 0) are the identity on the state; h there repeats the most recent state entry.
 
 The state and all accumulations are float32; inputs may be float32, bfloat16 or float16 (float64 is
 refused with a TypeError); h is returned in v's dtype, the final state in float32. Offsets are int64.
-Tile sizes and chunk counts come from sweeps on an H200 (``scripts/bench_scan.py``).
+Unrolling and chunk counts come from H200 sweeps (``scripts/tune_scan.py``).
 """
 from __future__ import annotations
 
@@ -48,22 +46,19 @@ from .scan_torch import GATE_NORMALIZATIONS, L1_EPS
 MAX_HLRU_ORDER = 16  # largest supported m
 MAX_BDLRU_BLOCK = 16  # largest supported k
 MAX_CHUNKED_SIZE = 8  # time chunking for m <= 8 and k <= 8 (the summaries carry (D + 1) * D numbers)
-MAX_TILE_SCAN_BLOCK = 4  # BD-LRU block sizes run by the tile scans; larger ones by the step kernels
-MIN_CHUNK_LEN = 64  # shortest time chunk of the BD-LRU kernels
-HLRU_MIN_CHUNK_LEN = 128  # shortest time chunk of the H-LRU kernels
-# H-LRU: split time into C chunks with B * N * (m + 1) * C about this many (channel, lag) updates in
-# flight; H200 sweep at B = 8, T = 4096 and B = 1, T = 32k: best C 16-64 and 128.
+MAX_SEQUENTIAL_BLOCK = 8  # BD-LRU block sizes run by the sequential kernels; larger ones by the step kernels
+# Time chunking of the sequential kernels (H200 sweeps, scripts/tune_scan.py, at B = 8, T = 4096 and
+# B = 1, T = 32k): chunks of at least MIN_CHUNK_LEN steps, as many as bring H-LRU to about
+# HLRU_TARGET_WORK = B * N * (m + 1) * chunks and BD-LRU to BDLRU_TARGET_THREADS = B * N * chunks.
+MIN_CHUNK_LEN = 128
 HLRU_TARGET_WORK = 1 << 19
-# (U steps per loop iteration, channels per program, warps) of the sequential H-LRU kernels, by order m
-# (H200 sweep); other orders use _hlru_config's defaults.
+BDLRU_TARGET_THREADS = 1 << 18
+# (U steps per loop iteration, channels or blocks per program, warps) of the sequential kernels, by m or k
+# (H200 sweeps); other sizes use _sequential_config's default.
 HLRU_FWD_CONFIG = {1: (2, 128, 4), 2: (4, 128, 4), 3: (4, 128, 4), 4: (4, 128, 4), 8: (4, 128, 4)}
 HLRU_BWD_CONFIG = {1: (4, 128, 4), 2: (2, 128, 4), 3: (8, 128, 4), 4: (4, 128, 4), 8: (2, 128, 4)}
-# (BLOCK_T steps, blocks per program, warps) of the BD-LRU tile scans, by block size k (H200 sweep).
-BDLRU_FWD_TILE = {2: (16, 16, 1), 3: (16, 16, 4), 4: (16, 8, 2)}
-BDLRU_BWD_TILE = {2: (32, 16, 4), 3: (16, 16, 4), 4: (8, 16, 4)}
-# BD-LRU tile scans: with fewer programs than multiprocessors, split time into chunks until there are
-# about this many programs per multiprocessor (H200, B = 1, T = 32k: 32 chunks of 1024 steps were best).
-BDLRU_TILE_PROGRAMS_PER_SM = 8
+BDLRU_FWD_CONFIG = {2: (4, 128, 4), 3: (2, 128, 4), 4: (2, 128, 4), 8: (1, 128, 4)}
+BDLRU_BWD_CONFIG = {2: (4, 128, 4), 3: (2, 128, 4), 4: (2, 128, 4), 8: (1, 128, 4)}
 _KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
@@ -427,297 +422,170 @@ def _hlru_bwd_kernel(
 
 
 # ---------------------------------------------------------------------------------------------
-# BD-LRU tile scans (k <= 4). Affine elements x -> A x + u on a state of size D, stored as a tuple of
-# D*D + D equally shaped (BLOCK_N, BLOCK_T) tiles: A row-major, then u. Channels (blocks) run along axis 0,
-# so that neighbouring threads load neighbouring addresses, and time along axis 1.
+# BD-LRU: sequential kernels, one block per thread, U steps loaded per loop iteration.
 # ---------------------------------------------------------------------------------------------
 
 
 @triton.jit
-def _compose(first, then, D: tl.constexpr):
-    """The element ``then o first``: (A_t A_f, A_t u_f + u_t)."""
-    out = ()
-    for i in tl.static_range(D):
-        for j in tl.static_range(D):
-            acc = then[i * D] * first[j]
-            for q in tl.static_range(1, D):
-                acc += then[i * D + q] * first[q * D + j]
-            out = out + (acc,)
-    for i in tl.static_range(D):
-        acc = then[D * D + i]
-        for q in tl.static_range(D):
-            acc += then[i * D + q] * first[D * D + q]
-        out = out + (acc,)
-    return out
-
-
-@triton.jit
-def _combine_1(a0, u0, b0, w0):
-    return _compose((a0, u0), (b0, w0), 1)
-
-
-@triton.jit
-def _combine_2(a0, a1, a2, a3, u0, u1, b0, b1, b2, b3, w0, w1):
-    return _compose((a0, a1, a2, a3, u0, u1), (b0, b1, b2, b3, w0, w1), 2)
-
-
-@triton.jit
-def _combine_3(a0, a1, a2, a3, a4, a5, a6, a7, a8, u0, u1, u2,
-               b0, b1, b2, b3, b4, b5, b6, b7, b8, w0, w1, w2):
-    return _compose((a0, a1, a2, a3, a4, a5, a6, a7, a8, u0, u1, u2),
-                    (b0, b1, b2, b3, b4, b5, b6, b7, b8, w0, w1, w2), 3)
-
-
-@triton.jit
-def _combine_4(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, u0, u1, u2, u3,
-               b0, b1, b2, b3, b4, b5, b6, b7, b8, b9, b10, b11, b12, b13, b14, b15, w0, w1, w2, w3):
-    return _compose((a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, u0, u1, u2, u3),
-                    (b0, b1, b2, b3, b4, b5, b6, b7, b8, b9, b10, b11, b12, b13, b14, b15, w0, w1, w2, w3), 4)
-
-
-@triton.jit
-def _scan_time(elem, D: tl.constexpr):
-    """Inclusive scan of a tuple of (BLOCK_N, BLOCK_T) element tiles along time (axis 1)."""
-    if D == 1:
-        out = tl.associative_scan(elem, 1, _combine_1)
-    elif D == 2:
-        out = tl.associative_scan(elem, 1, _combine_2)
-    elif D == 3:
-        out = tl.associative_scan(elem, 1, _combine_3)
-    else:
-        tl.static_assert(D == 4, "tile scans support state sizes up to 4")
-        out = tl.associative_scan(elem, 1, _combine_4)
-    return out
-
-
-@triton.jit
-def _apply(elem, x, D: tl.constexpr):
-    """The states A x + u of a tile of elements for a start state x (tuple of D (BLOCK_N,) vectors)."""
-    out = ()
-    for i in tl.static_range(D):
-        acc = elem[D * D + i]
-        for j in tl.static_range(D):
-            acc += elem[i * D + j] * x[j][:, None]
-        out = out + (acc,)
-    return out
-
-
-@triton.jit
-def _last_step(tiles, BLOCK_T: tl.constexpr):
-    """Column BLOCK_T - 1 (the last time step) of every (BLOCK_N, BLOCK_T) tile in a tuple."""
-    rows = tl.arange(0, BLOCK_T)[None, :]
-    out = ()
-    for i in tl.static_range(len(tiles)):
-        out = out + (tl.sum(tl.where(rows == BLOCK_T - 1, tiles[i], 0.0), axis=1),)
-    return out
-
-
-@triton.jit
-def _transpose(mat, D: tl.constexpr):
-    """The transpose of a row-major D x D tuple."""
-    out = ()
-    for i in tl.static_range(D):
-        for j in tl.static_range(D):
-            out = out + (mat[j * D + i],)
-    return out
-
-
-@triton.jit
-def _identity(shape_like, D: tl.constexpr):
-    """The identity element as a tuple of tensors shaped like ``shape_like``."""
-    zero = tl.zeros_like(shape_like)
-    out = ()
-    for i in tl.static_range(D):
-        for j in tl.static_range(D):
-            if i == j:
-                out = out + (zero + 1.0,)
-            else:
-                out = out + (zero,)
-    for i in tl.static_range(D):
-        out = out + (zero,)
-    return out
-
-
-@triton.jit
-def _store_summary(ptr, elem, ok, D: tl.constexpr):
-    """[e | P] of an element, (D, D+1) per channel: [i, 0] = u_i, [i, 1 + j] = A_ij."""
-    for i in tl.static_range(D):
-        tl.store(ptr + i * (D + 1), elem[D * D + i], mask=ok)
-        for j in tl.static_range(D):
-            tl.store(ptr + i * (D + 1) + 1 + j, elem[i * D + j], mask=ok)
-
-
-@triton.jit
-def _bdlru_gates(g_ptr, off, ok, K: tl.constexpr, NORM: tl.constexpr, EPS: tl.constexpr):
-    """Logits and gates of the blocks at ``off``, row-major tuples of K rows of K + 1 tiles."""
-    g = ()
+def _block_gates(gs, start: tl.constexpr, K: tl.constexpr, NORM: tl.constexpr, EPS: tl.constexpr):
+    """The K rows of K + 1 gates [a_0 | A] of one step from the flat logits gs[start:], normalised per row."""
     a = ()
     for i in tl.static_range(K):
-        row = ()
-        for c in tl.static_range(K + 1):
-            row = row + (tl.load(g_ptr + off * (K * (K + 1)) + i * (K + 1) + c, mask=ok, other=0.0).to(tl.float32),)
-        g = g + row
-        a = a + _normalize(row, NORM, EPS)
-    return g, a
+        a = a + _normalize(_slice(gs, start + i * (K + 1), K + 1), NORM, EPS)
+    return a
 
 
 @triton.jit
-def _bdlru_element(a, x, step, K: tl.constexpr, TRANSPOSE: tl.constexpr):
-    """(A, x) from the gates a (identity where not ``step``); TRANSPOSE: (A^T, x)."""
-    zero = tl.zeros_like(x[0])
-    out = ()
-    for i in tl.static_range(K):
-        for j in tl.static_range(K):
-            if i == j:
-                out = out + (tl.where(step, a[i * (K + 1) + 1 + j], zero + 1.0),)
-            else:
-                out = out + (tl.where(step, a[i * (K + 1) + 1 + j], zero),)
-    if TRANSPOSE:
-        out = _transpose(out, K)
-    return out + x
-
-
-@triton.jit
-def _bdlru_tile_fwd_kernel(
+def _bdlru_seq_fwd_kernel(
     v_ptr, g_ptr, mask_ptr, start_ptr, h_ptr, out_ptr,
     T, N, L, start_stride_b, start_stride_c,
     K: tl.constexpr, NORM: tl.constexpr, EPS: tl.constexpr, HAS_START: tl.constexpr, HAS_MASK: tl.constexpr,
-    SUMMARY: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_N: tl.constexpr,
+    SUMMARY: tl.constexpr, U: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    """h_t = A_t h_{t-1} + a_0 * v_t for one (block tile, time chunk, sequence), in tiles of BLOCK_T steps.
+    """h_t = A_t h_{t-1} + a_0 * v_t for one (block tile, time chunk, sequence), a block per thread.
 
     Main mode: start from start (B, C, N, K) (or zeros), write h (B, T, N, K) and the chunk-end state to
-    out (B, C, N, K). SUMMARY: the chunk's element [e | P] (s_end = P s_start + e) to out (B, C, N, K, K+1).
+    out (B, C, N, K). SUMMARY: K + 1 copies of the state (0: zero with the input, 1 + j: e_j without input)
+    give the chunk's [e | P] in out (B, C, N, K, K+1).
     """
     pid_c, b, t0, t1 = _chunk_bounds(T, L)
     n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = n < N
-    rows = tl.arange(0, BLOCK_T)
-    vec_zero = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    zero = tl.zeros((BLOCK_N,), dtype=tl.float32)
     if SUMMARY:
-        acc = _identity(vec_zero, K)
+        s = _unit_states(zero, K)
+    elif HAS_START:
+        s = _load_state(start_ptr + b * start_stride_b + pid_c * start_stride_c + n * K, n_ok, K)
     else:
-        if HAS_START:
-            state = _load_state(start_ptr + b * start_stride_b + pid_c * start_stride_c + n * K, n_ok, K)
-        else:
-            state = _zero_state(vec_zero, K)
-    for ts in range(t0, t1, BLOCK_T):
-        t = ts + rows
-        ok = (t < t1)[None, :] & n_ok[:, None]
-        step = ok
-        if HAS_MASK:
-            step = step & (tl.load(mask_ptr + b * T + t, mask=t < t1, other=0) != 0)[None, :]
-        off = (b * T + t)[None, :] * N + n[:, None]
-        g, a = _bdlru_gates(g_ptr, off, ok, K, NORM, EPS)
-        u = ()
-        for i in tl.static_range(K):
-            v = tl.load(v_ptr + off * K + i, mask=ok, other=0.0).to(tl.float32)
-            u = u + (tl.where(step, a[i * (K + 1)] * v, 0.0),)
-        elem = _scan_time(_bdlru_element(a, u, step, K, False), K)
-        if SUMMARY:
-            acc = _compose(acc, _last_step(elem, BLOCK_T), K)
-        else:
-            s = _apply(elem, state, K)
+        s = _zero_state(zero, K)
+    for tb in range(t0, t1, U):
+        vs = ()
+        gs = ()
+        for u in tl.static_range(U):
+            ok = n_ok & (n * 0 + tb + u < t1)
+            off = (b * T + tb + u) * N + n
             for i in tl.static_range(K):
-                tl.store(h_ptr + off * K + i, s[i].to(h_ptr.dtype.element_ty), mask=ok)
-            state = _last_step(s, BLOCK_T)
+                vs = vs + (tl.load(v_ptr + off * K + i, mask=ok, other=0.0).to(tl.float32),)
+            for j in tl.static_range(K * (K + 1)):
+                gs = gs + (tl.load(g_ptr + off * (K * (K + 1)) + j, mask=ok, other=0.0).to(tl.float32),)
+        for u in tl.static_range(U):
+            keep = n * 0 + tb + u < t1
+            if HAS_MASK:
+                keep = keep & (tl.load(mask_ptr + b * T + tb + u + n * 0, mask=keep, other=0) != 0)
+            a = _block_gates(gs, u * K * (K + 1), K, NORM, EPS)
+            new = ()
+            for c in tl.static_range(K + 1 if SUMMARY else 1):
+                for i in tl.static_range(K):
+                    x = a[i * (K + 1) + 1] * s[c * K]
+                    for j in tl.static_range(1, K):
+                        x += a[i * (K + 1) + 1 + j] * s[c * K + j]
+                    if c == 0:
+                        x += a[i * (K + 1)] * vs[u * K + i]
+                    new = new + (tl.where(keep, x, s[c * K + i]),)
+            s = new
+            if not SUMMARY:
+                ok = n_ok & (n * 0 + tb + u < t1)
+                _store_state(h_ptr + ((b * T + tb + u) * N + n) * K, _slice(s, 0, K), ok, K)
     if SUMMARY:
-        o_ptr = out_ptr + ((b * tl.num_programs(1) + pid_c) * N + n) * (K * (K + 1))
-        _store_summary(o_ptr, acc, n_ok, K)
+        _store_copies(out_ptr + ((b * tl.num_programs(1) + pid_c) * N + n) * (K * (K + 1)), s, n_ok, K)
     else:
-        _store_state(out_ptr + ((b * tl.num_programs(1) + pid_c) * N + n) * K, state, n_ok, K)
+        _store_state(out_ptr + ((b * tl.num_programs(1) + pid_c) * N + n) * K, s, n_ok, K)
 
 
 @triton.jit
-def _bdlru_tile_bwd_kernel(
+def _bdlru_seq_bwd_kernel(
     v_ptr, g_ptr, mask_ptr, init_ptr, h_ptr, dh_ptr, lam_ptr, dv_ptr, dg_ptr, out_ptr,
     T, N, L, lam_stride_b, lam_stride_c,
     K: tl.constexpr, NORM: tl.constexpr, EPS: tl.constexpr, HAS_INIT: tl.constexpr, HAS_LAM: tl.constexpr,
-    HAS_MASK: tl.constexpr, SUMMARY: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_MASK: tl.constexpr, SUMMARY: tl.constexpr, U: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    """Reverse-time adjoint scan of one chunk, lam_t = dL/dh_t = dh_t + A_{t+1}^T lam_{t+1}, in tiles of
-    BLOCK_T steps (tile column r is time t1 - 1 - i * BLOCK_T - r). dA_t = lam_t h_{t-1}^T,
-    da_{t,0} = lam_t * v_t, dv_t = lam_t * a_{t,0}, with h_{-1} the initial state.
+    """Reverse-time adjoint scan of one chunk, a block per thread. lam = dL/d(state after step t) from
+    the later steps (dh_t not included). Step t: g = lam + dh_t = dL/dh_t; unmasked lam <- A_t^T g,
+    masked lam <- g; dA_t = g h_{t-1}^T, da_{t,0} = g * v_t, dv_t = g * a_{t,0}, with h_{-1} the initial
+    state (h_{t-1} is read back from h: a masked step repeats the state there).
 
-    Main mode: lam_{t1} from lam (B, C, N, K) (or zeros); writes dv, dgate_logits and, for chunk 0, the
-    initial state's gradient A_0^T lam_0 to out (B, N, K). SUMMARY: the chunk's adjoint element [e | P]
-    (lam_{t0} = P lam_{t1} + e) to out (B, C, N, K, K+1).
+    Main mode: lam at the chunk end from lam_ptr (B, C, N, K) (or zeros); writes dv, dgate_logits and,
+    for chunk 0, lam after step 0 (the initial state's gradient) to out (B, N, K). SUMMARY: K + 1 copies
+    (0: zero with dh, 1 + j: unit lam[j] without dh) give the chunk's adjoint map [e | P] in out.
     """
     pid_c, b, t0, t1 = _chunk_bounds(T, L)
     n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = n < N
-    rows = tl.arange(0, BLOCK_T)
-    vec_zero = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    zero = tl.zeros((BLOCK_N,), dtype=tl.float32)
     if SUMMARY:
-        acc = _identity(vec_zero, K)
+        lam = _unit_states(zero, K)
+    elif HAS_LAM:
+        lam = _load_state(lam_ptr + b * lam_stride_b + pid_c * lam_stride_c + n * K, n_ok, K)
     else:
-        if HAS_LAM:
-            lam = _load_state(lam_ptr + b * lam_stride_b + pid_c * lam_stride_c + n * K, n_ok, K)
-        else:
-            lam = _zero_state(vec_zero, K)
-    for i in range(0, tl.cdiv(t1 - t0, BLOCK_T)):
-        t = t1 - 1 - i * BLOCK_T - rows
-        ok = (t >= t0)[None, :] & n_ok[:, None]
-        nxt = ok & (t + 1 < T)[None, :]
-        if HAS_MASK:
-            nxt = nxt & (tl.load(mask_ptr + b * T + t + 1, mask=t + 1 < T, other=0) != 0)[None, :]
-        off = (b * T + t)[None, :] * N + n[:, None]
-        dh = ()
-        for r in tl.static_range(K):
-            dh = dh + (tl.load(dh_ptr + off * K + r, mask=ok, other=0.0).to(tl.float32),)
-        _, an = _bdlru_gates(g_ptr, off + N, nxt, K, NORM, EPS)
-        elem = _scan_time(_bdlru_element(an, dh, nxt, K, True), K)
-        if SUMMARY:
-            acc = _compose(acc, _last_step(elem, BLOCK_T), K)
-        else:
-            lam_t = _apply(elem, lam, K)
-            step = ok
+        lam = _zero_state(zero, K)
+    for it in range(0, tl.cdiv(t1 - t0, U)):
+        tb = t1 - 1 - it * U  # this iteration runs steps tb, tb - 1, ..., tb - U + 1
+        dhs = ()
+        gs = ()
+        vs = ()
+        prev = ()
+        for u in tl.static_range(U):
+            ok = n_ok & (n * 0 + tb - u >= t0)
+            off = (b * T + tb - u) * N + n
+            for i in tl.static_range(K):
+                dhs = dhs + (tl.load(dh_ptr + off * K + i, mask=ok, other=0.0).to(tl.float32),)
+            for j in tl.static_range(K * (K + 1)):
+                gs = gs + (tl.load(g_ptr + off * (K * (K + 1)) + j, mask=ok, other=0.0).to(tl.float32),)
+            if not SUMMARY:
+                for i in tl.static_range(K):
+                    vs = vs + (tl.load(v_ptr + off * K + i, mask=ok, other=0.0).to(tl.float32),)
+                first = n * 0 + tb - u == 0
+                for i in tl.static_range(K):  # h_{t-1}: h at t - 1, or the initial state at t = 0
+                    x = tl.load(h_ptr + (off - N) * K + i, mask=ok & (n * 0 + tb - u > 0), other=0.0)
+                    x = x.to(tl.float32)
+                    if HAS_INIT:
+                        x += tl.load(init_ptr + (b * N + n) * K + i, mask=ok & first, other=0.0).to(tl.float32)
+                    prev = prev + (x,)
+        for u in tl.static_range(U):
+            t = tb - u
+            keep = n * 0 + t >= t0
             if HAS_MASK:
-                step = step & (tl.load(mask_ptr + b * T + t, mask=t >= t0, other=0) != 0)[None, :]
-            g, a = _bdlru_gates(g_ptr, off, ok, K, NORM, EPS)
-            h_prev = ()
-            for c in tl.static_range(K):
-                x = tl.load(h_ptr + (off - N) * K + c, mask=ok & (t > 0)[None, :], other=0.0).to(tl.float32)
-                if HAS_INIT:
-                    x += tl.load(init_ptr + (b * N + n[:, None]) * K + c + 0 * t[None, :],
-                                 mask=ok & (t == 0)[None, :], other=0.0).to(tl.float32)
-                h_prev = h_prev + (x,)
-            for r in tl.static_range(K):
-                v = tl.load(v_ptr + off * K + r, mask=ok, other=0.0).to(tl.float32)
-                da = (lam_t[r] * v,)
-                for c in tl.static_range(K):
-                    da = da + (lam_t[r] * h_prev[c],)
-                dg = _normalize_bwd(_slice(g, r * (K + 1), K + 1), _slice(a, r * (K + 1), K + 1), da, NORM, EPS)
-                for c in tl.static_range(K + 1):
-                    tl.store(dg_ptr + off * (K * (K + 1)) + r * (K + 1) + c,
-                             tl.where(step, dg[c], 0.0).to(dg_ptr.dtype.element_ty), mask=ok)
-                tl.store(dv_ptr + off * K + r, tl.where(step, lam_t[r] * a[r * (K + 1)], 0.0).to(dv_ptr.dtype.element_ty),
-                         mask=ok)
-            lam = _last_step(lam_t, BLOCK_T)
+                keep = keep & (tl.load(mask_ptr + b * T + t + n * 0, mask=keep, other=0) != 0)
+            a = _block_gates(gs, u * K * (K + 1), K, NORM, EPS)
+            new = ()
+            for c in tl.static_range(K + 1 if SUMMARY else 1):
+                g = _slice(lam, c * K, K)
+                if c == 0:
+                    g_dh = ()
+                    for i in tl.static_range(K):
+                        g_dh = g_dh + (g[i] + dhs[u * K + i],)
+                    g = g_dh
+                    grad_h = g
+                for j in tl.static_range(K):
+                    x = a[1 + j] * g[0]
+                    for i in tl.static_range(1, K):
+                        x += a[i * (K + 1) + 1 + j] * g[i]
+                    new = new + (tl.where(keep, x, g[j]),)
+            lam = new
+            if not SUMMARY:
+                off = (b * T + t) * N + n
+                ok = n_ok & (n * 0 + t >= t0)
+                for i in tl.static_range(K):
+                    da = (grad_h[i] * vs[u * K + i],)
+                    for j in tl.static_range(K):
+                        da = da + (grad_h[i] * prev[u * K + j],)
+                    dg = _normalize_bwd(_slice(gs, u * K * (K + 1) + i * (K + 1), K + 1), _slice(a, i * (K + 1), K + 1),
+                                        da, NORM, EPS)
+                    for c in tl.static_range(K + 1):
+                        tl.store(dg_ptr + off * (K * (K + 1)) + i * (K + 1) + c,
+                                 tl.where(keep, dg[c], 0.0).to(dg_ptr.dtype.element_ty), mask=ok)
+                    tl.store(dv_ptr + off * K + i, tl.where(keep, grad_h[i] * a[i * (K + 1)], 0.0).to(dv_ptr.dtype.element_ty),
+                             mask=ok)
     if SUMMARY:
-        o_ptr = out_ptr + ((b * tl.num_programs(1) + pid_c) * N + n) * (K * (K + 1))
-        _store_summary(o_ptr, acc, n_ok, K)
+        _store_copies(out_ptr + ((b * tl.num_programs(1) + pid_c) * N + n) * (K * (K + 1)), lam, n_ok, K)
     else:
-        chunk0 = n_ok & (n * 0 + pid_c == 0)
-        step0 = chunk0
-        if HAS_MASK:
-            step0 = step0 & (tl.load(mask_ptr + b * T + n * 0) != 0)
-        _, a0 = _bdlru_gates(g_ptr, b * T * N + n, step0, K, NORM, EPS)
-        d_init = ()
-        for c in tl.static_range(K):
-            d = a0[1 + c] * lam[0]
-            for r in tl.static_range(1, K):
-                d += a0[r * (K + 1) + 1 + c] * lam[r]
-            d_init = d_init + (tl.where(step0, d, lam[c]),)
-        _store_state(out_ptr + (b * N + n) * K, d_init, chunk0, K)
-
-
+        _store_state(out_ptr + (b * N + n) * K, lam, n_ok & (n * 0 + pid_c == 0), K)
 
 
 # ---------------------------------------------------------------------------------------------
-# BD-LRU step kernels (k > 4). Tile (BLOCK_N blocks, KP rows i, KP columns c), KP = next power of two
+# BD-LRU step kernels (k > 8). Tile (BLOCK_N blocks, KP rows i, KP columns c), KP = next power of two
 # >= k+1: column c < k holds A[i, c] (logit 1 + c), column k the input gate a_0[i] (logit 0); one time
-# step per loop iteration. The gate normalisation runs along an axis of that tile.
+# step per loop iteration, no time chunking. The gate normalisation runs along an axis of that tile.
 # ---------------------------------------------------------------------------------------------
 
 
@@ -782,22 +650,14 @@ def _normalize_axis_bwd(g, a, da, valid, NORM: tl.constexpr, AXIS: tl.constexpr,
 
 @triton.jit
 def _bdlru_step_fwd_kernel(
-    v_ptr, g_ptr, h_ptr, start_ptr, out_ptr, mask_ptr,
-    T, N, L, start_stride_b, start_stride_c,
-    K: tl.constexpr, KP: tl.constexpr, NORM: tl.constexpr, EPS: tl.constexpr, HAS_START: tl.constexpr,
-    HAS_MASK: tl.constexpr, SUMMARY: tl.constexpr, E: tl.constexpr, BLOCK_N: tl.constexpr,
-    NUM_STAGES: tl.constexpr,
+    v_ptr, g_ptr, mask_ptr, init_ptr, h_ptr, final_ptr, T, N,
+    K: tl.constexpr, KP: tl.constexpr, NORM: tl.constexpr, EPS: tl.constexpr, HAS_INIT: tl.constexpr,
+    HAS_MASK: tl.constexpr, BLOCK_N: tl.constexpr, NUM_STAGES: tl.constexpr,
 ):
-    """h_t = A_t h_{t-1} + a_0 * v_t for one (block tile, chunk, sequence); rows are (block, copy) pairs.
-
-    Main mode (E = 1): the state starts from start (or zeros); writes h (B, T, N, K) and the chunk's end
-    state to out (B, C, N, K). SUMMARY mode: copy 0 from zero with the input, copy j in 1..K from the unit
-    vector e_{j-1} without input; writes [e | P] to out (B, C, N, K, K+1) and no h.
-    """
-    pid_c, b, t0, t1 = _chunk_bounds(T, L)
-    r = tl.arange(0, BLOCK_N * E)
-    n = tl.program_id(0) * BLOCK_N + r // E
-    cp = r % E
+    """h_t = A_t h_{t-1} + a_0 * v_t for one (block tile, sequence): writes h (B, T, N, K) and the final
+    state (B, N, K); the state starts from init (or zeros)."""
+    b = tl.program_id(1).to(tl.int64)
+    n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = n < N
     row = tl.arange(0, KP)
     col = tl.arange(0, KP)
@@ -806,19 +666,12 @@ def _bdlru_step_fwd_kernel(
     g_offs = n[:, None, None] * (K * (K + 1)) + row[None, :, None] * (K + 1) + tl.where(col == K, 0, col + 1)[None, None, :]
     v_offs = n[:, None] * K + row[None, :]
 
-    if SUMMARY:
-        h = tl.where((row[None, :] == cp[:, None] - 1), 1.0, 0.0)
-        v_ok = vec_ok & (cp == 0)[:, None]
-    else:
-        h = tl.zeros((BLOCK_N * E, KP), dtype=tl.float32)
-        if HAS_START:
-            s_ptr = start_ptr + b * start_stride_b + pid_c * start_stride_c
-            h = tl.load(s_ptr + v_offs, mask=vec_ok, other=0.0).to(tl.float32)
-        v_ok = vec_ok
-
-    for t in tl.range(t0, t1, num_stages=NUM_STAGES):
+    h = tl.zeros((BLOCK_N, KP), dtype=tl.float32)
+    if HAS_INIT:
+        h = tl.load(init_ptr + b * (N * K) + v_offs, mask=vec_ok, other=0.0).to(tl.float32)
+    for t in tl.range(0, T, num_stages=NUM_STAGES):
         bt = b * T + t
-        v = tl.load(v_ptr + bt * (N * K) + v_offs, mask=v_ok, other=0.0).to(tl.float32)
+        v = tl.load(v_ptr + bt * (N * K) + v_offs, mask=vec_ok, other=0.0).to(tl.float32)
         g = tl.load(g_ptr + bt * (N * K * (K + 1)) + g_offs, mask=valid, other=0.0)
         a = _normalize_axis(g.to(tl.float32), valid, NORM, 2, EPS)
         x = tl.where((col < K)[None, None, :], h[:, None, :], tl.where((col == K)[None, None, :], v[:, :, None], 0.0))
@@ -827,29 +680,21 @@ def _bdlru_step_fwd_kernel(
             h = tl.where(tl.load(mask_ptr + bt) != 0, h_new, h)
         else:
             h = h_new
-        if not SUMMARY:
-            tl.store(h_ptr + bt * (N * K) + v_offs, h.to(h_ptr.dtype.element_ty), mask=vec_ok)
-
-    if SUMMARY:
-        o_ptr = out_ptr + ((b * tl.num_programs(1) + pid_c) * N + n[:, None]) * (K * (K + 1))
-        tl.store(o_ptr + row[None, :] * (K + 1) + cp[:, None], h, mask=vec_ok & (cp <= K)[:, None])
-    else:
-        tl.store(out_ptr + (b * tl.num_programs(1) + pid_c) * (N * K) + v_offs, h, mask=vec_ok)
+        tl.store(h_ptr + bt * (N * K) + v_offs, h.to(h_ptr.dtype.element_ty), mask=vec_ok)
+    tl.store(final_ptr + b * (N * K) + v_offs, h, mask=vec_ok)
 
 
 @triton.jit
 def _bdlru_step_bwd_kernel(
-    v_ptr, g_ptr, h_ptr, dh_ptr, dv_ptr, dg_ptr, init_ptr, lam_ptr, lam_out_ptr,
-    mask_ptr, T, N, L, lam_stride_b, lam_stride_c,
+    v_ptr, g_ptr, mask_ptr, init_ptr, h_ptr, dh_ptr, lam_ptr, dv_ptr, dg_ptr, d_init_ptr, T, N,
     K: tl.constexpr, KP: tl.constexpr, NORM: tl.constexpr, EPS: tl.constexpr,
-    HAS_INIT: tl.constexpr, HAS_LAM: tl.constexpr, HAS_MASK: tl.constexpr,
-    WRITE_GRADS: tl.constexpr, BLOCK_N: tl.constexpr, NUM_STAGES: tl.constexpr,
+    HAS_INIT: tl.constexpr, HAS_LAM: tl.constexpr, HAS_MASK: tl.constexpr, BLOCK_N: tl.constexpr,
+    NUM_STAGES: tl.constexpr,
 ):
-    """Reverse-time adjoint scan of one chunk, lam = dL/dh. WRITE_GRADS: start from lam_ptr (or zeros),
-    write dv and dgate_logits (h_{t-1} read from h, or the initial state at t = 0), and for chunk 0 the
-    initial state's gradient to lam_out (B, N, K). Otherwise (chunk summary) start from zero and write
-    the chunk-start adjoint to lam_out (B, C, N, K)."""
-    pid_c, b, t0, t1 = _chunk_bounds(T, L)
+    """Reverse-time adjoint scan, lam = dL/dh, from the final state's gradient lam_ptr (B, N, K) (or
+    zeros); writes dv, dgate_logits (h_{t-1} read from h, or the initial state at t = 0) and the initial
+    state's gradient (B, N, K)."""
+    b = tl.program_id(1).to(tl.int64)
     n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = n < N
     row = tl.arange(0, KP)
@@ -863,10 +708,9 @@ def _bdlru_step_bwd_kernel(
 
     lam = tl.zeros((BLOCK_N, KP), dtype=tl.float32)
     if HAS_LAM:
-        lam = tl.load(lam_ptr + b * lam_stride_b + pid_c * lam_stride_c + v_offs, mask=vec_ok, other=0.0)
-
-    for i in tl.range(0, t1 - t0, num_stages=NUM_STAGES):
-        t = t1 - 1 - i
+        lam = tl.load(lam_ptr + b * (N * K) + v_offs, mask=vec_ok, other=0.0)
+    for i in tl.range(0, T, num_stages=NUM_STAGES):
+        t = T - 1 - i
         bt = b * T + t
         lam += tl.load(dh_ptr + bt * (N * K) + v_offs, mask=vec_ok, other=0.0).to(tl.float32)
         g = tl.load(g_ptr + bt * (N * K * (K + 1)) + g_offs, mask=valid, other=0.0).to(tl.float32)
@@ -874,34 +718,21 @@ def _bdlru_step_bwd_kernel(
         if HAS_MASK:
             keep = tl.load(mask_ptr + bt) != 0
         else:
-            keep = t0 == t0  # true
-        if WRITE_GRADS:
-            v = tl.load(v_ptr + bt * (N * K) + v_offs, mask=vec_ok, other=0.0).to(tl.float32)
-            h_prev = tl.load(h_ptr + (bt - 1) * (N * K) + col_offs, mask=tl.where(t > 0, col_ok, False), other=0.0)
-            h_prev = h_prev.to(tl.float32)
-            if HAS_INIT:
-                h_prev += tl.load(init_ptr + b * (N * K) + col_offs, mask=tl.where(t == 0, col_ok, False), other=0.0).to(tl.float32)
-            x = tl.where((col < K)[None, None, :], h_prev[:, None, :], tl.where((col == K)[None, None, :], v[:, :, None], 0.0))
-            dg = _normalize_axis_bwd(g, a, lam[:, :, None] * x, valid, NORM, 2, EPS)
-            a0 = tl.sum(tl.where((col == K)[None, None, :], a, 0.0), axis=2)
-            dv = tl.where(keep, lam * a0, 0.0)
-            tl.store(dv_ptr + bt * (N * K) + v_offs, dv.to(dv_ptr.dtype.element_ty), mask=vec_ok)
-            dg = tl.where(keep, dg, 0.0)
-            tl.store(dg_ptr + bt * (N * K * (K + 1)) + g_offs, dg.to(dg_ptr.dtype.element_ty), mask=valid)
+            keep = t >= 0  # true
+        v = tl.load(v_ptr + bt * (N * K) + v_offs, mask=vec_ok, other=0.0).to(tl.float32)
+        h_prev = tl.load(h_ptr + (bt - 1) * (N * K) + col_offs, mask=tl.where(t > 0, col_ok, False), other=0.0)
+        h_prev = h_prev.to(tl.float32)
+        if HAS_INIT:
+            h_prev += tl.load(init_ptr + b * (N * K) + col_offs, mask=tl.where(t == 0, col_ok, False),
+                              other=0.0).to(tl.float32)
+        x = tl.where((col < K)[None, None, :], h_prev[:, None, :], tl.where((col == K)[None, None, :], v[:, :, None], 0.0))
+        dg = _normalize_axis_bwd(g, a, lam[:, :, None] * x, valid, NORM, 2, EPS)
+        a0 = tl.sum(tl.where((col == K)[None, None, :], a, 0.0), axis=2)
+        tl.store(dv_ptr + bt * (N * K) + v_offs, tl.where(keep, lam * a0, 0.0).to(dv_ptr.dtype.element_ty), mask=vec_ok)
+        tl.store(dg_ptr + bt * (N * K * (K + 1)) + g_offs, tl.where(keep, dg, 0.0).to(dg_ptr.dtype.element_ty), mask=valid)
         lam_prev = tl.sum(a * lam[:, :, None], axis=1)  # A^T lam, indexed by column
-        lam_prev = tl.where((col < K)[None, :], lam_prev, 0.0)
-        lam = tl.where(keep, lam_prev, lam)
-
-    if WRITE_GRADS:
-        tl.store(lam_out_ptr + b * (N * K) + v_offs, lam, mask=tl.where(pid_c == 0, vec_ok, False))
-    else:
-        tl.store(lam_out_ptr + (b * tl.num_programs(1) + pid_c) * (N * K) + v_offs, lam, mask=vec_ok)
-
-
-# ---------------------------------------------------------------------------------------------
-# Passing states across chunks (used by both ops, forward and backward).
-# ---------------------------------------------------------------------------------------------
-
+        lam = tl.where(keep, tl.where((col < K)[None, :], lam_prev, 0.0), lam)
+    tl.store(d_init_ptr + b * (N * K) + v_offs, lam, mask=vec_ok)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -910,7 +741,7 @@ def _bdlru_step_bwd_kernel(
 
 _NORM_CODES = {name: code for code, name in enumerate(GATE_NORMALIZATIONS)}
 NUM_STAGES = 3  # software-pipelining depth of the step kernels' time loops
-_STEP_TILE = 1024  # fp32 elements per program of the step kernels (main and summary passes)
+_STEP_TILE = 1024  # fp32 gate entries per program of the step kernels
 _NUM_WARPS = 4
 _COMBINE_BLOCK = 64
 
@@ -919,32 +750,25 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def _hlru_config(m: int, backward: bool) -> Tuple[int, int, int]:
-    """(U, BLOCK_N, num_warps) of the sequential H-LRU kernels."""
-    table = HLRU_BWD_CONFIG if backward else HLRU_FWD_CONFIG
-    default = (2 if m <= 8 else 1, 128, 4)
-    return table.get(m, default)
+def _sequential_config(kind: str, size: int, backward: bool) -> Tuple[int, int, int]:
+    """(U, BLOCK_N, num_warps) of the sequential kernels for H-LRU order or BD-LRU block size ``size``."""
+    tables = {"hlru": (HLRU_FWD_CONFIG, HLRU_BWD_CONFIG), "bdlru": (BDLRU_FWD_CONFIG, BDLRU_BWD_CONFIG)}
+    return tables[kind][backward].get(size, (2 if size <= 4 else 1, 128, 4))
 
 
-def _plan_chunks(T: int, D: int, want: int, chunk_size: Optional[int], granule: int,
-                 min_len: int = MIN_CHUNK_LEN) -> Tuple[int, int]:
+def _plan_chunks(T: int, D: int, want: int, chunk_size: Optional[int]) -> Tuple[int, int]:
     """(chunk length L, number of chunks C): ``chunk_size`` if given, else ``want`` chunks of at least
-    ``min_len`` steps (one chunk for D > MAX_CHUNKED_SIZE); L is rounded up to a multiple of ``granule``."""
+    MIN_CHUNK_LEN steps; one chunk for state sizes D > MAX_CHUNKED_SIZE."""
     if chunk_size is not None:
-        L = chunk_size
+        L = max(1, min(chunk_size, T))
     elif D <= MAX_CHUNKED_SIZE:
-        L = triton.cdiv(T, max(1, min(want, T // min_len)))
+        L = triton.cdiv(T, max(1, min(want, T // MIN_CHUNK_LEN)))
     else:
         L = T
-    L = triton.cdiv(max(1, min(L, T)), granule) * granule
     C = triton.cdiv(T, L)
     if C > 1 and D > MAX_CHUNKED_SIZE:
         raise ValueError(f"time chunking supports state sizes up to {MAX_CHUNKED_SIZE}, got {D}")
     return L, C
-
-
-def _sm_count(device: torch.device) -> int:
-    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
 
 
 def _combine(summary: torch.Tensor, x0: Optional[torch.Tensor], reverse: bool) -> torch.Tensor:
@@ -972,159 +796,92 @@ def _lag_sources(mask: torch.Tensor, m: int) -> torch.Tensor:
     return src.to(torch.int32).contiguous()
 
 
-def _hlru_forward(v, g, init, mask, norm, chunk_size):
-    """h, the final lags and the chunk length of the sequential H-LRU scan."""
-    B, T, N = v.shape
-    M = g.shape[-1] - 1
-    U, block, warps = _hlru_config(M, backward=False)
-    want = triton.cdiv(HLRU_TARGET_WORK, B * N * (M + 1)) if v.is_cuda else 1
-    L, C = _plan_chunks(T, M, want, chunk_size, 1, HLRU_MIN_CHUNK_LEN)
+_SEQUENTIAL_KERNELS = {"hlru": (_hlru_fwd_kernel, _hlru_bwd_kernel), "bdlru": (_bdlru_seq_fwd_kernel, _bdlru_seq_bwd_kernel)}
+
+
+def _sequential_forward(kind, v, g, init, mask, norm, chunk_size):
+    """h, the final state and the chunk length of a sequential scan (H-LRU, or BD-LRU with k <= 8)."""
+    B, T, N = v.shape[:3]
+    D = g.shape[-1] - 1
+    U, block, warps = _sequential_config(kind, D, backward=False)
+    if not v.is_cuda:
+        want = 1
+    elif kind == "hlru":
+        want = triton.cdiv(HLRU_TARGET_WORK, B * N * (D + 1))
+    else:
+        want = triton.cdiv(BDLRU_TARGET_THREADS, B * N)
+    L, C = _plan_chunks(T, D, want, chunk_size)
+    kernel = _SEQUENTIAL_KERNELS[kind][0]
     h = torch.empty_like(v)
-    ends = torch.empty(B, C, N, M, dtype=torch.float32, device=v.device)
+    ends = torch.empty(B, C, N, D, dtype=torch.float32, device=v.device)
     mask_arg = mask if mask is not None else v
-    common = dict(M=M, NORM=_NORM_CODES[norm], EPS=L1_EPS, HAS_MASK=mask is not None, U=U, BLOCK_N=block,
-                  num_warps=warps)
+    common = dict(NORM=_NORM_CODES[norm], EPS=L1_EPS, HAS_MASK=mask is not None, U=U, BLOCK_N=block,
+                  num_warps=warps, **{"M" if kind == "hlru" else "K": D})
     grid = (triton.cdiv(N, block), C, B)
     if C > 1:
-        summary = torch.empty(B, C, N, M, M + 1, dtype=torch.float32, device=v.device)
-        _hlru_fwd_kernel[grid](v, g, mask_arg, v, v, summary, T, N, L, 0, 0, HAS_START=False, SUMMARY=True, **common)
-        start, has_start, strides = _combine(summary, init, reverse=False), True, (C * N * M, N * M)
+        summary = torch.empty(B, C, N, D, D + 1, dtype=torch.float32, device=v.device)
+        kernel[grid](v, g, mask_arg, v, v, summary, T, N, L, 0, 0, HAS_START=False, SUMMARY=True, **common)
+        start, has_start, strides = _combine(summary, init, reverse=False), True, (C * N * D, N * D)
     else:
-        start, has_start, strides = (init if init is not None else v), init is not None, (N * M, 0)
-    _hlru_fwd_kernel[grid](v, g, mask_arg, start, h, ends, T, N, L, *strides, HAS_START=has_start, SUMMARY=False,
-                           **common)
+        start, has_start, strides = (init if init is not None else v), init is not None, (N * D, 0)
+    kernel[grid](v, g, mask_arg, start, h, ends, T, N, L, *strides, HAS_START=has_start, SUMMARY=False, **common)
     return h, ends[:, -1], L
 
 
-def _hlru_backward(v, g, init, mask, h, L, dh, dfinal, norm):
-    """dv, dgate_logits and the initial state's gradient (float32) of the sequential H-LRU scan."""
-    B, T, N = v.shape
-    M = g.shape[-1] - 1
+def _sequential_backward(kind, v, g, init, mask, h, L, dh, dfinal, norm):
+    """dv, dgate_logits and the initial state's gradient (float32) of a sequential scan."""
+    B, T, N = v.shape[:3]
+    D = g.shape[-1] - 1
     C = triton.cdiv(T, L)
-    U, block, warps = _hlru_config(M, backward=True)
+    U, block, warps = _sequential_config(kind, D, backward=True)
+    kernel = _SEQUENTIAL_KERNELS[kind][1]
     dv, dg = torch.empty_like(v), torch.empty_like(g)
-    d_init = torch.empty(B, N, M, dtype=torch.float32, device=v.device)
-    head = (v, g, mask if mask is not None else v, init if init is not None else v, h,
-            _lag_sources(mask, M) if mask is not None else v, dh)
-    common = dict(M=M, NORM=_NORM_CODES[norm], EPS=L1_EPS, HAS_INIT=init is not None, HAS_MASK=mask is not None,
-                  U=U, BLOCK_N=block, num_warps=warps)
+    d_init = torch.empty(B, N, D, dtype=torch.float32, device=v.device)
+    head = (v, g, mask if mask is not None else v, init if init is not None else v, h)
+    if kind == "hlru":  # where the lags of each step were written
+        head += (_lag_sources(mask, D) if mask is not None else v,)
+    head += (dh,)
+    common = dict(NORM=_NORM_CODES[norm], EPS=L1_EPS, HAS_INIT=init is not None, HAS_MASK=mask is not None,
+                  U=U, BLOCK_N=block, num_warps=warps, **{"M" if kind == "hlru" else "K": D})
     grid = (triton.cdiv(N, block), C, B)
     if C > 1:
-        summary = torch.empty(B, C, N, M, M + 1, dtype=torch.float32, device=v.device)
-        _hlru_bwd_kernel[grid](*head, v, v, v, summary, T, N, L, 0, 0, HAS_LAM=False, SUMMARY=True, **common)
-        lam, has_lam, strides = _combine(summary, dfinal, reverse=True), True, (C * N * M, N * M)
+        summary = torch.empty(B, C, N, D, D + 1, dtype=torch.float32, device=v.device)
+        kernel[grid](*head, v, v, v, summary, T, N, L, 0, 0, HAS_LAM=False, SUMMARY=True, **common)
+        lam, has_lam, strides = _combine(summary, dfinal, reverse=True), True, (C * N * D, N * D)
     else:
-        lam, has_lam, strides = (dfinal if dfinal is not None else v), dfinal is not None, (N * M, 0)
-    _hlru_bwd_kernel[grid](*head, lam, dv, dg, d_init, T, N, L, *strides, HAS_LAM=has_lam, SUMMARY=False, **common)
+        lam, has_lam, strides = (dfinal if dfinal is not None else v), dfinal is not None, (N * D, 0)
+    kernel[grid](*head, lam, dv, dg, d_init, T, N, L, *strides, HAS_LAM=has_lam, SUMMARY=False, **common)
     return dv, dg, d_init
 
 
-def _tile_plan(B, T, N, K, device, chunk_size):
-    """Tile shapes (fwd, bwd) and (L, C) of the BD-LRU tile scans; L is a multiple of both BLOCK_Ts."""
-    fwd, bwd = BDLRU_FWD_TILE[K], BDLRU_BWD_TILE[K]
-    programs, sms = B * triton.cdiv(N, fwd[1]), _sm_count(device)
-    want = triton.cdiv(BDLRU_TILE_PROGRAMS_PER_SM * sms, programs) if programs < sms else 1
-    L, C = _plan_chunks(T, K, want, chunk_size, max(fwd[0], bwd[0]))
-    return fwd, bwd, L, C
-
-
-def _bdlru_tile_forward(v, g, init, mask, norm, chunk_size):
-    B, T, N, K = v.shape
-    (block_t, block, warps), _, L, C = _tile_plan(B, T, N, K, v.device, chunk_size)
-    h = torch.empty_like(v)
-    ends = torch.empty(B, C, N, K, dtype=torch.float32, device=v.device)
-    mask_arg = mask if mask is not None else v
-    common = dict(K=K, NORM=_NORM_CODES[norm], EPS=L1_EPS, HAS_MASK=mask is not None, BLOCK_T=block_t,
-                  BLOCK_N=block, num_warps=warps)
-    grid = (triton.cdiv(N, block), C, B)
-    if C > 1:
-        summary = torch.empty(B, C, N, K, K + 1, dtype=torch.float32, device=v.device)
-        _bdlru_tile_fwd_kernel[grid](v, g, mask_arg, v, v, summary, T, N, L, 0, 0, HAS_START=False, SUMMARY=True,
-                                     **common)
-        start, has_start, strides = _combine(summary, init, reverse=False), True, (C * N * K, N * K)
-    else:
-        start, has_start, strides = (init if init is not None else v), init is not None, (N * K, 0)
-    _bdlru_tile_fwd_kernel[grid](v, g, mask_arg, start, h, ends, T, N, L, *strides, HAS_START=has_start,
-                                 SUMMARY=False, **common)
-    return h, ends[:, -1], L
-
-
-def _bdlru_tile_backward(v, g, init, mask, h, L, dh, dfinal, norm):
-    B, T, N, K = v.shape
-    C = triton.cdiv(T, L)
-    block_t, block, warps = BDLRU_BWD_TILE[K]
-    dv, dg = torch.empty_like(v), torch.empty_like(g)
-    d_init = torch.empty(B, N, K, dtype=torch.float32, device=v.device)
-    head = (v, g, mask if mask is not None else v, init if init is not None else v, h, dh)
-    common = dict(K=K, NORM=_NORM_CODES[norm], EPS=L1_EPS, HAS_INIT=init is not None, HAS_MASK=mask is not None,
-                  BLOCK_T=block_t, BLOCK_N=block, num_warps=warps)
-    grid = (triton.cdiv(N, block), C, B)
-    if C > 1:
-        summary = torch.empty(B, C, N, K, K + 1, dtype=torch.float32, device=v.device)
-        _bdlru_tile_bwd_kernel[grid](*head, v, v, v, summary, T, N, L, 0, 0, HAS_LAM=False, SUMMARY=True, **common)
-        lam, has_lam, strides = _combine(summary, dfinal, reverse=True), True, (C * N * K, N * K)
-    else:
-        lam, has_lam, strides = (dfinal if dfinal is not None else v), dfinal is not None, (N * K, 0)
-    _bdlru_tile_bwd_kernel[grid](*head, lam, dv, dg, d_init, T, N, L, *strides, HAS_LAM=has_lam, SUMMARY=False,
-                                 **common)
-    return dv, dg, d_init
-
-
-def _step_geometry(N: int, K: int) -> dict:
-    """Padded width KP and block tile sizes of the step kernels' main and summary passes."""
+def _step_geometry(N: int, K: int) -> Tuple[int, int]:
+    """Padded width KP and blocks per program of the step kernels."""
     KP = triton.next_power_of_2(K + 1)
-    cap = triton.next_power_of_2(N)
-    return dict(KP=KP, block=max(1, min(cap, _STEP_TILE // (KP * KP))),
-                block_sum=max(1, min(cap, _STEP_TILE // (KP * KP * KP))))
+    return KP, max(1, min(triton.next_power_of_2(N), _STEP_TILE // (KP * KP)))
 
 
-def _bdlru_step_forward(v, g, init, mask, norm, chunk_size):
-    """h, the final state, the chunk-end states (B, C, N, K), the summaries [e | P] (or None) and L."""
+def _step_forward(v, g, init, mask, norm):
     B, T, N, K = v.shape
-    geo = _step_geometry(N, K)
-    L, C = _plan_chunks(T, K, triton.cdiv(_sm_count(v.device), B * triton.cdiv(N, geo["block"])), chunk_size, 1)
+    KP, block = _step_geometry(N, K)
     h = torch.empty_like(v)
-    ends = torch.empty(B, C, N, K, dtype=torch.float32, device=v.device)
-    summary = None
-    mask_arg = mask if mask is not None else v
-    common = dict(K=K, KP=geo["KP"], NORM=_NORM_CODES[norm], EPS=L1_EPS, HAS_MASK=mask is not None,
-                  NUM_STAGES=NUM_STAGES, num_warps=_NUM_WARPS)
-    if C > 1:
-        summary = torch.empty(B, C, N, K, K + 1, dtype=torch.float32, device=v.device)
-        _bdlru_step_fwd_kernel[(triton.cdiv(N, geo["block_sum"]), C, B)](
-            v, g, v, v, summary, mask_arg, T, N, L, 0, 0, HAS_START=False, SUMMARY=True, E=geo["KP"],
-            BLOCK_N=geo["block_sum"], **common)
-        start, has_start, strides = _combine(summary, init, reverse=False), True, (C * N * K, N * K)
-    else:
-        start, has_start, strides = (init if init is not None else v), init is not None, (N * K, 0)
-    _bdlru_step_fwd_kernel[(triton.cdiv(N, geo["block"]), C, B)](
-        v, g, h, start, ends, mask_arg, T, N, L, *strides, HAS_START=has_start, SUMMARY=False, E=1,
-        BLOCK_N=geo["block"], **common)
-    return h, ends[:, -1], ends, summary, L
+    final = torch.empty(B, N, K, dtype=torch.float32, device=v.device)
+    _bdlru_step_fwd_kernel[(triton.cdiv(N, block), B)](
+        v, g, mask if mask is not None else v, init if init is not None else v, h, final, T, N, K=K, KP=KP,
+        NORM=_NORM_CODES[norm], EPS=L1_EPS, HAS_INIT=init is not None, HAS_MASK=mask is not None, BLOCK_N=block,
+        NUM_STAGES=NUM_STAGES, num_warps=_NUM_WARPS)
+    return h, final
 
 
-def _bdlru_step_backward(v, g, init, mask, h, summary, L, dh, dfinal, norm):
+def _step_backward(v, g, init, mask, h, dh, dfinal, norm):
     B, T, N, K = v.shape
-    C = triton.cdiv(T, L)
-    geo = _step_geometry(N, K)
+    KP, block = _step_geometry(N, K)
     dv, dg = torch.empty_like(v), torch.empty_like(g)
     d_init = torch.empty(B, N, K, dtype=torch.float32, device=v.device)
-    mask_arg = mask if mask is not None else v
-    common = dict(K=K, KP=geo["KP"], NORM=_NORM_CODES[norm], EPS=L1_EPS, HAS_MASK=mask is not None,
-                  HAS_INIT=init is not None, NUM_STAGES=NUM_STAGES, num_warps=_NUM_WARPS, BLOCK_N=geo["block"])
-    head = (v, g, h, dh, dv, dg, init if init is not None else v)
-    grid = (triton.cdiv(N, geo["block"]), C, B)
-    if C > 1:
-        local = torch.empty(B, C, N, K, dtype=torch.float32, device=v.device)
-        _bdlru_step_bwd_kernel[grid](*head, v, local, mask_arg, T, N, L, 0, 0, HAS_LAM=False, WRITE_GRADS=False,
-                                     **common)
-        # adjoint map of chunk c: lam at its start = P_c^T lam at its end + local_c
-        adjoint = torch.cat([local.unsqueeze(-1), summary[..., 1:].transpose(-1, -2)], dim=-1).contiguous()
-        lam, has_lam, strides = _combine(adjoint, dfinal, reverse=True), True, (C * N * K, N * K)
-    else:
-        lam, has_lam, strides = (dfinal if dfinal is not None else v), dfinal is not None, (N * K, 0)
-    _bdlru_step_bwd_kernel[grid](*head, lam, d_init, mask_arg, T, N, L, *strides, HAS_LAM=has_lam,
-                                 WRITE_GRADS=True, **common)
+    _bdlru_step_bwd_kernel[(triton.cdiv(N, block), B)](
+        v, g, mask if mask is not None else v, init if init is not None else v, h, dh,
+        dfinal if dfinal is not None else v, dv, dg, d_init, T, N, K=K, KP=KP, NORM=_NORM_CODES[norm], EPS=L1_EPS,
+        HAS_INIT=init is not None, HAS_LAM=dfinal is not None, HAS_MASK=mask is not None, BLOCK_N=block,
+        NUM_STAGES=NUM_STAGES, num_warps=_NUM_WARPS)
     return dv, dg, d_init
 
 
@@ -1133,7 +890,29 @@ def _bdlru_step_backward(v, g, init, mask, h, summary, L, dh, dfinal, norm):
 # ---------------------------------------------------------------------------------------------
 
 
-def _grads_out(ctx, dv, dg, d_init, init):
+def _function_forward(ctx, kind, v, gate_logits, initial_state, mask, normalization, chunk_size):
+    """Forward of both autograd functions: the sequential kernels, or the step kernels for BD-LRU blocks
+    larger than MAX_SEQUENTIAL_BLOCK. Saves the inputs and h."""
+    ctx.step = kind == "bdlru" and v.shape[-1] > MAX_SEQUENTIAL_BLOCK
+    if ctx.step:
+        _plan_chunks(v.shape[1], v.shape[-1], 1, chunk_size)  # refuses a chunk_size that would split time
+        h, final = _step_forward(v, gate_logits, initial_state, mask, normalization)
+    else:
+        h, final, ctx.L = _sequential_forward(kind, v, gate_logits, initial_state, mask, normalization, chunk_size)
+    ctx.save_for_backward(v, gate_logits, initial_state, mask, h)
+    ctx.kind, ctx.normalization = kind, normalization
+    return h, final
+
+
+def _function_backward(ctx, dh, dfinal):
+    """Backward of both autograd functions: gradients for v, gate_logits and initial_state."""
+    v, g, init, mask, h = ctx.saved_tensors
+    dh = torch.zeros_like(h) if dh is None else dh.contiguous()
+    dfinal = None if dfinal is None else dfinal.float().contiguous()
+    if ctx.step:
+        dv, dg, d_init = _step_backward(v, g, init, mask, h, dh, dfinal, ctx.normalization)
+    else:
+        dv, dg, d_init = _sequential_backward(ctx.kind, v, g, init, mask, h, ctx.L, dh, dfinal, ctx.normalization)
     d_init = d_init.to(init.dtype) if init is not None and ctx.needs_input_grad[2] else None
     return dv, dg, d_init, None, None, None
 
@@ -1143,48 +922,25 @@ class HLRUScanFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, v, gate_logits, initial_state, mask, normalization, chunk_size):
-        h, final, L = _hlru_forward(v, gate_logits, initial_state, mask, normalization, chunk_size)
-        ctx.save_for_backward(v, gate_logits, initial_state, mask, h)
-        ctx.normalization, ctx.L = normalization, L
-        return h, final
+        return _function_forward(ctx, "hlru", v, gate_logits, initial_state, mask, normalization, chunk_size)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, dh, dfinal):
-        v, g, init, mask, h = ctx.saved_tensors
-        dh = torch.zeros_like(h) if dh is None else dh.contiguous()
-        dfinal = None if dfinal is None else dfinal.float().contiguous()
-        dv, dg, d_init = _hlru_backward(v, g, init, mask, h, ctx.L, dh, dfinal, ctx.normalization)
-        return _grads_out(ctx, dv, dg, d_init, init)
+        return _function_backward(ctx, dh, dfinal)
 
 
 class BDLRUScanFunction(torch.autograd.Function):
-    """BD-LRU scan (k >= 2): ``apply(v, gate_logits, initial_state, mask, normalization, chunk_size)
-    -> (h, final)``; tile scans for k <= MAX_TILE_SCAN_BLOCK, step kernels above."""
+    """BD-LRU scan: ``apply(v, gate_logits, initial_state, mask, normalization, chunk_size) -> (h, final)``."""
 
     @staticmethod
     def forward(ctx, v, gate_logits, initial_state, mask, normalization, chunk_size):
-        if v.shape[-1] <= MAX_TILE_SCAN_BLOCK:
-            h, final, L = _bdlru_tile_forward(v, gate_logits, initial_state, mask, normalization, chunk_size)
-            summary = None
-        else:
-            h, final, _, summary, L = _bdlru_step_forward(v, gate_logits, initial_state, mask, normalization,
-                                                          chunk_size)
-        ctx.save_for_backward(v, gate_logits, initial_state, mask, h, summary)
-        ctx.normalization, ctx.L = normalization, L
-        return h, final
+        return _function_forward(ctx, "bdlru", v, gate_logits, initial_state, mask, normalization, chunk_size)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, dh, dfinal):
-        v, g, init, mask, h, summary = ctx.saved_tensors
-        dh = torch.zeros_like(h) if dh is None else dh.contiguous()
-        dfinal = None if dfinal is None else dfinal.float().contiguous()
-        if v.shape[-1] <= MAX_TILE_SCAN_BLOCK:
-            dv, dg, d_init = _bdlru_tile_backward(v, g, init, mask, h, ctx.L, dh, dfinal, ctx.normalization)
-        else:
-            dv, dg, d_init = _bdlru_step_backward(v, g, init, mask, h, summary, ctx.L, dh, dfinal, ctx.normalization)
-        return _grads_out(ctx, dv, dg, d_init, init)
+        return _function_backward(ctx, dh, dfinal)
 
 
 def _prepare(name, kind, v, gate_logits, initial_state, mask, normalization, D):
@@ -1259,7 +1015,8 @@ def bdlru_scan_triton(
     if T == 0:
         h, final = _empty_scan(v, init, B, N, k)
     elif k == 1:  # the same recurrence as H-LRU with m = 1: logits [a_0, A]
-        h, final = HLRUScanFunction.apply(v.view(B, T, N), g.view(B, T, N, 2), init, mask, normalization, chunk_size)
+        h, final = HLRUScanFunction.apply(v.view(B, T, N), g.view(B, T, N, 2), init, mask, normalization,
+                                          chunk_size)
         h = h.view(B, T, N, 1)
     else:
         h, final = BDLRUScanFunction.apply(v, g, init, mask, normalization, chunk_size)

@@ -14,9 +14,11 @@ Usage: python scripts/bench_scan.py --out benchmarks/results [--quick]
 import argparse
 import datetime
 import json
+import multiprocessing as mp
 import os
 import platform
 import sys
+import time
 
 import torch
 import triton
@@ -151,6 +153,29 @@ def plot(results, path):
     fig.savefig(path, dpi=120)
 
 
+def _compile(job):
+    """Compile (in a worker process) the kernels one (kind, size) uses here: forward and backward,
+    chunked and not, and the one-token decode step with a state."""
+    kind, D = job
+    B, W = 1, 2048
+    fn = ops.hlru_scan if kind == "hlru" else ops.bdlru_scan
+    v, g = make_inputs(kind, B, 256, W, D, grad=True)
+    h = fn(v, g, backend="triton")[0]
+    torch.autograd.grad(h, (v, g), torch.randn_like(h))
+    with torch.no_grad():
+        fn(v[:, :1], g[:, :1], torch.randn(B, W // D, D, device="cuda"), True, backend="triton")
+    torch.cuda.synchronize()
+    return job
+
+
+def compile_all(jobs):
+    start = time.time()
+    with mp.get_context("spawn").Pool(max(1, min(len(jobs), os.cpu_count() or 1))) as pool:
+        for job in pool.imap_unordered(_compile, jobs):
+            print(f"compiled {job}", flush=True)
+    print(f"compiled in {time.time() - start:.0f} s", flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="benchmarks/results")
@@ -167,6 +192,7 @@ def main():
         bytes_formula="H-LRU fwd 2(m+3) B per token-channel (m+1 logits + v read, h written); "
                       "BD-LRU fwd 2(k+3) B per token-unit of width",
     )
+    compile_all([("hlru", D) for D in (1, 2, 3, 4, 8)] + [("bdlru", D) for D in (1, 2, 4, 8, 16)])
     copy_bw = copy_bandwidth()
     res["copy_bw_TBps"] = copy_bw / 1e12
     print(f"copy bandwidth {copy_bw / 1e12:.2f} TB/s", flush=True)

@@ -77,8 +77,9 @@ def test_every_normalization(kind, normalization, with_state, with_mask):
     _assert_close(_errors(kind, 2, 7, 5, normalization, with_state, with_mask), 1e-5)
 
 
-# lengths 1, 7, 63, 65, widths that are not powers of two, orders and block sizes up to 16;
-# a chunk size forces the chunked (summary, combine, rescan) path that large GPUs take.
+# lengths 1, 7, 63, 65, widths that are not powers of two, orders and block sizes up to 16 (BD-LRU k = 1
+# runs the H-LRU m = 1 kernels, k <= 8 the sequential kernels, k = 16 the step kernels); a chunk size
+# forces the chunked (summary, combine, rescan) path that GPUs take when B * N is small.
 SHAPES = [
     # (D, T, N, normalization, with_state, with_mask, chunk_size)
     (1, 1, 5, "softmax", False, False, None),
@@ -137,6 +138,17 @@ def test_errors(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     with pytest.raises(RuntimeError, match="CUDA"):
         scan_triton.hlru_scan_triton(v, logits)
+
+
+@pytest.mark.parametrize("kind", ["hlru", "bdlru"])
+def test_chunking_refused_above_size_8(kind):
+    """State sizes above 8 run unchunked; asking for chunks is an error, not a silent fallback."""
+    v, logits, _, _ = _inputs(kind, 1, 9, 2, 16, "softmax", False, False, seed=0)
+    fn = KERNELS[kind][0]
+    with pytest.raises(ValueError, match="chunking supports state sizes up to 8"):
+        fn(v, logits, chunk_size=4)
+    h, _ = fn(v, logits, chunk_size=9)  # one chunk is fine
+    assert h.shape == v.shape
 
 
 def test_empty_sequence():
