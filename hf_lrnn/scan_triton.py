@@ -825,7 +825,7 @@ def _sequential_forward(kind, v, g, init, mask, norm, chunk_size):
     else:
         start, has_start, strides = (init if init is not None else v), init is not None, (N * D, 0)
     kernel[grid](v, g, mask_arg, start, h, ends, T, N, L, *strides, HAS_START=has_start, SUMMARY=False, **common)
-    return h, ends[:, -1], L
+    return h, ends[:, -1].contiguous(), L
 
 
 def _sequential_backward(kind, v, g, init, mask, h, L, dh, dfinal, norm):
