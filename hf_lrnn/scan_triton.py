@@ -13,6 +13,8 @@ Two kernel families (one ``torch.autograd.Function`` per op; float64 reference l
   g = dL/dh_t, ``da_{t,0} = g v_t``, ``da_{t,j} = g h_{t-j}``, ``dv_t = g a_{t,0}`` (h_{t-j} read back
   from h). BD-LRU: ``h_t = A_t h_{t-1} + a_0 * v_t``; backward ``g = lam + dh_t``, ``lam <- A_t^T g``,
   ``dA_t = g h_{t-1}^T``.
+- BD-LRU's outputs (h; dv and the gate gradients) leave a thread as a row tile (``_store_rows``), so that
+  neighbouring threads write neighbouring addresses.
 - Step kernels (BD-LRU with k > 8, whose dense k x k state maps do not fit in one thread's registers): a
   program owns a (blocks, k, k+1) tile of gates and runs one step per loop iteration.
 
@@ -233,6 +235,41 @@ def _store_copies(ptr, x, ok, D: tl.constexpr):
     for i in tl.static_range(D):
         for c in tl.static_range(D + 1):
             tl.store(ptr + i * (D + 1) + c, x[c * D + i], mask=ok)
+
+
+@triton.jit
+def _stack_columns(vals, LOG2P: tl.constexpr):
+    """A (BLOCK, P) tile whose column j is vals[j], from a tuple of P = 2**LOG2P (BLOCK,) tensors. Built by
+    interleaving: the columns in residue class r mod 2^d are those of r mod 2^(d+1) (even positions) and
+    of r + 2^d (odd positions)."""
+    groups = vals
+    for d in tl.static_range(LOG2P - 1, -1, -1):
+        joined_all = ()
+        for r in tl.static_range(1 << d):
+            joined = tl.join(groups[r], groups[r + (1 << d)])
+            if len(joined.shape) == 3:
+                joined = tl.reshape(joined, (joined.shape[0], joined.shape[1] * 2))
+            joined_all = joined_all + (joined,)
+        groups = joined_all
+    return groups[0]
+
+
+@triton.jit
+def _store_rows(ptr, row, ok, vals, F: tl.constexpr):
+    """Store the F values vals[j] of every thread's row to ptr[row * F + j], as 2-D tiles (one per
+    power-of-two piece of F) so that neighbouring threads write neighbouring addresses; values are cast to
+    ptr's element type first."""
+    for bit in tl.static_range(7, -1, -1):
+        if (F >> bit) & 1:
+            piece = ()
+            for j in tl.static_range(1 << bit):
+                piece = piece + (vals[((F >> (bit + 1)) << (bit + 1)) + j].to(ptr.dtype.element_ty),)
+            start_ptr = ptr + row * F + ((F >> (bit + 1)) << (bit + 1))
+            if bit == 0:
+                tl.store(start_ptr, piece[0], mask=ok)
+            else:
+                col = tl.arange(0, 1 << bit)
+                tl.store(start_ptr[:, None] + col[None, :], _stack_columns(piece, bit), mask=ok[:, None])
 
 
 @triton.jit
@@ -485,7 +522,7 @@ def _bdlru_seq_fwd_kernel(
             s = new
             if not SUMMARY:
                 ok = n_ok & (n * 0 + tb + u < t1)
-                _store_state(h_ptr + ((b * T + tb + u) * N + n) * K, _slice(s, 0, K), ok, K)
+                _store_rows(h_ptr, (b * T + tb + u) * N + n, ok, s, K)
     if SUMMARY:
         _store_copies(out_ptr + ((b * tl.num_programs(1) + pid_c) * N + n) * (K * (K + 1)), s, n_ok, K)
     else:
@@ -565,6 +602,8 @@ def _bdlru_seq_bwd_kernel(
             if not SUMMARY:
                 off = (b * T + t) * N + n
                 ok = n_ok & (n * 0 + t >= t0)
+                dg_all = ()
+                dv = ()
                 for i in tl.static_range(K):
                     da = (grad_h[i] * vs[u * K + i],)
                     for j in tl.static_range(K):
@@ -572,10 +611,10 @@ def _bdlru_seq_bwd_kernel(
                     dg = _normalize_bwd(_slice(gs, u * K * (K + 1) + i * (K + 1), K + 1), _slice(a, i * (K + 1), K + 1),
                                         da, NORM, EPS)
                     for c in tl.static_range(K + 1):
-                        tl.store(dg_ptr + off * (K * (K + 1)) + i * (K + 1) + c,
-                                 tl.where(keep, dg[c], 0.0).to(dg_ptr.dtype.element_ty), mask=ok)
-                    tl.store(dv_ptr + off * K + i, tl.where(keep, grad_h[i] * a[i * (K + 1)], 0.0).to(dv_ptr.dtype.element_ty),
-                             mask=ok)
+                        dg_all = dg_all + (tl.where(keep, dg[c], 0.0),)
+                    dv = dv + (tl.where(keep, grad_h[i] * a[i * (K + 1)], 0.0),)
+                _store_rows(dg_ptr, off, ok, dg_all, K * (K + 1))
+                _store_rows(dv_ptr, off, ok, dv, K)
     if SUMMARY:
         _store_copies(out_ptr + ((b * tl.num_programs(1) + pid_c) * N + n) * (K * (K + 1)), lam, n_ok, K)
     else:
