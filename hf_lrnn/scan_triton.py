@@ -77,8 +77,8 @@ def triton_unsupported_reason(kind: str, size: int) -> Optional[str]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Shared helpers. Values that belong together (the m+1 gates of a channel, the lags, the entries of an
-# affine element) are tuples of equally shaped tensors, indexed with compile-time constants.
+# Shared helpers. Values that belong together (the m+1 gates of a channel, the lags, the state copies of
+# a chunk summary) are tuples of equally shaped tensors, indexed with compile-time constants.
 # ---------------------------------------------------------------------------------------------
 
 
