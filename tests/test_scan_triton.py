@@ -155,3 +155,15 @@ def test_empty_sequence():
     v, logits, state, _ = _inputs("bdlru", 2, 0, 3, 2, "softmax", True, False, seed=0)
     h, final = scan_triton.bdlru_scan_triton(v, logits, state, True)
     assert h.shape == v.shape and torch.equal(final, state)
+
+
+def test_tune_script_smoke(monkeypatch, capsys):
+    """scripts/tune_scan.py --smoke runs its sweep (sequential kernels, chunked and not, and the step
+    kernels) at tiny shapes through the interpreter: keeps the GPU tuning script in step with the kernels."""
+    from script_loader import load_script
+
+    tune = load_script("tune_scan")
+    monkeypatch.setattr("sys.argv", ["tune_scan.py", "--smoke"])
+    tune.main()
+    out = capsys.readouterr().out
+    assert "smoke: 10 runs" in out and "'kind': 'bdlru_step'" in out and "'chunks': 2" in out
