@@ -214,12 +214,26 @@ def _unit_states(zero, D: tl.constexpr):
 
 
 @triton.jit
-def _load_state(ptr, ok, D: tl.constexpr):
-    """The D float32 entries ptr[0..D-1] (ptr a tensor of pointers), as a tuple."""
+def _load_values(ptr, ok, D: tl.constexpr):
+    """The D consecutive values ptr[0..D-1] (ptr a tensor of pointers) as a tuple of float32 tensors."""
     out = ()
     for i in tl.static_range(D):
         out = out + (tl.load(ptr + i, mask=ok, other=0.0).to(tl.float32),)
     return out
+
+
+@triton.jit
+def _chunk_start(ptr, stride_b, stride_c, b, pid_c, n, n_ok, zero, D: tl.constexpr, SUMMARY: tl.constexpr,
+                 HAS_START: tl.constexpr):
+    """The state a sequential kernel starts its chunk from: the D + 1 copies of a summary pass
+    (_unit_states), entry (b, pid_c) of ptr (strides stride_b, stride_c; D values per channel), or zeros."""
+    if SUMMARY:
+        x = _unit_states(zero, D)
+    elif HAS_START:
+        x = _load_values(ptr + b * stride_b + pid_c * stride_c + n * D, n_ok, D)
+    else:
+        x = _zero_state(zero, D)
+    return x
 
 
 @triton.jit
@@ -282,7 +296,7 @@ def _chunk_combine_kernel(sum_ptr, x0_ptr, out_ptr, N, C, D: tl.constexpr, HAS_X
     n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = n < N
     if HAS_X0:
-        x = _load_state(x0_ptr + (b * N + n) * D, n_ok, D)
+        x = _load_values(x0_ptr + (b * N + n) * D, n_ok, D)
     else:
         x = _zero_state(tl.zeros((BLOCK_N,), dtype=tl.float32), D)
     for s in range(0, C):
@@ -320,12 +334,7 @@ def _hlru_fwd_kernel(
     n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = n < N
     zero = tl.zeros((BLOCK_N,), dtype=tl.float32)
-    if SUMMARY:
-        lags = _unit_states(zero, M)
-    elif HAS_START:
-        lags = _load_state(start_ptr + b * start_stride_b + pid_c * start_stride_c + n * M, n_ok, M)
-    else:
-        lags = _zero_state(zero, M)
+    lags = _chunk_start(start_ptr, start_stride_b, start_stride_c, b, pid_c, n, n_ok, zero, M, SUMMARY, HAS_START)
     for tb in range(t0, t1, U):
         vs = ()
         gs = ()
@@ -333,8 +342,7 @@ def _hlru_fwd_kernel(
             ok = n_ok & (n * 0 + tb + u < t1)
             off = (b * T + tb + u) * N + n
             vs = vs + (tl.load(v_ptr + off, mask=ok, other=0.0).to(tl.float32),)
-            for j in tl.static_range(M + 1):
-                gs = gs + (tl.load(g_ptr + off * (M + 1) + j, mask=ok, other=0.0).to(tl.float32),)
+            gs = gs + _load_values(g_ptr + off * (M + 1), ok, M + 1)
         for u in tl.static_range(U):
             keep = n * 0 + tb + u < t1
             if HAS_MASK:
@@ -382,12 +390,7 @@ def _hlru_bwd_kernel(
     n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = n < N
     zero = tl.zeros((BLOCK_N,), dtype=tl.float32)
-    if SUMMARY:
-        lam = _unit_states(zero, M)
-    elif HAS_LAM:
-        lam = _load_state(lam_ptr + b * lam_stride_b + pid_c * lam_stride_c + n * M, n_ok, M)
-    else:
-        lam = _zero_state(zero, M)
+    lam = _chunk_start(lam_ptr, lam_stride_b, lam_stride_c, b, pid_c, n, n_ok, zero, M, SUMMARY, HAS_LAM)
     for i in range(0, tl.cdiv(t1 - t0, U)):
         tb = t1 - 1 - i * U  # this iteration runs steps tb, tb - 1, ..., tb - U + 1
         dhs = ()
@@ -398,8 +401,7 @@ def _hlru_bwd_kernel(
             ok = n_ok & (n * 0 + tb - u >= t0)
             off = (b * T + tb - u) * N + n
             dhs = dhs + (tl.load(dh_ptr + off, mask=ok, other=0.0).to(tl.float32),)
-            for j in tl.static_range(M + 1):
-                gs = gs + (tl.load(g_ptr + off * (M + 1) + j, mask=ok, other=0.0).to(tl.float32),)
+            gs = gs + _load_values(g_ptr + off * (M + 1), ok, M + 1)
             if not SUMMARY:
                 vs = vs + (tl.load(v_ptr + off, mask=ok, other=0.0).to(tl.float32),)
         if not SUMMARY and not HAS_MASK:  # h at tb - 1, ..., tb - U - M + 1: the lags of the U steps
@@ -489,22 +491,15 @@ def _bdlru_seq_fwd_kernel(
     n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = n < N
     zero = tl.zeros((BLOCK_N,), dtype=tl.float32)
-    if SUMMARY:
-        s = _unit_states(zero, K)
-    elif HAS_START:
-        s = _load_state(start_ptr + b * start_stride_b + pid_c * start_stride_c + n * K, n_ok, K)
-    else:
-        s = _zero_state(zero, K)
+    s = _chunk_start(start_ptr, start_stride_b, start_stride_c, b, pid_c, n, n_ok, zero, K, SUMMARY, HAS_START)
     for tb in range(t0, t1, U):
         vs = ()
         gs = ()
         for u in tl.static_range(U):
             ok = n_ok & (n * 0 + tb + u < t1)
             off = (b * T + tb + u) * N + n
-            for i in tl.static_range(K):
-                vs = vs + (tl.load(v_ptr + off * K + i, mask=ok, other=0.0).to(tl.float32),)
-            for j in tl.static_range(K * (K + 1)):
-                gs = gs + (tl.load(g_ptr + off * (K * (K + 1)) + j, mask=ok, other=0.0).to(tl.float32),)
+            vs = vs + _load_values(v_ptr + off * K, ok, K)
+            gs = gs + _load_values(g_ptr + off * (K * (K + 1)), ok, K * (K + 1))
         for u in tl.static_range(U):
             keep = n * 0 + tb + u < t1
             if HAS_MASK:
@@ -549,12 +544,7 @@ def _bdlru_seq_bwd_kernel(
     n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = n < N
     zero = tl.zeros((BLOCK_N,), dtype=tl.float32)
-    if SUMMARY:
-        lam = _unit_states(zero, K)
-    elif HAS_LAM:
-        lam = _load_state(lam_ptr + b * lam_stride_b + pid_c * lam_stride_c + n * K, n_ok, K)
-    else:
-        lam = _zero_state(zero, K)
+    lam = _chunk_start(lam_ptr, lam_stride_b, lam_stride_c, b, pid_c, n, n_ok, zero, K, SUMMARY, HAS_LAM)
     for it in range(0, tl.cdiv(t1 - t0, U)):
         tb = t1 - 1 - it * U  # this iteration runs steps tb, tb - 1, ..., tb - U + 1
         dhs = ()
@@ -564,13 +554,10 @@ def _bdlru_seq_bwd_kernel(
         for u in tl.static_range(U):
             ok = n_ok & (n * 0 + tb - u >= t0)
             off = (b * T + tb - u) * N + n
-            for i in tl.static_range(K):
-                dhs = dhs + (tl.load(dh_ptr + off * K + i, mask=ok, other=0.0).to(tl.float32),)
-            for j in tl.static_range(K * (K + 1)):
-                gs = gs + (tl.load(g_ptr + off * (K * (K + 1)) + j, mask=ok, other=0.0).to(tl.float32),)
+            dhs = dhs + _load_values(dh_ptr + off * K, ok, K)
+            gs = gs + _load_values(g_ptr + off * (K * (K + 1)), ok, K * (K + 1))
             if not SUMMARY:
-                for i in tl.static_range(K):
-                    vs = vs + (tl.load(v_ptr + off * K + i, mask=ok, other=0.0).to(tl.float32),)
+                vs = vs + _load_values(v_ptr + off * K, ok, K)
                 first = n * 0 + tb - u == 0
                 for i in tl.static_range(K):  # h_{t-1}: h at t - 1, or the initial state at t = 0
                     x = tl.load(h_ptr + (off - N) * K + i, mask=ok & (n * 0 + tb - u > 0), other=0.0)
