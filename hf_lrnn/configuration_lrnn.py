@@ -5,12 +5,17 @@ from typing import Any, Dict, List, Optional, Union
 
 from transformers import PreTrainedConfig
 
+from .gates import GATE_NORMALIZATIONS
 from .ops import BACKENDS as SCAN_BACKENDS
-from .scan_torch import GATE_NORMALIZATIONS
 
 MIXERS = ("hlru", "bdlru")
 # Keys a per-layer mixer spec (a dict in the ``mixer`` list) may set; the rest come from the config.
 LAYER_SPEC_KEYS = ("mixer", "order", "block_size", "recurrent_size", "gate_normalization")
+
+
+def swiglu_intermediate_size(hidden_size: int, numerator: int = 8, denominator: int = 3, multiple_of: int = 32) -> int:
+    """A SwiGLU width of about ``numerator / denominator * hidden_size``, rounded up to ``multiple_of``."""
+    return multiple_of * -(-numerator * hidden_size // (denominator * multiple_of))
 
 
 class LRNNConfig(PreTrainedConfig):
@@ -71,7 +76,7 @@ class LRNNConfig(PreTrainedConfig):
         self.recurrent_size = recurrent_size if recurrent_size is not None else hidden_size
         self.gate_normalization = gate_normalization
         self.intermediate_size = (
-            intermediate_size if intermediate_size is not None else 32 * -(-8 * hidden_size // 96)
+            intermediate_size if intermediate_size is not None else swiglu_intermediate_size(hidden_size)
         )
         self.scan_backend = scan_backend
         self.rms_norm_eps = rms_norm_eps

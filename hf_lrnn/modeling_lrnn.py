@@ -130,18 +130,24 @@ def hlru_lagged_states(h: torch.Tensor, initial_state: torch.Tensor, mask: Optio
 
 
 class HLRUMixer(nn.Module):
-    """m-th order selective recurrence per channel with an L1-normalised gate (see module docstring)."""
+    """m-th order selective recurrence per channel with an L1-normalised gate (see module docstring).
+
+    ``value_proj`` makes v (N values), ``gate_logit_proj`` the N (m+1) gate logits, ``out_proj`` reads the
+    m lagged states out.
+    """
 
     def __init__(self, hidden_size: int, recurrent_size: int, order: int, gate_normalization: str, scan_backend: str):
         super().__init__()
         self.num_channels, self.order = recurrent_size, order
         self.gate_normalization, self.scan_backend = gate_normalization, scan_backend
-        self.v_proj = nn.Linear(hidden_size, recurrent_size, bias=False)
-        self.gate_proj = nn.Linear(hidden_size, recurrent_size * (order + 1), bias=True)
+        self.value_proj = nn.Linear(hidden_size, recurrent_size, bias=False)
+        self.gate_logit_proj = nn.Linear(hidden_size, recurrent_size * (order + 1), bias=True)
         self.out_proj = nn.Linear(recurrent_size * order, hidden_size, bias=False)
 
-    def state_shape(self, batch_size: int) -> Tuple[int, int, int]:
-        return (batch_size, self.num_channels, self.order)
+    def gate_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, T, d) -> gate logits (B, T, N, m+1); index 0 the input gate, index j the weight of h_{t-j}."""
+        B, T, _ = x.shape
+        return self.gate_logit_proj(x).view(B, T, self.num_channels, self.order + 1)
 
     def forward(
         self, x: torch.Tensor, mask: Optional[torch.Tensor], state: Optional[torch.Tensor], return_state: bool
@@ -149,10 +155,9 @@ class HLRUMixer(nn.Module):
         """x (B, T, d), mask (B, T) or None, state (B, N, m) or None -> y (B, T, d), new state or None."""
         B, T, _ = x.shape
         N, m = self.num_channels, self.order
-        v = self.v_proj(x)
-        gate_logits = self.gate_proj(x).view(B, T, N, m + 1)
         h, final_state = hlru_scan(
-            v, gate_logits, state, return_state, self.gate_normalization, self.scan_backend, mask
+            self.value_proj(x), self.gate_logits(x), initial_state=state, output_final_state=return_state,
+            normalization=self.gate_normalization, mask=mask, backend=self.scan_backend,
         )
         if state is None:
             state = h.new_zeros(B, N, m)
@@ -161,31 +166,37 @@ class HLRUMixer(nn.Module):
 
 
 class BDLRUMixer(nn.Module):
-    """Block-diagonal selective recurrence, dense k x k blocks, row-wise normalised gates."""
+    """Block-diagonal selective recurrence, dense k x k blocks, row-wise normalised gates.
+
+    ``value_proj`` makes v (N blocks of k values), ``gate_logit_proj`` the N k (k+1) gate logits,
+    ``out_proj`` reads h out.
+    """
 
     def __init__(self, hidden_size: int, recurrent_size: int, block_size: int, gate_normalization: str, scan_backend: str):
         super().__init__()
         self.num_blocks, self.block_size = recurrent_size // block_size, block_size
         self.gate_normalization, self.scan_backend = gate_normalization, scan_backend
-        self.v_proj = nn.Linear(hidden_size, recurrent_size, bias=False)
-        self.gate_proj = nn.Linear(hidden_size, recurrent_size * (block_size + 1), bias=True)
+        self.value_proj = nn.Linear(hidden_size, recurrent_size, bias=False)
+        self.gate_logit_proj = nn.Linear(hidden_size, recurrent_size * (block_size + 1), bias=True)
         self.out_proj = nn.Linear(recurrent_size, hidden_size, bias=False)
 
-    def state_shape(self, batch_size: int) -> Tuple[int, int, int]:
-        return (batch_size, self.num_blocks, self.block_size)
+    def gate_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, T, d) -> gate logits (B, T, N, k, k+1); [..., i, 0] row i's input gate, [..., i, 1+j] = A[i, j]."""
+        B, T, _ = x.shape
+        k = self.block_size
+        return self.gate_logit_proj(x).view(B, T, self.num_blocks, k, k + 1)
 
     def forward(
         self, x: torch.Tensor, mask: Optional[torch.Tensor], state: Optional[torch.Tensor], return_state: bool
     ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """x (B, T, d), mask (B, T) or None, state (B, N, k) or None -> y (B, T, d), new state or None."""
         B, T, _ = x.shape
-        N, k = self.num_blocks, self.block_size
-        v = self.v_proj(x).view(B, T, N, k)
-        gate_logits = self.gate_proj(x).view(B, T, N, k, k + 1)
+        v = self.value_proj(x).view(B, T, self.num_blocks, self.block_size)
         h, final_state = bdlru_scan(
-            v, gate_logits, state, return_state, self.gate_normalization, self.scan_backend, mask
+            v, self.gate_logits(x), initial_state=state, output_final_state=return_state,
+            normalization=self.gate_normalization, mask=mask, backend=self.scan_backend,
         )
-        return self.out_proj(h.reshape(B, T, N * k)), final_state
+        return self.out_proj(h.reshape(B, T, -1)), final_state
 
 
 class LRNNDecoderLayer(GradientCheckpointingLayer):

@@ -1,10 +1,14 @@
 """Public scan ops: ``hlru_scan`` and ``bdlru_scan`` with input checks and backend dispatch.
 
+Every implementation has one signature, called by keyword: ``(v, gate_logits, *, initial_state=None,
+output_final_state=False, normalization="softmax", mask=None) -> (h, final_state or None)``; the ops
+add ``backend``.
+
 Backends:
-- ``"torch"``: PyTorch, differentiable by autograd: the chunked scan (``scan_torch``), or the plain
+- ``"torch"``: PyTorch, differentiable by autograd: the chunked scan (``scan_chunked``), or the plain
   loop where that is cheaper: short sequences (T <= ``LOOP_MAX_T``, e.g. a decode step) and, on the
   CPU, wide steps (B * N * (m or k) > ``CHUNKED_MAX_CPU_WORK``).
-- ``"reference"``: the step-by-step loop, for tests and benchmarks.
+- ``"reference"``: the step-by-step loop (``scan_reference``), for tests and benchmarks.
 - ``"triton"``: the fused Triton kernels (``scan_triton``), CUDA tensors (or ``TRITON_INTERPRET=1``).
 - ``"auto"``: ``"triton"`` for CUDA tensors when Triton is installed and supports the size, else
   ``"torch"`` (with a one-time warning on CUDA saying why).
@@ -16,19 +20,15 @@ from typing import Optional, Tuple
 
 import torch
 
-from .scan_torch import (
-    GATE_NORMALIZATIONS,
-    bdlru_scan_chunked,
-    bdlru_scan_reference,
-    hlru_scan_chunked,
-    hlru_scan_reference,
-)
+from .gates import GATE_NORMALIZATIONS
+from .scan_chunked import bdlru_scan_chunked, hlru_scan_chunked
+from .scan_reference import bdlru_scan_reference, hlru_scan_reference
 
 BACKENDS = ("auto", "torch", "triton", "reference")
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 LOOP_MAX_T = 16  # the torch backend runs the plain loop up to this length
 # On the CPU the chunked scan pays off while a step is small: past B * N * (m or k) = 512 values per
-# step the loop's T small steps beat its L + T/L bigger ones (scripts/bench_torch_scan.py, 2 cores).
+# step the loop's T small steps beat its L + T/L bigger ones (benchmarks/kernels/bench_torch_scan.py, 2 cores).
 CHUNKED_MAX_CPU_WORK = 512
 _warned = set()
 
@@ -85,11 +85,12 @@ def _check_common(name, v, gate_logits, initial_state, mask, normalization, stat
 def hlru_scan(
     v: torch.Tensor,
     gate_logits: torch.Tensor,
+    *,
     initial_state: Optional[torch.Tensor] = None,
     output_final_state: bool = False,
     normalization: str = "softmax",
-    backend: str = "auto",
     mask: Optional[torch.Tensor] = None,
+    backend: str = "auto",
 ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     """m-th order selective linear recurrence per channel.
 
@@ -102,8 +103,8 @@ def hlru_scan(
         initial_state: optional (B, N, m) = [h_{-1}, ..., h_{-m}] (most recent first); zeros if None.
         output_final_state: also return the state after the last step, (B, N, m).
         normalization: one of ``GATE_NORMALIZATIONS``.
-        backend: one of ``BACKENDS``.
         mask: optional (B, T); where 0 the state is left untouched and h repeats the last h.
+        backend: one of ``BACKENDS``.
     Returns:
         h (B, T, N) in v's dtype, final_state (B, N, m) in float32 (float64 for float64 inputs) or None.
     """
@@ -116,17 +117,18 @@ def hlru_scan(
             f"got {tuple(gate_logits.shape)}"
         )
     m = gate_logits.shape[3] - 1
-    return _scan("hlru", m, v, gate_logits, initial_state, output_final_state, normalization, backend, mask)
+    return _scan("hlru", m, v, gate_logits, initial_state, output_final_state, normalization, mask, backend)
 
 
 def bdlru_scan(
     v: torch.Tensor,
     gate_logits: torch.Tensor,
+    *,
     initial_state: Optional[torch.Tensor] = None,
     output_final_state: bool = False,
     normalization: str = "softmax",
-    backend: str = "auto",
     mask: Optional[torch.Tensor] = None,
+    backend: str = "auto",
 ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     """Block-diagonal selective linear recurrence with dense k x k blocks.
 
@@ -137,7 +139,7 @@ def bdlru_scan(
         v: (B, T, N, k) values.
         gate_logits: (B, T, N, k, k+1); ``[..., i, 0]`` is row i's input gate, ``[..., i, 1+j] = A[i, j]``.
         initial_state: optional (B, N, k); zeros if None.
-        output_final_state, normalization, backend, mask: as in :func:`hlru_scan`.
+        output_final_state, normalization, mask, backend: as in :func:`hlru_scan`.
     Returns:
         h (B, T, N, k) in v's dtype, final_state (B, N, k) in float32 (float64 for float64 inputs) or None.
     """
@@ -149,7 +151,7 @@ def bdlru_scan(
             f"bdlru_scan: gate_logits must have shape (B, T, N, k, k+1) = ({B}, {T}, {N}, {k}, {k + 1}), "
             f"got {tuple(gate_logits.shape)}"
         )
-    return _scan("bdlru", k, v, gate_logits, initial_state, output_final_state, normalization, backend, mask)
+    return _scan("bdlru", k, v, gate_logits, initial_state, output_final_state, normalization, mask, backend)
 
 
 _IMPLEMENTATIONS = {  # kind -> (loop, chunked)
@@ -158,19 +160,20 @@ _IMPLEMENTATIONS = {  # kind -> (loop, chunked)
 }
 
 
-def _scan(kind, size, v, gate_logits, initial_state, output_final_state, normalization, backend, mask):
+def _scan(kind, size, v, gate_logits, initial_state, output_final_state, normalization, mask, backend):
     """Check the shared arguments, pick the backend and run it. ``size`` is m (H-LRU) or k (BD-LRU)."""
     B, T, N = v.shape[:3]
     _check_common(f"{kind}_scan", v, gate_logits, initial_state, mask, normalization, (B, N, size))
     backend = _resolve_backend(backend, v, kind, size)
     if backend == "triton":
         _require_triton(kind, size)
-        triton_scan = hlru_scan_triton if kind == "hlru" else bdlru_scan_triton
-        return triton_scan(v, gate_logits, initial_state, output_final_state, normalization, mask)
-    loop, chunked = _IMPLEMENTATIONS[kind]
-    use_loop = backend == "reference" or T <= LOOP_MAX_T or (not v.is_cuda and B * N * size > CHUNKED_MAX_CPU_WORK)
-    h, final = (loop if use_loop else chunked)(v, gate_logits, initial_state, normalization, mask)
-    return h, (final if output_final_state else None)
+        scan = hlru_scan_triton if kind == "hlru" else bdlru_scan_triton
+    else:
+        loop, chunked = _IMPLEMENTATIONS[kind]
+        use_loop = backend == "reference" or T <= LOOP_MAX_T or (not v.is_cuda and B * N * size > CHUNKED_MAX_CPU_WORK)
+        scan = loop if use_loop else chunked
+    return scan(v, gate_logits, initial_state=initial_state, output_final_state=output_final_state,
+                normalization=normalization, mask=mask)
 
 
 def _require_triton(kind: str, size: int) -> None:

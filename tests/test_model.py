@@ -50,7 +50,7 @@ def test_forward_backward_and_loss_is_shifted_cross_entropy(mixer):
     out.loss.backward()
     for name, p in model.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
-    assert model.model.layers[0].mixer.gate_proj.weight.grad.abs().sum() > 0
+    assert model.model.layers[0].mixer.gate_logit_proj.weight.grad.abs().sum() > 0
 
 
 def test_num_items_in_batch_normalises_the_summed_loss():
@@ -218,7 +218,7 @@ def test_save_and_load_round_trip(tmp_path, tie):
     model = tiny_model("hybrid", tie_word_embeddings=tie)
     model.save_pretrained(tmp_path)
     assert (tmp_path / "model.safetensors").exists()
-    for name in ("modeling_lrnn.py", "configuration_lrnn.py", "ops.py", "scan_torch.py"):
+    for name in ("modeling_lrnn.py", "configuration_lrnn.py", "ops.py", "gates.py", "scan_reference.py", "scan_chunked.py"):
         assert (tmp_path / name).exists(), name
     # transformers refuses remote code whose top-level imports are not installed: only torch and
     # transformers (and the standard library) may be required; triton sits in a try block.

@@ -3,14 +3,9 @@ import pytest
 import torch
 
 from hf_lrnn import ops
-from hf_lrnn.scan_torch import (
-    GATE_NORMALIZATIONS,
-    bdlru_scan_chunked,
-    bdlru_scan_reference,
-    hlru_scan_chunked,
-    hlru_scan_reference,
-    normalize_gates,
-)
+from hf_lrnn.gates import GATE_NORMALIZATIONS, normalize_gates
+from hf_lrnn.scan_chunked import bdlru_scan_chunked, hlru_scan_chunked
+from hf_lrnn.scan_reference import bdlru_scan_reference, hlru_scan_reference
 
 F64 = torch.float64
 
@@ -60,8 +55,8 @@ def _assert_close(a, b, tol, what):
 def test_hlru_chunked_matches_reference_fwd_bwd(normalization, T, m, with_state, with_mask):
     v, logits, state = _hlru_inputs(2, T, 5, m, with_state, seed=T * 10 + m)
     mask = _random_mask(2, T, seed=T) if with_mask else None
-    ref = _grads(lambda v, g, s: hlru_scan_reference(v, g, s, normalization, mask), [v, logits, state])
-    out = _grads(lambda v, g, s: hlru_scan_chunked(v, g, s, normalization, mask, chunk_size=8), [v, logits, state])
+    ref = _grads(lambda v, g, s: hlru_scan_reference(v, g, initial_state=s, output_final_state=True, normalization=normalization, mask=mask), [v, logits, state])
+    out = _grads(lambda v, g, s: hlru_scan_chunked(v, g, initial_state=s, output_final_state=True, normalization=normalization, mask=mask, chunk_size=8), [v, logits, state])
     for a, b, name in zip(out, ref, ["h", "final_state", "dv", "dgate_logits", "dinitial_state"]):
         if b is not None:
             _assert_close(a, b, 1e-10, name)
@@ -74,8 +69,8 @@ def test_hlru_chunked_matches_reference_fwd_bwd(normalization, T, m, with_state,
 def test_bdlru_chunked_matches_reference_fwd_bwd(normalization, T, k, with_state, with_mask):
     v, logits, state = _bdlru_inputs(2, T, 3, k, with_state, seed=T * 10 + k)
     mask = _random_mask(2, T, seed=T) if with_mask else None
-    ref = _grads(lambda v, g, s: bdlru_scan_reference(v, g, s, normalization, mask), [v, logits, state])
-    out = _grads(lambda v, g, s: bdlru_scan_chunked(v, g, s, normalization, mask, chunk_size=8), [v, logits, state])
+    ref = _grads(lambda v, g, s: bdlru_scan_reference(v, g, initial_state=s, output_final_state=True, normalization=normalization, mask=mask), [v, logits, state])
+    out = _grads(lambda v, g, s: bdlru_scan_chunked(v, g, initial_state=s, output_final_state=True, normalization=normalization, mask=mask, chunk_size=8), [v, logits, state])
     for a, b, name in zip(out, ref, ["h", "final_state", "dv", "dgate_logits", "dinitial_state"]):
         if b is not None:
             _assert_close(a, b, 1e-10, name)
@@ -90,7 +85,7 @@ def test_reference_is_the_recurrence_written_out():
     h0 = a[0, 1] * 0.5 + a[0, 2] * -0.25 + a[0, 0] * 1
     h1 = a[1, 1] * h0 + a[1, 2] * 0.5 + a[1, 0] * 2
     h2 = a[2, 1] * h1 + a[2, 2] * h0 + a[2, 0] * 3
-    h, final = hlru_scan_reference(v, logits, s0)
+    h, final = hlru_scan_reference(v, logits, initial_state=s0, output_final_state=True)
     assert torch.allclose(h[0, :, 0], torch.stack([h0, h1, h2]))
     assert torch.allclose(final[0, 0], torch.stack([h2, h1]))
 
@@ -99,7 +94,7 @@ def test_reference_is_the_recurrence_written_out():
     s0 = torch.randn(1, 1, 2, dtype=F64)
     a = torch.softmax(logits[0, 0, 0], -1)
     expected = a[:, 1:] @ s0[0, 0] + a[:, 0] * v[0, 0, 0]
-    h, _ = bdlru_scan_reference(v, logits, s0)
+    h, _ = bdlru_scan_reference(v, logits, initial_state=s0)
     assert torch.allclose(h[0, 0, 0], expected)
 
 
@@ -116,13 +111,13 @@ def test_state_is_bounded_by_inputs(normalization):
     v, logits, state = _hlru_inputs(B, T, 6, 3, True, seed=7)
     logits = 4 * logits  # sharp gates: coefficients near 0 and 1 stress the bound
     bound = torch.maximum(state.abs().amax((1, 2)), v.abs().amax((1, 2)))  # per batch row
-    h, _ = ops.hlru_scan(v.float(), logits.float(), state.float(), normalization=normalization, backend="torch")
+    h, _ = ops.hlru_scan(v.float(), logits.float(), initial_state=state.float(), normalization=normalization, backend="torch")
     assert torch.isfinite(h).all()
     assert (h.double().abs().amax((1, 2)) <= bound * (1 + 1e-5)).all()
 
     v, logits, state = _bdlru_inputs(B, T, 4, 4, True, seed=8)
     bound = torch.maximum(state.abs().amax((1, 2)), v.abs().amax((1, 2, 3)))
-    h, _ = ops.bdlru_scan(v.float(), 4 * logits.float(), state.float(), normalization=normalization, backend="torch")
+    h, _ = ops.bdlru_scan(v.float(), 4 * logits.float(), initial_state=state.float(), normalization=normalization, backend="torch")
     assert torch.isfinite(h).all()
     assert (h.double().abs().amax((1, 2, 3)) <= bound * (1 + 1e-5)).all()
 
@@ -130,8 +125,8 @@ def test_state_is_bounded_by_inputs(normalization):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_low_precision_inputs_accumulate_in_fp32(dtype):
     v, logits, state = _hlru_inputs(2, 300, 8, 2, True, seed=3)
-    h_ref, final_ref = hlru_scan_reference(v, logits, state)
-    h, final = ops.hlru_scan(v.to(dtype), logits.to(dtype), state.float(), output_final_state=True, backend="torch")
+    h_ref, final_ref = hlru_scan_reference(v, logits, initial_state=state, output_final_state=True)
+    h, final = ops.hlru_scan(v.to(dtype), logits.to(dtype), initial_state=state.float(), output_final_state=True, backend="torch")
     assert h.dtype == dtype and final.dtype == torch.float32
     # the error is that of rounding the inputs and h once, not one that grows with T
     _assert_close(h.double(), h_ref, 2e-2 if dtype != torch.float32 else 1e-5, "h")
@@ -139,12 +134,12 @@ def test_low_precision_inputs_accumulate_in_fp32(dtype):
 
 def test_public_api_shapes_and_final_state_flag():
     v, logits, state = _hlru_inputs(3, 20, 7, 2, True, seed=1)
-    h, final = ops.hlru_scan(v, logits, state)
+    h, final = ops.hlru_scan(v, logits, initial_state=state)
     assert h.shape == v.shape and final is None
-    h, final = ops.hlru_scan(v, logits, state, output_final_state=True)
+    h, final = ops.hlru_scan(v, logits, initial_state=state, output_final_state=True)
     assert final.shape == (3, 7, 2)
     v, logits, state = _bdlru_inputs(3, 20, 7, 3, True, seed=1)
-    h, final = ops.bdlru_scan(v, logits, state, output_final_state=True, backend="reference")
+    h, final = ops.bdlru_scan(v, logits, initial_state=state, output_final_state=True, backend="reference")
     assert h.shape == v.shape and final.shape == (3, 7, 3)
 
 
@@ -155,7 +150,7 @@ def test_public_api_errors_name_the_problem():
     with pytest.raises(ValueError, match="gate_logits must have shape"):
         ops.hlru_scan(v, logits[:, :, :3])
     with pytest.raises(ValueError, match="initial_state must have shape"):
-        ops.hlru_scan(v, logits, state[:, :, :1])
+        ops.hlru_scan(v, logits, initial_state=state[:, :, :1])
     with pytest.raises(ValueError, match="mask must have shape"):
         ops.hlru_scan(v, logits, mask=torch.ones(2, 4))
     with pytest.raises(ValueError, match="normalization must be one of"):
@@ -168,13 +163,13 @@ def test_public_api_errors_name_the_problem():
     with pytest.raises(ValueError, match=r"gate_logits must have shape \(B, T, N, k, k\+1\)"):
         ops.bdlru_scan(bv, blogits[..., :4])
     with pytest.raises(ValueError, match="initial_state must have shape"):
-        ops.bdlru_scan(bv, blogits, torch.zeros(2, 3, 5))
+        ops.bdlru_scan(bv, blogits, initial_state=torch.zeros(2, 3, 5))
 
 
 def test_auto_backend_on_cpu_is_torch_and_matches_reference():
     v, logits, state = _bdlru_inputs(2, 40, 3, 2, True, seed=4)
-    h_auto, f_auto = ops.bdlru_scan(v, logits, state, output_final_state=True)
-    h_ref, f_ref = bdlru_scan_reference(v, logits, state)
+    h_auto, f_auto = ops.bdlru_scan(v, logits, initial_state=state, output_final_state=True)
+    h_ref, f_ref = bdlru_scan_reference(v, logits, initial_state=state, output_final_state=True)
     _assert_close(h_auto, h_ref, 1e-12, "h")
     _assert_close(f_auto, f_ref, 1e-12, "final")
 
@@ -192,7 +187,7 @@ def test_no_nan_on_long_sequences_with_extreme_logits():
 def test_hlru_chunked_with_chunks_shorter_than_the_order(T):
     """A chunk must hold at least m steps (its end lags are its own last m values of h)."""
     v, logits, state = _hlru_inputs(2, T, 3, 5, True, seed=T)
-    ref = _grads(lambda v, g, s: hlru_scan_reference(v, g, s), [v, logits, state])
-    out = _grads(lambda v, g, s: hlru_scan_chunked(v, g, s, chunk_size=2), [v, logits, state])
+    ref = _grads(lambda v, g, s: hlru_scan_reference(v, g, initial_state=s, output_final_state=True), [v, logits, state])
+    out = _grads(lambda v, g, s: hlru_scan_chunked(v, g, initial_state=s, output_final_state=True, chunk_size=2), [v, logits, state])
     for a, b, name in zip(out, ref, ["h", "final_state", "dv", "dgate_logits", "dinitial_state"]):
         _assert_close(a, b, 1e-10, name)

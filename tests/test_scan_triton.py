@@ -1,7 +1,7 @@
 """The Triton scans against the float64 loop reference, forward and backward (v, gate_logits,
 initial_state; the loss also reads the final state). On the CPU they run through Triton's interpreter
 (TRITON_INTERPRET=1, set by conftest.py), so the shapes are small and odd. The same comparisons at
-large shapes on a GPU: scripts/check_scan_gpu.py.
+large shapes on a GPU: benchmarks/kernels/check_scan_gpu.py.
 """
 import itertools
 
@@ -12,7 +12,8 @@ pytest.importorskip("triton")
 
 from hf_lrnn import ops  # noqa: E402
 from hf_lrnn import scan_triton  # noqa: E402
-from hf_lrnn.scan_torch import GATE_NORMALIZATIONS, bdlru_scan_reference, hlru_scan_reference  # noqa: E402
+from hf_lrnn.gates import GATE_NORMALIZATIONS  # noqa: E402
+from hf_lrnn.scan_reference import bdlru_scan_reference, hlru_scan_reference  # noqa: E402
 
 F64 = torch.float64
 KERNELS = {
@@ -46,16 +47,16 @@ def _errors(kind, D, T, N, normalization, with_state, with_mask, chunk_size=None
     inputs = [x.to(dtype) for x in (v, logits)] + ([state] if with_state else [])
     for x in inputs:
         x.requires_grad_(True)
-    h, final = triton_fn(inputs[0], inputs[1], inputs[2] if with_state else None, True, normalization, mask,
-                         chunk_size=chunk_size)
+    h, final = triton_fn(inputs[0], inputs[1], initial_state=inputs[2] if with_state else None,
+                         output_final_state=True, normalization=normalization, mask=mask, chunk_size=chunk_size)
     assert h.dtype == dtype and h.shape == v.shape and final.dtype == torch.float32
     g = torch.Generator().manual_seed(seed + 1)
     dh, dfinal = torch.randn(h.shape, generator=g), torch.randn(final.shape, generator=g)
     grads = torch.autograd.grad((h.float() * dh).sum() + (final * dfinal).sum(), inputs)
 
     ref_inputs = [x.detach().to(F64).requires_grad_(True) for x in inputs]
-    h_ref, final_ref = reference_fn(ref_inputs[0], ref_inputs[1], ref_inputs[2] if with_state else None,
-                                    normalization, mask)
+    h_ref, final_ref = reference_fn(ref_inputs[0], ref_inputs[1], initial_state=ref_inputs[2] if with_state else None,
+                                    output_final_state=True, normalization=normalization, mask=mask)
     ref_grads = torch.autograd.grad((h_ref * dh.to(F64)).sum() + (final_ref * dfinal.to(F64)).sum(), ref_inputs)
     names = ["h", "final", "dv", "dgate_logits", "dinitial_state"]
     errors = [_rel(h, h_ref), _rel(final, final_ref)] + [_rel(a, b) for a, b in zip(grads, ref_grads)]
@@ -112,8 +113,9 @@ def test_through_ops(kind, size):
     """ops.hlru_scan / bdlru_scan with backend='triton' reach these kernels and agree with 'reference'."""
     fn = ops.hlru_scan if kind == "hlru" else ops.bdlru_scan
     v, logits, state, mask = _inputs(kind, 2, 5, 3, size, "softmax", True, True, seed=3)
-    h, final = fn(v, logits, state, True, "softmax", backend="triton", mask=mask)
-    h_ref, final_ref = fn(v.double(), logits.double(), state.double(), True, "softmax", backend="reference", mask=mask)
+    h, final = fn(v, logits, initial_state=state, output_final_state=True, backend="triton", mask=mask)
+    h_ref, final_ref = fn(v.double(), logits.double(), initial_state=state.double(), output_final_state=True,
+                          backend="reference", mask=mask)
     assert _rel(h, h_ref) < 1e-5 and _rel(final, final_ref) < 1e-5
     h, final = fn(v, logits, output_final_state=False, backend="triton")
     assert final is None and h.shape == v.shape
@@ -153,7 +155,7 @@ def test_chunking_refused_above_size_8(kind):
 
 def test_empty_sequence():
     v, logits, state, _ = _inputs("bdlru", 2, 0, 3, 2, "softmax", True, False, seed=0)
-    h, final = scan_triton.bdlru_scan_triton(v, logits, state, True)
+    h, final = scan_triton.bdlru_scan_triton(v, logits, initial_state=state, output_final_state=True)
     assert h.shape == v.shape and torch.equal(final, state)
 
 

@@ -75,7 +75,7 @@ def test_model_card_template_is_shipped_unchanged():
 def test_train_saves_everything(run):
     out, metrics, _ = run
     for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "README.md",
-                 "modeling_lrnn.py", "configuration_lrnn.py", "ops.py", "scan_torch.py", "metrics.json", "run_args.json"):
+                 "modeling_lrnn.py", "configuration_lrnn.py", "ops.py", "gates.py", "scan_reference.py", "scan_chunked.py", "metrics.json", "run_args.json"):
         assert (out / name).is_file(), name
     assert metrics["steps"] == 6 and metrics["eval_loss"] < 6.0  # below ln(300) = 5.7 after a few steps
     assert abs(metrics["eval_perplexity"] - 2.718281828 ** metrics["eval_loss"]) < 1e-6 * metrics["eval_perplexity"]

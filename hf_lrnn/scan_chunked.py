@@ -1,18 +1,12 @@
-"""Pure-PyTorch scans for H-LRU and BD-LRU: the step-by-step reference and a chunked fast path.
+"""Chunked PyTorch scans for H-LRU and BD-LRU: O(L + T/L) Python steps for chunks of L steps instead of
+T, differentiable by autograd (the torch backend for sequences longer than a few steps).
 
-Shapes (B batch, T time, N channels or blocks, m order, k block size):
-- H-LRU: v (B, T, N), gate_logits (B, T, N, m+1), state (B, N, m) = [h_{t-1}, ..., h_{t-m}].
-- BD-LRU: v (B, T, N, k), gate_logits (B, T, N, k, k+1), state (B, N, k).
-
-Both recurrences are affine maps of a D-dimensional state per channel (D = m or k):
-``s_t = M_t s_{t-1} + u_t``. H-LRU uses the companion matrix (first row a_{t,1..m}, ones below the
-diagonal) and ``u_t = a_{t,0} v_t e_1``; BD-LRU uses ``M_t = A_t`` and ``u_t = a_{t,0} * v_t``.
-Where ``mask`` is 0 the step is the identity (M = I, u = 0): the state is left untouched.
-
-The chunked scans take O(L + T/L) Python steps for chunks of L steps instead of T; see
-``scripts/bench_torch_scan.py`` for what that buys against the loop.
-
-All arithmetic runs in float32 (float64 when the inputs are float64); h is returned in v's dtype.
+Shapes as in ``scan_reference``. Both recurrences are affine maps of a D-dimensional state per channel
+(D = m or k): ``s_t = M_t s_{t-1} + u_t``. H-LRU uses the companion matrix (first row a_{t,1..m}, ones
+below the diagonal) and ``u_t = a_{t,0} v_t e_1``; BD-LRU uses ``M_t = A_t`` and ``u_t = a_{t,0} * v_t``.
+Where ``mask`` is 0 the step is the identity (M = I, u = 0). ``benchmarks/kernels/bench_torch_scan.py``
+measures what the chunking buys against the loop. All arithmetic runs in float32 (float64 for float64
+inputs); h is returned in v's dtype.
 """
 from __future__ import annotations
 
@@ -22,101 +16,7 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-GATE_NORMALIZATIONS = ("softmax", "sigmoid_l1", "relu_l1", "tanh_l1", "l1", "none")
-# Added to the L1 denominators of relu_l1 / tanh_l1 / l1 so an all-zero row gives zero gates, not NaN.
-L1_EPS = 1e-6
-
-
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype the state and accumulations use: float64 for float64 inputs, else float32."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def normalize_gates(gate_logits: torch.Tensor, normalization: str) -> torch.Tensor:
-    """Map logits (..., K) to coefficients (..., K) along the last dimension.
-
-    softmax: exp(g) / sum exp(g); sigmoid_l1: sigmoid(g) / sum sigmoid(g);
-    relu_l1: relu(g) / (sum relu(g) + eps); tanh_l1: tanh(g) / (sum |tanh(g)| + eps);
-    l1: g / (sum |g| + eps); none: g. Every variant but ``none`` gives sum_k |a_k| <= 1.
-    """
-    g = gate_logits
-    if normalization == "softmax":
-        return torch.softmax(g, dim=-1)
-    if normalization == "sigmoid_l1":
-        s = torch.sigmoid(g)
-        return s / s.sum(-1, keepdim=True)
-    if normalization == "relu_l1":
-        r = torch.relu(g)
-        return r / (r.sum(-1, keepdim=True) + L1_EPS)
-    if normalization == "tanh_l1":
-        t = torch.tanh(g)
-        return t / (t.abs().sum(-1, keepdim=True) + L1_EPS)
-    if normalization == "l1":
-        return g / (g.abs().sum(-1, keepdim=True) + L1_EPS)
-    if normalization == "none":
-        return g
-    raise ValueError(f"normalization must be one of {GATE_NORMALIZATIONS}, got {normalization!r}")
-
-
-# ---------------------------------------------------------------------------------------------
-# Reference: a Python loop over T, written to read like the maths.
-# ---------------------------------------------------------------------------------------------
-
-
-def hlru_scan_reference(
-    v: torch.Tensor,
-    gate_logits: torch.Tensor,
-    initial_state: Optional[torch.Tensor] = None,
-    normalization: str = "softmax",
-    mask: Optional[torch.Tensor] = None,
-) -> Tuple[torch.Tensor, torch.Tensor]:
-    """h_t = sum_{k=1..m} a_{t,k} h_{t-k} + a_{t,0} v_t, one step at a time. Returns (h, final_state)."""
-    cd = compute_dtype(v.dtype)
-    B, T, N = v.shape
-    m = gate_logits.shape[-1] - 1
-    a = normalize_gates(gate_logits.to(cd), normalization)
-    vc = v.to(cd)
-    lags = initial_state.to(cd) if initial_state is not None else v.new_zeros(B, N, m, dtype=cd)
-    hs = []
-    for t, (a_t, v_t) in enumerate(zip(a.unbind(1), vc.unbind(1))):
-        h_t = (a_t[..., 1:] * lags).sum(-1) + a_t[..., 0] * v_t
-        new_lags = torch.cat([h_t.unsqueeze(-1), lags[..., :-1]], dim=-1)
-        if mask is not None:
-            new_lags = torch.where(mask[:, t, None, None].bool(), new_lags, lags)
-        lags = new_lags
-        hs.append(lags[..., 0])
-    h = torch.stack(hs, dim=1) if T > 0 else vc
-    return h.to(v.dtype), lags
-
-
-def bdlru_scan_reference(
-    v: torch.Tensor,
-    gate_logits: torch.Tensor,
-    initial_state: Optional[torch.Tensor] = None,
-    normalization: str = "softmax",
-    mask: Optional[torch.Tensor] = None,
-) -> Tuple[torch.Tensor, torch.Tensor]:
-    """h_t = A_t h_{t-1} + a_{t,0} * v_t per block, one step at a time. Returns (h, final_state)."""
-    cd = compute_dtype(v.dtype)
-    B, T, N, k = v.shape
-    a = normalize_gates(gate_logits.to(cd), normalization)
-    vc = v.to(cd)
-    h = initial_state.to(cd) if initial_state is not None else v.new_zeros(B, N, k, dtype=cd)
-    hs = []
-    for t, (a_t, v_t) in enumerate(zip(a.unbind(1), vc.unbind(1))):
-        A_t = a_t[..., 1:]  # (B, N, k, k): A_t[i, j] multiplies h_{t-1}[j]
-        h_new = (A_t * h[..., None, :]).sum(-1) + a_t[..., 0] * v_t
-        if mask is not None:
-            h_new = torch.where(mask[:, t, None, None].bool(), h_new, h)
-        h = h_new
-        hs.append(h)
-    out = torch.stack(hs, dim=1) if T > 0 else vc
-    return out.to(v.dtype), h
-
-
-# ---------------------------------------------------------------------------------------------
-# Chunked scan: O(sqrt(T)) Python steps instead of T, differentiable by autograd.
-# ---------------------------------------------------------------------------------------------
+from .gates import compute_dtype, normalize_gates
 
 
 def _apply_dense(M: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
@@ -222,11 +122,13 @@ def _hlru_chunked_scan(
 def hlru_scan_chunked(
     v: torch.Tensor,
     gate_logits: torch.Tensor,
+    *,
     initial_state: Optional[torch.Tensor] = None,
+    output_final_state: bool = False,
     normalization: str = "softmax",
     mask: Optional[torch.Tensor] = None,
     chunk_size: int = 64,
-) -> Tuple[torch.Tensor, torch.Tensor]:
+) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     """Same result as :func:`hlru_scan_reference`, via a chunked scan."""
     cd = compute_dtype(v.dtype)
     B, T, N = v.shape
@@ -236,24 +138,26 @@ def hlru_scan_chunked(
     s0 = initial_state.to(cd) if initial_state is not None else v.new_zeros(B, N, m, dtype=cd)
     if mask is None:
         h, final = _hlru_chunked_scan(a, u, s0, chunk_size)
-        return h.to(v.dtype), final
+        return h.to(v.dtype), (final if output_final_state else None)
     # A masked step is the identity on the lags, which no gate values give: scan the companion form,
     # s_t = C_t s_{t-1} + (u_t, 0, ..., 0), with C_t = I at masked steps.
     shift = torch.eye(m - 1, m, dtype=cd, device=v.device).expand(B, T, N, m - 1, m)
     M = torch.cat([a[..., None, 1:], shift], dim=-2)
     M, u = _identity_where_masked(M, F.pad(u[..., None], (0, m - 1)), mask)
     states, final = _chunked_affine_scan(M, u, s0, chunk_size)
-    return states[..., 0].to(v.dtype), final
+    return states[..., 0].to(v.dtype), (final if output_final_state else None)
 
 
 def bdlru_scan_chunked(
     v: torch.Tensor,
     gate_logits: torch.Tensor,
+    *,
     initial_state: Optional[torch.Tensor] = None,
+    output_final_state: bool = False,
     normalization: str = "softmax",
     mask: Optional[torch.Tensor] = None,
     chunk_size: int = 64,
-) -> Tuple[torch.Tensor, torch.Tensor]:
+) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     """Same result as :func:`bdlru_scan_reference`, via a chunked scan."""
     cd = compute_dtype(v.dtype)
     B, T, N, k = v.shape
@@ -263,4 +167,4 @@ def bdlru_scan_chunked(
         M, u = _identity_where_masked(M, u, mask)
     s0 = initial_state.to(cd) if initial_state is not None else v.new_zeros(B, N, k, dtype=cd)
     states, final = _chunked_affine_scan(M, u, s0, chunk_size)
-    return states.to(v.dtype), final
+    return states.to(v.dtype), (final if output_final_state else None)

@@ -1,0 +1,274 @@
+"""Triton kernels of the BD-LRU scan, forward and backward (the planner and autograd live in
+``scan_triton``).
+
+Shapes: v (B, T, N, k), gate_logits (B, T, N, k, k+1) ([..., i, 0] row i's input gate,
+[..., i, 1+j] = A[i, j]), state (B, N, k). Forward ``h_t = A_t h_{t-1} + a_0 * v_t``; backward
+``g = lam + dh_t``, ``lam <- A_t^T g``, ``dA_t = g h_{t-1}^T``.
+
+- Sequential kernels (k <= 8): a block per thread, its state in registers, U steps loaded per loop
+  iteration; h, dv and the gate gradients leave a thread as a row tile (``_store_rows``), so that
+  neighbouring threads write neighbouring addresses.
+- Step kernels (k > 8, whose dense k x k maps do not fit in one thread's registers): a program owns a
+  (blocks, KP rows i, KP columns c) tile of gates, KP = next power of two >= k+1: column c < k holds
+  A[i, c] (logit 1 + c), column k the input gate a_0[i] (logit 0); one step per loop iteration, no time
+  chunking; the gate normalisation runs along the tile's last axis.
+"""
+from __future__ import annotations
+
+try:  # inside try/except so that transformers' remote-code import check does not require triton
+    import triton
+    import triton.language as tl
+except ImportError as err:
+    raise ImportError("hf_lrnn's Triton kernels need the 'triton' package (pip install triton)") from err
+
+from .triton_helpers import (
+    _chunk_bounds,
+    _chunk_start,
+    _load_values,
+    _normalize,
+    _normalize_axis,
+    _normalize_axis_bwd,
+    _normalize_bwd,
+    _slice,
+    _store_copies,
+    _store_rows,
+    _store_state,
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sequential kernels (k <= 8).
+# ---------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _block_gates(gs, start: tl.constexpr, K: tl.constexpr, NORM: tl.constexpr, EPS: tl.constexpr):
+    """The K rows of K + 1 gates [a_0 | A] of one step from the flat logits gs[start:], normalised per row."""
+    a = ()
+    for i in tl.static_range(K):
+        a = a + _normalize(_slice(gs, start + i * (K + 1), K + 1), NORM, EPS)
+    return a
+
+
+@triton.jit
+def _bdlru_seq_fwd_kernel(
+    v_ptr, g_ptr, mask_ptr, start_ptr, h_ptr, out_ptr,
+    T, N, L, start_stride_b, start_stride_c,
+    K: tl.constexpr, NORM: tl.constexpr, EPS: tl.constexpr, HAS_START: tl.constexpr, HAS_MASK: tl.constexpr,
+    SUMMARY: tl.constexpr, U: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """h_t = A_t h_{t-1} + a_0 * v_t for one (block tile, time chunk, sequence), a block per thread.
+
+    Main mode: start from start (B, C, N, K) (or zeros), write h (B, T, N, K) and the chunk-end state to
+    out (B, C, N, K). SUMMARY: K + 1 copies of the state (0: zero with the input, 1 + j: e_j without input)
+    give the chunk's [e | P] in out (B, C, N, K, K+1).
+    """
+    pid_c, b, t0, t1 = _chunk_bounds(T, L)
+    n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_ok = n < N
+    zero = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    s = _chunk_start(start_ptr, start_stride_b, start_stride_c, b, pid_c, n, n_ok, zero, K, SUMMARY, HAS_START)
+    for tb in range(t0, t1, U):
+        vs = ()
+        gs = ()
+        for u in tl.static_range(U):
+            ok = n_ok & (n * 0 + tb + u < t1)
+            off = (b * T + tb + u) * N + n
+            vs = vs + _load_values(v_ptr + off * K, ok, K)
+            gs = gs + _load_values(g_ptr + off * (K * (K + 1)), ok, K * (K + 1))
+        for u in tl.static_range(U):
+            keep = n * 0 + tb + u < t1
+            if HAS_MASK:
+                keep = keep & (tl.load(mask_ptr + b * T + tb + u + n * 0, mask=keep, other=0) != 0)
+            a = _block_gates(gs, u * K * (K + 1), K, NORM, EPS)
+            new = ()
+            for c in tl.static_range(K + 1 if SUMMARY else 1):
+                for i in tl.static_range(K):
+                    x = a[i * (K + 1) + 1] * s[c * K]
+                    for j in tl.static_range(1, K):
+                        x += a[i * (K + 1) + 1 + j] * s[c * K + j]
+                    if c == 0:
+                        x += a[i * (K + 1)] * vs[u * K + i]
+                    new = new + (tl.where(keep, x, s[c * K + i]),)
+            s = new
+            if not SUMMARY:
+                ok = n_ok & (n * 0 + tb + u < t1)
+                _store_rows(h_ptr, (b * T + tb + u) * N + n, ok, s, K)
+    if SUMMARY:
+        _store_copies(out_ptr + ((b * tl.num_programs(1) + pid_c) * N + n) * (K * (K + 1)), s, n_ok, K)
+    else:
+        _store_state(out_ptr + ((b * tl.num_programs(1) + pid_c) * N + n) * K, s, n_ok, K)
+
+
+@triton.jit
+def _bdlru_seq_bwd_kernel(
+    v_ptr, g_ptr, mask_ptr, init_ptr, h_ptr, dh_ptr, lam_ptr, dv_ptr, dg_ptr, out_ptr,
+    T, N, L, lam_stride_b, lam_stride_c,
+    K: tl.constexpr, NORM: tl.constexpr, EPS: tl.constexpr, HAS_INIT: tl.constexpr, HAS_LAM: tl.constexpr,
+    HAS_MASK: tl.constexpr, SUMMARY: tl.constexpr, U: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """Reverse-time adjoint scan of one chunk, a block per thread. lam = dL/d(state after step t) from
+    the later steps (dh_t not included). Step t: g = lam + dh_t = dL/dh_t; unmasked lam <- A_t^T g,
+    masked lam <- g; dA_t = g h_{t-1}^T, da_{t,0} = g * v_t, dv_t = g * a_{t,0}, with h_{-1} the initial
+    state (h_{t-1} is read back from h: a masked step repeats the state there).
+
+    Main mode: lam at the chunk end from lam_ptr (B, C, N, K) (or zeros); writes dv, dgate_logits and,
+    for chunk 0, lam after step 0 (the initial state's gradient) to out (B, N, K). SUMMARY: K + 1 copies
+    (0: zero with dh, 1 + j: unit lam[j] without dh) give the chunk's adjoint map [e | P] in out.
+    """
+    pid_c, b, t0, t1 = _chunk_bounds(T, L)
+    n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_ok = n < N
+    zero = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    lam = _chunk_start(lam_ptr, lam_stride_b, lam_stride_c, b, pid_c, n, n_ok, zero, K, SUMMARY, HAS_LAM)
+    for it in range(0, tl.cdiv(t1 - t0, U)):
+        tb = t1 - 1 - it * U  # this iteration runs steps tb, tb - 1, ..., tb - U + 1
+        dhs = ()
+        gs = ()
+        vs = ()
+        prev = ()
+        for u in tl.static_range(U):
+            ok = n_ok & (n * 0 + tb - u >= t0)
+            off = (b * T + tb - u) * N + n
+            dhs = dhs + _load_values(dh_ptr + off * K, ok, K)
+            gs = gs + _load_values(g_ptr + off * (K * (K + 1)), ok, K * (K + 1))
+            if not SUMMARY:
+                vs = vs + _load_values(v_ptr + off * K, ok, K)
+                first = n * 0 + tb - u == 0
+                for i in tl.static_range(K):  # h_{t-1}: h at t - 1, or the initial state at t = 0
+                    x = tl.load(h_ptr + (off - N) * K + i, mask=ok & (n * 0 + tb - u > 0), other=0.0)
+                    x = x.to(tl.float32)
+                    if HAS_INIT:
+                        x += tl.load(init_ptr + (b * N + n) * K + i, mask=ok & first, other=0.0).to(tl.float32)
+                    prev = prev + (x,)
+        for u in tl.static_range(U):
+            t = tb - u
+            keep = n * 0 + t >= t0
+            if HAS_MASK:
+                keep = keep & (tl.load(mask_ptr + b * T + t + n * 0, mask=keep, other=0) != 0)
+            a = _block_gates(gs, u * K * (K + 1), K, NORM, EPS)
+            new = ()
+            for c in tl.static_range(K + 1 if SUMMARY else 1):
+                g = _slice(lam, c * K, K)
+                if c == 0:
+                    g_dh = ()
+                    for i in tl.static_range(K):
+                        g_dh = g_dh + (g[i] + dhs[u * K + i],)
+                    g = g_dh
+                    grad_h = g
+                for j in tl.static_range(K):
+                    x = a[1 + j] * g[0]
+                    for i in tl.static_range(1, K):
+                        x += a[i * (K + 1) + 1 + j] * g[i]
+                    new = new + (tl.where(keep, x, g[j]),)
+            lam = new
+            if not SUMMARY:
+                off = (b * T + t) * N + n
+                ok = n_ok & (n * 0 + t >= t0)
+                dg_all = ()
+                dv = ()
+                for i in tl.static_range(K):
+                    da = (grad_h[i] * vs[u * K + i],)
+                    for j in tl.static_range(K):
+                        da = da + (grad_h[i] * prev[u * K + j],)
+                    dg = _normalize_bwd(_slice(gs, u * K * (K + 1) + i * (K + 1), K + 1), _slice(a, i * (K + 1), K + 1),
+                                        da, NORM, EPS)
+                    for c in tl.static_range(K + 1):
+                        dg_all = dg_all + (tl.where(keep, dg[c], 0.0),)
+                    dv = dv + (tl.where(keep, grad_h[i] * a[i * (K + 1)], 0.0),)
+                _store_rows(dg_ptr, off, ok, dg_all, K * (K + 1))
+                _store_rows(dv_ptr, off, ok, dv, K)
+    if SUMMARY:
+        _store_copies(out_ptr + ((b * tl.num_programs(1) + pid_c) * N + n) * (K * (K + 1)), lam, n_ok, K)
+    else:
+        _store_state(out_ptr + (b * N + n) * K, lam, n_ok & (n * 0 + pid_c == 0), K)
+# ---------------------------------------------------------------------------------------------
+# Step kernels (k > 8).
+# ---------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _bdlru_step_fwd_kernel(
+    v_ptr, g_ptr, mask_ptr, init_ptr, h_ptr, final_ptr, T, N,
+    K: tl.constexpr, KP: tl.constexpr, NORM: tl.constexpr, EPS: tl.constexpr, HAS_INIT: tl.constexpr,
+    HAS_MASK: tl.constexpr, BLOCK_N: tl.constexpr, NUM_STAGES: tl.constexpr,
+):
+    """h_t = A_t h_{t-1} + a_0 * v_t for one (block tile, sequence): writes h (B, T, N, K) and the final
+    state (B, N, K); the state starts from init (or zeros)."""
+    b = tl.program_id(1).to(tl.int64)
+    n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_ok = n < N
+    row = tl.arange(0, KP)
+    col = tl.arange(0, KP)
+    vec_ok = n_ok[:, None] & (row < K)[None, :]
+    valid = vec_ok[:, :, None] & (col <= K)[None, None, :]
+    g_offs = n[:, None, None] * (K * (K + 1)) + row[None, :, None] * (K + 1) + tl.where(col == K, 0, col + 1)[None, None, :]
+    v_offs = n[:, None] * K + row[None, :]
+
+    h = tl.zeros((BLOCK_N, KP), dtype=tl.float32)
+    if HAS_INIT:
+        h = tl.load(init_ptr + b * (N * K) + v_offs, mask=vec_ok, other=0.0).to(tl.float32)
+    for t in tl.range(0, T, num_stages=NUM_STAGES):
+        bt = b * T + t
+        v = tl.load(v_ptr + bt * (N * K) + v_offs, mask=vec_ok, other=0.0).to(tl.float32)
+        g = tl.load(g_ptr + bt * (N * K * (K + 1)) + g_offs, mask=valid, other=0.0)
+        a = _normalize_axis(g.to(tl.float32), valid, NORM, 2, EPS)
+        x = tl.where((col < K)[None, None, :], h[:, None, :], tl.where((col == K)[None, None, :], v[:, :, None], 0.0))
+        h_new = tl.sum(a * x, axis=2)
+        if HAS_MASK:
+            h = tl.where(tl.load(mask_ptr + bt) != 0, h_new, h)
+        else:
+            h = h_new
+        tl.store(h_ptr + bt * (N * K) + v_offs, h.to(h_ptr.dtype.element_ty), mask=vec_ok)
+    tl.store(final_ptr + b * (N * K) + v_offs, h, mask=vec_ok)
+
+
+@triton.jit
+def _bdlru_step_bwd_kernel(
+    v_ptr, g_ptr, mask_ptr, init_ptr, h_ptr, dh_ptr, lam_ptr, dv_ptr, dg_ptr, d_init_ptr, T, N,
+    K: tl.constexpr, KP: tl.constexpr, NORM: tl.constexpr, EPS: tl.constexpr,
+    HAS_INIT: tl.constexpr, HAS_LAM: tl.constexpr, HAS_MASK: tl.constexpr, BLOCK_N: tl.constexpr,
+    NUM_STAGES: tl.constexpr,
+):
+    """Reverse-time adjoint scan, lam = dL/dh, from the final state's gradient lam_ptr (B, N, K) (or
+    zeros); writes dv, dgate_logits (h_{t-1} read from h, or the initial state at t = 0) and the initial
+    state's gradient (B, N, K)."""
+    b = tl.program_id(1).to(tl.int64)
+    n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_ok = n < N
+    row = tl.arange(0, KP)
+    col = tl.arange(0, KP)
+    vec_ok = n_ok[:, None] & (row < K)[None, :]
+    valid = vec_ok[:, :, None] & (col <= K)[None, None, :]
+    g_offs = n[:, None, None] * (K * (K + 1)) + row[None, :, None] * (K + 1) + tl.where(col == K, 0, col + 1)[None, None, :]
+    v_offs = n[:, None] * K + row[None, :]
+    col_offs = n[:, None] * K + col[None, :]
+    col_ok = n_ok[:, None] & (col < K)[None, :]
+
+    lam = tl.zeros((BLOCK_N, KP), dtype=tl.float32)
+    if HAS_LAM:
+        lam = tl.load(lam_ptr + b * (N * K) + v_offs, mask=vec_ok, other=0.0)
+    for i in tl.range(0, T, num_stages=NUM_STAGES):
+        t = T - 1 - i
+        bt = b * T + t
+        lam += tl.load(dh_ptr + bt * (N * K) + v_offs, mask=vec_ok, other=0.0).to(tl.float32)
+        g = tl.load(g_ptr + bt * (N * K * (K + 1)) + g_offs, mask=valid, other=0.0).to(tl.float32)
+        a = _normalize_axis(g, valid, NORM, 2, EPS)
+        if HAS_MASK:
+            keep = tl.load(mask_ptr + bt) != 0
+        else:
+            keep = t >= 0  # true
+        v = tl.load(v_ptr + bt * (N * K) + v_offs, mask=vec_ok, other=0.0).to(tl.float32)
+        h_prev = tl.load(h_ptr + (bt - 1) * (N * K) + col_offs, mask=tl.where(t > 0, col_ok, False), other=0.0)
+        h_prev = h_prev.to(tl.float32)
+        if HAS_INIT:
+            h_prev += tl.load(init_ptr + b * (N * K) + col_offs, mask=tl.where(t == 0, col_ok, False),
+                              other=0.0).to(tl.float32)
+        x = tl.where((col < K)[None, None, :], h_prev[:, None, :], tl.where((col == K)[None, None, :], v[:, :, None], 0.0))
+        dg = _normalize_axis_bwd(g, a, lam[:, :, None] * x, valid, NORM, 2, EPS)
+        a0 = tl.sum(tl.where((col == K)[None, None, :], a, 0.0), axis=2)
+        tl.store(dv_ptr + bt * (N * K) + v_offs, tl.where(keep, lam * a0, 0.0).to(dv_ptr.dtype.element_ty), mask=vec_ok)
+        tl.store(dg_ptr + bt * (N * K * (K + 1)) + g_offs, tl.where(keep, dg, 0.0).to(dg_ptr.dtype.element_ty), mask=valid)
+        lam_prev = tl.sum(a * lam[:, :, None], axis=1)  # A^T lam, indexed by column
+        lam = tl.where(keep, tl.where((col < K)[None, :], lam_prev, 0.0), lam)
+    tl.store(d_init_ptr + b * (N * K) + v_offs, lam, mask=vec_ok)
