@@ -13,6 +13,7 @@ Generation keeps one recurrent state per layer in :class:`LRNNCache` (constant m
 """
 from __future__ import annotations
 
+import warnings
 from typing import List, Optional, Tuple, Union
 
 import torch
@@ -25,7 +26,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 from transformers.utils import logging
 
 from .configuration_lrnn import LRNNConfig
-from .ops import bdlru_scan, hlru_scan
+from .ops import LOOP_MAX_T, bdlru_scan, hlru_scan
 
 logger = logging.get_logger(__name__)
 
@@ -33,49 +34,116 @@ logger = logging.get_logger(__name__)
 CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
 # Keyword arguments forward() accepts beyond its named ones, from Trainer and generate(); positions are
 # ignored (the model has no positional embeddings).
-EXTRA_FORWARD_KWARGS = ("num_items_in_batch", "output_attentions", "position_ids", "cache_position")
+EXTRA_FORWARD_KWARGS = ("output_attentions", "position_ids", "cache_position")
+# The loss keywords of transformers' causal LMs (ForCausalLMLoss), passed on to the loss.
+LOSS_KWARGS = ("num_items_in_batch", "shift_labels", "ignore_index")
+_WARNED = set()
+
+
+def layer_state_shapes(config: LRNNConfig) -> List[Tuple[int, int]]:
+    """(N, D) of every layer's recurrent state: H-LRU (channels, m), BD-LRU (blocks, k)."""
+    shapes = []
+    for spec in config.layer_specs:
+        if spec["mixer"] == "hlru":
+            shapes.append((spec["recurrent_size"], spec["order"]))
+        else:
+            shapes.append((spec["recurrent_size"] // spec["block_size"], spec["block_size"]))
+    return shapes
 
 
 class LRNNCache(Cache):
-    """Recurrent state of every layer, for ``generate``; memory is constant in sequence length.
+    """Recurrent state of every layer, for ``generate`` and step-by-step decoding: constant memory in length.
 
-    ``states[i]`` is layer i's float32 state: H-LRU (B, N, m) = [h_{t-1}, ..., h_{t-m}], BD-LRU
-    (B, N, k) = h_{t-1}; None before the first forward. ``seen_tokens`` counts the positions
-    processed so far (padding included), which is what ``get_seq_length`` returns.
+    ``states[i]`` is layer i's float32 state buffer, allocated once (zeros: the empty history) and updated in
+    place, so that its address is fixed and a compiled decode step can be captured in a CUDA graph: H-LRU
+    (B, N, m) = [h_{t-1}, ..., h_{t-m}], BD-LRU (B, N, k) = h_{t-1}. ``seen_tokens`` is a 0-d int64 tensor
+    on the same device counting the positions processed (padding included), updated in place as well;
+    ``get_seq_length()`` reads it.
+
+    Args:
+        config: the model's :class:`LRNNConfig` (layer count and state shapes).
+        batch_size: rows of the states.
+        device: where the states live (the model's device).
+        compileable: ``generate()`` compiles the decode step on CUDA for a compileable cache (transformers'
+            auto-compile); ``cache_implementation="dynamic"`` makes a non-compileable one (eager decoding).
     """
 
-    is_compileable = False
-
-    def __init__(self, num_layers: int):
+    def __init__(self, config: LRNNConfig, batch_size: int, device: Union[str, torch.device, None] = None,
+                 compileable: bool = True):
+        if getattr(config, "model_type", None) != LRNNConfig.model_type:  # also a remote-code copy of the class
+            raise TypeError(f"LRNNCache(config, batch_size, device): config must be an LRNNConfig, got {type(config).__name__}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"LRNNCache: batch_size must be a positive int, got {batch_size!r}")
         super().__init__(layers=[])
-        self.states: List[Optional[torch.Tensor]] = [None] * num_layers
-        self.seen_tokens = 0
+        self._compileable = compileable
+        self.states = [torch.zeros(batch_size, N, D, dtype=torch.float32, device=device) for N, D in layer_state_shapes(config)]
+        self.seen_tokens = torch.zeros((), dtype=torch.long, device=device)
+        if not torch.compiler.is_compiling():
+            for buffer in self.states + [self.seen_tokens]:
+                torch._dynamo.mark_static_address(buffer)
+
+    @property
+    def is_compileable(self) -> bool:
+        return self._compileable
+
+    @property
+    def is_croppable(self) -> bool:
+        return False  # a recurrent state cannot forget tokens
 
     def __len__(self) -> int:
         return len(self.states)
 
     def __repr__(self) -> str:
-        return f"LRNNCache(layers={len(self.states)}, seen_tokens={self.seen_tokens})"
+        B = self.states[0].shape[0] if self.states else 0
+        return f"LRNNCache(layers={len(self.states)}, batch_size={B}, seen_tokens={int(self.seen_tokens)})"
 
     @property
-    def batch_size(self) -> Optional[int]:
-        return next((s.shape[0] for s in self.states if s is not None), None)
+    def batch_size(self) -> int:
+        return self.states[0].shape[0]
+
+    @property
+    def device(self) -> torch.device:
+        return self.seen_tokens.device
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
-        return self.seen_tokens
+        return int(self.seen_tokens)
+
+    def get_max_length(self) -> int:
+        return -1  # no length dimension
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
-        """Beam search: keep the states of the selected beams, in order."""
-        self.states = [s if s is None else s.index_select(0, beam_idx.to(s.device)) for s in self.states]
+        """Beam search: keep the states of the selected beams, in order (in place)."""
+        for state in self.states:
+            state.copy_(state.index_select(0, beam_idx.to(state.device)))
 
     def reset(self) -> None:
-        self.states = [None] * len(self.states)
-        self.seen_tokens = 0
+        for state in self.states:
+            state.zero_()
+        self.seen_tokens.zero_()
 
     def crop(self, max_length: int) -> None:
         raise NotImplementedError(
             "LRNNCache cannot be cropped: a recurrent state cannot forget tokens (assisted generation is unsupported)"
         )
+
+    def check_compatible(self, num_layers: int, shapes: List[Tuple[int, int]], batch_size: int, device: torch.device) -> None:
+        """ValueError unless this cache fits a model of ``num_layers`` layers with state ``shapes`` for inputs of
+        ``batch_size`` rows on ``device`` (shapes and devices only: no values are read)."""
+        if len(self.states) != num_layers:
+            raise ValueError(f"the cache holds states for {len(self.states)} layers, but the model has {num_layers}")
+        if self.batch_size != batch_size:
+            raise ValueError(f"the cache holds states for batch size {self.batch_size}, but the input has batch size {batch_size}")
+        for i, (state, (N, D)) in enumerate(zip(self.states, shapes)):
+            if tuple(state.shape) != (batch_size, N, D):
+                raise ValueError(
+                    f"the cache's state of layer {i} has shape {tuple(state.shape)}, but this model and input need "
+                    f"(batch, N, D) = ({batch_size}, {N}, {D})"
+                )
+            if state.device != device or state.dtype != torch.float32:
+                raise ValueError(
+                    f"the cache's state of layer {i} is a {state.dtype} tensor on {state.device}; it must be float32 on "
+                    f"{device}, where the input is (move the cache or build it with LRNNCache(config, batch_size, device))"
+                )
 
 
 class LRNNRMSNorm(nn.Module):
@@ -159,9 +227,10 @@ class HLRUMixer(nn.Module):
             self.value_proj(x), self.gate_logits(x), initial_state=state, output_final_state=return_state,
             normalization=self.gate_normalization, mask=mask, backend=self.scan_backend,
         )
-        if state is None:
-            state = h.new_zeros(B, N, m)
-        lagged = hlru_lagged_states(h, state, mask)  # (B, T, N, m)
+        if T == 1 and final_state is not None:  # a decode step: the lags after it are the final state
+            lagged = final_state.to(h.dtype)[:, None]
+        else:
+            lagged = hlru_lagged_states(h, state if state is not None else h.new_zeros(B, N, m), mask)  # (B, T, N, m)
         return self.out_proj(lagged.reshape(B, T, N * m)), final_state
 
 
@@ -220,7 +289,10 @@ class LRNNDecoderLayer(GradientCheckpointingLayer):
         state = layer_cache.states[self.layer_idx] if layer_cache is not None else None
         mixed, new_state = self.mixer(self.mixer_norm(hidden_states), mask, state, layer_cache is not None)
         if layer_cache is not None:
-            layer_cache.states[self.layer_idx] = new_state
+            if torch.is_grad_enabled() and new_state.requires_grad:
+                layer_cache.states[self.layer_idx] = new_state  # keep the graph (the old state is saved for backward)
+            else:
+                layer_cache.states[self.layer_idx].copy_(new_state)  # in place: a fixed address for CUDA graphs
         hidden_states = hidden_states + mixed
         return hidden_states + self.mlp(self.mlp_norm(hidden_states))
 
@@ -231,10 +303,15 @@ class LRNNPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _no_split_modules = ["LRNNDecoderLayer"]
     _is_stateful = True  # generate() must not use assisted decoding (the state cannot be rolled back)
+    _can_compile_fullgraph = True  # no graph break in forward, training step or decode step
+
+    def __init__(self, config: LRNNConfig, *inputs, **kwargs):
+        config._validate()  # a config edited after construction fails here, naming the field
+        super().__init__(config, *inputs, **kwargs)
 
     @classmethod
     def _supports_default_dynamic_cache(cls) -> bool:
-        return False  # the model makes its own LRNNCache in forward()
+        return False  # generate() gets an LRNNCache from _prepare_cache_for_generation
 
 
 def _pick_cache(cache, past_key_values):
@@ -243,12 +320,15 @@ def _pick_cache(cache, past_key_values):
         raise ValueError("pass the recurrent cache as either `cache` or `past_key_values`, not both")
     cache = cache if cache is not None else past_key_values
     if cache is not None and not isinstance(cache, LRNNCache):
-        raise TypeError(f"the cache must be an LRNNCache (from a previous forward), got {type(cache).__name__}")
+        raise TypeError(
+            f"the cache must be an LRNNCache (from a previous forward or LRNNCache(config, batch_size, device)), "
+            f"got {type(cache).__name__}"
+        )
     return cache
 
 
 def _check_extra_kwargs(kwargs) -> None:
-    unknown = sorted(set(kwargs) - set(EXTRA_FORWARD_KWARGS))
+    unknown = sorted(set(kwargs) - set(EXTRA_FORWARD_KWARGS) - set(LOSS_KWARGS))
     if unknown:
         raise TypeError(f"LRNN forward() got unexpected keyword arguments {unknown}")
     if kwargs.get("output_attentions"):
@@ -263,6 +343,15 @@ class LRNNModel(LRNNPreTrainedModel):
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, config.pad_token_id)
         self.layers = nn.ModuleList([LRNNDecoderLayer(config, i) for i in range(config.num_hidden_layers)])
         self.norm = LRNNRMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.state_shapes = layer_state_shapes(config)
+        # Token ids need no range check while generate() feeds the model its own samples (it checks the prompt).
+        self.check_token_ids = True
+        if any(spec["gate_normalization"] == "none" for spec in config.layer_specs) and "none" not in _WARNED:
+            _WARNED.add("none")
+            warnings.warn(
+                "gate_normalization='none' leaves the gates unnormalised (the paper's unstable ablation): the state can "
+                "grow without bound and overflow to inf after a few hundred steps", stacklevel=3,
+            )
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Embedding:
@@ -272,30 +361,33 @@ class LRNNModel(LRNNPreTrainedModel):
         self.embed_tokens = value
 
     def _check_inputs(self, input_ids, inputs_embeds, attention_mask, cache):
+        """Shapes, dtypes and devices (no values read, so no host synchronisation), then, in eager mode and
+        unless generate() vouches for them, the token ids' range."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
         if input_ids is not None:
-            if input_ids.dim() != 2 or input_ids.dtype not in (torch.long, torch.int, torch.short, torch.uint8):
+            if input_ids.dim() != 2 or input_ids.dtype.is_floating_point or input_ids.dtype.is_complex or input_ids.dtype == torch.bool:
                 raise ValueError(f"input_ids must be an integer tensor (batch, seq_len), got {input_ids.dtype} {tuple(input_ids.shape)}")
-            if input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= self.config.vocab_size):
-                raise ValueError(
-                    f"input_ids must lie in [0, vocab_size={self.config.vocab_size}), got values in "
-                    f"[{int(input_ids.min())}, {int(input_ids.max())}]"
-                )
+            if self.check_token_ids and not torch.compiler.is_compiling():
+                check_token_ids(input_ids, self.config.vocab_size)
             B, T = input_ids.shape
+            device = input_ids.device
         else:
             if inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != self.config.hidden_size:
                 raise ValueError(f"inputs_embeds must be (batch, seq_len, {self.config.hidden_size}), got {tuple(inputs_embeds.shape)}")
+            if not inputs_embeds.dtype.is_floating_point:
+                raise ValueError(f"inputs_embeds must be a floating-point tensor, got {inputs_embeds.dtype}")
             B, T = inputs_embeds.shape[:2]
-        seen = cache.seen_tokens if cache is not None else 0
+            device = inputs_embeds.device
         if attention_mask is not None:
-            if attention_mask.dim() != 2 or attention_mask.shape[0] != B or attention_mask.shape[1] not in (T, seen + T):
+            if attention_mask.dim() != 2 or attention_mask.shape[0] != B or attention_mask.shape[1] < T:
                 raise ValueError(
-                    f"attention_mask must be (batch, seq_len) = ({B}, {T}) or (batch, past + seq_len) = ({B}, {seen + T}), "
-                    f"got {tuple(attention_mask.shape)}"
+                    f"attention_mask must be (batch, seq_len) = ({B}, {T}) or (batch, past + seq_len), got {tuple(attention_mask.shape)}"
                 )
-        if cache is not None and cache.batch_size not in (None, B):
-            raise ValueError(f"the cache holds states for batch size {cache.batch_size}, but the input has batch size {B}")
+            if attention_mask.device != device:
+                raise ValueError(f"attention_mask is on {attention_mask.device}, the input on {device}")
+        if cache is not None:
+            cache.check_compatible(len(self.layers), self.state_shapes, B, device)
         return B, T
 
     def forward(
@@ -310,8 +402,11 @@ class LRNNModel(LRNNPreTrainedModel):
         past_key_values: Optional[LRNNCache] = None,
         **kwargs,
     ) -> Union[Tuple, BaseModelOutputWithPast]:
-        """input_ids (B, T) or inputs_embeds (B, T, d); attention_mask (B, T) or (B, past + T) with 0 at
-        padding (padded steps leave the recurrent state untouched); cache from a previous call."""
+        """input_ids (B, T) of any integer dtype, or inputs_embeds (B, T, d); attention_mask (B, T) or (B, past + T)
+        with 0 at padding (padded steps leave the recurrent state untouched; only its last T columns are read).
+
+        ``cache``: a cache passed in is always read and advanced in place, whatever ``use_cache`` says;
+        ``use_cache`` decides whether a new cache is made when none is passed (and returned)."""
         _check_extra_kwargs(kwargs)
         cache = _pick_cache(cache, past_key_values)
         use_cache = use_cache if use_cache is not None else self.config.use_cache
@@ -320,22 +415,24 @@ class LRNNModel(LRNNPreTrainedModel):
         B, T = self._check_inputs(input_ids, inputs_embeds, attention_mask, cache)
 
         checkpointing = self.training and torch.is_grad_enabled() and any(l.gradient_checkpointing for l in self.layers)
-        if checkpointing and (use_cache and cache is not None):
-            logger.warning_once("gradient checkpointing recomputes layers, so the recurrent cache is not used in training")
-        if checkpointing:
-            use_cache, cache = False, None
-        if use_cache and cache is None:
-            cache = LRNNCache(self.config.num_hidden_layers)
-        if not use_cache:
-            cache = None
+        if checkpointing and cache is not None:
+            raise ValueError(
+                "gradient checkpointing recomputes layers, which would advance the recurrent cache twice: "
+                "pass no cache in training with gradient checkpointing"
+            )
+        if use_cache and cache is None and not checkpointing:
+            device = input_ids.device if input_ids is not None else inputs_embeds.device
+            cache = LRNNCache(self.config, batch_size=B, device=device)
 
         mask = None
         if attention_mask is not None:
-            new_mask = attention_mask[:, -T:]
-            if not bool(new_mask.all()):
-                mask = new_mask
+            mask = attention_mask[:, -T:]
+            # Eager prefill and training skip the masked scan when nothing is masked (one host sync); decode
+            # steps and compiled code always pass the mask: no data-dependent branch, no sync.
+            if T > LOOP_MAX_T and not torch.compiler.is_compiling() and bool(mask.all()):
+                mask = None
 
-        hidden_states = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
+        hidden_states = self.embed_tokens(input_ids.long()) if inputs_embeds is None else inputs_embeds
         all_hidden_states = [hidden_states] if output_hidden_states else None
         for layer in self.layers:
             hidden_states = layer(hidden_states, mask, cache)
@@ -345,7 +442,7 @@ class LRNNModel(LRNNPreTrainedModel):
         if output_hidden_states:
             all_hidden_states[-1] = hidden_states
         if cache is not None:
-            cache.seen_tokens += T
+            cache.seen_tokens.add_(T)
 
         all_hidden_states = tuple(all_hidden_states) if output_hidden_states else None
         if not return_dict:
@@ -353,6 +450,15 @@ class LRNNModel(LRNNPreTrainedModel):
         return BaseModelOutputWithPast(
             last_hidden_state=hidden_states, hidden_states=all_hidden_states, **{CACHE_FIELD: cache}
         )
+
+
+def check_token_ids(input_ids: torch.Tensor, vocab_size: int) -> None:
+    """ValueError unless every id lies in [0, vocab_size) (reads the values: one host sync on GPUs)."""
+    if input_ids.numel() == 0:
+        return
+    low, high = int(input_ids.min()), int(input_ids.max())
+    if low < 0 or high >= vocab_size:
+        raise ValueError(f"input_ids must lie in [0, vocab_size={vocab_size}), got values in [{low}, {high}]")
 
 
 class LRNNForCausalLM(LRNNPreTrainedModel, GenerationMixin):
@@ -392,9 +498,10 @@ class LRNNForCausalLM(LRNNPreTrainedModel, GenerationMixin):
         past_key_values: Optional[LRNNCache] = None,
         **kwargs,
     ) -> Union[Tuple, CausalLMOutputWithPast]:
-        """As :meth:`LRNNModel.forward`, plus ``labels`` (B, T) for the next-token loss (shifted here;
-        ``num_items_in_batch`` from Trainer normalises it) and ``logits_to_keep`` (int: the last n
-        positions, 0 = all; or a 1-D tensor of positions)."""
+        """As :meth:`LRNNModel.forward`, plus ``labels`` (B, T) for the next-token loss (shifted here) and the
+        loss keywords of transformers' causal LMs (``num_items_in_batch`` from Trainer, ``shift_labels``
+        already shifted labels, e.g. for sequence parallelism, ``ignore_index``); ``logits_to_keep`` (int: the
+        last n positions, 0 = all; or a 1-D tensor of positions)."""
         _check_extra_kwargs(kwargs)
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         outputs = self.model(
@@ -410,12 +517,14 @@ class LRNNForCausalLM(LRNNPreTrainedModel, GenerationMixin):
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
         logits = self.lm_head(hidden_states[:, keep, :])
         loss = None
-        if labels is not None:
-            if labels.shape != hidden_states.shape[:2]:
-                raise ValueError(f"labels must have shape {tuple(hidden_states.shape[:2])}, got {tuple(labels.shape)}")
-            if logits.shape[1] != labels.shape[1]:
+        loss_kwargs = {k: kwargs[k] for k in LOSS_KWARGS if k in kwargs}
+        if labels is not None or loss_kwargs.get("shift_labels") is not None:
+            targets = labels if labels is not None else loss_kwargs["shift_labels"]
+            if targets.shape != hidden_states.shape[:2]:
+                name = "labels" if labels is not None else "shift_labels"
+                raise ValueError(f"{name} must have shape {tuple(hidden_states.shape[:2])}, got {tuple(targets.shape)}")
+            if logits.shape[1] != targets.shape[1]:
                 raise ValueError("labels need logits at every position: use logits_to_keep=0 when passing labels")
-            loss_kwargs = {"num_items_in_batch": kwargs["num_items_in_batch"]} if "num_items_in_batch" in kwargs else {}
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **loss_kwargs)
         cache_out = getattr(outputs, CACHE_FIELD)
         if not return_dict:
@@ -423,3 +532,60 @@ class LRNNForCausalLM(LRNNPreTrainedModel, GenerationMixin):
         return CausalLMOutputWithPast(
             loss=loss, logits=logits, hidden_states=outputs.hidden_states, **{CACHE_FIELD: cache_out}
         )
+
+    # ------------------------------------------------------------------------------------ generation hooks
+    def _prepare_cache_for_generation(self, generation_config, model_kwargs, generation_mode, batch_size, max_cache_length):
+        """generate(): an LRNNCache made before the prefill, so that transformers' auto-compile sees a
+        compileable cache (``cache_implementation`` None or "static"; "dynamic" decodes eagerly)."""
+        user_cache = model_kwargs.get(CACHE_FIELD)
+        if user_cache is not None:
+            _pick_cache(user_cache, None)
+            if generation_config.cache_implementation is not None:
+                raise ValueError("pass either a cache or cache_implementation to generate(), not both")
+            return
+        if generation_config.use_cache is False:
+            return
+        implementation = generation_config.cache_implementation
+        if implementation not in (None, "static", "dynamic"):
+            raise ValueError(
+                f"cache_implementation={implementation!r} does not apply to a recurrent model: use None or 'static' "
+                "(a fixed-size state, compiled decode step on CUDA) or 'dynamic' (eager decode steps)"
+            )
+        rows = max(generation_config.num_beams or 1, generation_config.num_return_sequences or 1) * batch_size
+        model_kwargs[CACHE_FIELD] = LRNNCache(self.config, batch_size=rows, device=self.device,
+                                              compileable=implementation != "dynamic")
+
+    def prepare_inputs_for_generation(self, input_ids, next_sequence_length=None, attention_mask=None,
+                                      inputs_embeds=None, is_first_iteration=False, **kwargs):
+        """Feed only what the cache has not seen: the new token in decode steps; on the first call with a
+        cache that already holds a history (continuing a generation with the full ids or embeddings), the
+        positions past ``cache.get_seq_length()``."""
+        cache = kwargs.pop(CACHE_FIELD, None)
+        kwargs.pop("cache_position", None)
+        kwargs.pop("position_ids", None)
+        seen = cache.get_seq_length() if cache is not None and next_sequence_length is None else 0
+        model_inputs = {"attention_mask": attention_mask, CACHE_FIELD: cache, "use_cache": kwargs.pop("use_cache", True)}
+        if inputs_embeds is not None and is_first_iteration:
+            model_inputs["inputs_embeds"] = inputs_embeds[:, seen:] if next_sequence_length is None else inputs_embeds[:, -next_sequence_length:]
+            model_inputs["input_ids"] = None
+        else:
+            new = input_ids[:, seen:] if next_sequence_length is None else input_ids[:, -next_sequence_length:]
+            model_inputs["input_ids"] = new.contiguous()
+        if (model_inputs["input_ids"] if model_inputs["input_ids"] is not None else model_inputs["inputs_embeds"]).shape[1] == 0:
+            raise ValueError(f"generate(): the cache has already seen all {seen} positions of the input; pass at least one new token")
+        for key in ("logits_to_keep", "output_hidden_states"):
+            if key in kwargs:
+                model_inputs[key] = kwargs.pop(key)
+        return model_inputs
+
+    @torch.no_grad()
+    def generate(self, *args, **kwargs):
+        """transformers' generate(), with the prompt's token ids checked once here instead of at every step."""
+        input_ids = kwargs.get("input_ids", args[0] if args and isinstance(args[0], torch.Tensor) else None)
+        if input_ids is not None and not input_ids.dtype.is_floating_point:
+            check_token_ids(input_ids, self.config.vocab_size)
+        previous, self.model.check_token_ids = self.model.check_token_ids, False
+        try:
+            return super().generate(*args, **kwargs)
+        finally:
+            self.model.check_token_ids = previous

@@ -107,10 +107,12 @@ def _hlru_chunked_scan(
         ys.append(y)
     Y = torch.stack(ys, dim=2)  # (B, n_chunks, L, N, m+1)
 
+    # One slice for all chunk ends, then unbind: slicing Y inside the loop would make every chunk's backward
+    # build a gradient of Y's full size (quadratic in T).
+    ends = Y[:, :-1, L - m :].flip(2).transpose(2, 3)  # (B, n_chunks-1, N, m, m+1): row j is step L-1-j
     s = s0
     chunk_starts = [s0]
-    for c in range(n_chunks - 1):
-        end = Y[:, c, L - m :].flip(1).transpose(1, 2)  # (B, N, m, m+1): row j is step L-1-j
+    for end in ends.unbind(1):
         s = end[..., 0] + (end[..., 1:] * s[:, :, None, :]).sum(-1)
         chunk_starts.append(s)
     S = torch.stack(chunk_starts, dim=1)  # (B, n_chunks, N, m)
