@@ -158,14 +158,3 @@ def test_empty_sequence():
     h, final = scan_triton.bdlru_scan_triton(v, logits, initial_state=state, output_final_state=True)
     assert h.shape == v.shape and torch.equal(final, state)
 
-
-def test_tune_script_smoke(monkeypatch, capsys):
-    """scripts/tune_scan.py --smoke runs its sweep (sequential kernels, chunked and not, and the step
-    kernels) at tiny shapes through the interpreter: keeps the GPU tuning script in step with the kernels."""
-    from script_loader import load_script
-
-    tune = load_script("tune_scan")
-    monkeypatch.setattr("sys.argv", ["tune_scan.py", "--smoke"])
-    tune.main()
-    out = capsys.readouterr().out
-    assert "smoke: 10 runs" in out and "'kind': 'bdlru_step'" in out and "'chunks': 2" in out
