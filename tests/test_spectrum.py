@@ -273,3 +273,40 @@ def test_script_rejects_bad_window(tmp_path):
     tiny_model("bdlru", 4).save_pretrained(model_dir)
     with pytest.raises(SystemExit, match="window"):
         spectrum_script.main([str(model_dir), "--random-tokens", "5", "--window", "6", "--out", str(tmp_path / "o")])
+
+
+# ------------------------------------------------------------------------------- the experiment's smoke mode
+def test_experiment_plan_lists_the_grid(capsys):
+    from benchmarks.spectrum import run as experiment
+
+    assert experiment.main(["--plan", "--device", "cuda", "--workers", "8"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count(" budget ") == 4 * 4 * 2
+    assert "s5_bdlru_k8_tanh_l1_s0" in printed and "mod_count_diag_softmax_s0" in printed
+    assert "32 jobs on 8 workers" in printed
+
+
+def test_experiment_smoke(tmp_path):
+    from benchmarks.spectrum import run as experiment
+
+    assert experiment.main(["--smoke", "--workers", "2", "--out", str(tmp_path)]) == 0  # the GPU runs' process pool
+    records = [json.loads(line) for line in (tmp_path / "jobs.jsonl").read_text().splitlines()]
+    assert sorted((r["model"], r["normalization"], r["status"]) for r in records) == [
+        ("bdlru_k4", "softmax", "ok"), ("diag", "tanh_l1", "ok")]  # in order of completion
+    for record in records:
+        assert 0.0 <= record["accuracy"] <= 1.0 and 1 <= record["steps"] <= experiment.SMOKE_STEPS
+        assert record["windows"] == [4, 8] and len(record["layers"]) == 2
+        for layer in record["layers"]:
+            sequence = layer["windows"]["8"]
+            assert sequence["permutation_distance"]["mean"] >= sequence["signed_permutation_distance"]["mean"] >= 0
+            # sum_j |a_j| <= 1 per row bounds the spectral radius by 1 (softmax and tanh_l1 alike)
+            assert layer["steps"]["spectral_radius"]["q100"] <= 1.0 + 1e-6
+            if record["model"] == "diag":  # 1 x 1 transitions: real eigenvalues
+                assert layer["steps"]["fraction_complex"] == 0.0
+    report = json.loads((tmp_path / "spectrum.json").read_text())
+    assert len(report["jobs"]) == 2 and report["options"]["smoke"] is True
+    assert "| parity | diag | tanh_l1 | 0 |" in (tmp_path / "summary.md").read_text()
+    for png in ("eigenvalues_parity.png", "summary.png"):
+        assert (tmp_path / png).stat().st_size > 10_000
+    samples = np.load(tmp_path / "samples" / "parity_bdlru_k4_softmax_s0.npz")
+    assert set(samples.files) == {"layer0_steps", "layer0_sequence", "layer1_steps", "layer1_sequence"}

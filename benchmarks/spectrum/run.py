@@ -1,0 +1,511 @@
+"""Train small LRNNs on state-tracking tasks and analyse the spectra of their learned transitions.
+
+    python -m benchmarks.spectrum.run --plan                  # the job list and the expected duration
+    python -m benchmarks.spectrum.run --device cuda           # the full grid, one GPU, 8 worker processes
+    python -m benchmarks.spectrum.run --smoke --out /tmp/sp   # 2 tiny models on the CPU, under a minute
+
+The grid (issue 13): tasks s3, s5, parity, mod_count x models BD-LRU k = 4, k = 8, H-LRU m = 2 and the
+diagonal LRU (m = 1) x gate normalisations softmax and tanh_l1 (signed), d = 128, two mixer layers (the
+paper's setting), the training recipe of benchmarks/synthetic/run.py (``default_run``: AdamW, lr 5e-4,
+cosine schedule with warm-up, batch 128, bf16 autocast on GPU, stop once 50 consecutive training batches
+are perfect, else at ``--max-time`` seconds, the first step not counted).
+
+After training, every model's transition matrices (hf_lrnn.spectrum) are computed in float32 on the CPU for
+the first ``--analysis-batch`` test sequences, with their products over windows of 4 steps and over the
+whole sequence. Written to ``--out`` (default benchmarks/results/spectrum/):
+
+- ``jobs.jsonl``: one record per job as it finishes (accuracy, steps, timing, per-layer spectrum summaries);
+- ``samples/<job>.npz``: a random subset of each layer's eigenvalues (for the plots, ``--replot``);
+- ``spectrum.json``: the run's settings and all records; ``summary.md``: one table row per job;
+- ``eigenvalues_<task>.png``: per model and normalisation, both layers' eigenvalues of single steps and of
+  whole-sequence products in the complex plane; ``summary.png``: heat maps of accuracy, fraction of
+  negative and complex eigenvalues, distance of the products from (signed) permutation matrices.
+
+Jobs run in ``--workers`` processes, longest budget first; with ``--deadline S`` no job starts that
+could not end within S seconds of the start (it is recorded as not run), and budgets shrink to fit.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing as mp
+import os
+import platform
+import sys
+import tempfile
+import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from benchmarks.synthetic.run import default_run, model_label
+from benchmarks.synthetic.tasks import IGNORE, accuracy, make_task, masked_cross_entropy
+from hf_lrnn import LRNNConfig, LRNNForCausalLM
+from hf_lrnn.spectrum import layer_spectra
+
+ROOT = Path(__file__).resolve().parents[2]
+TASKS = ("s5", "s3", "parity", "mod_count")
+# label -> the model fields of a benchmarks.synthetic.run run
+MODELS = {
+    "bdlru_k4": {"model": "bdlru", "block_size": 4},
+    "bdlru_k8": {"model": "bdlru", "block_size": 8},
+    "hlru_m2": {"model": "hlru", "order": 2},
+    "diag": {"model": "hlru", "order": 1},
+}
+NORMALIZATIONS = ("softmax", "tanh_l1")
+# Default training budgets in seconds per task (S5 needs the most steps; the others are solved in far less
+# or plateau), and the overhead a job adds to its budget (data, first step, evaluation, analysis).
+TASK_BUDGET_S = {"s5": 180.0, "s3": 70.0, "parity": 70.0, "mod_count": 70.0}
+JOB_OVERHEAD_S = 15.0
+# The smoke mode: two tiny models on parity (length 8) on the CPU.
+SMOKE_JOBS = [("parity", "diag", "tanh_l1"), ("parity", "bdlru_k4", "softmax")]
+SMOKE_STEPS = 40
+SMOKE_ANALYSIS_BATCH = 64
+SAMPLES_PER_LAYER = 2000  # eigenvalues kept per layer and kind for the plots
+
+
+def job_name(job: dict) -> str:
+    return f"{job['task']}_{job['model']}_{job['normalization']}_s{job['seed']}"
+
+
+def make_jobs(tasks, models, normalizations, seeds) -> list:
+    """Every combination, the longest task budgets first."""
+    jobs = [{"task": t, "model": m, "normalization": n, "seed": s}
+            for t in tasks for m in models for n in normalizations for s in seeds]
+    return sorted(jobs, key=lambda j: -TASK_BUDGET_S[j["task"]])
+
+
+def build_lrnn(run: dict, vocab_size: int, normalization: str, device: torch.device) -> LRNNForCausalLM:
+    """The LRNN of a benchmarks.synthetic.run run, with the given gate normalisation."""
+    config = LRNNConfig(vocab_size=vocab_size, hidden_size=run["hidden_size"], num_hidden_layers=run["num_layers"],
+                        mixer=run["model"], order=run["order"], block_size=run["block_size"],
+                        gate_normalization=normalization, scan_backend=run["scan_backend"], use_cache=False)
+    return LRNNForCausalLM(config).to(device)
+
+
+def train_model(run: dict, normalization: str, log=print):
+    """Train one LRNN on a sequence task with the recipe of benchmarks.synthetic.run.train (schedule,
+    clipping, early stop, time budget without the first step); returns (model, data, record)."""
+    device = torch.device(run["device"])
+    torch.manual_seed(run["seed"])
+    data = make_task(run["task"], seed=run["seed"], **run["task_overrides"])
+    if data.spec.probe:
+        raise ValueError(f"task {run['task']!r} is a probe task; the spectrum experiment needs a sequence task")
+    model = build_lrnn(run, data.spec.vocab_size, normalization, device)
+    opt = torch.optim.AdamW(model.parameters(), lr=run["lr"], weight_decay=run["weight_decay"])
+    use_amp = device.type == "cuda" and run["amp"]
+    xtr, ytr = data.train_inputs.to(device), data.train_targets.to(device)
+    gen = torch.Generator().manual_seed(run["seed"] + 12345)
+
+    def logits_of(x):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+            return model(input_ids=x).logits
+
+    steps, max_time, warm = run["steps"], run["max_time"], run["warmup"]
+    step, streak, loss_val, stopped, first_step_s = 0, 0, float("nan"), "steps", None
+    t_train = time.time()
+    model.train()
+    while True:
+        progress = max(step / steps, (time.time() - t_train) / max_time if max_time and step else 0.0)
+        if progress >= 1.0:
+            stopped = "steps" if step >= steps else "time"
+            break
+        scale = progress / warm if progress < warm else 0.5 * (1 + math.cos(math.pi * (progress - warm) / (1 - warm)))
+        for group in opt.param_groups:
+            group["lr"] = run["lr"] * scale
+        idx = torch.randint(0, xtr.shape[0], (run["batch_size"],), generator=gen).to(device)
+        logits = logits_of(xtr[idx])
+        loss = masked_cross_entropy(logits, ytr[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        step += 1
+        if step == 1:  # kernel compilation and autotuning stay out of the budget
+            first_step_s = time.time() - t_train
+            t_train = time.time()
+        if step % 10 == 0 or step == 1:
+            correct, total = accuracy(logits.detach(), ytr[idx])
+            streak = streak + 10 if correct == total else 0
+            loss_val = float(loss.detach())
+            if streak >= run["patience"]:
+                stopped = "solved"
+                break
+        if step % 1000 == 0:
+            log(f"  [{run['task']}/{model_label(run)}/{normalization}/s{run['seed']}] step {step} "
+                f"loss {loss_val:.4f} {time.time() - t_train:.0f}s")
+    train_time = time.time() - t_train
+
+    model.eval()
+    xte, yte = data.test_inputs.to(device), data.test_targets.to(device)
+    correct = total = last_correct = 0
+    with torch.no_grad():
+        for i in range(0, xte.shape[0], 512):
+            logits, targets = logits_of(xte[i:i + 512]), yte[i:i + 512]
+            c, n = accuracy(logits, targets)
+            correct, total = correct + c, total + n
+            last = (targets != IGNORE).cumsum(1).argmax(1, keepdim=True)  # the last target position
+            last_correct += int((logits.argmax(-1).gather(1, last) == targets.gather(1, last)).sum())
+    record = {"accuracy": correct / total, "last_position_accuracy": last_correct / xte.shape[0], "steps": step,
+              "stopped": stopped, "final_train_loss": loss_val, "train_time_s": round(train_time, 1),
+              "first_step_s": None if first_step_s is None else round(first_step_s, 1),
+              "seq_len": data.spec.seq_len, "num_train": data.spec.num_train, "bf16": use_amp}
+    return model, data, record
+
+
+def analyse(model, data, analysis_batch: int, window: int, seed: int):
+    """Per-layer spectrum summaries and eigenvalue samples for the first test sequences, on the CPU:
+    windows of ``window`` steps and of the whole sequence."""
+    model = model.float().cpu()
+    input_ids = data.test_inputs[:analysis_batch]
+    T = input_ids.shape[1]
+    windows = sorted({min(window, T), T})
+    gen = torch.Generator().manual_seed(seed)
+    layers, samples = [], {}
+    for spectrum in layer_spectra(model, input_ids, windows=windows):
+        by_window = {str(w): summary for w, summary in spectrum.summary["windows"].items()}  # JSON's keys
+        layers.append({"layer": spectrum.layer, "mixer": spectrum.mixer, "size": spectrum.size,
+                       "label": spectrum.label, "gate_normalization": spectrum.gate_normalization,
+                       "steps": spectrum.summary["steps"], "windows": by_window})
+        for kind, eigs in (("steps", spectrum.step_eigenvalues), ("sequence", spectrum.window_eigenvalues[T])):
+            flat = eigs.flatten()
+            keep = torch.randperm(flat.numel(), generator=gen)[:SAMPLES_PER_LAYER]
+            samples[f"layer{spectrum.layer}_{kind}"] = flat[keep].numpy().astype(np.complex64)
+    return {"windows": windows, "layers": layers}, samples
+
+
+def run_job(job: dict, options: dict) -> dict:
+    """Train and analyse one job (in a worker process); writes its eigenvalue samples; returns its record."""
+    torch.set_num_threads(options["threads"])
+    t0 = time.time()
+    run = default_run(task=job["task"], seed=job["seed"], hidden_size=options["hidden_size"], steps=options["steps"],
+                      max_time=job["max_time"], smoke=options["smoke"], device=job["device"], **MODELS[job["model"]])
+    if options["smoke"]:
+        run["steps"] = min(run["steps"], SMOKE_STEPS)
+    model, data, record = train_model(run, job["normalization"], log=lambda line: print(line, flush=True))
+    t_analysis = time.time()
+    spectrum, samples = analyse(model, data, options["analysis_batch"], options["window"], job["seed"])
+    np.savez_compressed(Path(options["out"]) / "samples" / f"{job_name(job)}.npz", **samples)
+    return {**job, "status": "ok", "label": model_label(run), "hidden_size": run["hidden_size"],
+            "lr": run["lr"], "batch_size": run["batch_size"], **record, **spectrum,
+            "analysis_s": round(time.time() - t_analysis, 1), "wall_time_s": round(time.time() - t0, 1)}
+
+
+def job_budget(job: dict, options: dict) -> float:
+    return options["max_time"] if options["max_time"] is not None else TASK_BUDGET_S[job["task"]]
+
+
+def expected_duration(jobs: list, options: dict) -> float:
+    """Makespan bound in seconds if every job uses its whole budget: greedy list scheduling, as run."""
+    free_at = [0.0] * options["workers"]
+    for job in jobs:
+        i = free_at.index(min(free_at))
+        free_at[i] += job_budget(job, options) + JOB_OVERHEAD_S
+    return max(free_at)
+
+
+def device_for(index: int, device: str) -> str:
+    """Spread jobs over the visible GPUs for ``--device cuda``; any other device as given."""
+    if device == "cuda" and torch.cuda.device_count() > 1:
+        return f"cuda:{index % torch.cuda.device_count()}"
+    return device
+
+
+def run_all(jobs: list, options: dict, log=print) -> list:
+    """Run the jobs, ``options['workers']`` at a time (in this process for one worker); records in order of
+    completion, appended to jobs.jsonl as they come."""
+    out = Path(options["out"])
+    (out / "samples").mkdir(parents=True, exist_ok=True)
+    jsonl = out / "jobs.jsonl"
+    jsonl.write_text("")
+    t0 = time.time()
+    deadline = options["deadline"]
+    records = []
+
+    def finish(record):
+        records.append(record)
+        with open(jsonl, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if record["status"] == "ok":
+            log(f"[{len(records)}/{len(jobs)}] {job_name(record)}: accuracy {record['accuracy']:.3f}, "
+                f"{record['steps']} steps ({record['stopped']}), train {record['train_time_s']:.0f} s, "
+                f"analysis {record['analysis_s']:.0f} s, job {record['wall_time_s']:.0f} s, "
+                f"at {time.time() - t0:.0f} s")
+        else:
+            log(f"[{len(records)}/{len(jobs)}] {job_name(record)}: not run ({record['reason']})")
+
+    def prepared(index, job):
+        """The job with its device and budget, or a not-run record when the deadline leaves no time."""
+        budget = job_budget(job, options)
+        if deadline is not None:
+            left = deadline - (time.time() - t0) - JOB_OVERHEAD_S
+            if left < min(budget, 20.0):
+                return None, {**job, "status": "not_run", "reason": f"--deadline {deadline:.0f} s reached"}
+            budget = min(budget, left)
+        return {**job, "max_time": round(budget, 1), "device": device_for(index, options["device"])}, None
+
+    if options["workers"] == 1:
+        for index, job in enumerate(jobs):
+            ready, skipped = prepared(index, job)
+            finish(run_job(ready, options) if ready else skipped)
+        return records
+    pending = list(enumerate(jobs))
+    with ProcessPoolExecutor(options["workers"], mp_context=mp.get_context("spawn")) as pool:
+        running = set()
+        while pending or running:
+            while pending and len(running) < options["workers"]:
+                index, job = pending.pop(0)
+                ready, skipped = prepared(index, job)
+                if ready:
+                    running.add(pool.submit(run_job, ready, options))
+                else:
+                    finish(skipped)
+            if running:
+                done, running = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    finish(future.result())
+    return records
+
+
+# ------------------------------------------------------------------------------------------ reports
+def layer_stat(record: dict, path: tuple, reduce=max):
+    """reduce over the layers of record['layers'][i][path...] (None if any is missing)."""
+    values = []
+    for layer in record["layers"]:
+        value = layer
+        for key in path:
+            value = value.get(key) if isinstance(value, dict) else None
+        if value is None:
+            return None
+        values.append(value)
+    return reduce(values)
+
+
+def sequence_key(record: dict) -> str:
+    return str(record["windows"][-1])
+
+
+def summary_rows(records: list) -> list:
+    """One dict per finished job with the headline numbers (see summary.md)."""
+    rows = []
+    for r in records:
+        if r["status"] != "ok":
+            continue
+        seq = ("windows", sequence_key(r))
+        rows.append({
+            "task": r["task"], "model": r["model"], "normalization": r["normalization"], "seed": r["seed"],
+            "accuracy": r["accuracy"], "steps": r["steps"], "stopped": r["stopped"],
+            "radius_median": layer_stat(r, ("steps", "spectral_radius", "q50")),
+            "negative_real": layer_stat(r, ("steps", "fraction_negative_real")),
+            "complex": layer_stat(r, ("steps", "fraction_complex")),
+            "unit_modulus": layer_stat(r, ("steps", "fraction_unit_modulus")),
+            "sequence_unit_modulus": layer_stat(r, seq + ("fraction_unit_modulus",)),
+            "permutation_distance": layer_stat(r, seq + ("permutation_distance", "mean"), min),
+            "signed_permutation_distance": layer_stat(r, seq + ("signed_permutation_distance", "mean"), min),
+        })
+    return rows
+
+
+def write_summary_md(records: list, path: Path) -> None:
+    columns = [("task", "task"), ("model", "model"), ("normalization", "norm"), ("seed", "seed"),
+               ("accuracy", "accuracy"), ("steps", "steps"), ("stopped", "stopped"),
+               ("radius_median", "median rho(M_t)"), ("negative_real", "Re<0"), ("complex", "complex"),
+               ("unit_modulus", "|lambda|~1"), ("sequence_unit_modulus", "|lambda|~1 (seq)"),
+               ("permutation_distance", "perm dist (seq)"), ("signed_permutation_distance", "signed perm dist (seq)")]
+    lines = ["| " + " | ".join(title for _, title in columns) + " |", "|" + "---|" * len(columns)]
+    for row in summary_rows(records):
+        cells = [f"{row[key]:.3f}" if isinstance(row[key], float) else str(row[key]) for key, _ in columns]
+        lines.append("| " + " | ".join(cells) + " |")
+    not_run = [job_name(r) + f" ({r['reason']})" for r in records if r["status"] != "ok"]
+    notes = [
+        "", "Per job, over its layers: median spectral radius of the single-step matrices M_t (max over layers), "
+        "fractions of eigenvalues with Re < 0, complex, and with ||lambda| - 1| <= 0.05 (max over layers; "
+        "'seq' = products over the whole sequence), and the mean Frobenius distance of the whole-sequence "
+        "products from the nearest permutation / signed permutation matrix (min over layers).",
+    ]
+    if not_run:
+        notes.append("\nNot run: " + ", ".join(not_run))
+    path.write_text("\n".join(lines + notes) + "\n")
+
+
+def import_pyplot():
+    try:
+        import matplotlib
+    except ImportError as err:
+        raise SystemExit("benchmarks.spectrum.run draws its plots with matplotlib: pip install matplotlib") from err
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_task(plt, task: str, records: list, out: Path) -> None:
+    """eigenvalues_<task>.png: a row per model; per normalisation, single steps and whole-sequence products."""
+    ok = [r for r in records if r["status"] == "ok" and r["task"] == task]
+    seed = min(r["seed"] for r in ok)
+    by_key = {(r["model"], r["normalization"]): r for r in ok if r["seed"] == seed}
+    models = [m for m in MODELS if any(key[0] == m for key in by_key)]
+    norms = [n for n in NORMALIZATIONS if any(key[1] == n for key in by_key)]
+    fig, axes = plt.subplots(len(models), 2 * len(norms), figsize=(2.9 * 2 * len(norms), 2.9 * len(models)),
+                             squeeze=False)
+    circle = np.linspace(0, 2 * np.pi, 361)
+    for row, model in enumerate(models):
+        for col_group, norm in enumerate(norms):
+            record = by_key.get((model, norm))
+            for offset, kind in enumerate(("steps", "sequence")):
+                ax = axes[row, 2 * col_group + offset]
+                ax.plot(np.cos(circle), np.sin(circle), color="0.6", lw=0.7)
+                ax.axhline(0, color="0.88", lw=0.5)
+                ax.axvline(0, color="0.88", lw=0.5)
+                ax.set_aspect("equal")
+                ax.set_xlim(-1.15, 1.15)
+                ax.set_ylim(-1.15, 1.15)
+                ax.tick_params(labelsize=6)
+                if record is None:
+                    ax.set_title(f"{model} {norm}: not run", fontsize=7)
+                    continue
+                samples = np.load(out / "samples" / f"{job_name(record)}.npz")
+                for layer in range(len(record["layers"])):
+                    eigs = samples[f"layer{layer}_{kind}"]
+                    ax.scatter(eigs.real, eigs.imag, s=3, alpha=0.3, linewidths=0, color=f"C{layer}",
+                               label=f"layer {layer}")
+                what = "M_t" if kind == "steps" else f"product over {sequence_key(record)}"
+                ax.set_title(f"{model} {norm}, acc {record['accuracy']:.2f}\n{what}", fontsize=7)
+    axes[0, 0].legend(fontsize=6, markerscale=3, loc="lower left")
+    fig.suptitle(f"{task}: eigenvalues of the learned transitions (seed {seed}, layer 0 blue, layer 1 orange)",
+                 fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out / f"eigenvalues_{task}.png", dpi=120)
+    plt.close(fig)
+
+
+def plot_summary(plt, records: list, out: Path) -> None:
+    """summary.png: heat maps (rows model x normalisation, columns tasks), means over seeds."""
+    rows = summary_rows(records)
+    tasks = [t for t in TASKS if any(r["task"] == t for r in rows)]
+    labels = [(m, n) for m in MODELS for n in NORMALIZATIONS if any(r["model"] == m and r["normalization"] == n for r in rows)]
+    panels = [("accuracy", "test accuracy", 1.0), ("negative_real", "fraction Re(lambda) < 0 (M_t)", 1.0),
+              ("complex", "fraction complex (M_t)", 1.0),
+              ("permutation_distance", "perm. distance (sequence product)", None),
+              ("signed_permutation_distance", "signed perm. distance (seq.)", None)]
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.3 * len(panels), 0.45 * len(labels) + 1.6), squeeze=False)
+    for ax, (key, title, vmax) in zip(axes[0], panels):
+        grid = np.full((len(labels), len(tasks)), np.nan)
+        for i, (m, n) in enumerate(labels):
+            for j, t in enumerate(tasks):
+                values = [r[key] for r in rows if (r["model"], r["normalization"], r["task"]) == (m, n, t)
+                          and r[key] is not None]
+                if values:
+                    grid[i, j] = float(np.mean(values))
+        top = vmax if vmax is not None else max(float(np.nanmax(grid)) if not np.isnan(grid).all() else 1.0, 1e-6)
+        image = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=0.0, vmax=top)
+        for i in range(len(labels)):
+            for j in range(len(tasks)):
+                if not np.isnan(grid[i, j]):
+                    ax.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center", fontsize=6,
+                            color="k" if grid[i, j] > 0.6 * top else "w")
+        ax.set_xticks(range(len(tasks)), tasks, fontsize=7)
+        ax.set_yticks(range(len(labels)), [f"{m} {n}" for m, n in labels], fontsize=7)
+        ax.set_title(title, fontsize=8)
+        fig.colorbar(image, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    fig.savefig(out / "summary.png", dpi=120)
+    plt.close(fig)
+
+
+def write_reports(records: list, settings: dict, out: Path) -> None:
+    plt = import_pyplot()
+    with open(out / "spectrum.json", "w") as f:
+        json.dump({**settings, "jobs": records}, f, indent=1)
+    write_summary_md(records, out / "summary.md")
+    finished = [r for r in records if r["status"] == "ok"]
+    for task in TASKS:
+        if any(r["task"] == task for r in finished):
+            plot_task(plt, task, finished, out)
+    if finished:
+        plot_summary(plt, finished, out)
+
+
+# ------------------------------------------------------------------------------------------ CLI
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
+    p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    p.add_argument("--normalizations", nargs="+", default=list(NORMALIZATIONS), choices=NORMALIZATIONS)
+    p.add_argument("--seeds", nargs="+", type=int, default=[0])
+    p.add_argument("--hidden-size", type=int, default=128)
+    p.add_argument("--steps", type=int, default=100_000, help="step cap per job (the time budget usually ends it)")
+    p.add_argument("--max-time", type=float, default=None,
+                   help=f"training budget per job in seconds (default per task: {TASK_BUDGET_S})")
+    p.add_argument("--deadline", type=float, default=None,
+                   help="start no job that could not end within this many seconds of the start")
+    p.add_argument("--workers", type=int, default=None, help="parallel processes (default 8 on cuda, 1 on cpu)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads per worker (default cores / workers)")
+    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
+    p.add_argument("--analysis-batch", type=int, default=256, help="test sequences whose transitions are analysed")
+    p.add_argument("--window", type=int, default=4, help="short window for the products (plus the whole sequence)")
+    p.add_argument("--out", default=None,
+                   help="output folder (default benchmarks/results/spectrum/; with --smoke a new temporary folder)")
+    p.add_argument("--smoke", action="store_true",
+                   help=f"{len(SMOKE_JOBS)} tiny models (d = 32, length 8, {SMOKE_STEPS} steps) on the CPU")
+    p.add_argument("--plan", action="store_true", help="print the job list and expected duration, run nothing")
+    p.add_argument("--replot", action="store_true", help="redraw the reports from --out's jobs.jsonl and samples")
+    a = p.parse_args(argv)
+    if a.device is None:
+        a.device = "cpu" if a.smoke or not torch.cuda.is_available() else "cuda"
+    if a.workers is None:
+        a.workers = 8 if a.device.startswith("cuda") else 1
+    for name in ("workers", "steps", "analysis_batch", "window", "hidden_size"):
+        if getattr(a, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(a, name)}")
+    if a.threads is None:
+        a.threads = max(1, (os.cpu_count() or 1) // a.workers)
+    if a.out is None:
+        a.out = tempfile.mkdtemp(prefix="spectrum_smoke_") if a.smoke else str(ROOT / "benchmarks" / "results" / "spectrum")
+    return a
+
+
+def main(argv=None) -> int:
+    a = parse_args(argv)
+    out = Path(a.out)
+    if a.replot:
+        records = [json.loads(line) for line in (out / "jobs.jsonl").read_text().splitlines() if line.strip()]
+        settings = json.loads((out / "spectrum.json").read_text()) if (out / "spectrum.json").exists() else {}
+        settings.pop("jobs", None)
+        write_reports(records, settings, out)
+        print(f"redrew the reports of {len(records)} jobs in {out}")
+        return 0
+    if a.smoke:
+        jobs = [{"task": t, "model": m, "normalization": n, "seed": a.seeds[0]} for t, m, n in SMOKE_JOBS]
+    else:
+        jobs = make_jobs(a.tasks, a.models, a.normalizations, a.seeds)
+    analysis_batch = min(a.analysis_batch, SMOKE_ANALYSIS_BATCH) if a.smoke else a.analysis_batch
+    options = {"hidden_size": a.hidden_size, "steps": a.steps, "max_time": a.max_time, "deadline": a.deadline,
+               "workers": a.workers, "threads": a.threads, "device": a.device, "analysis_batch": analysis_batch,
+               "window": a.window, "out": str(out), "smoke": a.smoke}
+    bound = expected_duration(jobs, options)
+    if a.plan or not a.smoke:
+        for i, job in enumerate(jobs):
+            print(f"{i:3d} {job_name(job):40s} budget {job_budget(job, options):5.0f} s")
+        print(f"{len(jobs)} jobs on {a.workers} workers ({a.device}): at most about {bound:.0f} s if no job stops "
+              f"early (budget + {JOB_OVERHEAD_S:.0f} s per job), plus process start-up"
+              + (f"; --deadline {a.deadline:.0f} s" if a.deadline else ""))
+    if a.plan:
+        return 0
+    import_pyplot()  # fail before training if the plots cannot be drawn
+    t0 = time.time()
+    records = run_all(jobs, options)
+    settings = {"command": "python -m benchmarks.spectrum.run " + " ".join(sys.argv[1:] if argv is None else argv),
+                "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
+                "device": torch.cuda.get_device_name(0) if a.device.startswith("cuda") else platform.processor() or "cpu",
+                "torch": torch.__version__, "options": options, "total_time_s": round(time.time() - t0, 1)}
+    write_reports(records, settings, out)
+    print(f"{len(records)} jobs in {time.time() - t0:.0f} s; wrote {out}/spectrum.json, summary.md and PNGs")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
