@@ -1,6 +1,7 @@
 """Configuration of H-LRU / BD-LRU causal language models."""
 from __future__ import annotations
 
+import math
 from typing import Any, Dict, List, Optional, Union
 
 from transformers import PreTrainedConfig
@@ -110,16 +111,21 @@ class LRNNConfig(PreTrainedConfig):
         return specs
 
     def _validate(self) -> None:
+        """ValueError naming the first invalid field (run at construction and again when a model is built)."""
         def positive_int(name: str, value: Any) -> None:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"LRNNConfig.{name} must be a positive int, got {value!r}")
 
         for name in ("vocab_size", "hidden_size", "num_hidden_layers", "intermediate_size"):
             positive_int(name, getattr(self, name))
-        if not isinstance(self.rms_norm_eps, (int, float)) or self.rms_norm_eps <= 0:
-            raise ValueError(f"LRNNConfig.rms_norm_eps must be a positive float, got {self.rms_norm_eps!r}")
-        if not isinstance(self.initializer_range, (int, float)) or self.initializer_range < 0:
-            raise ValueError(f"LRNNConfig.initializer_range must be >= 0, got {self.initializer_range!r}")
+        def finite_number(name: str, value: Any, low: float, low_inclusive: bool) -> None:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            if not ok or value < low or (value == low and not low_inclusive):
+                bound = f">= {low}" if low_inclusive else f"> {low}"
+                raise ValueError(f"LRNNConfig.{name} must be a finite number {bound}, got {value!r}")
+
+        finite_number("rms_norm_eps", self.rms_norm_eps, 0.0, low_inclusive=False)
+        finite_number("initializer_range", self.initializer_range, 0.0, low_inclusive=True)
         if self.scan_backend not in SCAN_BACKENDS:
             raise ValueError(f"LRNNConfig.scan_backend must be one of {SCAN_BACKENDS}, got {self.scan_backend!r}")
         for name in ("pad_token_id", "bos_token_id"):

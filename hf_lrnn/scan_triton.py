@@ -24,6 +24,7 @@ not derived from the GPU at run time.
 from __future__ import annotations
 
 import os
+import re
 from typing import Optional, Tuple
 
 import torch
@@ -138,18 +139,24 @@ def _lag_sources(mask: torch.Tensor, m: int) -> torch.Tensor:
 _SEQUENTIAL_KERNELS = {"hlru": (_hlru_fwd_kernel, _hlru_bwd_kernel), "bdlru": (_bdlru_seq_fwd_kernel, _bdlru_seq_bwd_kernel)}
 
 
-def _sequential_forward(kind, v, g, init, mask, norm, chunk_size):
-    """h, the final state and the chunk length of a sequential scan (H-LRU, or BD-LRU with k <= 8)."""
+def _chunk_plan(kind: str, v: torch.Tensor, D: int, chunk_size: Optional[int]) -> Tuple[int, int]:
+    """(chunk length L, chunks C) of a scan: from the shapes alone, so that forward and backward agree."""
     B, T, N = v.shape[:3]
-    D = g.shape[-1] - 1
-    U, block, warps = _sequential_config(kind, D, backward=False)
-    if not v.is_cuda:
+    if kind == "bdlru" and D > MAX_SEQUENTIAL_BLOCK or not v.is_cuda:
         want = 1
     elif kind == "hlru":
         want = triton.cdiv(HLRU_TARGET_WORK, B * N * (D + 1))
     else:
         want = triton.cdiv(BDLRU_TARGET_THREADS, B * N)
-    L, C = _plan_chunks(T, D, want, chunk_size)
+    return _plan_chunks(T, D, want, chunk_size)
+
+
+def _sequential_forward(kind, v, g, init, mask, norm, L):
+    """h and the final state of a sequential scan (H-LRU, or BD-LRU with k <= 8) in chunks of L steps."""
+    B, T, N = v.shape[:3]
+    D = g.shape[-1] - 1
+    C = triton.cdiv(T, L)
+    U, block, warps = _sequential_config(kind, D, backward=False)
     kernel = _SEQUENTIAL_KERNELS[kind][0]
     h = torch.empty_like(v)
     ends = torch.empty(B, C, N, D, dtype=torch.float32, device=v.device)
@@ -164,7 +171,7 @@ def _sequential_forward(kind, v, g, init, mask, norm, chunk_size):
     else:
         start, has_start, strides = (init if init is not None else v), init is not None, (N * D, 0)
     kernel[grid](v, g, mask_arg, start, h, ends, T, N, L, *strides, HAS_START=has_start, SUMMARY=False, **common)
-    return h, ends[:, -1].contiguous(), L
+    return h, ends[:, -1].contiguous()
 
 
 def _sequential_backward(kind, v, g, init, mask, h, L, dh, dfinal, norm):
@@ -225,61 +232,74 @@ def _step_backward(v, g, init, mask, h, dh, dfinal, norm):
 
 
 # ---------------------------------------------------------------------------------------------
-# Autograd functions and the public entry points.
+# PyTorch custom operators (torch.library): opaque to torch.compile, with fake implementations for
+# tracing and a registered autograd formula. Forward saves the inputs and h; backward is its own operator.
 # ---------------------------------------------------------------------------------------------
 
-
-def _function_forward(ctx, kind, v, gate_logits, initial_state, mask, normalization, chunk_size):
-    """Forward of both autograd functions: the sequential kernels, or the step kernels for BD-LRU blocks
-    larger than MAX_SEQUENTIAL_BLOCK. Saves the inputs and h."""
-    ctx.step = kind == "bdlru" and v.shape[-1] > MAX_SEQUENTIAL_BLOCK
-    if ctx.step:
-        _plan_chunks(v.shape[1], v.shape[-1], 1, chunk_size)  # refuses a chunk_size that would split time
-        h, final = _step_forward(v, gate_logits, initial_state, mask, normalization)
-    else:
-        h, final, ctx.L = _sequential_forward(kind, v, gate_logits, initial_state, mask, normalization, chunk_size)
-    ctx.save_for_backward(v, gate_logits, initial_state, mask, h)
-    ctx.kind, ctx.normalization = kind, normalization
-    return h, final
+# A copy of this file loaded as remote code (transformers_modules...) registers its operators under its own
+# namespace, so that it can live in one process with an installed hf_lrnn.
+OP_NAMESPACE = "hf_lrnn" if __name__ == "hf_lrnn.scan_triton" else "hf_lrnn_" + re.sub(r"\W", "_", __name__)
 
 
-def _function_backward(ctx, dh, dfinal):
-    """Backward of both autograd functions: gradients for v, gate_logits and initial_state."""
-    v, g, init, mask, h = ctx.saved_tensors
-    dh = torch.zeros_like(h) if dh is None else dh.contiguous()
-    dfinal = None if dfinal is None else dfinal.float().contiguous()
-    if ctx.step:
-        dv, dg, d_init = _step_backward(v, g, init, mask, h, dh, dfinal, ctx.normalization)
-    else:
-        dv, dg, d_init = _sequential_backward(ctx.kind, v, g, init, mask, h, ctx.L, dh, dfinal, ctx.normalization)
-    d_init = d_init.to(init.dtype) if init is not None and ctx.needs_input_grad[2] else None
-    return dv, dg, d_init, None, None, None
+def _scan_forward(kind, v, g, init, mask, normalization, chunk_size):
+    D = g.shape[-1] - 1
+    L, _ = _chunk_plan(kind, v, D, chunk_size)  # also refuses a chunk_size that would split time for D > 8
+    if kind == "bdlru" and D > MAX_SEQUENTIAL_BLOCK:
+        return _step_forward(v, g, init, mask, normalization)
+    return _sequential_forward(kind, v, g, init, mask, normalization, L)
 
 
-class HLRUScanFunction(torch.autograd.Function):
-    """H-LRU scan: ``apply(v, gate_logits, initial_state, mask, normalization, chunk_size) -> (h, final)``."""
+def _scan_backward(kind, v, g, init, mask, h, dh, dfinal, normalization, chunk_size):
+    D = g.shape[-1] - 1
+    if kind == "bdlru" and D > MAX_SEQUENTIAL_BLOCK:
+        return _step_backward(v, g, init, mask, h, dh, dfinal, normalization)
+    L, _ = _chunk_plan(kind, v, D, chunk_size)
+    return _sequential_backward(kind, v, g, init, mask, h, L, dh, dfinal, normalization)
 
-    @staticmethod
-    def forward(ctx, v, gate_logits, initial_state, mask, normalization, chunk_size):
-        return _function_forward(ctx, "hlru", v, gate_logits, initial_state, mask, normalization, chunk_size)
 
-    @staticmethod
-    @torch.autograd.function.once_differentiable
+def _register_scan_ops(kind: str):
+    """``{kind}_scan(v, gate_logits, initial_state, mask, normalization, chunk_size) -> (h, final_state)`` and
+    its backward as custom operators ``OP_NAMESPACE::{kind}_scan[_backward]``; returns the forward op."""
+
+    @torch.library.custom_op(f"{OP_NAMESPACE}::{kind}_scan", mutates_args=())
+    def scan_op(v: torch.Tensor, gate_logits: torch.Tensor, initial_state: Optional[torch.Tensor],
+                mask: Optional[torch.Tensor], normalization: str, chunk_size: Optional[int]) -> Tuple[torch.Tensor, torch.Tensor]:
+        return _scan_forward(kind, v, gate_logits, initial_state, mask, normalization, chunk_size)
+
+    @scan_op.register_fake
+    def _(v, gate_logits, initial_state, mask, normalization, chunk_size):
+        B, N, D = v.shape[0], v.shape[2], gate_logits.shape[-1] - 1
+        return torch.empty_like(v), v.new_empty(B, N, D, dtype=torch.float32)
+
+    @torch.library.custom_op(f"{OP_NAMESPACE}::{kind}_scan_backward", mutates_args=())
+    def backward_op(v: torch.Tensor, gate_logits: torch.Tensor, initial_state: Optional[torch.Tensor],
+                    mask: Optional[torch.Tensor], h: torch.Tensor, dh: torch.Tensor, dfinal: torch.Tensor,
+                    normalization: str, chunk_size: Optional[int]) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return _scan_backward(kind, v, gate_logits, initial_state, mask, h, dh, dfinal, normalization, chunk_size)
+
+    @backward_op.register_fake
+    def _(v, gate_logits, initial_state, mask, h, dh, dfinal, normalization, chunk_size):
+        return torch.empty_like(v), torch.empty_like(gate_logits), torch.empty_like(dfinal)
+
+    def setup_context(ctx, inputs, output):
+        v, gate_logits, initial_state, mask, normalization, chunk_size = inputs
+        ctx.save_for_backward(v, gate_logits, initial_state, mask, output[0])
+        ctx.normalization, ctx.chunk_size = normalization, chunk_size
+
     def backward(ctx, dh, dfinal):
-        return _function_backward(ctx, dh, dfinal)
+        v, g, init, mask, h = ctx.saved_tensors
+        dh = torch.zeros_like(h) if dh is None else dh.contiguous()
+        B, N, D = v.shape[0], v.shape[2], g.shape[-1] - 1
+        dfinal = v.new_zeros(B, N, D, dtype=torch.float32) if dfinal is None else dfinal.float().contiguous()
+        dv, dg, d_init = backward_op(v, g, init, mask, h, dh, dfinal, ctx.normalization, ctx.chunk_size)
+        return dv, dg, (d_init.to(init.dtype) if init is not None else None), None, None, None
+
+    scan_op.register_autograd(backward, setup_context=setup_context)
+    return scan_op
 
 
-class BDLRUScanFunction(torch.autograd.Function):
-    """BD-LRU scan: ``apply(v, gate_logits, initial_state, mask, normalization, chunk_size) -> (h, final)``."""
-
-    @staticmethod
-    def forward(ctx, v, gate_logits, initial_state, mask, normalization, chunk_size):
-        return _function_forward(ctx, "bdlru", v, gate_logits, initial_state, mask, normalization, chunk_size)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, dh, dfinal):
-        return _function_backward(ctx, dh, dfinal)
+hlru_scan_op = _register_scan_ops("hlru")
+bdlru_scan_op = _register_scan_ops("bdlru")
 
 
 def _prepare(name, kind, v, gate_logits, initial_state, mask, normalization, D):
@@ -329,7 +349,7 @@ def hlru_scan_triton(
     if T == 0:
         h, final = _empty_scan(v, init, B, N, m)
     else:
-        h, final = HLRUScanFunction.apply(v, g, init, mask, normalization, chunk_size)
+        h, final = hlru_scan_op(v, g, init, mask, normalization, chunk_size)
     return h, (final if output_final_state else None)
 
 
@@ -354,9 +374,8 @@ def bdlru_scan_triton(
     if T == 0:
         h, final = _empty_scan(v, init, B, N, k)
     elif k == 1:  # the same recurrence as H-LRU with m = 1: logits [a_0, A]
-        h, final = HLRUScanFunction.apply(v.view(B, T, N), g.view(B, T, N, 2), init, mask, normalization,
-                                          chunk_size)
+        h, final = hlru_scan_op(v.view(B, T, N), g.view(B, T, N, 2), init, mask, normalization, chunk_size)
         h = h.view(B, T, N, 1)
     else:
-        h, final = BDLRUScanFunction.apply(v, g, init, mask, normalization, chunk_size)
+        h, final = bdlru_scan_op(v, g, init, mask, normalization, chunk_size)
     return h, (final if output_final_state else None)
