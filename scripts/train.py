@@ -6,10 +6,12 @@
     python scripts/train.py --data corpus.jsonl --text-field body --tokenizer gpt2
     python scripts/train.py --data roneneldan/TinyStories --preset 10m --max-steps 5000
     python scripts/train.py --resume --output-dir runs/lrnn   # continue that run from its last checkpoint
+    python scripts/train.py --report-to tensorboard           # log to TensorBoard (or wandb, ...) as well
     accelerate launch --multi_gpu --num_processes 2 scripts/train.py ...  # DDP; --use_fsdp ... for FSDP
 
 The script reads top to bottom: arguments, corpus, tokenizer, model, Trainer, evaluation, a sample,
-then the model folder (weights, config, tokenizer, remote code, model card) that ``--push-to-hub`` uploads.
+then the model folder (weights, config, tokenizer, remote code, model card, loss curve) that
+``--push-to-hub`` uploads. It needs the package and the train extra: pip install -e ".[train]".
 """
 from __future__ import annotations
 
@@ -19,25 +21,29 @@ import math
 import os
 import sys
 import time
-from importlib import resources
 from pathlib import Path
 
-import datasets
 import torch
 import transformers
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaConfig, MambaConfig,
                           PreTrainedTokenizerFast, Trainer, TrainerCallback, TrainingArguments, set_seed)
+from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
 from transformers.trainer_utils import get_last_checkpoint
 
-try:  # registers model_type "lrnn" with the Auto classes
-    import hf_lrnn
-except ImportError:  # a checkout without `pip install -e .`: use the package next to scripts/
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    import hf_lrnn
-from hf_lrnn import LRNNConfig
+try:
+    import datasets
+    from matplotlib.figure import Figure
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-EMBEDDED_CORPUS = "tinyshakespeare"  # hf_lrnn/data/tinyshakespeare.txt, shipped with the package
+    import hf_lrnn  # registers model_type "lrnn" with the Auto classes
+    from hf_lrnn import LRNNConfig
+except ImportError as error:
+    sys.exit(f"error: {error}. scripts/train.py needs hf_lrnn and its train extra: "
+             'pip install -e ".[train]" (from the repository root)')
+
+EMBEDDED_CORPUS = "tinyshakespeare"  # the --data name of scripts/data/tinyshakespeare.txt (see scripts/data/README.md)
+EMBEDDED_CORPUS_PATH = Path(__file__).resolve().parent / "data" / "tinyshakespeare.txt"
+MODEL_CARD_TEMPLATE = Path(__file__).resolve().parents[1] / "model_cards" / "lrnn_model_card.md"
 EOS = "<|endoftext|>"
 # Model sizes. The LRNN block is mixer + SwiGLU; the Llama gets the same width and depth with a wider
 # MLP, the Mamba the same width and more blocks, so both land near the H-LRU (m=2) parameter count.
@@ -53,7 +59,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     g = p.add_argument_group("data")
     g.add_argument("--data", default=EMBEDDED_CORPUS, help="a local .txt / .jsonl / .json file or dataset folder, or a Hub dataset name "
-                   f"(name or name:config); '{EMBEDDED_CORPUS}' is the corpus embedded in the package")
+                   f"(name or name:config); '{EMBEDDED_CORPUS}' is scripts/data/tinyshakespeare.txt")
     g.add_argument("--text-field", default="text", help="column holding the text (JSONL and Hub datasets)")
     g.add_argument("--val-fraction", type=float, default=0.1, help="held-out tail when there is no validation split")
     g.add_argument("--tokenizer", default="bpe", help="'bpe': train a byte-level BPE of --vocab-size on the corpus "
@@ -91,6 +97,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--resume", nargs="?", const="last", metavar="CHECKPOINT",
                    help="continue a run: its last checkpoint in --output-dir, or the given checkpoint folder; "
                         "the run's saved arguments are the defaults")
+    g.add_argument("--report-to", default="none", help="where Trainer also logs, comma-separated: none, "
+                   f"all, or any of {', '.join(sorted(INTEGRATION_TO_CALLBACK))} (their packages must be installed)")
     g.add_argument("--prompt", default="ROMEO:", help="prompt of the sample printed at the end")
     g.add_argument("--sample-tokens", type=int, default=200)
     g.add_argument("--push-to-hub", action=argparse.BooleanOptionalAction, default=False,
@@ -110,6 +118,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     for name in ("vocab_size", "seq_len", "max_steps", "batch_size", "grad_accum", "eval_interval", "log_interval"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    reporters = [name.strip() for name in args.report_to.split(",")]
+    unknown = [name for name in reporters if name not in INTEGRATION_TO_CALLBACK and name not in ("none", "all")]
+    if unknown or len(reporters) > 1 and ("none" in reporters or "all" in reporters):
+        p.error(f"--report-to {args.report_to}: give none, all, or names from {', '.join(sorted(INTEGRATION_TO_CALLBACK))}")
     if not 0 < args.val_fraction < 1:
         p.error(f"--val-fraction must be in (0, 1), got {args.val_fraction}")
     if args.tokenizer == "bpe" and args.vocab_size < 257:
@@ -125,10 +137,7 @@ def load_corpus(args) -> datasets.DatasetDict:
     """A DatasetDict with "train" and "validation" splits and one "text" column."""
     path = Path(args.data)
     if args.data == EMBEDDED_CORPUS or path.suffix not in (".jsonl", ".json") and path.is_file():
-        if args.data == EMBEDDED_CORPUS:
-            text = resources.files("hf_lrnn").joinpath("data/tinyshakespeare.txt").read_text(encoding="utf-8")
-        else:
-            text = path.read_text(encoding="utf-8")
+        text = (EMBEDDED_CORPUS_PATH if args.data == EMBEDDED_CORPUS else path).read_text(encoding="utf-8")
         cut = int(len(text) * (1 - args.val_fraction))  # one document: the tail is the validation set
         return datasets.DatasetDict(train=datasets.Dataset.from_dict({"text": [text[:cut]]}),
                                     validation=datasets.Dataset.from_dict({"text": [text[cut:]]}))
@@ -246,13 +255,42 @@ class CardTrainer(Trainer):
 def render_model_card(fields: dict, path: Path) -> None:
     from huggingface_hub import ModelCard, ModelCardData
 
-    template = resources.files("hf_lrnn").joinpath("model_card_template.md")
     card_data = ModelCardData(library_name="transformers", license="apache-2.0", pipeline_tag="text-generation",
                               tags=["hf_lrnn", fields["model_type"], "linear-rnn", "custom_code"], language="en",
                               datasets=[fields["dataset_id"]] if fields.get("dataset_id") else None)
-    with resources.as_file(template) as template_path:
-        card = ModelCard.from_template(card_data, template_path=str(template_path), **fields)
-    card.save(path)
+    ModelCard.from_template(card_data, template_path=str(MODEL_CARD_TEMPLATE), **fields).save(path)
+
+
+def plot_loss_curve(log_history: list[dict], path: Path) -> Figure:
+    """Training and validation loss against the optimizer step, from Trainer's log history, as a PNG."""
+    fig = Figure(figsize=(7, 4), layout="constrained")
+    ax = fig.subplots()
+    for key, label, style in (("loss", "training", "-"), ("eval_loss", "validation", "o-")):
+        points = [(entry["step"], entry[key]) for entry in log_history if key in entry]
+        if points:
+            ax.plot(*zip(*points), style, label=label)
+    ax.set(xlabel="step", ylabel="loss (nats/token)", title=path.parent.name)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.savefig(path, dpi=120)
+    return fig
+
+
+def training_arguments(args, per_device: int) -> TrainingArguments:
+    """The TrainingArguments of a run: per-device batch from the global --batch-size, evaluation and checkpoints
+    every --eval-interval steps, the CPU when there is no GPU, logging to --report-to."""
+    return TrainingArguments(
+        output_dir=args.output_dir, max_steps=args.max_steps, per_device_train_batch_size=per_device,
+        per_device_eval_batch_size=per_device, gradient_accumulation_steps=args.grad_accum,
+        learning_rate=args.lr, lr_scheduler_type=args.lr_scheduler, warmup_steps=args.warmup_steps,
+        weight_decay=args.weight_decay, adam_beta2=0.99, max_grad_norm=1.0, bf16=args.bf16,
+        torch_compile=args.compile, seed=args.seed, eval_strategy="steps", eval_steps=args.eval_interval,
+        logging_steps=args.log_interval, save_steps=args.save_interval or args.eval_interval, save_total_limit=2,
+        dataloader_drop_last=True, dataloader_pin_memory=torch.cuda.is_available(), ddp_find_unused_parameters=False,
+        use_cpu=not torch.cuda.is_available(),  # also what makes torchrun / accelerate launch distribute on CPUs
+        report_to=[name.strip() for name in args.report_to.split(",")],
+        push_to_hub=args.push_to_hub, hub_model_id=args.hub_model_id, hub_strategy="end",
+    )
 
 
 def main(argv=None):
@@ -266,6 +304,12 @@ def main(argv=None):
         checkpoint = get_last_checkpoint(str(out)) if args.resume == "last" else args.resume
         if not checkpoint or not Path(checkpoint).is_dir():
             sys.exit(f"error: --resume: no checkpoint {'in ' + str(out) if args.resume == 'last' else args.resume}")
+        done = json.loads((Path(checkpoint) / "trainer_state.json").read_text())["global_step"]
+        if done >= args.max_steps:  # Trainer would run one more step and overwrite the model: do nothing instead
+            if is_main:
+                print(f"{checkpoint} is at step {done}, --max-steps is {args.max_steps}: the run is finished, nothing "
+                      f"to do (give a larger --max-steps to train further)")
+            return None
 
     # Corpus and tokenizer. A resumed run reuses the tokenizer saved in its checkpoint.
     corpus = load_corpus(args)
@@ -300,17 +344,7 @@ def main(argv=None):
         out.mkdir(parents=True, exist_ok=True)
         (out / "run_args.json").write_text(json.dumps({k: v for k, v in vars(args).items() if k != "resume"}, indent=1))
 
-    training_args = TrainingArguments(
-        output_dir=str(out), max_steps=args.max_steps, per_device_train_batch_size=per_device,
-        per_device_eval_batch_size=per_device, gradient_accumulation_steps=args.grad_accum,
-        learning_rate=args.lr, lr_scheduler_type=args.lr_scheduler, warmup_steps=args.warmup_steps,
-        weight_decay=args.weight_decay, adam_beta2=0.99, max_grad_norm=1.0, bf16=args.bf16,
-        torch_compile=args.compile, seed=args.seed, eval_strategy="steps", eval_steps=args.eval_interval,
-        logging_steps=args.log_interval, save_steps=args.save_interval or args.eval_interval, save_total_limit=2,
-        dataloader_drop_last=True, dataloader_pin_memory=torch.cuda.is_available(), ddp_find_unused_parameters=False,
-        use_cpu=not torch.cuda.is_available(),  # also what makes torchrun / accelerate launch distribute on CPUs
-        report_to="none", push_to_hub=args.push_to_hub, hub_model_id=args.hub_model_id, hub_strategy="end",
-    )
+    training_args = training_arguments(args, per_device)
     tokens_per_step = args.batch_size * args.seq_len
     throughput = Throughput(tokens_per_step, args.max_time)
     trainer = CardTrainer(model=model, args=training_args, train_dataset=data["train"], eval_dataset=eval_data,
@@ -345,14 +379,16 @@ def main(argv=None):
     metrics["log_history"] = trainer.state.log_history
     if is_main:
         (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+        plot_loss_curve(trainer.state.log_history, out / "loss_curve.png")
 
-    # The model folder: weights, config, tokenizer, remote code (LRNN) and README.md, rendered from
-    # model_cards/ by CardTrainer.create_model_card. push_to_hub saves it and uploads it (checkpoints excluded).
+    # The model folder: weights, config, tokenizer, remote code (LRNN), metrics, loss curve and README.md, rendered
+    # from model_cards/ by CardTrainer.create_model_card. push_to_hub saves it and uploads it (checkpoints excluded).
     trainer.card_fields = dict(
         model_id=args.hub_model_id or out.name, model_type=config.model_type, architecture=describe(config),
         config_json=json.dumps({k: v for k, v in config.to_diff_dict().items() if k not in ("architectures", "auto_map")}, indent=2),
         n_params=f"{n_params / 1e6:.2f}M", dataset=(
-            "tinyshakespeare (embedded in hf_lrnn: 1.1 MB of Shakespeare's plays, the corpus of Karpathy's char-rnn)"
+            "tinyshakespeare (`scripts/data/tinyshakespeare.txt` of hf_lrnn: 1.1 MB of Shakespeare's plays, "
+            "the corpus of Karpathy's char-rnn)"
             if args.data == EMBEDDED_CORPUS else f"`{args.data}`") + (
             f", the last {args.val_fraction:.0%} held out for validation" if args.data == EMBEDDED_CORPUS or Path(args.data).suffix == ".txt" else ""),
         dataset_id=None if Path(args.data).is_file() or args.data == EMBEDDED_CORPUS else args.data,
@@ -362,6 +398,8 @@ def main(argv=None):
         eval_loss=f"{eval_loss:.4f}", eval_perplexity=f"{metrics['eval_perplexity']:.2f}",
         eval_bits_per_char=f"{metrics['eval_bits_per_char']:.3f}", tokens_per_second=f"{metrics['train_tokens_per_second']:.0f}",
         device=metrics["device"], trust_remote_code=config.model_type == "lrnn", prompt=args.prompt, sample=sample,
+        # a plain tokenizer.json loads with the stock class, which (unlike AutoTokenizer) never reads config.json
+        tokenizer_class="PreTrainedTokenizerFast" if type(tokenizer) is PreTrainedTokenizerFast else "AutoTokenizer",
         command="python scripts/train.py " + " ".join(sys.argv[1:] if argv is None else argv),
         versions=f"torch {torch.__version__}, transformers {transformers.__version__}, hf_lrnn {hf_lrnn.__version__}",
     )

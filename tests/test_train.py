@@ -1,7 +1,10 @@
-"""scripts/train.py end to end on a tiny model: train, save, model card, reload in a clean process
-(trust_remote_code, hf_lrnn not importable), generate; resume continues the same run; argument errors."""
+"""scripts/train.py end to end on a tiny model: train, save, model card, loss curve, reload in a clean process
+(trust_remote_code, hf_lrnn not importable) with the card's own usage code, generate; resume continues the
+same run and leaves a finished run alone; --report-to; argument errors."""
+import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -27,7 +30,7 @@ def losses(log_history):
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     path = tmp_path_factory.mktemp("data") / "small.txt"
-    path.write_text((ROOT / "hf_lrnn" / "data" / "tinyshakespeare.txt").read_text()[:40000])
+    path.write_text((ROOT / "scripts" / "data" / "tinyshakespeare.txt").read_text()[:40000])
     return path
 
 
@@ -65,23 +68,31 @@ def run(corpus, tmp_path_factory):
     return out, metrics, hub.upload_to
 
 
-def test_model_card_template_is_shipped_unchanged():
-    canonical = ROOT / "model_cards" / "lrnn_model_card.md"
-    assert canonical.read_text() == (ROOT / "hf_lrnn" / "model_card_template.md").read_text(), (
-        "hf_lrnn/model_card_template.md must be a copy of model_cards/lrnn_model_card.md: "
-        "cp model_cards/lrnn_model_card.md hf_lrnn/model_card_template.md")
-
-
 def test_train_saves_everything(run):
     out, metrics, _ = run
     for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "README.md",
-                 "modeling_lrnn.py", "configuration_lrnn.py", "ops.py", "gates.py", "scan_reference.py", "scan_chunked.py", "metrics.json", "run_args.json"):
+                 "modeling_lrnn.py", "configuration_lrnn.py", "ops.py", "gates.py", "scan_reference.py", "scan_chunked.py",
+                 "metrics.json", "run_args.json", "loss_curve.png"):
         assert (out / name).is_file(), name
     assert metrics["steps"] == 6 and metrics["eval_loss"] < 6.0  # below ln(300) = 5.7 after a few steps
     assert abs(metrics["eval_perplexity"] - 2.718281828 ** metrics["eval_loss"]) < 1e-6 * metrics["eval_perplexity"]
     assert metrics["sample"].startswith("ROMEO:")
     config = json.loads((out / "config.json").read_text())
     assert config["model_type"] == "lrnn" and "AutoModelForCausalLM" in config["auto_map"]
+    assert json.loads((out / "tokenizer_config.json").read_text())["tokenizer_class"] in ("TokenizersBackend",
+                                                                                        "PreTrainedTokenizerFast")
+    assert (out / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_loss_curve_plots_the_log_history(tmp_path):
+    history = [{"step": 1, "loss": 5.0}, {"step": 2, "loss": 4.0}, {"step": 2, "eval_loss": 4.5},
+               {"step": 3, "loss": 3.5}, {"step": 4, "eval_loss": 3.9}, {"step": 4, "train_runtime": 1.0}]
+    fig = train.plot_loss_curve(history, tmp_path / "curve.png")
+    training, validation = fig.axes[0].lines
+    assert training.get_label() == "training" and validation.get_label() == "validation"
+    assert training.get_xydata().tolist() == [[1, 5.0], [2, 4.0], [3, 3.5]]
+    assert validation.get_xydata().tolist() == [[2, 4.5], [4, 3.9]]
+    assert (tmp_path / "curve.png").stat().st_size > 1000
 
 
 def test_model_card_fields(run):
@@ -98,28 +109,54 @@ def test_model_card_fields(run):
         assert text in body, text
 
 
-def test_uploaded_folder_loads_in_clean_process(run, tmp_path):
-    """What Trainer.push_to_hub uploaded loads with trust_remote_code=True where hf_lrnn cannot be
-    imported (PYTHONPATH unset, another working directory, the import blocked), and generates."""
-    _, _, upload = run
-    assert not list(upload.glob("checkpoint-*")) and (upload / "modeling_lrnn.py").is_file()
-    code = f"""
-import sys
-sys.modules["hf_lrnn"] = None  # import hf_lrnn raises ImportError, even if it is installed
-import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
-tok = AutoTokenizer.from_pretrained({str(upload)!r})
-model = AutoModelForCausalLM.from_pretrained({str(upload)!r}, trust_remote_code=True)
-assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
-ids = tok(["ROMEO:", "KING RICHARD:"], return_tensors="pt", padding=True)
-out = model.generate(**ids, max_new_tokens=5, do_sample=False, pad_token_id=tok.pad_token_id)
-print("OK", type(model).__name__, tuple(out.shape), tok.decode(out[0], skip_special_tokens=True)[:6])
-"""
+def run_without_hf_lrnn(code, tmp_path):
+    """Run code in a fresh Python where import hf_lrnn fails (the import blocked, PYTHONPATH unset, another
+    working directory, an empty HF cache, offline), stdin closed (a question would fail, not wait)."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env.update(HF_HOME=str(tmp_path / "hf_home"), HF_HUB_OFFLINE="1")
-    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    code = 'import sys\nsys.modules["hf_lrnn"] = None  # import hf_lrnn raises ImportError, even if installed\n' + code
+    return subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_model_card_usage_runs_silently_without_hf_lrnn(run, tmp_path):
+    """The usage code of the uploaded model card, as written (the Hub id replaced by the uploaded folder),
+    runs where hf_lrnn cannot be imported: the model through trust_remote_code, the tokenizer with its stock
+    class, with no remote-code question and no model-type warning; a left-padded batch generates."""
+    _, _, upload = run
+    assert not list(upload.glob("checkpoint-*")) and (upload / "modeling_lrnn.py").is_file()
+    usage = (upload / "README.md").read_text().split("## Usage", 1)[1]
+    snippet = re.search(r"```python\n(.*?)```", usage, re.S).group(1).replace('"tester/lrnn-tiny"', repr(str(upload)))
+    assert "tokenizer = PreTrainedTokenizerFast.from_pretrained(" in snippet
+    code = snippet + """
+assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+assert type(tokenizer).__module__.startswith("transformers."), type(tokenizer)
+ids = tokenizer(["ROMEO:", "KING RICHARD:"], return_tensors="pt", padding=True)
+out = model.generate(**ids, max_new_tokens=5, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+print("OK", type(model).__name__, tuple(out.shape), tokenizer.decode(out[0], skip_special_tokens=True)[:6])
+"""
+    result = run_without_hf_lrnn(code, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "OK LRNNForCausalLM (2, " in result.stdout and "ROMEO:" in result.stdout
+    for noise in ("custom code", "trust_remote_code", "model of type"):
+        assert noise not in result.stdout + result.stderr, (noise, result.stdout, result.stderr)
+
+
+def test_auto_tokenizer_with_trust_remote_code_loads_silently(run, tmp_path):
+    """The other silent way: AutoTokenizer reads config.json (whose auto_map names the remote code), so it
+    needs the same trust_remote_code=True as the model; the tokenizer it returns is the stock class."""
+    _, _, upload = run
+    code = f"""
+from transformers import AutoTokenizer
+tokenizer = AutoTokenizer.from_pretrained({str(upload)!r}, trust_remote_code=True)
+assert type(tokenizer).__module__.startswith("transformers."), type(tokenizer)
+print("OK", tokenizer.decode(tokenizer("ROMEO:")["input_ids"]))
+"""
+    result = run_without_hf_lrnn(code, tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "OK ROMEO:" in result.stdout
+    for noise in ("custom code", "model of type"):
+        assert noise not in result.stdout + result.stderr, (noise, result.stdout, result.stderr)
 
 
 def test_resume_continues_the_same_run(run, tmp_path):
@@ -136,6 +173,33 @@ def test_resume_continues_the_same_run(run, tmp_path):
     assert again["eval_loss"] == pytest.approx(metrics["eval_loss"], rel=1e-3)
 
 
+def folder_digest(folder):
+    return {str(f.relative_to(folder)): hashlib.sha256(f.read_bytes()).hexdigest() for f in sorted(folder.rglob("*")) if f.is_file()}
+
+
+@pytest.mark.parametrize("which", ["last", "checkpoint-6"])
+def test_resume_of_a_finished_run_does_nothing(run, tmp_path, capsys, which):
+    """--resume when the checkpoint is already at --max-steps: says so, exits normally, and neither trains
+    another step nor rewrites anything in the output folder."""
+    out, _, _ = run
+    finished = tmp_path / "finished"
+    shutil.copytree(out, finished)
+    before = folder_digest(finished)
+    resume = ["--resume"] if which == "last" else ["--resume", str(finished / which)]
+    assert train.main(resume + ["--output-dir", str(finished), "--no-push-to-hub"]) is None
+    message = capsys.readouterr().out
+    assert "checkpoint-6 is at step 6, --max-steps is 6: the run is finished, nothing to do" in message
+    assert folder_digest(finished) == before
+
+
+@pytest.mark.parametrize("report_to, expected", [
+    ("none", []), ("tensorboard", ["tensorboard"]), ("tensorboard, wandb", ["tensorboard", "wandb"]),
+])
+def test_report_to_reaches_training_arguments(report_to, expected, tmp_path):
+    args = train.parse_args(["--report-to", report_to, "--output-dir", str(tmp_path)])
+    assert train.training_arguments(args, per_device=4).report_to == expected
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--data", "no/such/file.txt"], "--data no/such/file.txt: no such file"),
     (["--preset", "huge"], "argument --preset: invalid choice: 'huge'"),
@@ -145,6 +209,8 @@ def test_resume_continues_the_same_run(run, tmp_path):
     (["--vocab-size", "100"], "--vocab-size must be >= 257"),
     (["--batch-size", "6", "--grad-accum", "4"], "--batch-size 6 must be divisible"),
     (["--resume", "--output-dir", "/nonexistent/run"], "--resume: no /nonexistent/run/run_args.json"),
+    (["--report-to", "tensorbored"], "--report-to tensorbored: give none, all, or names from"),
+    (["--report-to", "none,wandb"], "--report-to none,wandb: give none, all, or names from"),
 ])
 def test_argument_errors(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -158,6 +224,15 @@ def test_cli_error_in_a_subprocess(tmp_path):
     result = subprocess.run([sys.executable, str(ROOT / "scripts" / "train.py"), "--data", str(tmp_path / "missing.txt")],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 2 and "usage: train.py" in result.stderr and "missing.txt: no such file" in result.stderr
+
+
+def test_cli_without_hf_lrnn_says_how_to_install(tmp_path):
+    result = run_without_hf_lrnn(f"""
+import runpy
+sys.argv = ["train.py"]
+runpy.run_path({str(ROOT / "scripts" / "train.py")!r}, run_name="__main__")
+""", tmp_path)
+    assert result.returncode == 1 and 'pip install -e ".[train]"' in result.stderr, result.stderr[-2000:]
 
 
 def corpus_args(*argv):
