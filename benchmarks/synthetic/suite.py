@@ -1,16 +1,15 @@
-#!/usr/bin/env python
 """Run the synthetic benchmark grid, spread over every visible GPU, several small runs per GPU.
 
-    python scripts/synthetic_suite.py --preset paper --deadline 430 --out benchmarks/results/synthetic.jsonl
-    python scripts/synthetic_suite.py --preset dry        # a few tiny runs on the CPU, end to end
+    python -m benchmarks.synthetic.suite --preset paper --deadline 430 --out benchmarks/results/synthetic.jsonl
+    python -m benchmarks.synthetic.suite --preset dry        # every model kind once, tiny sizes, on the CPU
 
 Workers are processes pinned to one GPU each (``--workers-per-gpu`` per GPU; on a CPU-only machine
 ``--cpu-workers`` CPU processes); each takes jobs in priority order from one queue and trains them with
-``scripts/synthetic.py``'s ``train``. Every result is appended to ``--out`` (JSON lines) as soon as it
+:func:`benchmarks.synthetic.run.train`. Every result is appended to ``--out`` (JSON lines) as soon as it
 arrives, with a progress line on stdout. With ``--deadline S`` a worker starts no job that could not
 finish within S seconds of the suite's start; such jobs, and baselines that cannot run here, are
 written as records with ``"status": "not_run"`` and the reason. Runs are time-capped (``max_time``,
-see synthetic.py), so the grid fits a fixed budget; each record says how many steps it made.
+see benchmarks/synthetic/run.py), so the grid fits a fixed budget; each record says how many steps it made.
 """
 from __future__ import annotations
 
@@ -23,9 +22,9 @@ import subprocess
 import sys
 import time
 import traceback
+from pathlib import Path
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
+ROOT = Path(__file__).resolve().parents[2]  # the repository root
 
 # (label, model kind, kwargs for the run)
 MAIN_MODELS = [
@@ -50,6 +49,7 @@ EXTENSION_MODELS = ("diag", "hlru_m2", "bdlru_k4", "bdlru_k8", "lstm", "llama", 
 
 
 def job(task, label, seed=0, hidden_size=128, max_time=60.0, steps=20000, tier="", **extra):
+    """The run settings of model ``label`` (a MAIN_MODELS row) on ``task``, tagged with its ``tier``."""
     kind, kwargs = next((k, kw) for l, k, kw in MAIN_MODELS if l == label)
     run = dict(task=task, model=kind, seed=seed, hidden_size=hidden_size, max_time=max_time, steps=steps, **kwargs)
     run.update(extra)
@@ -81,6 +81,7 @@ def grid(preset: str, time_scale: float = 1.0):
 
 
 def visible_gpus():
+    """GPU ids this process may use: CUDA_VISIBLE_DEVICES if set, else those nvidia-smi lists."""
     if os.environ.get("CUDA_VISIBLE_DEVICES") is not None:
         ids = [g for g in os.environ["CUDA_VISIBLE_DEVICES"].split(",") if g.strip()]
         return ids
@@ -92,18 +93,18 @@ def visible_gpus():
 
 
 def worker(wid, gpu, jobs_q, results_q, deadline_abs, threads):
+    """A worker process: pinned to ``gpu`` (or the CPU), it trains jobs from ``jobs_q`` until the queue is
+    empty and puts one record per job on ``results_q``."""
     if gpu is not None:
-        os.environ["CUDA_VISIBLE_DEVICES"] = gpu
-    sys.path.insert(0, HERE)
-    sys.path.insert(0, ROOT)
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu  # before torch is imported in this process
     import warnings
 
     warnings.filterwarnings("ignore")
     import torch
 
     torch.set_num_threads(threads)
-    import synthetic
-    from hf_lrnn.baselines import BaselineUnavailable
+    from benchmarks.synthetic import run as synthetic
+    from benchmarks.synthetic.baselines import BaselineUnavailable
 
     while True:
         try:
@@ -156,7 +157,8 @@ def environment(args, gpus):
     except Exception as err:
         fla_version = f"unavailable ({type(err).__name__})"
     return {"status": "env", "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
-            "command": " ".join(sys.argv), "python": platform.python_version(), "torch": torch.__version__,
+            "command": " ".join(["python -m benchmarks.synthetic.suite", *args.argv]),
+            "python": platform.python_version(), "torch": torch.__version__,
             "transformers": transformers.__version__, "fla": fla_version, "git_commit": commit,
             "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if gpus else [],
             "host_cpus": os.cpu_count(), "workers_per_gpu": args.workers_per_gpu, "deadline_s": args.deadline,
@@ -164,16 +166,19 @@ def environment(args, gpus):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m benchmarks.synthetic.suite",
+                                description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="paper", choices=("paper", "dry"))
-    p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "synthetic.jsonl"))
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "synthetic.jsonl"))
     p.add_argument("--workers-per-gpu", type=int, default=8)
     p.add_argument("--cpu-workers", type=int, default=2)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads per worker")
     p.add_argument("--deadline", type=float, default=None, help="seconds from now after which no job starts")
     p.add_argument("--time-scale", type=float, default=1.0, help="multiply every run's max_time")
     p.add_argument("--only-tier", default=None, help="run only the jobs of this tier")
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = p.parse_args(argv)
+    args.argv = argv
 
     t0 = time.time()
     jobs = grid(args.preset, args.time_scale)

@@ -1,7 +1,6 @@
-#!/usr/bin/env python
 """Tables and plots from the synthetic suite's JSON lines.
 
-    python scripts/plot_synthetic.py benchmarks/results/synthetic.jsonl --out-dir benchmarks/results
+    python -m benchmarks.synthetic.plot benchmarks/results/synthetic.jsonl --out-dir benchmarks/results
 
 Writes ``synthetic_table.md`` (rows models, columns tasks, at d = 128; the paper's numbers beside ours),
 ``synthetic_params.png`` (accuracy vs parameter count per task) and ``synthetic_blocksize.png``
@@ -27,6 +26,7 @@ PAPER_PERM_AVG = {"mamba": "0.350 (Mamba2)", "deltanet": "0.402", "lstm": "0.738
 
 
 def load(path):
+    """(the environment record, the records of finished runs, all other records) of a suite's JSON lines."""
     env, ok, other = None, [], []
     with open(path) as f:
         for line in f:
@@ -41,6 +41,7 @@ def load(path):
 
 
 def model_of(rec):
+    """A record's model label, from its spec when the run did not happen."""
     if "model" in rec and rec["model"] not in (None, "?"):
         return rec["model"]
     spec = rec.get("spec", {})
@@ -53,6 +54,7 @@ def model_of(rec):
 
 
 def fmt(values):
+    """A cell: the mean, and the per-seed values when there are several."""
     if not values:
         return ""
     mean = sum(values) / len(values)
@@ -62,6 +64,7 @@ def fmt(values):
 
 
 def table(env, ok, other, hidden=128):
+    """The markdown table (rows models, columns tasks) at width ``hidden``, and its cells."""
     cells = collections.defaultdict(list)
     untrained = collections.defaultdict(int)
     for r in ok:
@@ -102,13 +105,14 @@ def table(env, ok, other, hidden=128):
 
 
 def plots(ok, out_dir, env):
+    """Write synthetic_params.png and synthetic_blocksize.png to ``out_dir``."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    stamp = (f"scripts/synthetic_suite.py --preset paper; {len(env['gpus'])}x {env['gpus'][0] if env['gpus'] else 'CPU'};\n"
-             f"{env['date_utc']} UTC; time-capped runs (see README.md, Synthetic benchmarks)") if env else ""
+    stamp = (f"synthetic suite; {len(env['gpus'])}x {env['gpus'][0] if env['gpus'] else 'CPU'};\n"
+             f"{env['date_utc']} UTC; time-capped runs (see benchmarks/README.md)") if env else ""
     good = [r for r in ok if r["steps"] >= MIN_STEPS]
     tasks = [t for t in TASK_ORDER if any(r["task"] == t for r in good)]
     cols = 3
@@ -169,7 +173,8 @@ def plots(ok, out_dir, env):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m benchmarks.synthetic.plot",
+                                description=__doc__)
     p.add_argument("results", nargs="?", default="benchmarks/results/synthetic.jsonl")
     p.add_argument("--out-dir", default="benchmarks/results")
     a = p.parse_args(argv)
@@ -183,8 +188,9 @@ def main(argv=None):
     legend = ("Test accuracy at d = 128, 2 mixer + 2 SwiGLU blocks; mean over seeds with the per-seed values in "
               "brackets. n/t: the run's time budget went to kernel compilation (fewer than "
               f"{MIN_STEPS} steps), not a result. budget: not started within the suite's time budget. "
-              "fla-err: flash-linear-attention refused to run (see README). [paper x]: the paper's number for "
+              "fla-err: flash-linear-attention refused to run (see benchmarks/README.md). [paper x]: the paper's number for "
               "that cell; * the paper reports S3/S4/S5 for BD-LRU without saying k here, shown at k = 4.\n\n")
+    os.makedirs(a.out_dir, exist_ok=True)
     with open(os.path.join(a.out_dir, "synthetic_table.md"), "w") as f:
         f.write(header + legend + text + "\n")
     print(header + legend + text)

@@ -3,7 +3,8 @@
 - ``lrnn``: H-LRU (``mixer="hlru"``, order m) and BD-LRU (``mixer="bdlru"``, block size k) from
   :class:`LRNNConfig`; m = k = 1 is the diagonal selective LRU.
 - ``lstm``: :class:`LSTMForCausalLM` below, the same skeleton as the LRNN models (residual
-  ``x + LSTM(RMSNorm(x))`` blocks alternating with SwiGLU blocks) with ``nn.LSTM`` as the mixer.
+  ``x + LSTM(RMSNorm(x))`` blocks alternating with SwiGLU blocks) with ``nn.LSTM`` as the mixer; its
+  RMSNorm and SwiGLU are the small modules below, the same maths as the LRNN model's.
 - ``llama``: a small ``LlamaForCausalLM`` (RoPE attention + SwiGLU, the same widths).
 - ``mamba``: ``MambaForCausalLM`` with 2 x num_layers Mamba blocks (a Mamba block has no separate MLP),
   transformers' pure-PyTorch path unless the mamba-ssm kernels are installed.
@@ -25,8 +26,8 @@ from torch import nn
 from transformers import PreTrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutput, CausalLMOutput
 
-from .configuration_lrnn import LRNNConfig
-from .modeling_lrnn import LRNNForCausalLM, LRNNMLP, LRNNRMSNorm
+from hf_lrnn import LRNNConfig, LRNNForCausalLM
+from hf_lrnn.configuration_lrnn import swiglu_intermediate_size
 
 
 class BaselineUnavailable(RuntimeError):
@@ -34,6 +35,32 @@ class BaselineUnavailable(RuntimeError):
 
 
 # ------------------------------------------------------------------------------------------ LSTM
+class RMSNorm(nn.Module):
+    """y = x / sqrt(mean(x^2) + eps) * w over the last dimension, computed in float32."""
+
+    def __init__(self, hidden_size: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        return (self.weight * x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype)
+
+
+class SwiGLU(nn.Module):
+    """down_proj(silu(gate_proj x) * up_proj x), no biases."""
+
+    def __init__(self, hidden_size: int, intermediate_size: int):
+        super().__init__()
+        self.gate_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
+        self.up_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
+        self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
 class LSTMConfig(PreTrainedConfig):
     model_type = "lrnn_lstm_baseline"
 
@@ -42,7 +69,7 @@ class LSTMConfig(PreTrainedConfig):
         self.vocab_size = vocab_size
         self.hidden_size = hidden_size
         self.num_hidden_layers = num_hidden_layers
-        self.intermediate_size = intermediate_size or 32 * -(-8 * hidden_size // 96)
+        self.intermediate_size = intermediate_size or swiglu_intermediate_size(hidden_size)
         self.rms_norm_eps = rms_norm_eps
         self.initializer_range = initializer_range
         kwargs.setdefault("tie_word_embeddings", False)
@@ -52,10 +79,10 @@ class LSTMConfig(PreTrainedConfig):
 class LSTMBlock(nn.Module):
     def __init__(self, config: LSTMConfig):
         super().__init__()
-        self.mixer_norm = LRNNRMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mixer_norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.lstm = nn.LSTM(config.hidden_size, config.hidden_size, batch_first=True)
-        self.mlp_norm = LRNNRMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.mlp = LRNNMLP(config.hidden_size, config.intermediate_size)
+        self.mlp_norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mlp = SwiGLU(config.hidden_size, config.intermediate_size)
 
     def forward(self, x):
         x = x + self.lstm(self.mixer_norm(x))[0]
@@ -76,11 +103,11 @@ class LSTMPreTrainedModel(PreTrainedModel):
             for name, p in module.named_parameters():
                 if "weight" in name:
                     nn.init.normal_(p, std=std)
-                else:  # biases: forget gate 1 (PyTorch order i, f, g, o), the rest 0
+                else:  # biases: forget gate 0.5 in bias_ih and in bias_hh, 1 in total (order i, f, g, o); the rest 0
                     nn.init.zeros_(p)
                     with torch.no_grad():
                         p[module.hidden_size: 2 * module.hidden_size].fill_(0.5)
-        elif isinstance(module, LRNNRMSNorm):
+        elif isinstance(module, RMSNorm):
             nn.init.ones_(module.weight)
 
 
@@ -89,7 +116,7 @@ class LSTMModel(LSTMPreTrainedModel):
         super().__init__(config)
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList([LSTMBlock(config) for _ in range(config.num_hidden_layers)])
-        self.norm = LRNNRMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_init()
 
     def forward(self, input_ids=None, output_hidden_states=None, return_dict=None, **kwargs):
@@ -126,10 +153,6 @@ class LSTMForCausalLM(LSTMPreTrainedModel):
 MODEL_KINDS = ("hlru", "bdlru", "diag", "lstm", "llama", "mamba", "deltanet", "gated_deltanet")
 
 
-def _intermediate(hidden_size: int) -> int:
-    return 32 * -(-8 * hidden_size // 96)
-
-
 def build_model(kind: str, vocab_size: int, hidden_size: int = 128, num_layers: int = 2,
                 order: int = 2, block_size: int = 4, device: Optional[torch.device] = None,
                 scan_backend: str = "auto") -> Tuple[PreTrainedModel, dict]:
@@ -139,7 +162,7 @@ def build_model(kind: str, vocab_size: int, hidden_size: int = 128, num_layers: 
     SwiGLU blocks (the paper's "two mixer blocks alternating with two SwiGLU blocks" is 2); Mamba
     gets 2 x num_layers Mamba blocks; DeltaNet and Gated DeltaNet blocks include their own SwiGLU.
     """
-    d, inter = hidden_size, _intermediate(hidden_size)
+    d, inter = hidden_size, swiglu_intermediate_size(hidden_size)
     desc = {"kind": kind, "hidden_size": d, "num_layers": num_layers}
     if kind in ("hlru", "bdlru", "diag"):
         mixer = "hlru" if kind in ("hlru", "diag") else "bdlru"
@@ -227,5 +250,6 @@ class ProbeHead(nn.Module):
 
 
 def count_parameters(module: nn.Module, exclude: Tuple[nn.Module, ...] = ()) -> int:
+    """Number of parameters of ``module``, each counted once, leaving out those of ``exclude``."""
     skip = {id(p) for m in exclude for p in m.parameters()}
     return sum(p.numel() for p in module.parameters() if id(p) not in skip)

@@ -43,18 +43,21 @@ IGNORE = -100
 
 @dataclass
 class TaskSpec:
+    """Sizes of one task: vocabulary, sequence length, set sizes, and the task's own ``params``."""
+
     name: str
     vocab_size: int
     seq_len: int
     num_train: int
     num_test: int
     probe: bool = False  # targets are decoded from the last hidden state (compression)
-    disjoint: bool = False  # no test sequence also occurs in the training set
     params: Dict = field(default_factory=dict)
 
 
 @dataclass
 class TaskData:
+    """A task's spec and its train and test sets (inputs and targets, see the module docstring)."""
+
     spec: TaskSpec
     train_inputs: torch.Tensor
     train_targets: torch.Tensor
@@ -130,6 +133,7 @@ def _disjoint_split(sample: Callable[[np.random.Generator, int], np.ndarray], rn
 
 
 def gen_selective_copy(rng, n, seq_len=128, num_copy=16, vocab_size=16):
+    """(x, y) of selective copying: ``num_copy`` data tokens among blanks, then as many copy markers."""
     blank, copy = 0, 1
     ctx = seq_len - num_copy
     data = rng.integers(2, vocab_size, size=(n, num_copy))
@@ -144,12 +148,14 @@ def gen_selective_copy(rng, n, seq_len=128, num_copy=16, vocab_size=16):
 
 
 def gen_compression(rng, n, seq_len=32, vocab_size=16):
+    """(x, y) of compression: seq_len - 1 data tokens and the compression token 0; y the data tokens."""
     data = rng.integers(1, vocab_size, size=(n, seq_len - 1))
     x = np.concatenate([data, np.zeros((n, 1), dtype=np.int64)], axis=1)
     return x, data.astype(np.int64)
 
 
 def gen_recall(rng, n, seq_len=128, num_keys=8, vocab_size=16):
+    """(x, y) of multi-query recall: (key, value) pairs, the key -> value map random per sequence."""
     num_values = vocab_size - num_keys
     pairs = seq_len // 2
     mapping = rng.integers(0, num_values, size=(n, num_keys)) + num_keys  # key -> value token
@@ -166,10 +172,11 @@ def gen_recall(rng, n, seq_len=128, num_keys=8, vocab_size=16):
         hit = seen[rows, k]
         y[hit, 2 * i] = values[hit, i]
         seen[rows, k] = True
-    return x, y, mapping
+    return x, y
 
 
 def gen_mod_count(rng, n, seq_len=32):
+    """Random binary inputs (n, seq_len) of parity and modular counting."""
     return rng.integers(0, 2, size=(n, seq_len)).astype(np.int64)
 
 
@@ -181,7 +188,9 @@ ALIASES = {"scopy": "selective_copy", "copy": "selective_copy", "compress": "com
 
 
 def default_spec(task: str, **overrides) -> TaskSpec:
-    """The paper's (or MAD's) default sizes for ``task``; ``overrides`` change any field or param."""
+    """The paper's (or MAD's) default sizes for ``task``; ``overrides`` change any field of
+    :class:`TaskSpec` or any of the task's ``params`` (a value of None keeps the default). For parity and
+    mod_count the vocabulary size follows from the modulus."""
     task = ALIASES.get(task, task)
     if task == "selective_copy":
         spec = TaskSpec(task, 16, 128, 12_800, 1_280, params={"num_copy": 16})
@@ -191,20 +200,25 @@ def default_spec(task: str, **overrides) -> TaskSpec:
         spec = TaskSpec(task, 16, 128, 12_800, 1_280, params={"num_keys": 8})
     elif task in PERMUTATION_TASKS:
         size = {"s3": 6, "s4": 24, "s5": 120, "a5": 60}[task]
-        spec = TaskSpec(task, size, 16, 100_000, 1_280, disjoint=True)
+        spec = TaskSpec(task, size, 16, 100_000, 1_280)
     elif task in ("parity", "mod_count"):
-        spec = TaskSpec(task, 5 if task == "mod_count" else 2, 32, 100_000, 1_280, disjoint=True,
+        spec = TaskSpec(task, 5 if task == "mod_count" else 2, 32, 100_000, 1_280,
                         params={"modulus": 5 if task == "mod_count" else 2})
     else:
         raise ValueError(f"unknown task {task!r}; known: {TASKS}")
     for key, value in overrides.items():
         if value is None:
             continue
-        if hasattr(spec, key):
-            setattr(spec, key, value)
-        else:
+        if key in spec.params:
             spec.params[key] = value
+        elif key in ("name", "params") or not hasattr(spec, key):
+            raise ValueError(f"task {task!r} has no setting {key!r}; it takes seq_len, num_train, num_test, "
+                             f"vocab_size, probe{''.join(', ' + k for k in spec.params)}")
+        else:
+            setattr(spec, key, value)
     if task in ("parity", "mod_count"):
+        if overrides.get("vocab_size") is not None:
+            raise ValueError(f"{task}: the vocabulary size follows from the modulus; set modulus instead")
         spec.vocab_size = max(2, spec.params["modulus"])
     return spec
 
@@ -222,7 +236,7 @@ def make_task(task: str, seed: int = 0, **overrides) -> TaskData:
         gen = lambda r, n: gen_compression(r, n, T, spec.vocab_size)
         (xtr, ytr), (xte, yte) = gen(rng, n_tr), gen(rng, n_te)
     elif name == "recall":
-        gen = lambda r, n: gen_recall(r, n, T, spec.params["num_keys"], spec.vocab_size)[:2]
+        gen = lambda r, n: gen_recall(r, n, T, spec.params["num_keys"], spec.vocab_size)
         (xtr, ytr), (xte, yte) = gen(rng, n_tr), gen(rng, n_te)
     elif name in PERMUTATION_TASKS:
         _, table = permutation_group(name)

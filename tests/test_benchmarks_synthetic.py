@@ -1,23 +1,25 @@
-"""Synthetic tasks: generator invariants, metrics, baselines, and a CPU smoke run that must learn."""
-import os
-import sys
+"""benchmarks/synthetic: generator invariants, metrics, baselines, the results table, and a CPU smoke run
+that must learn."""
+import json
 
 import numpy as np
 import pytest
 import torch
 
-from hf_lrnn.tasks import (
+from benchmarks.synthetic import plot, suite
+from benchmarks.synthetic import run as synthetic_run
+from benchmarks.synthetic.baselines import BaselineUnavailable, ProbeHead, build_model, last_hidden_state
+from benchmarks.synthetic.tasks import (
     IGNORE,
     TASKS,
     accuracy,
+    default_spec,
     make_task,
     masked_cross_entropy,
     permutation_group,
     permutation_sign,
     target_mask,
 )
-
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"))
 
 
 @pytest.mark.parametrize("task", TASKS)
@@ -127,9 +129,18 @@ def test_accuracy_and_loss_ignore_masked_positions():
     assert torch.allclose(masked_cross_entropy(logits, targets), flat)
 
 
-def test_baselines_build_and_run_on_cpu():
-    from hf_lrnn.baselines import BaselineUnavailable, ProbeHead, build_model, last_hidden_state
+def test_overrides_are_checked():
+    assert default_spec("recall", num_keys=4, seq_len=64).params["num_keys"] == 4
+    assert default_spec("mod5", modulus=7).vocab_size == 7
+    with pytest.raises(ValueError, match="no setting 'num_keyz'"):
+        default_spec("recall", num_keyz=4)
+    with pytest.raises(ValueError, match="follows from the modulus"):
+        default_spec("parity", vocab_size=10)
+    with pytest.raises(ValueError, match="unknown task"):
+        default_spec("s6")
 
+
+def test_baselines_build_and_run_on_cpu():
     x = torch.randint(0, 10, (2, 12))
     for kind, kw in [("diag", {}), ("hlru", {"order": 3}), ("bdlru", {"block_size": 2}), ("lstm", {}), ("llama", {})]:
         model, desc = build_model(kind, 10, 32, 2, **kw)
@@ -143,11 +154,60 @@ def test_baselines_build_and_run_on_cpu():
         build_model("deltanet", 10, 32, 2, device=torch.device("cpu"))
 
 
+def test_lstm_baseline_matches_the_lrnn_widths():
+    """The LSTM baseline's SwiGLU has the LRNN model's width, and the blocks hold what the docstring says."""
+    lstm, _ = build_model("lstm", 10, 96, 2)
+    lrnn, _ = build_model("hlru", 10, 96, 2)
+    assert lstm.config.intermediate_size == lrnn.config.intermediate_size == 256
+    block = lstm.model.layers[0]
+    assert block.mlp.gate_proj.weight.shape == (256, 96) and block.mixer_norm.weight.shape == (96,)
+    bias = block.lstm.bias_ih_l0 + block.lstm.bias_hh_l0
+    assert torch.equal(bias[96:192], torch.ones(96)) and not bias[:96].any() and not bias[192:].any()
+
+
+def test_smoke_settings():
+    run = synthetic_run.default_run(smoke=True, steps=7, task_overrides={"seq_len": 5})
+    assert run["steps"] == 300 and run["hidden_size"] == 32
+    assert run["task_overrides"] == {"seq_len": 5, "num_train": 4000, "num_test": 256}
+
+
+def test_suite_grid_and_results_table():
+    paper = suite.grid("paper")
+    per_seed = len(suite.HEADLINE_TASKS) * len(suite.MAIN_MODELS)  # headline cells first, seed 0 then seed 1
+    assert [j["tier"] for j in paper[:2 * per_seed]] == ["headline_seed0"] * per_seed + ["headline_seed1"] * per_seed
+    assert {j["seed"] for j in paper[per_seed:2 * per_seed]} == {1}
+    assert {j["task"] for j in paper} == set(TASKS)
+    assert len(suite.grid("dry")) == len(suite.MAIN_MODELS)
+    ok = [{"status": "ok", "model": "bdlru_k4", "task": "s3", "config": {"hidden_size": 128}, "steps": 500,
+           "accuracy": a, "parameters": 1000} for a in (1.0, 0.5)]
+    ok.append({"status": "ok", "model": "llama", "task": "s3", "config": {"hidden_size": 128}, "steps": 1,
+               "accuracy": 0.9, "parameters": 1000})
+    other = [{"status": "not_run", "task": "s5", "reason": "suite deadline (time budget) reached",
+              "spec": {"model": "hlru", "order": 2, "hidden_size": 128}}]
+    text, cells = plot.table(None, ok, other)
+    rows = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in text.splitlines()}
+    s3, s5 = 1 + plot.TASK_ORDER.index("s3"), 1 + plot.TASK_ORDER.index("s5")
+    assert rows["bdlru_k4"][s3] == "0.750 (1.00/0.50) [paper 1.00*]"
+    assert rows["llama"][s3] == "n/t×1" and rows["hlru_m2"][s5] == "budget"
+    assert cells[("bdlru_k4", "s3")] == [1.0, 0.5]
+
+
+def test_run_cli_appends_a_record(tmp_path, capsys):
+    """One tiny run through the command line: the JSON line it prints is the one it appends."""
+    out = tmp_path / "runs.jsonl"
+    code = synthetic_run.main(["--task", "s3", "--model", "diag", "--smoke", "--steps", "3", "--seq-len", "6",
+                               "--num-train", "64", "--out", str(out)])
+    assert code == 0
+    record = json.loads(out.read_text())
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == record
+    assert record["task"] == "s3" and record["model"] == "diag" and record["steps"] == 3 and record["smoke"]
+    assert record["task_config"]["seq_len"] == 6 and record["task_config"]["num_train"] == 64
+
+
 def test_smoke_run_learns_s3():
     """The CLI's --smoke size (CPU, about a minute): a BD-LRU (k = 4) learns S3 word problems of length 8."""
-    import synthetic
-
-    result = synthetic.train(synthetic.default_run(task="s3", model="bdlru", block_size=4, smoke=True, max_time=150),
-                             log=lambda *a: None)
+    result = synthetic_run.train(
+        synthetic_run.default_run(task="s3", model="bdlru", block_size=4, smoke=True, max_time=150),
+        log=lambda *a: None)
     assert result["accuracy"] >= 0.9, result
     assert result["task"] == "s3" and result["model"] == "bdlru_k4" and result["parameters"] > 0

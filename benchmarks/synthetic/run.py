@@ -1,40 +1,45 @@
-#!/usr/bin/env python
 """Train one model on one synthetic task and print (or append) its test accuracy.
 
-Examples:
-    python scripts/synthetic.py --task s5 --model bdlru --block-size 4
-    python scripts/synthetic.py --task compression --model hlru --order 2 --seed 1
-    python scripts/synthetic.py --task s3 --model bdlru --smoke          # CPU, about a minute
+Examples (from the repository root):
+    python -m benchmarks.synthetic.run --task s5 --model bdlru --block-size 4
+    python -m benchmarks.synthetic.run --task compression --model hlru --order 2 --seed 1
+    python -m benchmarks.synthetic.run --task s3 --model bdlru --smoke          # CPU, about a minute
 
-Recipe (the paper's): AdamW lr 5e-4, no weight decay, cosine schedule (after a 5% linear warm-up),
-batch 128, bf16 autocast on GPU; loss = cross-entropy on the target positions only. Training stops at
-``--steps`` or ``--max-time`` seconds, whichever comes first: the cosine schedule follows
-progress = max(step / steps, elapsed / max_time), so a time-capped run still anneals to 0. It also
-stops once 50 consecutive training batches are predicted perfectly. The first step (kernel compilation
-and autotuning) is not counted in ``--max-time``; its time is recorded as ``first_step_s``. Test accuracy is measured once, at
-the end, over the whole (held-out) test set.
+Recipe (the paper's): AdamW lr 5e-4, no weight decay, cosine schedule, batch 128, bf16 autocast on GPU;
+loss = cross-entropy on the target positions only. Ours on top: a 5% linear warm-up and gradient clipping
+at norm 1. Training stops at ``--steps`` or ``--max-time`` seconds, whichever comes first: the cosine
+schedule follows progress = max(step / steps, elapsed / max_time), so a time-capped run still anneals to
+0. It also stops when the training batch, checked every 10 steps, has been predicted perfectly at every
+check for 50 steps (``patience``). The first step (kernel compilation and autotuning) is not counted in
+``--max-time``; its time is recorded as ``first_step_s``. Test accuracy is measured once, at the end,
+over the whole (held-out) test set.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import math
-import os
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import torch
 
-import torch  # noqa: E402
-
-from hf_lrnn.baselines import BaselineUnavailable, ProbeHead, build_model, count_parameters, last_hidden_state  # noqa: E402
-from hf_lrnn.tasks import accuracy, make_task, masked_cross_entropy  # noqa: E402
+from benchmarks.synthetic.baselines import (
+    BaselineUnavailable,
+    ProbeHead,
+    build_model,
+    count_parameters,
+    last_hidden_state,
+)
+from benchmarks.synthetic.tasks import IGNORE, accuracy, make_task, masked_cross_entropy
 
 SMOKE = dict(task_overrides={"seq_len": 8, "num_train": 4000, "num_test": 256}, hidden_size=32, steps=300,
              batch_size=64, lr=3e-3)
 
 
 def default_run(**kw) -> dict:
+    """A run's settings: the paper's recipe, updated by ``kw``; with ``smoke=True`` the SMOKE sizes then
+    replace those settings (task overrides in ``kw`` still win over SMOKE's)."""
     run = dict(task="s5", model="bdlru", order=2, block_size=4, hidden_size=128, num_layers=2, seed=0,
                steps=20000, max_time=None, batch_size=128, lr=5e-4, warmup=0.05, weight_decay=0.0,
                task_overrides={}, smoke=False, device=None, scan_backend="auto", patience=50, amp=True)
@@ -49,6 +54,7 @@ def default_run(**kw) -> dict:
 
 
 def model_label(run: dict) -> str:
+    """The row name of a run in the results: diag, hlru_m<m>, bdlru_k<k>, or the baseline's kind."""
     kind = run["model"]
     if kind == "hlru":
         return "diag" if run["order"] == 1 else f"hlru_m{run['order']}"
@@ -134,7 +140,7 @@ def train(run: dict, log=print) -> dict:
             if not spec.probe:  # accuracy at the last target position of each sequence
                 pred = logits.argmax(-1)
                 tgt = yte[i:i + 512]
-                last = (tgt != -100).cumsum(1).argmax(1)
+                last = (tgt != IGNORE).cumsum(1).argmax(1)
                 last_correct += int((pred.gather(1, last[:, None]) == tgt.gather(1, last[:, None])).sum())
     result = {
         "task": spec.name, "model": model_label(run), "config": desc,
@@ -152,21 +158,23 @@ def train(run: dict, log=print) -> dict:
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m benchmarks.synthetic.run",
+                                description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", default="s5", help="selective_copy, compression, recall, s3, s4, s5, a5, parity, mod_count")
     p.add_argument("--model", default="bdlru", help="hlru, bdlru, diag, lstm, llama, mamba, deltanet, gated_deltanet")
     p.add_argument("--order", type=int, default=2, help="H-LRU order m")
     p.add_argument("--block-size", type=int, default=4, help="BD-LRU block size k")
-    p.add_argument("--hidden-size", type=int, default=128)
+    p.add_argument("--hidden-size", type=int, default=None, help="model width d (default 128; 32 with --smoke)")
     p.add_argument("--num-layers", type=int, default=2, help="mixer blocks (each followed by a SwiGLU block)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, default=20000)
+    p.add_argument("--steps", type=int, default=None, help="optimizer steps (default 20000; 300 with --smoke)")
     p.add_argument("--max-time", type=float, default=None, help="wall-clock training budget in seconds")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--batch-size", type=int, default=None, help="default 128; 64 with --smoke")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default 5e-4; 3e-3 with --smoke)")
     p.add_argument("--seq-len", type=int, default=None, help="override the task's length")
     p.add_argument("--num-train", type=int, default=None)
-    p.add_argument("--smoke", action="store_true", help="tiny CPU-sized run (short sequences, d=32, 300 steps)")
+    p.add_argument("--smoke", action="store_true",
+                   help="tiny CPU-sized run (length 8, 4,000 training sequences, d=32, 300 steps) unless set otherwise")
     p.add_argument("--device", default=None)
     p.add_argument("--scan-backend", default="auto")
     p.add_argument("--out", default=None, help="append the result as one JSON line to this file")
@@ -176,10 +184,12 @@ def parse_args(argv=None):
 def main(argv=None):
     a = parse_args(argv)
     overrides = {k: v for k, v in {"seq_len": a.seq_len, "num_train": a.num_train}.items() if v is not None}
-    run = default_run(task=a.task, model=a.model, order=a.order, block_size=a.block_size, hidden_size=a.hidden_size,
-                      num_layers=a.num_layers, seed=a.seed, steps=a.steps, max_time=a.max_time,
-                      batch_size=a.batch_size, lr=a.lr, task_overrides=overrides, smoke=a.smoke, device=a.device,
+    given = {k: v for k, v in {"hidden_size": a.hidden_size, "steps": a.steps, "batch_size": a.batch_size,
+                               "lr": a.lr}.items() if v is not None}
+    run = default_run(task=a.task, model=a.model, order=a.order, block_size=a.block_size, num_layers=a.num_layers,
+                      seed=a.seed, max_time=a.max_time, task_overrides=overrides, smoke=a.smoke, device=a.device,
                       scan_backend=a.scan_backend)
+    run.update(given)  # what the command line sets wins over --smoke's sizes
     try:
         result = train(run)
     except BaselineUnavailable as err:

@@ -1,0 +1,1 @@
+"""The synthetic tasks of the H-LRU / BD-LRU paper: tasks, baseline models, one run, the suite, plots."""
