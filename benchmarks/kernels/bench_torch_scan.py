@@ -1,7 +1,7 @@
 """Time the pure-PyTorch scans: the step-by-step loop against the chunked scan, fwd and fwd+bwd.
 
-    python scripts/bench_torch_scan.py                       # CPU, T = 4096, prints a markdown table
-    python scripts/bench_torch_scan.py --json out.json       # also save the numbers
+    python -m benchmarks.kernels.bench_torch_scan                  # CPU, T = 4096, prints a markdown table
+    python -m benchmarks.kernels.bench_torch_scan --json out.json  # also save the numbers
 
 Each case is timed once after a warm-up run (the sizes are large enough that the spread is small).
 """
@@ -13,7 +13,8 @@ from datetime import date
 
 import torch
 
-from hf_lrnn.scan_torch import bdlru_scan_chunked, bdlru_scan_reference, hlru_scan_chunked, hlru_scan_reference
+from hf_lrnn.scan_chunked import bdlru_scan_chunked, hlru_scan_chunked
+from hf_lrnn.scan_reference import bdlru_scan_reference, hlru_scan_reference
 
 CASES = [  # (op, B, N, D): H-LRU has N channels of order m = D; BD-LRU has N blocks of size k = D
     ("hlru", 1, 64, 1), ("hlru", 1, 64, 2), ("hlru", 1, 64, 4),
@@ -23,12 +24,14 @@ CASES = [  # (op, B, N, D): H-LRU has N channels of order m = D; BD-LRU has N bl
 
 
 def inputs(op, B, T, N, D, device):
+    """Standard-normal v and gate logits of one case."""
     if op == "hlru":
         return torch.randn(B, T, N, device=device), torch.randn(B, T, N, D + 1, device=device)
     return torch.randn(B, T, N, D, device=device), torch.randn(B, T, N, D, D + 1, device=device)
 
 
 def seconds(fn, v, g, backward):
+    """Wall-clock seconds of one call of ``fn`` (and of backward through it), after one warm-up call."""
     def run():
         v_, g_ = v.detach().requires_grad_(backward), g.detach().requires_grad_(backward)
         h, _ = fn(v_, g_)
@@ -43,12 +46,15 @@ def seconds(fn, v, g, backward):
     return time.perf_counter() - start
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.kernels.bench_torch_scan",
+                                     description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--T", type=int, default=4096)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", help="write the results to this file")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if args.T < 1:
+        raise SystemExit(f"--T must be positive, got {args.T}")
 
     rows = []
     for op, B, N, D in CASES:

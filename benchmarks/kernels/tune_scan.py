@@ -8,18 +8,17 @@ bf16, softmax gates; the planner's own choice of chunks ("auto") is timed too. T
 (k = 16) are timed for reference. Each entry times the kernels alone (the backward pass from a saved h)
 with triton.testing.do_bench (median); kernels compile in parallel worker processes first.
 
-Usage: python scripts/tune_scan.py --out benchmarks/results/tune_scan_h200.json [--sections hlru,bdlru]
-       python scripts/tune_scan.py --smoke   (tiny shapes, m = k = 2 and the step kernels: a check of the
-                                              script itself, on a CPU under TRITON_INTERPRET=1)
+Usage (repository root):
+    python -m benchmarks.kernels.tune_scan --out benchmarks/results/tune_scan_h200.json [--sections hlru,bdlru]
+    TRITON_INTERPRET=1 python -m benchmarks.kernels.tune_scan --smoke
+        (tiny shapes, m = k = 2 and the step kernels, each call timed once: a check of the script itself, on a
+        CPU through Triton's interpreter; no JSON)
 """
 import argparse
 import json
 import multiprocessing as mp
 import os
-import sys
 import time
-
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 SHAPE = dict(B=8, T=4096, W=2048)
 SMOKE_SHAPE = dict(B=1, T=24, W=16)
@@ -60,7 +59,8 @@ def compile_job(job):
             config_table(st, kind, backward)[D] = (U, 128, 4)
         v, g = inputs(kind, D, dict(B=1, T=256, W=128 * D), "cuda")
         for chunk in (None, 64):
-            h, _, L = st._sequential_forward(kind, v, g, None, None, "softmax", chunk)
+            L = st._chunk_plan(kind, v, D, chunk)[0]
+            h, _ = st._sequential_forward(kind, v, g, None, None, "softmax", L)
             st._sequential_backward(kind, v, g, None, None, h, L, torch.randn_like(h), None, "softmax")
         torch.cuda.synchronize()
         return job, time.time() - start, None
@@ -80,7 +80,7 @@ def sweep(sections, shape, device, bench, chunk_counts, unrolls_by_kind):
             continue
         for D, unrolls in unrolls_by_kind[kind].items():
             v, g = inputs(kind, D, shape, device)
-            h, _, _ = st._sequential_forward(kind, v, g, None, None, "softmax", None)
+            h, _ = st._sequential_forward(kind, v, g, None, None, "softmax", st._chunk_plan(kind, v, D, None)[0])
             dh = torch.randn_like(h)
             for backward in (False, True):
                 table = config_table(st, kind, backward)
@@ -88,12 +88,11 @@ def sweep(sections, shape, device, bench, chunk_counts, unrolls_by_kind):
                 for U in unrolls:
                     table[D] = (U, 128, 4)
                     for C in (*chunk_counts, "auto"):
-                        chunk = None if C == "auto" else max(1, T // C)
-                        L = st._sequential_forward(kind, v, g, None, None, "softmax", chunk)[2]
+                        L = st._chunk_plan(kind, v, D, None if C == "auto" else max(1, T // C))[0]
                         if backward:
                             ms = bench(lambda: st._sequential_backward(kind, v, g, None, None, h, L, dh, None, "softmax"))
                         else:
-                            ms = bench(lambda: st._sequential_forward(kind, v, g, None, None, "softmax", chunk))
+                            ms = bench(lambda: st._sequential_forward(kind, v, g, None, None, "softmax", L))
                         rows.append(dict(kind=kind, size=D, direction="bwd" if backward else "fwd", U=U,
                                          chunks=C if C != "auto" else f"auto ({-(-T // L)})", ms=ms))
                         print(rows[-1], flush=True)
@@ -112,13 +111,17 @@ def sweep(sections, shape, device, bench, chunk_counts, unrolls_by_kind):
     return rows
 
 
-def main():
-    ap = argparse.ArgumentParser()
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.kernels.tune_scan",
+                                 description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="benchmarks/results/tune_scan_h200.json")
     ap.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {SECTIONS}")
     ap.add_argument("--smoke", action="store_true", help="tiny shapes, m = k = 2 and k = 16 only, no JSON")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     sections = args.sections.split(",")
+    unknown = sorted(set(sections) - set(SECTIONS))
+    if unknown:
+        raise SystemExit(f"unknown sections {unknown}; choose from {SECTIONS}")
     import torch
     import triton
 
@@ -131,9 +134,13 @@ def main():
             return 1e3 * (time.perf_counter() - start)
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
+        if device == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+            raise SystemExit("--smoke without a GPU runs the kernels through Triton's interpreter: set TRITON_INTERPRET=1")
         rows = sweep(sections, SMOKE_SHAPE, device, bench, (2,), SMOKE_UNROLLS)
         print(f"smoke: {len(rows)} runs")
         return
+    if not torch.cuda.is_available():
+        raise SystemExit("tune_scan needs a CUDA GPU (or --smoke with TRITON_INTERPRET=1 for a CPU check)")
     from triton.testing import do_bench
 
     def bench(fn):

@@ -1,0 +1,316 @@
+"""Benchmark the H-LRU / BD-LRU scans on a CUDA GPU; writes JSON (and a PNG plot) to --out.
+
+Times the whole path from gate logits and v to h (normalisation included) with
+triton.testing.do_bench (median), forward and forward+backward, at equal state width W:
+H-LRU N = W/m channels, BD-LRU N = W/k blocks of k. Minimal forward bytes (bf16 in/out, normalised
+gates never stored): H-LRU reads m+1 logits and v and writes h, 2(m+3) bytes per token and channel;
+BD-LRU reads k+1 logits and v and writes h per row, 2(k+3) bytes per token and unit of width.
+Also measures the device-to-device copy bandwidth (bytes read + written), the torch backend,
+flash-linear-attention's HGRN kernels (on their own inputs x, g of width W) if importable, a sweep
+over T, B = 1 with T = 32k, and the one-token decode step against the torch step.
+
+Usage (repository root):
+    python -m benchmarks.kernels.bench_scan --out benchmarks/results [--quick]
+    TRITON_INTERPRET=1 python -m benchmarks.kernels.bench_scan --smoke --out /tmp/bench
+        (every section but fla's at tiny shapes, float32, each call timed once with a wall clock, on the CPU
+        through Triton's interpreter: a check of the script itself, not a measurement; no peak memory)
+"""
+import argparse
+import datetime
+import json
+import multiprocessing as mp
+import os
+import platform
+import time
+from dataclasses import dataclass
+from typing import Callable, Tuple
+
+import torch
+import triton
+
+from hf_lrnn import ops
+
+
+@dataclass
+class Settings:
+    """Shapes, sizes and timer of one benchmark run (``GPU`` or ``SMOKE``)."""
+
+    device: str
+    dtype: torch.dtype
+    B: int
+    T: int
+    W: int
+    hlru_sizes: Tuple[int, ...]
+    bdlru_sizes: Tuple[int, ...]
+    torch_cases: Tuple[Tuple[str, int], ...]
+    sweep_cases: Tuple[Tuple[str, int], ...]
+    sweep_T: Tuple[int, ...]
+    b1_T: int
+    b1_hlru_sizes: Tuple[int, ...]
+    b1_bdlru_sizes: Tuple[int, ...]
+    decode_cases: Tuple[Tuple[str, int], ...]
+    copy_bytes: int
+    timer: str
+
+
+GPU = Settings("cuda", torch.bfloat16, 8, 4096, 2048, (1, 2, 3, 4, 8), (1, 2, 4, 8, 16),
+               (("hlru", 1), ("hlru", 2), ("hlru", 4), ("bdlru", 4)), (("hlru", 1), ("hlru", 2), ("bdlru", 4)),
+               (1024, 4096, 16384, 65536), 32768, (1, 2, 4, 8), (1, 4, 8, 16), (("hlru", 2), ("bdlru", 4)), 2 << 30,
+               "triton.testing.do_bench median")
+SMOKE = Settings("cpu", torch.float32, 2, 16, 16, (1, 2), (2, 16), (("hlru", 2), ("bdlru", 2)), (("hlru", 2),),
+                 (8, 16), 32, (2,), (2,), (("hlru", 2), ("bdlru", 2)), 1 << 20,
+                 "one wall-clock run (smoke: a check of the script, not a measurement)")
+
+
+def make_bench(settings: Settings) -> Callable[..., float]:
+    """``bench(fn, warmup, rep) -> ms``: do_bench's median on the GPU, one timed call otherwise."""
+    if settings.device == "cuda":
+        from triton.testing import do_bench
+
+        return lambda fn, warmup, rep: do_bench(fn, warmup=warmup, rep=rep, return_mode="median")
+
+    def once(fn, warmup, rep):
+        start = time.perf_counter()
+        fn()
+        return 1e3 * (time.perf_counter() - start)
+
+    return once
+
+
+def copy_bandwidth(s: Settings, bench):
+    """Bytes read + written per second by a device-to-device copy of ``s.copy_bytes`` bytes."""
+    src = torch.randn(s.copy_bytes // 4, device=s.device)
+    dst = torch.empty_like(src)
+    ms = bench(lambda: dst.copy_(src), 50, 300)
+    return 2 * src.numel() * 4 / (ms * 1e-3)
+
+
+def make_inputs(s: Settings, kind, B, T, D, grad=False):
+    """v and gate logits (2 x standard normal) of width W = s.W: N = W / D channels or blocks."""
+    N = s.W // D
+    shape = (B, T, N) if kind == "hlru" else (B, T, N, D)
+    v = torch.randn(*shape, device=s.device, dtype=s.dtype, requires_grad=grad)
+    g = (2 * torch.randn(*shape, D + 1, device=s.device, dtype=s.dtype)).requires_grad_(grad)
+    return v, g
+
+
+def scan_fn(kind, backend):
+    fn = ops.hlru_scan if kind == "hlru" else ops.bdlru_scan
+    return lambda v, g: fn(v, g, backend=backend)[0]
+
+
+def time_scan(s: Settings, bench, kind, D, B, T, backend="triton", with_bwd=True, rep=200):
+    """fwd ms, fwd+bwd ms and (on the GPU) the peak memory of fwd+bwd beyond inputs and output gradient (bytes)."""
+    fn = scan_fn(kind, backend)
+    v, g = make_inputs(s, kind, B, T, D)
+    with torch.no_grad():
+        fwd = bench(lambda: fn(v, g), 25, rep)
+    out = dict(fwd_ms=fwd)
+    if with_bwd:
+        v.requires_grad_(True)
+        g.requires_grad_(True)
+        dh = torch.randn_like(v)
+
+        def step():
+            h = fn(v, g)
+            return torch.autograd.grad(h, (v, g), dh)
+
+        if s.device == "cuda":
+            step()
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+            step()
+            torch.cuda.synchronize()
+            out["peak_extra_bytes"] = torch.cuda.max_memory_allocated() - base
+        out["fwdbwd_ms"] = bench(step, 25, rep)
+    del v, g
+    if s.device == "cuda":
+        torch.cuda.empty_cache()
+    return out
+
+
+def derive(row, kind, D, B, T, W, copy_bw):
+    """Add the minimal forward bytes, tokens/s and the effective bandwidth (also as a fraction of the copy's)."""
+    per = 2 * (D + 3)  # bytes per token and unit of width (channel for H-LRU)
+    nbytes = B * T * W * per / (D if kind == "hlru" else 1)
+    row["min_fwd_bytes"] = nbytes
+    row["tokens_per_s_fwd"] = B * T / (row["fwd_ms"] * 1e-3)
+    row["eff_bw_fwd_TBps"] = nbytes / (row["fwd_ms"] * 1e-3) / 1e12
+    row["frac_copy_bw_fwd"] = nbytes / (row["fwd_ms"] * 1e-3) / copy_bw
+    if "fwdbwd_ms" in row:
+        row["tokens_per_s_fwdbwd"] = B * T / (row["fwdbwd_ms"] * 1e-3)
+    return row
+
+
+def bench_fla(s: Settings, bench):
+    """flash-linear-attention's HGRN kernels at (B, T, W), or the reason they could not run."""
+    try:
+        from fla.ops.hgrn import chunk_hgrn, fused_recurrent_hgrn
+    except Exception as err:  # noqa: BLE001 - report why it could not run
+        return {"error": f"flash-linear-attention not importable: {err!r}"}
+    out = {}
+    for name, fn in (("chunk_hgrn", chunk_hgrn), ("fused_recurrent_hgrn", fused_recurrent_hgrn)):
+        try:
+            x = torch.randn(s.B, s.T, s.W, device=s.device, dtype=s.dtype)
+            g = torch.nn.functional.logsigmoid(torch.randn(s.B, s.T, s.W, device=s.device, dtype=s.dtype))
+            with torch.no_grad():
+                fwd = bench(lambda: fn(x, g), 25, 200)
+            x.requires_grad_(True)
+            g.requires_grad_(True)
+            dh = torch.randn_like(x)
+            step = lambda: torch.autograd.grad(fn(x, g)[0], (x, g), dh)  # noqa: E731
+            out[name] = dict(fwd_ms=fwd, fwdbwd_ms=bench(step, 25, 200))
+        except Exception as err:  # noqa: BLE001
+            out[name] = {"error": repr(err)}
+    import fla
+
+    out["version"] = getattr(fla, "__version__", "?")
+    return out
+
+
+def bench_decode(s: Settings, bench, kind, D):
+    """One token per step (T = 1) with a carried state: the Triton launch against the torch step (us)."""
+    fn = ops.hlru_scan if kind == "hlru" else ops.bdlru_scan
+    v, g = make_inputs(s, kind, s.B, 1, D)
+    state = torch.randn(s.B, s.W // D, D, device=s.device)
+    out = {}
+    with torch.no_grad():
+        for backend in ("triton", "torch"):
+            call = lambda: fn(v, g, initial_state=state, output_final_state=True, backend=backend)  # noqa: E731
+            out[f"{backend}_us"] = 1e3 * bench(call, 50, 300)
+    return out
+
+
+def plot(results, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, kind, label in ((axes[0], "hlru", "H-LRU order m"), (axes[1], "bdlru", "BD-LRU block size k")):
+        rows = [r for r in results["main"] if r["kind"] == kind and r["backend"] == "triton"]
+        xs = [r["size"] for r in rows]
+        ax.plot(xs, [r["fwd_ms"] for r in rows], "o-", label="fwd")
+        ax.plot(xs, [r.get("fwdbwd_ms", float("nan")) for r in rows], "s-", label="fwd+bwd")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(xs, [str(x) for x in xs])
+        ax.set_xlabel(label)
+        ax.set_ylabel("ms")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    cfg = results["config"]
+    fig.suptitle(f"Triton scans, {results['gpu']}, B={cfg['B']} T={cfg['T']} W={cfg['W']} {cfg['dtype']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _compile(job):
+    """Compile (in a worker process) the kernels one (kind, size) uses on the GPU: forward and backward,
+    chunked and not, and the one-token decode step with a state."""
+    kind, D = job
+    fn = ops.hlru_scan if kind == "hlru" else ops.bdlru_scan
+    v, g = make_inputs(GPU, kind, 1, 256, D, grad=True)
+    h = fn(v, g, backend="triton")[0]
+    torch.autograd.grad(h, (v, g), torch.randn_like(h))
+    with torch.no_grad():
+        state = torch.randn(1, GPU.W // D, D, device="cuda")
+        fn(v[:, :1], g[:, :1], initial_state=state, output_final_state=True, backend="triton")
+    torch.cuda.synchronize()
+    return job
+
+
+def compile_all(jobs):
+    start = time.time()
+    with mp.get_context("spawn").Pool(max(1, min(len(jobs), os.cpu_count() or 1))) as pool:
+        for job in pool.imap_unordered(_compile, jobs):
+            print(f"compiled {job}", flush=True)
+    print(f"compiled in {time.time() - start:.0f} s", flush=True)
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.kernels.bench_scan",
+                                 description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default="benchmarks/results", help="folder for <name>.json and <name>.png")
+    ap.add_argument("--name", default=None, help="file stem (default bench_scan_h200; bench_scan_smoke with --smoke)")
+    ap.add_argument("--quick", action="store_true", help="main table only")
+    ap.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU (TRITON_INTERPRET=1): checks the script")
+    return ap.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    s = SMOKE if args.smoke else GPU
+    if args.smoke and os.environ.get("TRITON_INTERPRET") != "1":
+        raise SystemExit("--smoke runs the Triton kernels on the CPU: set TRITON_INTERPRET=1")
+    if not args.smoke and not torch.cuda.is_available():
+        raise SystemExit("bench_scan needs a CUDA GPU (or --smoke with TRITON_INTERPRET=1 for a CPU check)")
+    name = args.name or ("bench_scan_smoke" if args.smoke else "bench_scan_h200")
+    bench = make_bench(s)
+    os.makedirs(args.out, exist_ok=True)
+    B, T, W = s.B, s.T, s.W
+    res = dict(
+        gpu=torch.cuda.get_device_name() if s.device == "cuda" else f"cpu ({platform.machine()}, Triton interpreter)",
+        date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        versions=dict(torch=torch.__version__, triton=triton.__version__, python=platform.python_version(),
+                      cuda=torch.version.cuda),
+        config=dict(B=B, T=T, W=W, dtype=str(s.dtype).replace("torch.", ""), timer=s.timer),
+        bytes_formula="H-LRU fwd 2(m+3) B per token-channel (m+1 logits + v read, h written); "
+                      "BD-LRU fwd 2(k+3) B per token-unit of width",
+    )
+    if s.device == "cuda":
+        compile_all([("hlru", D) for D in s.hlru_sizes] + [("bdlru", D) for D in s.bdlru_sizes])
+    copy_bw = copy_bandwidth(s, bench)
+    res["copy_bw_TBps"] = copy_bw / 1e12
+    print(f"copy bandwidth {copy_bw / 1e12:.2f} TB/s", flush=True)
+
+    res["main"] = []
+    for kind, sizes in (("hlru", s.hlru_sizes), ("bdlru", s.bdlru_sizes)):
+        for D in sizes:
+            row = dict(kind=kind, size=D, backend="triton", **time_scan(s, bench, kind, D, B, T))
+            res["main"].append(derive(row, kind, D, B, T, W, copy_bw))
+            print(row, flush=True)
+    for row in res["main"]:
+        base = next((r for r in res["main"] if r["kind"] == row["kind"] and r["size"] == 1), None)
+        if base is not None:
+            row["fwd_ratio_to_size1"] = row["fwd_ms"] / base["fwd_ms"]
+            row["fwdbwd_ratio_to_size1"] = row["fwdbwd_ms"] / base["fwdbwd_ms"]
+    if s.device == "cuda":
+        res["fla"] = bench_fla(s, bench)
+        print("fla", res["fla"], flush=True)
+
+    if not args.quick:
+        res["torch_backend"] = []
+        for kind, D in s.torch_cases:
+            row = dict(kind=kind, size=D, backend="torch", **time_scan(s, bench, kind, D, B, T, "torch", rep=50))
+            res["torch_backend"].append(derive(row, kind, D, B, T, W, copy_bw))
+            print(row, flush=True)
+        res["sweep_T"] = []
+        for kind, D in s.sweep_cases:
+            for t in s.sweep_T:
+                row = dict(kind=kind, size=D, B=B, T=t, **time_scan(s, bench, kind, D, B, t, rep=100))
+                res["sweep_T"].append(derive(row, kind, D, B, t, W, copy_bw))
+                print(row, flush=True)
+        res["B1_T32k"] = []  # B = 1 and a long sequence (T = 32768 on the GPU)
+        for kind, sizes in (("hlru", s.b1_hlru_sizes), ("bdlru", s.b1_bdlru_sizes)):
+            for D in sizes:
+                row = dict(kind=kind, size=D, B=1, T=s.b1_T, **time_scan(s, bench, kind, D, 1, s.b1_T, rep=100))
+                res["B1_T32k"].append(derive(row, kind, D, 1, s.b1_T, W, copy_bw))
+                print(row, flush=True)
+        res["decode_T1_B8"] = {f"{kind}{D}": bench_decode(s, bench, kind, D) for kind, D in s.decode_cases}
+        print("decode", res["decode_T1_B8"], flush=True)
+
+    with open(os.path.join(args.out, f"{name}.json"), "w") as f:
+        json.dump(res, f, indent=1)
+    plot(res, os.path.join(args.out, f"{name}.png"))
+    print(f"\n{res['gpu']}  copy {res['copy_bw_TBps']:.2f} TB/s  B={B} T={T} W={W} {res['config']['dtype']}")
+    print("kind  size  fwd_ms  fwdbwd_ms  frac_copy  peak_extra_MB")
+    for r in res["main"]:
+        peak = f"{r['peak_extra_bytes'] / 2**20:10.0f}" if "peak_extra_bytes" in r else f"{'-':>10}"
+        print(f"{r['kind']:5s} {r['size']:4d} {r['fwd_ms']:7.3f} {r['fwdbwd_ms']:9.3f} {r['frac_copy_bw_fwd']:9.2f} {peak}")
+
+
+if __name__ == "__main__":
+    main()

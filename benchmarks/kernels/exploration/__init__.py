@@ -1,0 +1,1 @@
+"""Scripts of the kernel explorations whose logs are in benchmarks/results/exploration/."""

@@ -1,0 +1,52 @@
+"""benchmarks/kernels: each GPU script's --smoke mode (tiny shapes, Triton's interpreter on the CPU), so that
+the scripts stay in step with the kernels, and the torch-scan benchmark at a short length."""
+import json
+
+from benchmarks.kernels import bench_scan, bench_torch_scan, check_scan_gpu, tune_scan
+
+
+def test_tune_scan_smoke(capsys):
+    """tune_scan --smoke runs its sweep (sequential kernels, chunked and not, and the step kernels)."""
+    tune_scan.main(["--smoke"])
+    out = capsys.readouterr().out
+    assert "smoke: 10 runs" in out and "'kind': 'bdlru_step'" in out and "'chunks': 2" in out
+
+
+def test_check_scan_gpu_smoke(tmp_path):
+    """check_scan_gpu --smoke compares the kernels (chunked, masked, with a state, the step kernels) with the
+    float64 chunked scan and writes every case with small errors."""
+    out = tmp_path / "errors.json"
+    check_scan_gpu.main(["--smoke", "--out", str(out)])
+    result = json.loads(out.read_text())
+    assert len(result["cases"]) == len(check_scan_gpu.SMOKE_CASES)
+    for row in result["cases"]:
+        assert row["all_finite"], row
+        assert max(row[k] for k in ("h", "final", "dv", "dgate_logits", "dinitial_state")) < 1e-5, row
+
+
+def test_bench_scan_smoke(tmp_path, capsys):
+    """bench_scan --smoke runs every section (main table, torch backend, T sweep, B = 1, decode) and writes
+    the JSON and the plot."""
+    bench_scan.main(["--smoke", "--out", str(tmp_path)])
+    result = json.loads((tmp_path / "bench_scan_smoke.json").read_text())
+    assert (tmp_path / "bench_scan_smoke.png").stat().st_size > 0
+    s = bench_scan.SMOKE
+    assert [(r["kind"], r["size"]) for r in result["main"]] == (
+        [("hlru", D) for D in s.hlru_sizes] + [("bdlru", D) for D in s.bdlru_sizes])
+    assert all(r["fwd_ms"] > 0 and r["fwdbwd_ms"] > 0 for r in result["main"])
+    assert len(result["torch_backend"]) == len(s.torch_cases)
+    assert len(result["sweep_T"]) == len(s.sweep_cases) * len(s.sweep_T)
+    assert len(result["B1_T32k"]) == len(s.b1_hlru_sizes) + len(s.b1_bdlru_sizes)
+    assert set(result["decode_T1_B8"]) == {f"{kind}{D}" for kind, D in s.decode_cases}
+    assert "kind  size  fwd_ms" in capsys.readouterr().out
+
+
+def test_bench_torch_scan_short(tmp_path, capsys):
+    out = tmp_path / "torch_scan.json"
+    bench_torch_scan.main(["--T", "16", "--json", str(out)])
+    result = json.loads(out.read_text())
+    assert [(r["op"], r["B"], r["N"], r["D"]) for r in result["rows"]] == bench_torch_scan.CASES
+    keys = ("loop_fwd_s", "chunked_fwd_s", "loop_fwdbwd_s", "chunked_fwdbwd_s")
+    assert all(r["T"] == 16 and all(r[k] > 0 for k in keys) for r in result["rows"])
+    table = capsys.readouterr().out
+    assert table.count("\n| hlru |") == 6 and table.count("\n| bdlru |") == 3
