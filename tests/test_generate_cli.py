@@ -1,5 +1,8 @@
-"""scripts/generate.py: streaming, stdin prompts, left-padded batches (same tokens as one at a time), errors."""
+"""scripts/generate.py: streaming, stdin prompts, left-padded batches (same tokens as one at a time),
+--tokenizer and the byte fallback for folders without a tokenizer, errors."""
 import io
+import os
+import subprocess
 import sys
 
 import pytest
@@ -18,7 +21,7 @@ def checkpoint(tmp_path_factory):
 
     train = load_script("train")
     folder = tmp_path_factory.mktemp("ckpt")
-    text = (ROOT / "hf_lrnn" / "data" / "tinyshakespeare.txt").read_text()[:20000]
+    text = (ROOT / "scripts" / "data" / "tinyshakespeare.txt").read_text()[:20000]
     tokenizer = train.train_bpe_tokenizer(datasets.Dataset.from_dict({"text": [text]}), 300)
     torch.manual_seed(0)
     config = LRNNConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, mixer=["hlru", "bdlru"],
@@ -51,6 +54,74 @@ def test_prompts_from_stdin(checkpoint, capsys, monkeypatch):
     monkeypatch.setattr(sys, "stdin", io.StringIO("KING:\n\nQUEEN:\n"))
     out = generate.main([checkpoint, "--lines", "--max-new-tokens", "4"])
     assert out.shape[0] == 2 and "2 prompt(s)" in capsys.readouterr().err
+
+
+def save_model_without_tokenizer(folder, vocab_size):
+    torch.manual_seed(0)
+    config = LRNNConfig(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=1, mixer="hlru",
+                        eos_token_id=256 if vocab_size == 257 else None, pad_token_id=256 if vocab_size == 257 else None)
+    LRNNForCausalLM(config).save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.mark.parametrize("vocab_size", [256, 257])
+def test_folder_without_tokenizer_falls_back_to_bytes(vocab_size, tmp_path, capsys):
+    folder = save_model_without_tokenizer(tmp_path / "bytes", vocab_size)
+    out = generate.main([folder, "--prompt", "To be", "--greedy", "--max-new-tokens", "6", "--no-stream"])
+    captured = capsys.readouterr()
+    assert "has no tokenizer: using bytes (token i = byte i" in captured.err
+    assert out[0, :5].tolist() == list(b"To be") and out.shape == (1, 11)
+    assert captured.out.startswith("To be")
+    # the same tokens with --tokenizer bytes, and no message
+    again = generate.main([folder, "--tokenizer", "bytes", "--prompt", "To be", "--greedy", "--max-new-tokens", "6", "--no-stream"])
+    assert torch.equal(out, again) and "has no tokenizer" not in capsys.readouterr().err
+
+
+def test_byte_tokenizer_round_trips_any_text():
+    text = "Ünïcødé → 字 🙂\n\ttabs  x"
+    for vocab_size in (256, 257):
+        tokenizer = generate.byte_tokenizer(vocab_size)
+        ids = tokenizer(text)["input_ids"]
+        assert len(tokenizer) == vocab_size and ids == list(text.encode()) and tokenizer.decode(ids) == text
+    tokenizer = generate.byte_tokenizer(257)
+    assert tokenizer.eos_token_id == tokenizer.pad_token_id == 256
+    assert tokenizer.decode(list(b"end") + [256], skip_special_tokens=True) == "end"
+
+
+def test_tokenizer_option_takes_another_folders_tokenizer(checkpoint, tmp_path, capsys):
+    """A model folder without a tokenizer and a vocabulary that is not bytes: a clear error, and --tokenizer
+    names a folder whose tokenizer fits."""
+    folder = save_model_without_tokenizer(tmp_path / "no-tokenizer", 300)
+    with pytest.raises(SystemExit, match=r"has no tokenizer .* 300-token vocabulary, not bytes .*--tokenizer"):
+        generate.main([folder, "--prompt", "KING:"])
+    out = generate.main([folder, "--tokenizer", checkpoint, "--prompt", "KING:", "--greedy", "--max-new-tokens", "4", "--no-stream"])
+    assert out.shape[1] > 4 and capsys.readouterr().out.startswith("KING:")
+
+
+@pytest.mark.parametrize("vocab_size, tokenizer, prompts, message", [
+    (256, "CHECKPOINT", ["x"], r"the tokenizer of .* has \d+ tokens, more than the 256 of the model"),
+    (300, "bytes", ["x"], "--tokenizer bytes needs a 256- or 257-token model"),
+    (257, "NO_SUCH_FOLDER", ["x"], "no tokenizer could be loaded from"),
+    (256, "bytes", ["x", "yz"], "no padding or end-of-text token, so prompts cannot be batched"),
+])
+def test_tokenizer_errors(vocab_size, tokenizer, prompts, message, checkpoint, tmp_path):
+    folder = save_model_without_tokenizer(tmp_path / "model", vocab_size)
+    tokenizer = {"CHECKPOINT": checkpoint, "NO_SUCH_FOLDER": str(tmp_path / "missing")}.get(tokenizer, tokenizer)
+    with pytest.raises(SystemExit, match=message):
+        generate.main([folder, "--tokenizer", tokenizer] + sum((["--prompt", prompt] for prompt in prompts), []))
+
+
+def test_cli_without_hf_lrnn_says_how_to_install(checkpoint, tmp_path):
+    """Where hf_lrnn cannot be imported, the script says how to install it (or to use --trust-remote-code)."""
+    code = f"""import sys, runpy
+sys.modules["hf_lrnn"] = None  # import hf_lrnn raises ImportError, even if installed
+sys.argv = ["generate.py", {checkpoint!r}, "--prompt", "x"]
+runpy.run_path({str(ROOT / "scripts" / "generate.py")!r}, run_name="__main__")
+"""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, stdin=subprocess.DEVNULL,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1 and "pip install -e ." in result.stderr and "--trust-remote-code" in result.stderr
 
 
 @pytest.mark.parametrize("argv, message", [
