@@ -1,6 +1,6 @@
-"""Table and loss-curve plot from the results.json that run_device.sh writes.
+"""Table and loss-curve plot from the results.json files that run_device.sh writes.
 
-    python benchmarks/lm_compare/report.py benchmarks/results/lm_compare_results.json [more results.json ...]
+    python -m benchmarks.lm_compare.report benchmarks/results/lm_compare_call1.json benchmarks/results/lm_compare_call2.json
 
 Later files' runs replace earlier ones of the same name (e.g. a rerun of one model).
 
@@ -27,10 +27,12 @@ PAIRS = [  # (1-GPU run, run, label)
 
 
 def curve(run, key):
+    """[(step, value)] of ``key`` in a run's Trainer log history."""
     return [(e["step"], e[key]) for e in run["log_history"] if key in e]
 
 
 def main(paths):
+    """Merge the results files, print the tables and write lm_compare.md and lm_compare_loss.png."""
     results = {"env": "", "status": "", "runs": {}}
     for i, path in enumerate(paths):
         part = json.loads(Path(path).read_text())
@@ -64,11 +66,11 @@ def main(paths):
     table = "\n".join(lines)
     (RESULTS / "lm_compare.md").write_text(
         "# Language-model comparison and multi-GPU check (scripts/train.py)\n\n"
-        "Produced by `benchmarks/lm_compare/run_device.sh` (GPU tool, 4 x H200; call 1: the five models and the "
-        "10m DDP/FSDP2 check, call 2 (`PLAN=scaling`): Mamba again with `mambapy` installed, which replaces call 1's "
-        "Mamba (19 steps: transformers' sequential fallback scan), and the 125m DDP scaling pair) and "
-        f"`benchmarks/lm_compare/report.py {' '.join(Path(p).name for p in paths)}`; raw numbers and loss histories "
-        "in those JSON files.\n\n"
+        "Produced by `bash benchmarks/lm_compare/run_device.sh` on one machine with 4 x H200, run twice (call 1: "
+        "the five models and the 10m DDP/FSDP2 check; call 2, `PLAN=scaling`: Mamba again with `mambapy` installed, "
+        "which replaces call 1's Mamba (19 steps: transformers' sequential fallback scan), and the 125m DDP scaling "
+        f"pair), and `python -m benchmarks.lm_compare.report {' '.join(Path(p).name for p in paths)}`; raw numbers "
+        "and loss histories in those JSON files.\n\n"
         f"```\n{results['env'].strip()}\n{results['status'].strip()}\n```\n\n{table}\n")
     print(table)
 
@@ -100,4 +102,4 @@ def main(paths):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:] or [RESULTS / "lm_compare_results.json"])
+    main(sys.argv[1:] or [RESULTS / "lm_compare_call1.json", RESULTS / "lm_compare_call2.json"])

@@ -1,20 +1,23 @@
 #!/usr/bin/env bash
-# One GPU-machine call (4 x H200, `run` tool, kind nvidia-h200-x4) for scripts/train.py:
+# Language-model comparison with scripts/train.py on one machine with 4 GPUs (measured on 4 x H200):
 #  - LM comparison, same script and budget: H-LRU (m=2), BD-LRU (k=4), diagonal LRU (m=1), Llama, Mamba
 #    (preset 10m, embedded tinyshakespeare, BPE 1024, seq 256, global batch 64, STEPS steps, bf16), one GPU each;
 #  - multi-GPU: the H-LRU run again on 2 GPUs with accelerate launch, DDP and FSDP2 (same global batch),
 #    to compare loss curves with the 1-GPU run and record throughput scaling.
-# Writes $OUT/results.json (every run's metrics.json, log history included), $OUT/summary.txt, $OUT/logs.tar.gz.
-# Usage (repo root, on the device): bash benchmarks/lm_compare/run_device.sh
+# Writes $OUT/results.json (every run's metrics.json, log history included), $OUT/summary.txt, $OUT/logs.tar.gz;
+# then `python -m benchmarks.lm_compare.report $OUT/results.json` makes the tables and the plot.
+# Usage (repository root): OUT=/tmp/lm_out bash benchmarks/lm_compare/run_device.sh
+#   PLAN=scaling: only Mamba and the 125m DDP scaling pair; ONLY="mamba llama": only those single-GPU runs.
+#   WHEELS=folder: where datasets and mambapy are missing (an offline machine), install them from wheels there.
 set -u
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 PYTHONUNBUFFERED=1 TRITON_INTERPRET=0 TOKENIZERS_PARALLELISM=false
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1  # never NVLink multicast here
 OUT=${OUT:-/tmp/lm_out}; W=/tmp/lm_runs; mkdir -p "$OUT" "$W"; rm -rf "$W"/*
 STEPS=${STEPS:-300}; RUN_TIMEOUT=${RUN_TIMEOUT:-140}
 # datasets (+ dill, multiprocess) and mambapy (the pure-PyTorch parallel scan that transformers' Mamba uses
-# without the mamba-ssm CUDA kernels; without it Mamba runs a Python loop over time) travel as wheels.
-if ! python3 -c "import datasets, mambapy" 2>/dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .device_carry/lm/*.whl
+# without the mamba-ssm CUDA kernels; without it Mamba runs a Python loop over time).
+if ! python3 -c "import datasets, mambapy" 2>/dev/null && [ -n "${WHEELS:-}" ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "$WHEELS"/*.whl
   export PYTHONPATH=/tmp/site
 fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
