@@ -31,6 +31,9 @@ from .modeling_lrnn import BDLRUMixer, HLRUMixer, LRNNForCausalLM, LRNNModel
 SUMMARY_QUANTILES = (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0)
 # The largest matrix size permutation_distance accepts (its assignment search is O(2^D D) per matrix).
 MAX_PERMUTATION_SIZE = 12
+# A product within this Frobenius distance of a permutation counts as permutation-like (e.g. 0.94 P for D = 4
+# is at 0.12, 0.85 P at 0.3).
+PERMUTATION_TOL = 0.25
 
 
 @dataclass
@@ -129,20 +132,26 @@ def transition_matrices(
     return result
 
 
-def window_products(matrices: torch.Tensor, window: int) -> torch.Tensor:
-    """Products over every window of ``window`` consecutive steps: matrices (..., T, N, D, D) ->
-    (..., T - window + 1, N, D, D) float64, entry s = M_{s+w-1} ... M_{s+1} M_s (the map from s_{s-1} to
-    s_{s+w-1}). The time axis is dimension -4."""
+def window_products(matrices: torch.Tensor, window: int, stride: int = 1) -> torch.Tensor:
+    """Products over windows of ``window`` consecutive steps starting every ``stride`` steps: matrices
+    (..., T, N, D, D) -> (..., S, N, D, D) float64 with S = (T - window) // stride + 1, entry j (start
+    s = j * stride) = M_{s+w-1} ... M_{s+1} M_s, the map from s_{s-1} to s_{s+w-1}. Time is dimension -4."""
     if matrices.dim() < 4 or matrices.shape[-1] != matrices.shape[-2]:
         raise ValueError(f"matrices must be (..., T, N, D, D), got shape {tuple(matrices.shape)}")
     T = matrices.shape[-4]
     if not 1 <= window <= T:
         raise ValueError(f"window must be in [1, T={T}], got {window}")
+    if stride < 1:
+        raise ValueError(f"stride must be >= 1, got {stride}")
     M = matrices.double()
-    count = T - window + 1
-    product = M.narrow(-4, 0, count)
+    span = (T - window) // stride * stride + 1  # from the first to the last window start, inclusive
+
+    def starts_shifted_by(step):  # M_{s + step} for every window start s
+        return M[..., step:step + span:stride, :, :, :]
+
+    product = starts_shifted_by(0)
     for step in range(1, window):
-        product = M.narrow(-4, step, count) @ product
+        product = starts_shifted_by(step) @ product
     return product
 
 
@@ -209,6 +218,30 @@ def _quantiles(values: torch.Tensor) -> Dict[str, float]:
     return out
 
 
+def permutation_summary(products: torch.Tensor, permutation_tol: float = PERMUTATION_TOL) -> Dict:
+    """How close products (..., N, D, D) are to permutation matrices; N (dimension -3) indexes the blocks
+    or channels, the leading dimensions the samples (sequences, windows). For the unsigned and the signed
+    distance d of :func:`permutation_distance` (``signed_`` prefix):
+
+    - ``permutation_distance``: mean and quantiles of d over all products;
+    - ``fraction_near_permutation``: products with d <= permutation_tol;
+    - ``block_permutation_distance``: mean and quantiles over the N blocks of each block's median d over
+      the samples (q00: the most permutation-like block);
+    - ``fraction_permutation_blocks``: blocks whose median d <= permutation_tol.
+    """
+    if products.dim() < 3:
+        raise ValueError(f"products must be (..., N, D, D), got shape {tuple(products.shape)}")
+    summary = {}
+    for prefix, signed in (("", False), ("signed_", True)):
+        distance = permutation_distance(products, signed=signed)  # (..., N)
+        per_block = distance.reshape(-1, distance.shape[-1]).median(0).values  # (N,)
+        summary[f"{prefix}permutation_distance"] = _quantiles(distance)
+        summary[f"fraction_near_{prefix}permutation"] = float((distance <= permutation_tol).double().mean())
+        summary[f"block_{prefix}permutation_distance"] = _quantiles(per_block)
+        summary[f"fraction_{prefix}permutation_blocks"] = float((per_block <= permutation_tol).double().mean())
+    return summary
+
+
 def spectrum_summary(
     eigs: torch.Tensor, products: Optional[torch.Tensor] = None, tol: float = 1e-6, unit_tol: float = 0.05
 ) -> Dict:
@@ -220,9 +253,8 @@ def spectrum_summary(
     - ``fraction_negative_real``: eigenvalues with Re(lambda) < -tol;
     - ``fraction_complex``: eigenvalues with |Im(lambda)| > tol;
     - ``fraction_unit_modulus``: eigenvalues with | |lambda| - 1 | <= unit_tol;
-    - with ``products`` (..., D, D) (window products, see :func:`window_products`):
-      ``permutation_distance`` and ``signed_permutation_distance`` (:func:`permutation_distance`,
-      mean and quantiles over the products) and ``fraction_near_permutation`` (distance <= unit_tol).
+    - with ``products`` (..., N, D, D) (window products, see :func:`window_products`): the entries of
+      :func:`permutation_summary`.
     """
     if eigs.numel() == 0:
         raise ValueError("spectrum_summary needs at least one eigenvalue")
@@ -237,10 +269,7 @@ def spectrum_summary(
         "fraction_unit_modulus": float(((modulus - 1).abs() <= unit_tol).double().mean()),
     }
     if products is not None:
-        distance = permutation_distance(products)
-        summary["permutation_distance"] = _quantiles(distance)
-        summary["signed_permutation_distance"] = _quantiles(permutation_distance(products, signed=True))
-        summary["fraction_near_permutation"] = float((distance <= unit_tol).double().mean())
+        summary.update(permutation_summary(products))
     return summary
 
 
@@ -283,12 +312,12 @@ def layer_spectra(
         summary = {"steps": spectrum_summary(eigs), "windows": {}}
         window_eigs = {}
         for w in windows:
-            products = window_products(M, w)[:, ::w]  # (B, floor(T / w), N, D, D)
+            products = window_products(M, w, stride=w)  # (B, floor(T / w), N, D, D)
             window_eigs[w] = eigenvalues(products)
             with_distance = products if layer.size <= MAX_PERMUTATION_SIZE else None
             summary["windows"][w] = spectrum_summary(window_eigs[w], with_distance)
             if with_distance is None:
-                summary["windows"][w]["permutation_distance"] = None
+                summary["windows"][w]["permutation_distance"] = None  # D too large for the exact search
         spectra.append(LayerSpectrum(layer.layer, layer.mixer, layer.size, layer.label, layer.gate_normalization,
                                      eigs, window_eigs, summary))
     return spectra

@@ -18,6 +18,7 @@ from hf_lrnn.spectrum import (
     eigenvalues,
     layer_spectra,
     permutation_distance,
+    permutation_summary,
     spectrum_summary,
     transition_matrices,
     window_products,
@@ -104,8 +105,12 @@ def test_window_products_match_explicit_matmuls():
             for t in range(s, s + window):
                 expected = M[:, t].double() @ expected  # M_{s+w-1} ... M_s: the latest step on the left
             torch.testing.assert_close(P[:, s], expected)
+    for window, stride in ((2, 3), (3, 2), (7, 5)):
+        torch.testing.assert_close(window_products(M, window, stride), window_products(M, window)[:, ::stride])
     with pytest.raises(ValueError, match="window"):
         window_products(M, 8)
+    with pytest.raises(ValueError, match="stride"):
+        window_products(M, 2, stride=0)
 
 
 def test_products_of_permutations_stay_permutations():
@@ -148,6 +153,20 @@ def test_summary_with_products():
     assert summary["permutation_distance"]["q00"] == pytest.approx(0.0, abs=1e-12)
     assert summary["permutation_distance"]["q100"] == pytest.approx(math.sqrt(2.0))  # sqrt(1 + 3 - 3 * 2/3)
     assert summary["fraction_near_permutation"] == 0.5
+
+
+def test_permutation_summary_per_block():
+    P = torch.eye(3, dtype=torch.float64)[[1, 2, 0]]
+    uniform = torch.full((3, 3), 1 / 3, dtype=torch.float64)
+    # 3 samples x 2 blocks: block 0 is a permutation in 2 of 3 samples, block 1 never; block 1 is -P once
+    products = torch.stack([torch.stack([P, uniform]), torch.stack([P, -P]), torch.stack([uniform, uniform])])
+    summary = permutation_summary(products)
+    assert summary["fraction_near_permutation"] == pytest.approx(2 / 6)
+    assert summary["fraction_near_signed_permutation"] == pytest.approx(3 / 6)
+    assert summary["block_permutation_distance"]["q00"] == pytest.approx(0.0, abs=1e-12)  # block 0's median
+    assert summary["block_permutation_distance"]["q100"] == pytest.approx(math.sqrt(2.0))  # block 1's median
+    assert summary["fraction_permutation_blocks"] == 0.5
+    assert summary["fraction_signed_permutation_blocks"] == 0.5
 
 
 # ------------------------------------------------------------------------------- tiny models
@@ -243,6 +262,7 @@ def test_layer_spectra_on_tiny_model_accepts_base_model():
         top = eigs.gather(-1, eigs.abs().argmax(-1, keepdim=True))
         assert (top.real > 0).all() and (top.imag.abs() < 1e-9).all()
         assert 0.0 < spectrum.summary["windows"][4]["permutation_distance"]["q00"]
+        assert spectrum.summary["windows"][4]["fraction_permutation_blocks"] == 0.0
     with pytest.raises(ValueError, match="window"):
         layer_spectra(model, input_ids, windows=[9])
 
@@ -299,6 +319,7 @@ def test_experiment_smoke(tmp_path):
         for layer in record["layers"]:
             sequence = layer["windows"]["8"]
             assert sequence["permutation_distance"]["mean"] >= sequence["signed_permutation_distance"]["mean"] >= 0
+            assert 0.0 <= sequence["fraction_permutation_blocks"] <= sequence["fraction_signed_permutation_blocks"] <= 1.0
             # sum_j |a_j| <= 1 per row bounds the spectral radius by 1 (softmax and tanh_l1 alike)
             assert layer["steps"]["spectral_radius"]["q100"] <= 1.0 + 1e-6
             if record["model"] == "diag":  # 1 x 1 transitions: real eigenvalues
@@ -310,3 +331,17 @@ def test_experiment_smoke(tmp_path):
         assert (tmp_path / png).stat().st_size > 10_000
     samples = np.load(tmp_path / "samples" / "parity_bdlru_k4_softmax_s0.npz")
     assert set(samples.files) == {"layer0_steps", "layer0_sequence", "layer1_steps", "layer1_sequence"}
+
+
+def test_experiment_records_a_failing_job_and_goes_on(tmp_path, monkeypatch):
+    from benchmarks.spectrum import run as experiment
+
+    def fail(job, options):
+        raise RuntimeError(f"no kernel for {job['model']}")
+
+    monkeypatch.setattr(experiment, "run_job", fail)
+    assert experiment.main(["--smoke", "--out", str(tmp_path)]) == 0
+    records = [json.loads(line) for line in (tmp_path / "jobs.jsonl").read_text().splitlines()]
+    assert [(r["status"], r["reason"]) for r in records] == [
+        ("failed", "RuntimeError: no kernel for diag"), ("failed", "RuntimeError: no kernel for bdlru_k4")]
+    assert "Not finished: parity_diag_tanh_l1_s0 (failed: RuntimeError: no kernel for diag)" in (tmp_path / "summary.md").read_text()

@@ -35,6 +35,7 @@ import platform
 import sys
 import tempfile
 import time
+import traceback
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 
@@ -194,6 +195,15 @@ def run_job(job: dict, options: dict) -> dict:
             "analysis_s": round(time.time() - t_analysis, 1), "wall_time_s": round(time.time() - t0, 1)}
 
 
+def run_job_reporting_errors(job: dict, options: dict) -> dict:
+    """run_job, or a "failed" record with the error, so that one failing job does not end the grid."""
+    try:
+        return run_job(job, options)
+    except Exception as err:  # noqa: BLE001 (any failure of one job is recorded and the grid goes on)
+        return {**job, "status": "failed", "reason": f"{type(err).__name__}: {err}",
+                "traceback": traceback.format_exc()}
+
+
 def job_budget(job: dict, options: dict) -> float:
     return options["max_time"] if options["max_time"] is not None else TASK_BUDGET_S[job["task"]]
 
@@ -235,7 +245,8 @@ def run_all(jobs: list, options: dict, log=print) -> list:
                 f"analysis {record['analysis_s']:.0f} s, job {record['wall_time_s']:.0f} s, "
                 f"at {time.time() - t0:.0f} s")
         else:
-            log(f"[{len(records)}/{len(jobs)}] {job_name(record)}: not run ({record['reason']})")
+            log(f"[{len(records)}/{len(jobs)}] {job_name(record)}: {record['status'].replace('_', ' ')} "
+                f"({record['reason']})")
 
     def prepared(index, job):
         """The job with its device and budget, or a not-run record when the deadline leaves no time."""
@@ -250,23 +261,27 @@ def run_all(jobs: list, options: dict, log=print) -> list:
     if options["workers"] == 1:
         for index, job in enumerate(jobs):
             ready, skipped = prepared(index, job)
-            finish(run_job(ready, options) if ready else skipped)
+            finish(run_job_reporting_errors(ready, options) if ready else skipped)
         return records
     pending = list(enumerate(jobs))
     with ProcessPoolExecutor(options["workers"], mp_context=mp.get_context("spawn")) as pool:
-        running = set()
+        running = {}  # future -> job
         while pending or running:
             while pending and len(running) < options["workers"]:
                 index, job = pending.pop(0)
                 ready, skipped = prepared(index, job)
                 if ready:
-                    running.add(pool.submit(run_job, ready, options))
+                    running[pool.submit(run_job_reporting_errors, ready, options)] = ready
                 else:
                     finish(skipped)
             if running:
-                done, running = wait(running, return_when=FIRST_COMPLETED)
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
                 for future in done:
-                    finish(future.result())
+                    job = running.pop(future)
+                    try:
+                        finish(future.result())
+                    except Exception as err:  # noqa: BLE001 (a worker process died, e.g. killed for memory)
+                        finish({**job, "status": "failed", "reason": f"{type(err).__name__}: {err}"})
     return records
 
 
@@ -303,8 +318,10 @@ def summary_rows(records: list) -> list:
             "complex": layer_stat(r, ("steps", "fraction_complex")),
             "unit_modulus": layer_stat(r, ("steps", "fraction_unit_modulus")),
             "sequence_unit_modulus": layer_stat(r, seq + ("fraction_unit_modulus",)),
-            "permutation_distance": layer_stat(r, seq + ("permutation_distance", "mean"), min),
-            "signed_permutation_distance": layer_stat(r, seq + ("signed_permutation_distance", "mean"), min),
+            "permutation_distance": layer_stat(r, seq + ("block_permutation_distance", "q00"), min),
+            "permutation_blocks": layer_stat(r, seq + ("fraction_permutation_blocks",)),
+            "signed_permutation_distance": layer_stat(r, seq + ("block_signed_permutation_distance", "q00"), min),
+            "signed_permutation_blocks": layer_stat(r, seq + ("fraction_signed_permutation_blocks",)),
         })
     return rows
 
@@ -313,21 +330,25 @@ def write_summary_md(records: list, path: Path) -> None:
     columns = [("task", "task"), ("model", "model"), ("normalization", "norm"), ("seed", "seed"),
                ("accuracy", "accuracy"), ("steps", "steps"), ("stopped", "stopped"),
                ("radius_median", "median rho(M_t)"), ("negative_real", "Re<0"), ("complex", "complex"),
-               ("unit_modulus", "|lambda|~1"), ("sequence_unit_modulus", "|lambda|~1 (seq)"),
-               ("permutation_distance", "perm dist (seq)"), ("signed_permutation_distance", "signed perm dist (seq)")]
+               ("unit_modulus", "abs~1"), ("sequence_unit_modulus", "abs~1 (seq)"),
+               ("permutation_distance", "perm dist"), ("permutation_blocks", "perm blocks"),
+               ("signed_permutation_distance", "signed perm dist"), ("signed_permutation_blocks", "signed perm blocks")]
     lines = ["| " + " | ".join(title for _, title in columns) + " |", "|" + "---|" * len(columns)]
     for row in summary_rows(records):
         cells = [f"{row[key]:.3f}" if isinstance(row[key], float) else str(row[key]) for key, _ in columns]
         lines.append("| " + " | ".join(cells) + " |")
-    not_run = [job_name(r) + f" ({r['reason']})" for r in records if r["status"] != "ok"]
+    not_run = [job_name(r) + f" ({r['status']}: {r['reason']})" for r in records if r["status"] != "ok"]
     notes = [
-        "", "Per job, over its layers: median spectral radius of the single-step matrices M_t (max over layers), "
-        "fractions of eigenvalues with Re < 0, complex, and with ||lambda| - 1| <= 0.05 (max over layers; "
-        "'seq' = products over the whole sequence), and the mean Frobenius distance of the whole-sequence "
-        "products from the nearest permutation / signed permutation matrix (min over layers).",
+        "", "Per job: median spectral radius of the single-step matrices M_t (max over layers); fractions of "
+        "eigenvalues of M_t with Re < 0, complex, and with ||lambda| - 1| <= 0.05 (abs~1; max over layers); "
+        "the last for the products over the whole sequence (seq). Products over the whole sequence: 'perm "
+        "dist' is the median Frobenius distance from the nearest permutation matrix of the most "
+        "permutation-like block or channel (min over blocks and layers), 'perm blocks' the fraction of "
+        "blocks whose median distance is <= hf_lrnn.spectrum.PERMUTATION_TOL (max over layers); 'signed' "
+        "the same for signed permutation matrices.",
     ]
     if not_run:
-        notes.append("\nNot run: " + ", ".join(not_run))
+        notes.append("\nNot finished: " + ", ".join(not_run))
     path.write_text("\n".join(lines + notes) + "\n")
 
 
@@ -389,10 +410,11 @@ def plot_summary(plt, records: list, out: Path) -> None:
     labels = [(m, n) for m in MODELS for n in NORMALIZATIONS if any(r["model"] == m and r["normalization"] == n for r in rows)]
     panels = [("accuracy", "test accuracy", 1.0), ("negative_real", "fraction Re(lambda) < 0 (M_t)", 1.0),
               ("complex", "fraction complex (M_t)", 1.0),
-              ("permutation_distance", "perm. distance (sequence product)", None),
-              ("signed_permutation_distance", "signed perm. distance (seq.)", None)]
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.3 * len(panels), 0.45 * len(labels) + 1.6), squeeze=False)
-    for ax, (key, title, vmax) in zip(axes[0], panels):
+              ("sequence_unit_modulus", "fraction |lambda| ~ 1 (sequence product)", 1.0),
+              ("permutation_distance", "best block: perm. distance (seq.)", None),
+              ("signed_permutation_distance", "best block: signed perm. distance (seq.)", None)]
+    fig, axes = plt.subplots(2, 3, figsize=(3.6 * 3, 2 * (0.45 * len(labels) + 1.6)), squeeze=False)
+    for ax, (key, title, vmax) in zip(axes.flat, panels):
         grid = np.full((len(labels), len(tasks)), np.nan)
         for i, (m, n) in enumerate(labels):
             for j, t in enumerate(tasks):
@@ -445,7 +467,7 @@ def parse_args(argv=None):
     p.add_argument("--workers", type=int, default=None, help="parallel processes (default 8 on cuda, 1 on cpu)")
     p.add_argument("--threads", type=int, default=None, help="torch threads per worker (default cores / workers)")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
-    p.add_argument("--analysis-batch", type=int, default=256, help="test sequences whose transitions are analysed")
+    p.add_argument("--analysis-batch", type=int, default=128, help="test sequences whose transitions are analysed")
     p.add_argument("--window", type=int, default=4, help="short window for the products (plus the whole sequence)")
     p.add_argument("--out", default=None,
                    help="output folder (default benchmarks/results/spectrum/; with --smoke a new temporary folder)")
