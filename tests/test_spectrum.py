@@ -25,10 +25,6 @@ from hf_lrnn.spectrum import (
 )
 
 
-def sorted_complex(values):
-    return sorted(complex(v) for v in values)
-
-
 def assert_same_multiset(actual, expected, atol=1e-6):
     """Eigenvalues as multisets: greedy nearest matching (the sets are small)."""
     remaining = [complex(e) for e in expected]
@@ -286,6 +282,18 @@ def test_script_end_to_end(tmp_path):
         assert set(entry["windows"]) == {"4", "12"}
         assert entry["windows"]["12"]["num_matrices"] == 3 * 16
         assert 0 <= entry["windows"]["4"]["permutation_distance"]["q50"]
+
+
+def test_script_task_inputs(tmp_path):
+    model_dir = tmp_path / "model"
+    tiny_model("bdlru", 4).save_pretrained(model_dir)
+    out = tmp_path / "out"
+    assert spectrum_script.main([str(model_dir), "--task", "parity", "--seq-len", "6", "--batch-size", "2",
+                                 "--device", "cpu", "--out", str(out)]) == 0
+    report = json.loads((out / "spectrum.json").read_text())
+    assert report["input"] == {"task": "parity", "batch_size": 2, "seq_len": 6, "seed": 0} and report["windows"] == [6]
+    with pytest.raises(SystemExit, match="vocab_size is 11"):  # S5 has 120 tokens
+        spectrum_script.main([str(model_dir), "--task", "s5", "--batch-size", "2", "--out", str(out)])
 
 
 def test_script_rejects_bad_window(tmp_path):
