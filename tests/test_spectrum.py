@@ -314,6 +314,13 @@ def test_experiment_plan_lists_the_grid(capsys):
     assert "32 jobs on 8 workers" in printed
 
 
+def test_experiment_smoke_refuses_grid_options():
+    from benchmarks.spectrum import run as experiment
+
+    with pytest.raises(SystemExit):
+        experiment.parse_args(["--smoke", "--tasks", "s5"])
+
+
 def test_experiment_smoke(tmp_path):
     from benchmarks.spectrum import run as experiment
 

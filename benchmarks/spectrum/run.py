@@ -454,11 +454,11 @@ def write_reports(records: list, settings: dict, out: Path) -> None:
 # ------------------------------------------------------------------------------------------ CLI
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
-    p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
-    p.add_argument("--normalizations", nargs="+", default=list(NORMALIZATIONS), choices=NORMALIZATIONS)
+    p.add_argument("--tasks", nargs="+", choices=TASKS, help="default: all")
+    p.add_argument("--models", nargs="+", choices=list(MODELS), help="default: all")
+    p.add_argument("--normalizations", nargs="+", choices=NORMALIZATIONS, help="default: all")
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
-    p.add_argument("--hidden-size", type=int, default=128)
+    p.add_argument("--hidden-size", type=int, default=None, help="model width d (default 128)")
     p.add_argument("--steps", type=int, default=100_000, help="step cap per job (the time budget usually ends it)")
     p.add_argument("--max-time", type=float, default=None,
                    help=f"training budget per job in seconds (default per task: {TASK_BUDGET_S})")
@@ -476,6 +476,14 @@ def parse_args(argv=None):
     p.add_argument("--plan", action="store_true", help="print the job list and expected duration, run nothing")
     p.add_argument("--replot", action="store_true", help="redraw the reports from --out's jobs.jsonl and samples")
     a = p.parse_args(argv)
+    grid_options = {"--tasks": a.tasks, "--models": a.models, "--normalizations": a.normalizations,
+                    "--hidden-size": a.hidden_size}
+    given = [name for name, value in grid_options.items() if value is not None]
+    if a.smoke and given:
+        p.error(f"--smoke trains its own {len(SMOKE_JOBS)} tiny models; it does not take {', '.join(given)}")
+    a.tasks, a.models = a.tasks or list(TASKS), a.models or list(MODELS)
+    a.normalizations = a.normalizations or list(NORMALIZATIONS)
+    a.hidden_size = a.hidden_size or 128
     if a.device is None:
         a.device = "cpu" if a.smoke or not torch.cuda.is_available() else "cuda"
     if a.workers is None:
