@@ -571,12 +571,39 @@ class LRNNForCausalLM(LRNNPreTrainedModel, GenerationMixin):
         else:
             new = input_ids[:, seen:] if next_sequence_length is None else input_ids[:, -next_sequence_length:]
             model_inputs["input_ids"] = new.contiguous()
-        if (model_inputs["input_ids"] if model_inputs["input_ids"] is not None else model_inputs["inputs_embeds"]).shape[1] == 0:
+        fed = model_inputs["input_ids"] if model_inputs["input_ids"] is not None else model_inputs["inputs_embeds"]
+        if fed.shape[1] == 0:
             raise ValueError(f"generate(): the cache has already seen all {seen} positions of the input; pass at least one new token")
+        if attention_mask is not None:  # only the new positions' columns: a fixed shape for the compiled decode step
+            model_inputs["attention_mask"] = attention_mask[:, -fed.shape[1]:]
         for key in ("logits_to_keep", "output_hidden_states"):
             if key in kwargs:
                 model_inputs[key] = kwargs.pop(key)
         return model_inputs
+
+    def get_compiled_call(self, compile_config):
+        """generate()'s compiled decode step: the forward from token ids to the last logits, compiled with
+        ``compile_config`` (CUDA graphs under transformers' default "reduce-overhead"), and the output object
+        built outside the compiled region. Steps with other inputs (embeddings, hidden states) run eagerly."""
+        compile_config = compile_config or self._default_compile_config()
+        if getattr(self, "_compiled_decode_config", None) != compile_config:
+            self._compiled_decode_config = compile_config
+            self._compiled_decode = torch.compile(self._decode_logits, **compile_config.to_dict())
+
+        def decode_step(input_ids=None, attention_mask=None, use_cache=True, return_dict=True, logits_to_keep=1, **rest):
+            cache = rest.pop(CACHE_FIELD, None)
+            if input_ids is None or cache is None or rest or not use_cache or logits_to_keep != 1:
+                return self(input_ids=input_ids, attention_mask=attention_mask, use_cache=use_cache,
+                            return_dict=return_dict, logits_to_keep=logits_to_keep, **{CACHE_FIELD: cache}, **rest)
+            if compile_config.mode == "reduce-overhead":
+                torch.compiler.cudagraph_mark_step_begin()
+            logits = self._compiled_decode(input_ids, attention_mask, cache).clone()  # the graph reuses its output
+            return CausalLMOutputWithPast(logits=logits, **{CACHE_FIELD: cache})
+
+        return decode_step
+
+    def _decode_logits(self, input_ids, attention_mask, cache):
+        return self(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=1, **{CACHE_FIELD: cache}).logits
 
     @torch.no_grad()
     def generate(self, *args, **kwargs):

@@ -11,7 +11,8 @@ Backends:
 - ``"reference"``: the step-by-step loop (``scan_reference``), for tests and benchmarks.
 - ``"triton"``: the fused Triton kernels (``scan_triton``), CUDA tensors (or ``TRITON_INTERPRET=1``).
 - ``"auto"``: ``"triton"`` for CUDA tensors when Triton is installed and supports the size, else
-  ``"torch"`` (with a one-time warning on CUDA saying why).
+  ``"torch"`` (with a one-time warning on CUDA saying why). Under torch.compile, sequences of at most
+  ``LOOP_MAX_T`` steps (decode steps) take the torch loop, which inductor fuses.
 """
 from __future__ import annotations
 
@@ -45,8 +46,8 @@ def _resolve_backend(backend: str, v: torch.Tensor, kind: str, size: int) -> str
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend != "auto":
         return backend
-    if not v.is_cuda:
-        return "torch"
+    if not v.is_cuda or (torch.compiler.is_compiling() and v.shape[1] <= LOOP_MAX_T):
+        return "torch"  # compiled decode steps: inductor fuses the torch loop's step into one kernel
     reason = TRITON_IMPORT_ERROR or triton_unsupported_reason(kind, size)
     if reason is None:
         return "triton"

@@ -95,6 +95,11 @@ def test_compiled_generate_gives_the_eager_greedy_tokens(mixer):
     config = GenerationConfig(max_new_tokens=12, do_sample=False, compile_config=compile_config)
     compiled = model.generate(prompt, generation_config=config)
     assert torch.equal(compiled, eager)
+    assert model._compiled_decode_config == compile_config
+    calls = []
+    model._compiled_decode = lambda *args, real=model._compiled_decode: calls.append(1) or real(*args)
+    assert torch.equal(model.generate(prompt, generation_config=config), eager)
+    assert len(calls) == 11  # every decode step after the (eager) prefill went through the compiled call
 
 
 @pytest.mark.parametrize("kind", ["hlru", "bdlru"])
