@@ -6,9 +6,9 @@
 
 The grid (issue 13): tasks s3, s5, parity, mod_count x models BD-LRU k = 4, k = 8, H-LRU m = 2 and the
 diagonal LRU (m = 1) x gate normalisations softmax and tanh_l1 (signed), d = 128, two mixer layers (the
-paper's setting), the training recipe of benchmarks/synthetic/run.py (``default_run``: AdamW, lr 5e-4,
-cosine schedule with warm-up, batch 128, bf16 autocast on GPU, stop once 50 consecutive training batches
-are perfect, else at ``--max-time`` seconds, the first step not counted).
+paper's setting), trained by ``benchmarks.synthetic.run.fit`` (``default_run``: AdamW, lr 5e-4, cosine
+schedule with warm-up, batch 128, bf16 autocast on GPU; stop once the training batch, checked every 10
+steps, has been perfect for 50 steps, else at ``--max-time`` seconds, the first step not counted).
 
 After training, every model's transition matrices (hf_lrnn.spectrum) are computed in float32 on the CPU for
 the first ``--analysis-batch`` test sequences, with their products over windows of 4 steps and over the
@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import multiprocessing as mp
 import os
 import platform
@@ -42,9 +41,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.synthetic.run import default_run, model_label
-from benchmarks.synthetic.tasks import IGNORE, accuracy, make_task, masked_cross_entropy
-from hf_lrnn import LRNNConfig, LRNNForCausalLM
+from benchmarks.synthetic.run import default_run, fit, model_label
+from benchmarks.synthetic.tasks import default_spec
 from hf_lrnn.spectrum import layer_spectra
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -79,84 +77,6 @@ def make_jobs(tasks, models, normalizations, seeds) -> list:
     return sorted(jobs, key=lambda j: -TASK_BUDGET_S[j["task"]])
 
 
-def build_lrnn(run: dict, vocab_size: int, normalization: str, device: torch.device) -> LRNNForCausalLM:
-    """The LRNN of a benchmarks.synthetic.run run, with the given gate normalisation."""
-    config = LRNNConfig(vocab_size=vocab_size, hidden_size=run["hidden_size"], num_hidden_layers=run["num_layers"],
-                        mixer=run["model"], order=run["order"], block_size=run["block_size"],
-                        gate_normalization=normalization, scan_backend=run["scan_backend"], use_cache=False)
-    return LRNNForCausalLM(config).to(device)
-
-
-def train_model(run: dict, normalization: str, log=print):
-    """Train one LRNN on a sequence task with the recipe of benchmarks.synthetic.run.train (schedule,
-    clipping, early stop, time budget without the first step); returns (model, data, record)."""
-    device = torch.device(run["device"])
-    torch.manual_seed(run["seed"])
-    data = make_task(run["task"], seed=run["seed"], **run["task_overrides"])
-    if data.spec.probe:
-        raise ValueError(f"task {run['task']!r} is a probe task; the spectrum experiment needs a sequence task")
-    model = build_lrnn(run, data.spec.vocab_size, normalization, device)
-    opt = torch.optim.AdamW(model.parameters(), lr=run["lr"], weight_decay=run["weight_decay"])
-    use_amp = device.type == "cuda" and run["amp"]
-    xtr, ytr = data.train_inputs.to(device), data.train_targets.to(device)
-    gen = torch.Generator().manual_seed(run["seed"] + 12345)
-
-    def logits_of(x):
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-            return model(input_ids=x).logits
-
-    steps, max_time, warm = run["steps"], run["max_time"], run["warmup"]
-    step, streak, loss_val, stopped, first_step_s = 0, 0, float("nan"), "steps", None
-    t_train = time.time()
-    model.train()
-    while True:
-        progress = max(step / steps, (time.time() - t_train) / max_time if max_time and step else 0.0)
-        if progress >= 1.0:
-            stopped = "steps" if step >= steps else "time"
-            break
-        scale = progress / warm if progress < warm else 0.5 * (1 + math.cos(math.pi * (progress - warm) / (1 - warm)))
-        for group in opt.param_groups:
-            group["lr"] = run["lr"] * scale
-        idx = torch.randint(0, xtr.shape[0], (run["batch_size"],), generator=gen).to(device)
-        logits = logits_of(xtr[idx])
-        loss = masked_cross_entropy(logits, ytr[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        step += 1
-        if step == 1:  # kernel compilation and autotuning stay out of the budget
-            first_step_s = time.time() - t_train
-            t_train = time.time()
-        if step % 10 == 0 or step == 1:
-            correct, total = accuracy(logits.detach(), ytr[idx])
-            streak = streak + 10 if correct == total else 0
-            loss_val = float(loss.detach())
-            if streak >= run["patience"]:
-                stopped = "solved"
-                break
-        if step % 1000 == 0:
-            log(f"  [{run['task']}/{model_label(run)}/{normalization}/s{run['seed']}] step {step} "
-                f"loss {loss_val:.4f} {time.time() - t_train:.0f}s")
-    train_time = time.time() - t_train
-
-    model.eval()
-    xte, yte = data.test_inputs.to(device), data.test_targets.to(device)
-    correct = total = last_correct = 0
-    with torch.no_grad():
-        for i in range(0, xte.shape[0], 512):
-            logits, targets = logits_of(xte[i:i + 512]), yte[i:i + 512]
-            c, n = accuracy(logits, targets)
-            correct, total = correct + c, total + n
-            last = (targets != IGNORE).cumsum(1).argmax(1, keepdim=True)  # the last target position
-            last_correct += int((logits.argmax(-1).gather(1, last) == targets.gather(1, last)).sum())
-    record = {"accuracy": correct / total, "last_position_accuracy": last_correct / xte.shape[0], "steps": step,
-              "stopped": stopped, "final_train_loss": loss_val, "train_time_s": round(train_time, 1),
-              "first_step_s": None if first_step_s is None else round(first_step_s, 1),
-              "seq_len": data.spec.seq_len, "num_train": data.spec.num_train, "bf16": use_amp}
-    return model, data, record
-
-
 def analyse(model, data, analysis_batch: int, window: int, seed: int):
     """Per-layer spectrum summaries and eigenvalue samples for the first test sequences, on the CPU:
     windows of ``window`` steps and of the whole sequence."""
@@ -182,11 +102,17 @@ def run_job(job: dict, options: dict) -> dict:
     """Train and analyse one job (in a worker process); writes its eigenvalue samples; returns its record."""
     torch.set_num_threads(options["threads"])
     t0 = time.time()
+    if default_spec(job["task"]).probe:
+        raise ValueError(f"task {job['task']!r} is a probe task; the spectrum experiment needs a sequence task")
     run = default_run(task=job["task"], seed=job["seed"], hidden_size=options["hidden_size"], steps=options["steps"],
-                      max_time=job["max_time"], smoke=options["smoke"], device=job["device"], **MODELS[job["model"]])
+                      max_time=job["max_time"], smoke=options["smoke"], device=job["device"],
+                      gate_normalization=job["normalization"], **MODELS[job["model"]])
     if options["smoke"]:
         run["steps"] = min(run["steps"], SMOKE_STEPS)
-    model, data, record = train_model(run, job["normalization"], log=lambda line: print(line, flush=True))
+    model, data, result = fit(run, log=lambda line: print(line, flush=True))
+    record = {key: result[key] for key in ("accuracy", "last_position_accuracy", "steps", "stopped", "final_train_loss",
+                                           "train_time_s", "first_step_s", "bf16")}
+    record.update(seq_len=data.spec.seq_len, num_train=data.spec.num_train)
     t_analysis = time.time()
     spectrum, samples = analyse(model, data, options["analysis_batch"], options["window"], job["seed"])
     np.savez_compressed(Path(options["out"]) / "samples" / f"{job_name(job)}.npz", **samples)

@@ -42,7 +42,8 @@ def default_run(**kw) -> dict:
     replace those settings (task overrides in ``kw`` still win over SMOKE's)."""
     run = dict(task="s5", model="bdlru", order=2, block_size=4, hidden_size=128, num_layers=2, seed=0,
                steps=20000, max_time=None, batch_size=128, lr=5e-4, warmup=0.05, weight_decay=0.0,
-               task_overrides={}, smoke=False, device=None, scan_backend="auto", patience=50, amp=True)
+               task_overrides={}, smoke=False, device=None, scan_backend="auto", patience=50, amp=True,
+               gate_normalization="softmax")
     run.update(kw)
     if run["smoke"]:
         for key, value in SMOKE.items():
@@ -65,13 +66,19 @@ def model_label(run: dict) -> str:
 
 def train(run: dict, log=print) -> dict:
     """Train and evaluate one configuration; returns a result dict (the JSON-lines record)."""
+    return fit(run, log)[2]
+
+
+def fit(run: dict, log=print):
+    """Train and evaluate one configuration; returns (model, task data, result dict)."""
     t_start = time.time()
     device = torch.device(run["device"] or ("cuda" if torch.cuda.is_available() else "cpu"))
     torch.manual_seed(run["seed"])
     data = make_task(run["task"], seed=run["seed"], **run["task_overrides"])
     spec = data.spec
     model, desc = build_model(run["model"], spec.vocab_size, run["hidden_size"], run["num_layers"], run["order"],
-                              run["block_size"], device=device, scan_backend=run["scan_backend"])
+                              run["block_size"], device=device, scan_backend=run["scan_backend"],
+                              gate_normalization=run["gate_normalization"])
     probe = None
     if spec.probe:
         probe = ProbeHead(run["hidden_size"], data.num_targets, spec.vocab_size).to(device)
@@ -126,7 +133,7 @@ def train(run: dict, log=print) -> dict:
                 stopped = "solved"
                 break
         if step % 500 == 0:
-            log(f"  [{run['task']}/{model_label(run)}/s{run['seed']}] step {step} loss {loss_val:.4f} "
+            log(f"  [{run['task']}/{model_label(run)}/{run['gate_normalization']}/s{run['seed']}] step {step} loss {loss_val:.4f} "
                 f"elapsed {time.time() - t_train:.0f}s")
     train_time = time.time() - t_train
 
@@ -154,7 +161,7 @@ def train(run: dict, log=print) -> dict:
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "bf16": use_amp, "smoke": run["smoke"],
     }
-    return result
+    return model, data, result
 
 
 def parse_args(argv=None):
