@@ -4,7 +4,7 @@
   :class:`LRNNConfig`; m = k = 1 is the diagonal selective LRU.
 - ``lstm``: :class:`LSTMForCausalLM` below, the same skeleton as the LRNN models (residual
   ``x + LSTM(RMSNorm(x))`` blocks alternating with SwiGLU blocks) with ``nn.LSTM`` as the mixer; its
-  RMSNorm and SwiGLU are the small modules below, the same maths as the LRNN model's.
+  RMSNorm is ``torch.nn.RMSNorm`` and the SwiGLU transformers' ``LlamaMLP``, the same maths as the LRNN model's.
 - ``llama``: a small ``LlamaForCausalLM`` (RoPE attention + SwiGLU, the same widths).
 - ``mamba``: ``MambaForCausalLM`` with 2 x num_layers Mamba blocks (a Mamba block has no separate MLP),
   transformers' pure-PyTorch path unless the mamba-ssm kernels are installed.
@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutput, CausalLMOutput
+from transformers.models.llama.modeling_llama import LlamaMLP
 
 from hf_lrnn import LRNNConfig, LRNNForCausalLM
 from hf_lrnn.configuration_lrnn import swiglu_intermediate_size
@@ -35,32 +36,6 @@ class BaselineUnavailable(RuntimeError):
 
 
 # ------------------------------------------------------------------------------------------ LSTM
-class RMSNorm(nn.Module):
-    """y = x / sqrt(mean(x^2) + eps) * w over the last dimension, computed in float32."""
-
-    def __init__(self, hidden_size: int, eps: float):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(hidden_size))
-        self.eps = eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x32 = x.float()
-        return (self.weight * x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype)
-
-
-class SwiGLU(nn.Module):
-    """down_proj(silu(gate_proj x) * up_proj x), no biases."""
-
-    def __init__(self, hidden_size: int, intermediate_size: int):
-        super().__init__()
-        self.gate_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
-        self.up_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
-        self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
-
-
 class LSTMConfig(PreTrainedConfig):
     model_type = "lrnn_lstm_baseline"
 
@@ -72,6 +47,7 @@ class LSTMConfig(PreTrainedConfig):
         self.intermediate_size = intermediate_size or swiglu_intermediate_size(hidden_size)
         self.rms_norm_eps = rms_norm_eps
         self.initializer_range = initializer_range
+        self.hidden_act, self.mlp_bias = "silu", False  # for transformers' LlamaMLP, the SwiGLU block
         kwargs.setdefault("tie_word_embeddings", False)
         super().__init__(**kwargs)
 
@@ -79,10 +55,10 @@ class LSTMConfig(PreTrainedConfig):
 class LSTMBlock(nn.Module):
     def __init__(self, config: LSTMConfig):
         super().__init__()
-        self.mixer_norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mixer_norm = nn.RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.lstm = nn.LSTM(config.hidden_size, config.hidden_size, batch_first=True)
-        self.mlp_norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.mlp = SwiGLU(config.hidden_size, config.intermediate_size)
+        self.mlp_norm = nn.RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mlp = LlamaMLP(config)  # down_proj(silu(gate_proj x) * up_proj x), no biases
 
     def forward(self, x):
         x = x + self.lstm(self.mixer_norm(x))[0]
@@ -107,7 +83,7 @@ class LSTMPreTrainedModel(PreTrainedModel):
                     nn.init.zeros_(p)
                     with torch.no_grad():
                         p[module.hidden_size: 2 * module.hidden_size].fill_(0.5)
-        elif isinstance(module, RMSNorm):
+        elif isinstance(module, nn.RMSNorm):
             nn.init.ones_(module.weight)
 
 
@@ -116,7 +92,7 @@ class LSTMModel(LSTMPreTrainedModel):
         super().__init__(config)
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList([LSTMBlock(config) for _ in range(config.num_hidden_layers)])
-        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.norm = nn.RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_init()
 
     def forward(self, input_ids=None, output_hidden_states=None, return_dict=None, **kwargs):
