@@ -23,12 +23,9 @@ from transformers import GenerationMixin, PreTrainedModel
 from transformers.cache_utils import Cache
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
-from transformers.utils import logging
 
 from .configuration_lrnn import LRNNConfig
 from .ops import LOOP_MAX_T, bdlru_scan, hlru_scan
-
-logger = logging.get_logger(__name__)
 
 # transformers 5.24 renamed the outputs' and the generation loop's `past_key_values` to `cache`.
 CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
@@ -94,22 +91,17 @@ class LRNNCache(Cache):
         return len(self.states)
 
     def __repr__(self) -> str:
-        B = self.states[0].shape[0] if self.states else 0
-        return f"LRNNCache(layers={len(self.states)}, batch_size={B}, seen_tokens={int(self.seen_tokens)})"
+        return f"LRNNCache(layers={len(self.states)}, batch_size={self.batch_size}, seen_tokens={int(self.seen_tokens)})"
 
     @property
     def batch_size(self) -> int:
         return self.states[0].shape[0]
 
-    @property
-    def device(self) -> torch.device:
-        return self.seen_tokens.device
-
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return int(self.seen_tokens)
 
-    def get_max_length(self) -> int:
-        return -1  # no length dimension
+    def get_max_length(self, layer_idx: Optional[int] = None) -> int:
+        return -1  # no length dimension (the base class would read attention layers)
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         """Beam search: keep the states of the selected beams, in order (in place)."""

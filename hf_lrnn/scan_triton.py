@@ -273,13 +273,14 @@ def _register_scan_ops(kind: str):
 
     @torch.library.custom_op(f"{OP_NAMESPACE}::{kind}_scan_backward", mutates_args=())
     def backward_op(v: torch.Tensor, gate_logits: torch.Tensor, initial_state: Optional[torch.Tensor],
-                    mask: Optional[torch.Tensor], h: torch.Tensor, dh: torch.Tensor, dfinal: torch.Tensor,
+                    mask: Optional[torch.Tensor], h: torch.Tensor, dh: torch.Tensor, dfinal: Optional[torch.Tensor],
                     normalization: str, chunk_size: Optional[int]) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return _scan_backward(kind, v, gate_logits, initial_state, mask, h, dh, dfinal, normalization, chunk_size)
 
     @backward_op.register_fake
     def _(v, gate_logits, initial_state, mask, h, dh, dfinal, normalization, chunk_size):
-        return torch.empty_like(v), torch.empty_like(gate_logits), torch.empty_like(dfinal)
+        B, N, D = v.shape[0], v.shape[2], gate_logits.shape[-1] - 1
+        return torch.empty_like(v), torch.empty_like(gate_logits), v.new_empty(B, N, D, dtype=torch.float32)
 
     def setup_context(ctx, inputs, output):
         v, gate_logits, initial_state, mask, normalization, chunk_size = inputs
@@ -289,8 +290,7 @@ def _register_scan_ops(kind: str):
     def backward(ctx, dh, dfinal):
         v, g, init, mask, h = ctx.saved_tensors
         dh = torch.zeros_like(h) if dh is None else dh.contiguous()
-        B, N, D = v.shape[0], v.shape[2], g.shape[-1] - 1
-        dfinal = v.new_zeros(B, N, D, dtype=torch.float32) if dfinal is None else dfinal.float().contiguous()
+        dfinal = None if dfinal is None else dfinal.float().contiguous()  # None: the kernels start from zero
         dv, dg, d_init = backward_op(v, g, init, mask, h, dh, dfinal, ctx.normalization, ctx.chunk_size)
         return dv, dg, (d_init.to(init.dtype) if init is not None else None), None, None, None
 
