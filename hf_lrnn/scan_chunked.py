@@ -67,11 +67,24 @@ def _chunked_affine_scan(
     return states, states[:, -1]
 
 
+def companion_matrices(coefficients: torch.Tensor) -> torch.Tensor:
+    """Companion matrices (..., m, m) from coefficients (..., m) = (a_1, ..., a_m): first row a, ones on the
+    sub-diagonal, so that [h_t, ..., h_{t-m+1}] = C [h_{t-1}, ..., h_{t-m}] for h_t = sum_j a_j h_{t-j}."""
+    m = coefficients.shape[-1]
+    shift = torch.eye(m - 1, m, dtype=coefficients.dtype, device=coefficients.device)
+    return torch.cat([coefficients[..., None, :], shift.expand(*coefficients.shape[:-1], m - 1, m)], dim=-2)
+
+
+def identity_where_masked(M: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Transition matrices M (B, T, ..., D, D) with the identity at the steps where mask (B, T) is 0."""
+    keep = mask.bool().view(*mask.shape, *([1] * (M.dim() - 2)))
+    return torch.where(keep, M, torch.eye(M.shape[-1], dtype=M.dtype, device=M.device))
+
+
 def _identity_where_masked(M, u, mask):
     """Replace masked steps (mask == 0) by the identity map: M = I, u = 0."""
-    keep = mask.bool()[:, :, None, None]
-    eye = torch.eye(M.shape[-1], dtype=M.dtype, device=M.device)
-    return torch.where(keep[..., None], M, eye), torch.where(keep, u, torch.zeros_like(u))
+    keep = mask.bool().view(*mask.shape, *([1] * (u.dim() - 2)))
+    return identity_where_masked(M, mask), torch.where(keep, u, torch.zeros_like(u))
 
 
 def _hlru_chunked_scan(
@@ -143,9 +156,7 @@ def hlru_scan_chunked(
         return h.to(v.dtype), (final if output_final_state else None)
     # A masked step is the identity on the lags, which no gate values give: scan the companion form,
     # s_t = C_t s_{t-1} + (u_t, 0, ..., 0), with C_t = I at masked steps.
-    shift = torch.eye(m - 1, m, dtype=cd, device=v.device).expand(B, T, N, m - 1, m)
-    M = torch.cat([a[..., None, 1:], shift], dim=-2)
-    M, u = _identity_where_masked(M, F.pad(u[..., None], (0, m - 1)), mask)
+    M, u = _identity_where_masked(companion_matrices(a[..., 1:]), F.pad(u[..., None], (0, m - 1)), mask)
     states, final = _chunked_affine_scan(M, u, s0, chunk_size)
     return states[..., 0].to(v.dtype), (final if output_final_state else None)
 

@@ -25,6 +25,7 @@ from typing import Dict, List, Optional
 import torch
 
 from .gates import normalize_gates
+from .scan_chunked import companion_matrices, identity_where_masked
 from .modeling_lrnn import BDLRUMixer, HLRUMixer, LRNNForCausalLM, LRNNModel
 
 # Quantiles reported for the spectral radius and the eigenvalue moduli.
@@ -57,18 +58,6 @@ class LayerTransitions:
         return f"bdlru_k{self.size}" if self.mixer == "bdlru" else f"hlru_m{self.size}"
 
 
-def companion_matrices(coefficients: torch.Tensor) -> torch.Tensor:
-    """Companion matrices (..., m, m) from coefficients (..., m) = (a_1, ..., a_m): first row a, ones on the
-    sub-diagonal, so that [h_t, ..., h_{t-m+1}] = C [h_{t-1}, ..., h_{t-m}] for h_t = sum_j a_j h_{t-j}."""
-    m = coefficients.shape[-1]
-    C = coefficients.new_zeros(*coefficients.shape, m)
-    C[..., 0, :] = coefficients
-    if m > 1:
-        idx = torch.arange(1, m, device=coefficients.device)
-        C[..., idx, idx - 1] = 1.0
-    return C
-
-
 def mixer_transitions(mixer: torch.nn.Module, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Transition matrices (B, T, N, D, D) float32 of one mixer for its input x (B, T, d); mask (B, T) or None
     (0 = padding: identity)."""
@@ -80,8 +69,7 @@ def mixer_transitions(mixer: torch.nn.Module, x: torch.Tensor, mask: Optional[to
     else:
         raise TypeError(f"expected an HLRUMixer or BDLRUMixer, got {type(mixer).__name__}")
     if mask is not None:
-        eye = torch.eye(M.shape[-1], dtype=M.dtype, device=M.device)
-        M = torch.where(mask.bool()[:, :, None, None, None], M, eye)
+        M = identity_where_masked(M, mask)
     return M.contiguous()
 
 
