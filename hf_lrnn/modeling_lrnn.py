@@ -562,12 +562,15 @@ class LRNNForCausalLM(LRNNPreTrainedModel, GenerationMixin):
             model_inputs["input_ids"] = None
         else:
             new = input_ids[:, seen:] if next_sequence_length is None else input_ids[:, -next_sequence_length:]
-            model_inputs["input_ids"] = new.contiguous()
+            # A copy with its own strides: a slice of the growing sequence has a new row stride every step, which
+            # a compiled decode step would take as a new input layout (a recompile or CUDA-graph recording per token);
+            # .contiguous() does not copy a (B, 1) slice.
+            model_inputs["input_ids"] = new.clone(memory_format=torch.contiguous_format)
         fed = model_inputs["input_ids"] if model_inputs["input_ids"] is not None else model_inputs["inputs_embeds"]
         if fed.shape[1] == 0:
             raise ValueError(f"generate(): the cache has already seen all {seen} positions of the input; pass at least one new token")
-        if attention_mask is not None:  # only the new positions' columns: a fixed shape for the compiled decode step
-            model_inputs["attention_mask"] = attention_mask[:, -fed.shape[1]:]
+        if attention_mask is not None:  # only the new positions' columns: a fixed shape and strides for the compiled step
+            model_inputs["attention_mask"] = attention_mask[:, -fed.shape[1]:].clone(memory_format=torch.contiguous_format)
         for key in ("logits_to_keep", "output_hidden_states"):
             if key in kwargs:
                 model_inputs[key] = kwargs.pop(key)
