@@ -97,6 +97,8 @@ def main(argv=None):
     p.add_argument("--models", default="hlru_m2,bdlru_k4")
     p.add_argument("--sections", default="decode,prefill,train")
     p.add_argument("--peak-tflops", type=float, default=790.0)
+    p.add_argument("--decode-grid", help="decode cases as BATCHxCONTEXT,... (default: the full grid)")
+    p.add_argument("--decode-modes", default="compiled,eager", help="compiled, eager or both")
     args = p.parse_args(argv)
     device = torch.device("cpu" if args.smoke or not torch.cuda.is_available() else "cuda")
     if args.smoke:
@@ -107,6 +109,9 @@ def main(argv=None):
         size = dict(vocab=32000, hidden=768, layers=12)
         decode_grid, prefill_grid, train_grid = [(1, 512), (1, 16384), (1, 65536), (32, 16384), (256, 512)], [2048, 16384, 65536], [2048, 8192, 32768]
         n1, n2, tokens_per_step, steps, dtype = 16, 144, 65536, 5, torch.bfloat16
+    if args.decode_grid:
+        decode_grid = [tuple(int(x) for x in case.split("x")) for case in args.decode_grid.split(",")]
+    modes = [{"compiled": True, "eager": False}[mode] for mode in args.decode_modes.split(",")]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "torch": torch.__version__,
@@ -122,7 +127,7 @@ def main(argv=None):
         model = build(name, device=device, dtype=dtype, **size)
         params = sum(p.numel() for p in model.parameters())
         if "decode" in sections:
-            for compiled in (True, False):
+            for compiled in modes:
                 for batch, context in decode_grid:
                     try:
                         ms = decode_ms_per_token(model, batch, context, compiled, n1, n2, device)
