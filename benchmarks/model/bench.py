@@ -1,36 +1,79 @@
-"""Model-level benchmark on one GPU: decode through generate() (eager and compiled), prefill latency and
-training throughput (eager and torch.compile) of the 12-layer, d = 768 H-LRU / BD-LRU language models.
+"""Model-level benchmark on one GPU, the LRNN language models side by side with a Llama of the same size:
+decode through generate() (eager and compiled), prefill latency, training throughput and peak memory.
 
-    python -m benchmarks.model.bench --out benchmarks/results/model            # the full run (CUDA)
-    python -m benchmarks.model.bench --smoke                                    # tiny shapes, CPU, seconds
+    python -m benchmarks.model.bench --out benchmarks/results/model --deadline 540   # CUDA
+    python -m benchmarks.model.bench --smoke --out /tmp/bench                         # tiny shapes, CPU, seconds
+    python -m benchmarks.model.plot benchmarks/results/model/model_bench.json         # the figure
 
-Every measurement is written to <out>/model_bench.json as soon as it is done (a failed one records its
-error), so a run cut short still returns what it measured. Decode time per token is the difference of two
-generate() calls with max_new_tokens n1 and n2 (min_new_tokens equal), divided by n2 - n1, which removes
-the prefill; compiled runs are timed after one warm-up call that compiles. MFU = 6 * parameters *
-tokens/s over the measured bf16 matrix peak (--peak-tflops, 790 measured on the H200 here).
+Models (vocabulary 32,000, d = 768, 12 layers, bf16): H-LRU m = 2, BD-LRU k = 4, and transformers' Llama
+(SDPA attention, 12 heads, untied head) with its SwiGLU width chosen so that it has as many parameters as
+the H-LRU model.
+
+Measurements, in the order given by ``--sections`` (then ``--models``), each written to
+<out>/model_bench.json as soon as it is done (a failed one records its error; with ``--deadline`` the ones
+that would start after it are recorded as not run), so a run cut short keeps what it measured:
+- decode: ms per token of generate(), greedy, as the difference of two calls with n1 and n2 new tokens
+  (min_new_tokens equal), which removes the prefill. Modes: "compiled" (LRNN: transformers' auto-compile of
+  the decode step with the model's static recurrent cache; Llama: ``cache_implementation="static"``, also
+  compiled) and "eager" (``disable_compile=True``; Llama with its dynamic cache). ``--repeats`` passes over the
+  whole grid, interleaved, so that drifts of the machine spread over every case; report the median.
+- prefill: ms for one forward of a (1, T) prompt with the cache (eager), median of ``--prefill-repeats``.
+- train: tokens/s and peak memory of forward, backward and a fused AdamW step (bf16 autocast, fp32 weights,
+  65,536 tokens per step), eager, ``torch.compile(model)``, and for the LRNNs "compiled_fused_ce": the
+  compiled backbone with Liger-Kernel's fused linear + cross-entropy in place of the head and the loss
+  (recorded as not run where liger_kernel is not installed). MFU = model FLOPs x tokens/s over
+  ``--peak-tflops`` (790: the bf16 matrix rate measured on the H200 here); model FLOPs per token are
+  6 x parameters, plus the causal attention's 6 x layers x T x d for Llama.
 """
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
+import statistics
 import time
 import traceback
 from pathlib import Path
 
 import torch
-from transformers import GenerationConfig
+from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 from transformers.generation.configuration_utils import CompileConfig
 
 from hf_lrnn import LRNNConfig, LRNNForCausalLM
+from hf_lrnn.configuration_lrnn import swiglu_intermediate_size
 
-MODELS = {"hlru_m2": dict(mixer="hlru", order=2), "bdlru_k4": dict(mixer="bdlru", block_size=4)}
+LRNN_MODELS = {"hlru_m2": dict(mixer="hlru", order=2), "bdlru_k4": dict(mixer="bdlru", block_size=4)}
+MODELS = (*LRNN_MODELS, "llama")
+FULL = dict(size=dict(vocab=32000, hidden=768, layers=12), dtype=torch.bfloat16, n1=16, n2=144, tokens_per_step=65536,
+            train_steps=5, decode_grid="1x512,1x16384,1x65536,32x16384,256x512", prefill_grid=(2048, 16384, 65536),
+            train_grid=(2048, 8192, 32768))
+SMOKE = dict(size=dict(vocab=97, hidden=32, layers=2), dtype=torch.float32, n1=2, n2=6, tokens_per_step=256,
+             train_steps=2, decode_grid="1x16,4x8", prefill_grid=(32,), train_grid=(64,))
+
+
+def lrnn_config(name, vocab, hidden, layers):
+    return LRNNConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, **LRNN_MODELS[name])
+
+
+def llama_config(vocab, hidden, layers):
+    """Llama with the H-LRU m = 2 model's parameter count: the SwiGLU width fills what the attention leaves."""
+    heads = max(1, hidden // 64)
+    lrnn = LRNNForCausalLM(lrnn_config("hlru_m2", vocab, hidden, layers))
+    per_layer = (sum(p.numel() for p in lrnn.parameters()) - 2 * vocab * hidden - hidden) / layers
+    width = max(32, round((per_layer - 4 * hidden * hidden - 2 * hidden) / (3 * hidden) / 32) * 32)
+    return LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=width, num_hidden_layers=layers,
+                       num_attention_heads=heads, num_key_value_heads=heads, max_position_embeddings=131072,
+                       tie_word_embeddings=False, attn_implementation="sdpa", pad_token_id=0, bos_token_id=None,
+                       eos_token_id=None)
 
 
 def build(name, vocab, hidden, layers, device, dtype):
     torch.manual_seed(0)
-    config = LRNNConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, **MODELS[name])
-    return LRNNForCausalLM(config).to(device=device, dtype=dtype).eval()
+    if name == "llama":
+        model = LlamaForCausalLM(llama_config(vocab, hidden, layers))
+    else:
+        model = LRNNForCausalLM(lrnn_config(name, vocab, hidden, layers))
+    return model.to(device=device, dtype=dtype).eval()
 
 
 def sync(device):
@@ -39,7 +82,8 @@ def sync(device):
 
 
 def timed(fn, device, repeat=1):
-    fn()  # warm-up (compiles where compiled)
+    """Seconds per call of ``fn`` over ``repeat`` calls, after one warm-up call (which compiles where compiled)."""
+    fn()
     sync(device)
     t = time.perf_counter()
     for _ in range(repeat):
@@ -50,36 +94,65 @@ def timed(fn, device, repeat=1):
 
 def decode_ms_per_token(model, batch, context, compiled, n1, n2, device):
     prompt = torch.randint(0, model.config.vocab_size, (batch, context), device=device)
-    compile_config = CompileConfig(fullgraph=True) if compiled else None
+    mode = {"disable_compile": not compiled, "compile_config": CompileConfig(fullgraph=True) if compiled else None}
+    if compiled and isinstance(model, LlamaForCausalLM):
+        mode["cache_implementation"] = "static"
 
     def run(n):
-        config = GenerationConfig(max_new_tokens=n, min_new_tokens=n, do_sample=False, disable_compile=not compiled,
-                                  compile_config=compile_config, eos_token_id=None, pad_token_id=0)
-        return lambda: model.generate(prompt, generation_config=config)
+        config = GenerationConfig(max_new_tokens=n, min_new_tokens=n, do_sample=False, eos_token_id=None, pad_token_id=0, **mode)
+        return lambda: model.generate(prompt, attention_mask=torch.ones_like(prompt), generation_config=config)
 
     t1, t2 = timed(run(n1), device), timed(run(n2), device)
     return 1e3 * (t2 - t1) / (n2 - n1)
 
 
-def prefill_ms(model, context, device):
+def prefill_ms(model, context, device, repeats):
     x = torch.randint(0, model.config.vocab_size, (1, context), device=device)
+    samples = []
     with torch.no_grad():
-        return 1e3 * timed(lambda: model(input_ids=x, use_cache=True), device, repeat=3)
+        for _ in range(repeats):
+            samples.append(1e3 * timed(lambda: model(input_ids=x, use_cache=True), device))
+    return statistics.median(samples), samples
 
 
-def train_tokens_per_s(model, seq_len, tokens_per_step, compiled, device, steps):
+def fused_ce_loss_fn(model):
+    """(backbone, loss(hidden, labels)): Liger-Kernel's fused linear + cross-entropy on the model's head."""
+    from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
+
+    fused = LigerFusedLinearCrossEntropyLoss()
+
+    def loss(hidden, labels):
+        d = hidden.shape[-1]
+        return fused(model.lm_head.weight, hidden[:, :-1].reshape(-1, d), labels[:, 1:].reshape(-1))
+
+    return loss
+
+
+def train_tokens_per_s(model, seq_len, tokens_per_step, mode, device, steps):
+    """(tokens/s, peak GiB, first loss) of ``steps`` training steps of ``mode`` (eager, compiled, compiled_fused_ce)."""
     model.train()
     batch = max(1, tokens_per_step // seq_len)
     x = torch.randint(0, model.config.vocab_size, (batch, seq_len), device=device)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
-    forward = torch.compile(model) if compiled else model
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-6, fused=device.type == "cuda")
+    if mode == "compiled_fused_ce":
+        backbone, head_loss = torch.compile(model.model), fused_ce_loss_fn(model)
+
+        def loss_of():
+            return head_loss(backbone(input_ids=x, use_cache=False).last_hidden_state, x)
+    else:
+        forward = torch.compile(model) if mode == "compiled" else model
+
+        def loss_of():
+            return forward(input_ids=x, labels=x, use_cache=False).loss
+    losses = []
 
     def step():
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            loss = forward(input_ids=x, labels=x, use_cache=False).loss
+            loss = loss_of()
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
+        losses.append(loss.detach())
 
     step()  # compile / autotune outside the timing
     if device.type == "cuda":
@@ -87,76 +160,120 @@ def train_tokens_per_s(model, seq_len, tokens_per_step, compiled, device, steps)
     seconds = timed(step, device, repeat=steps)
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
     model.eval()
-    return batch * seq_len / seconds, peak
+    return batch * seq_len / seconds, peak, float(losses[0])
+
+
+def parse_grid(text):
+    return [tuple(int(x) for x in case.split("x")) for case in text.split(",") if case]
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.model.bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="benchmarks/results/model")
     p.add_argument("--smoke", action="store_true", help="tiny model and shapes on the CPU")
-    p.add_argument("--models", default="hlru_m2,bdlru_k4")
-    p.add_argument("--sections", default="decode,prefill,train")
+    p.add_argument("--models", default=",".join(MODELS), help=f"among {', '.join(MODELS)}")
+    p.add_argument("--sections", default="decode,prefill,train", help="in the order to run them")
+    p.add_argument("--decode-grid", help="decode cases BATCHxCONTEXT,... (default: 1x512,1x16384,1x65536,32x16384,256x512)")
+    p.add_argument("--llama-decode-grid", help="Llama's decode cases (default: --decode-grid)")
+    p.add_argument("--decode-modes", default="compiled,eager")
+    p.add_argument("--repeats", type=int, default=1, help="passes over the decode grid")
+    p.add_argument("--prefill-grid", help="prompt lengths T,... (default 2048,16384,65536)")
+    p.add_argument("--prefill-repeats", type=int, default=10)
+    p.add_argument("--train-grid", help="sequence lengths T,... (default 2048,8192,32768)")
+    p.add_argument("--train-modes", default="compiled,eager,compiled_fused_ce")
     p.add_argument("--peak-tflops", type=float, default=790.0)
-    p.add_argument("--decode-grid", help="decode cases as BATCHxCONTEXT,... (default: the full grid)")
-    p.add_argument("--decode-modes", default="compiled,eager", help="compiled, eager or both")
+    p.add_argument("--deadline", type=float, default=None, help="seconds after which no measurement starts")
     args = p.parse_args(argv)
     device = torch.device("cpu" if args.smoke or not torch.cuda.is_available() else "cuda")
-    if args.smoke:
-        size = dict(vocab=97, hidden=32, layers=2)
-        decode_grid, prefill_grid, train_grid = [(1, 16), (4, 8)], [32], [64]
-        n1, n2, tokens_per_step, steps, dtype = 2, 6, 256, 2, torch.float32
-    else:
-        size = dict(vocab=32000, hidden=768, layers=12)
-        decode_grid, prefill_grid, train_grid = [(1, 512), (1, 16384), (1, 65536), (32, 16384), (256, 512)], [2048, 16384, 65536], [2048, 8192, 32768]
-        n1, n2, tokens_per_step, steps, dtype = 16, 144, 65536, 5, torch.bfloat16
-    if args.decode_grid:
-        decode_grid = [tuple(int(x) for x in case.split("x")) for case in args.decode_grid.split(",")]
-    modes = [{"compiled": True, "eager": False}[mode] for mode in args.decode_modes.split(",")]
+    preset = SMOKE if args.smoke else FULL
+    size, dtype = preset["size"], preset["dtype"]
+    models = args.models.split(",")
+    unknown = sorted(set(models) - set(MODELS))
+    if unknown:
+        p.error(f"--models: unknown {unknown}; known: {list(MODELS)}")
+    decode_grid = parse_grid(args.decode_grid or preset["decode_grid"])
+    llama_grid = parse_grid(args.llama_decode_grid) if args.llama_decode_grid else decode_grid
+    prefill_grid = [int(t) for t in args.prefill_grid.split(",")] if args.prefill_grid else preset["prefill_grid"]
+    train_grid = [int(t) for t in args.train_grid.split(",")] if args.train_grid else preset["train_grid"]
+
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    start = time.time()
     results = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "torch": torch.__version__,
-               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "size": size, "rows": []}
+               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "size": size, "params": {}, "argv": argv,
+               "rows": []}
 
     def record(**row):
+        row["t_s"] = round(time.time() - start, 1)
         results["rows"].append(row)
         (out / "model_bench.json").write_text(json.dumps(results, indent=1))
         print(json.dumps(row), flush=True)
 
-    sections = args.sections.split(",")
-    for name in args.models.split(","):
-        model = build(name, device=device, dtype=dtype, **size)
-        params = sum(p.numel() for p in model.parameters())
-        if "decode" in sections:
-            for compiled in modes:
-                for batch, context in decode_grid:
-                    try:
-                        ms = decode_ms_per_token(model, batch, context, compiled, n1, n2, device)
-                        record(model=name, section="decode", compiled=compiled, batch=batch, context=context,
-                               ms_per_token=ms, tokens_per_s=1e3 * batch / ms)
-                    except Exception as err:  # noqa: BLE001 - recorded, the run goes on
-                        record(model=name, section="decode", compiled=compiled, batch=batch, context=context,
-                               error=f"{type(err).__name__}: {err}"[:2000], trace=traceback.format_exc()[-3000:])
-        if "prefill" in sections:
-            for context in prefill_grid:
-                try:
-                    record(model=name, section="prefill", context=context, ms=prefill_ms(model, context, device))
-                except Exception as err:  # noqa: BLE001
-                    record(model=name, section="prefill", context=context, error=f"{type(err).__name__}: {err}"[:2000])
-        if "train" in sections:
-            for compiled in (False, True):
-                for seq_len in train_grid:
-                    try:
-                        tps, peak = train_tokens_per_s(model.float(), seq_len, tokens_per_step, compiled, device, steps)
-                        record(model=name, section="train", compiled=compiled, seq_len=seq_len, tokens_per_s=tps,
-                               peak_gib=peak, mfu=6 * params * tps / (args.peak_tflops * 1e12), params=params)
-                    except Exception as err:  # noqa: BLE001
-                        record(model=name, section="train", compiled=compiled, seq_len=seq_len,
-                               error=f"{type(err).__name__}: {err}"[:2000], trace=traceback.format_exc()[-3000:])
-                    torch._dynamo.reset()
-            model.to(dtype)
-        del model
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+    def measure(fn, **key):
+        """Run one measurement ``fn() -> dict`` and record it, its error, or that the deadline passed."""
+        if args.deadline is not None and time.time() - start > args.deadline:
+            return record(**key, status="not_run", reason=f"deadline of {args.deadline:.0f} s passed")
+        try:
+            record(**key, **fn())
+        except Exception as err:  # noqa: BLE001 - recorded, the run goes on
+            record(**key, status="error", error=f"{type(err).__name__}: {err}"[:2000], trace=traceback.format_exc()[-3000:])
+
+    eval_models = {}
+
+    def model_of(name):
+        if name not in eval_models:
+            eval_models[name] = build(name, device=device, dtype=dtype, **size)
+            results["params"][name] = sum(p.numel() for p in eval_models[name].parameters())
+        return eval_models[name]
+
+    for section in args.sections.split(","):
+        if section == "decode":
+            for repeat in range(args.repeats):
+                for name in models:
+                    for mode in args.decode_modes.split(","):
+                        for batch, context in (llama_grid if name == "llama" else decode_grid):
+                            def decode(name=name, mode=mode, batch=batch, context=context):
+                                ms = decode_ms_per_token(model_of(name), batch, context, mode == "compiled",
+                                                         preset["n1"], preset["n2"], device)
+                                return dict(ms_per_token=ms, tokens_per_s=1e3 * batch / ms)
+                            measure(decode, model=name, section="decode", mode=mode, batch=batch, context=context, repeat=repeat)
+        elif section == "prefill":
+            for name in models:
+                for context in prefill_grid:
+                    def prefill(name=name, context=context):
+                        ms, samples = prefill_ms(model_of(name), context, device, args.prefill_repeats)
+                        return dict(ms=ms, samples_ms=samples)
+                    measure(prefill, model=name, section="prefill", context=context)
+        elif section == "train":
+            eval_models.clear()  # the evaluation models' memory goes back before training
+            for seq_len in train_grid:
+                for name in models:
+                    for mode in args.train_modes.split(","):
+                        if mode == "compiled_fused_ce" and name == "llama":
+                            continue
+                        if mode == "compiled_fused_ce" and importlib.util.find_spec("liger_kernel") is None:
+                            record(model=name, section="train", mode=mode, seq_len=seq_len, status="not_run",
+                                   reason="liger_kernel is not installed")
+                            continue
+                        def train(name=name, mode=mode, seq_len=seq_len):
+                            model = build(name, device=device, dtype=torch.float32, **size)
+                            params = sum(p.numel() for p in model.parameters())
+                            try:
+                                tps, peak, loss = train_tokens_per_s(model, seq_len, preset["tokens_per_step"], mode,
+                                                                     device, preset["train_steps"])
+                            finally:
+                                del model
+                                torch._dynamo.reset()
+                                if device.type == "cuda":
+                                    torch.cuda.empty_cache()
+                            flops = 6 * params + (6 * size["layers"] * seq_len * size["hidden"] if name == "llama" else 0)
+                            return dict(tokens_per_s=tps, peak_gib=peak, first_loss=loss, params=params,
+                                        mfu=flops * tps / (args.peak_tflops * 1e12))
+                        measure(train, model=name, section="train", mode=mode, seq_len=seq_len)
+        else:
+            p.error(f"--sections: unknown section {section!r}; known: decode, prefill, train")
+    return results
 
 
 if __name__ == "__main__":

@@ -1,0 +1,122 @@
+"""The model-level benchmark's figure and summary tables, from one or more model_bench.json files
+(benchmarks/model/bench.py; repeated decode measurements are reduced to their median).
+
+    python -m benchmarks.model.plot benchmarks/results/model/model_bench.json --out benchmarks/results/model
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+LABELS = {"hlru_m2": "H-LRU m=2", "bdlru_k4": "BD-LRU k=4", "llama": "Llama"}
+
+
+def load(paths):
+    """Measured rows of every file (not-run and failed ones left out), and the files' metadata."""
+    rows, meta = [], []
+    for path in paths:
+        data = json.loads(Path(path).read_text())
+        meta.append({k: data.get(k) for k in ("device", "torch", "date", "params")})
+        rows += [r for r in data["rows"] if r.get("status") is None]
+    return rows, meta
+
+
+def medians(rows, section, key, value):
+    """{key(row): median of row[value]} over the rows of ``section``."""
+    groups = defaultdict(list)
+    for r in rows:
+        if r["section"] == section:
+            groups[key(r)].append(r[value])
+    return {k: statistics.median(v) for k, v in groups.items()}
+
+
+def tables(rows) -> str:
+    """Markdown tables: decode (ms per token and tokens/s), prefill (ms), training (tokens/s, MFU, peak GiB)."""
+    lines = []
+    decode = medians(rows, "decode", lambda r: (r["model"], r["mode"], r["batch"], r["context"]), "ms_per_token")
+    counts = defaultdict(int)
+    for r in rows:
+        if r["section"] == "decode":
+            counts[(r["model"], r["mode"], r["batch"], r["context"])] += 1
+    if decode:
+        lines += ["| model | mode | batch x context | ms per token (median) | tokens/s | runs |", "|---|---|---|---|---|---|"]
+        for (model, mode, batch, context), ms in sorted(decode.items()):
+            lines.append(f"| {LABELS.get(model, model)} | {mode} | {batch} x {context:,} | {ms:.3f} | {1e3 * batch / ms:,.0f} | "
+                         f"{counts[(model, mode, batch, context)]} |")
+        lines.append("")
+    prefill = medians(rows, "prefill", lambda r: (r["model"], r["context"]), "ms")
+    if prefill:
+        lengths = sorted({c for _, c in prefill})
+        lines += ["| model | " + " | ".join(f"prefill ms, T = {c:,}" for c in lengths) + " |",
+                  "|---|" + "---|" * len(lengths)]
+        for model in dict.fromkeys(m for m, _ in prefill):
+            cells = [f"{prefill[(model, c)]:.2f}" if (model, c) in prefill else "-" for c in lengths]
+            lines.append(f"| {LABELS.get(model, model)} | " + " | ".join(cells) + " |")
+        lines.append("")
+    train = [r for r in rows if r["section"] == "train"]
+    if train:
+        lines += ["| model | mode | T | tokens/s | MFU | peak GiB |", "|---|---|---|---|---|---|"]
+        for r in sorted(train, key=lambda r: (r["seq_len"], r["model"], r["mode"])):
+            peak = "-" if r["peak_gib"] is None else f"{r['peak_gib']:.1f}"
+            lines.append(f"| {LABELS.get(r['model'], r['model'])} | {r['mode']} | {r['seq_len']:,} | {r['tokens_per_s']:,.0f} | "
+                         f"{100 * r['mfu']:.1f}% | {peak} |")
+    return "\n".join(lines)
+
+
+def figure(rows, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    decode = medians(rows, "decode", lambda r: (r["model"], r["mode"], r["batch"], r["context"]), "ms_per_token")
+    ax = axes[0]
+    for model, mode in sorted({(m, mo) for m, mo, b, _ in decode if b == 1}):
+        points = sorted((c, ms) for (m, mo, b, c), ms in decode.items() if (m, mo, b) == (model, mode, 1))
+        ax.plot(*zip(*points), marker="o", linestyle="-" if mode == "compiled" else "--", label=f"{LABELS.get(model, model)}, {mode}")
+    ax.set(xscale="log", yscale="log", xlabel="context (tokens)", ylabel="ms per token", title="generate(), batch 1")
+    ax.legend(fontsize=7)
+    prefill = medians(rows, "prefill", lambda r: (r["model"], r["context"]), "ms")
+    ax = axes[1]
+    for model in dict.fromkeys(m for m, _ in prefill):
+        points = sorted((c, ms) for (m, c), ms in prefill.items() if m == model)
+        ax.plot(*zip(*points), marker="o", label=LABELS.get(model, model))
+    ax.set(xscale="log", yscale="log", xlabel="prompt length T", ylabel="ms", title="prefill, batch 1")
+    ax.legend(fontsize=7)
+    train = [r for r in rows if r["section"] == "train"]
+    ax = axes[2]
+    bars = sorted({(r["model"], r["mode"]) for r in train})
+    lengths = sorted({r["seq_len"] for r in train})
+    width = 0.8 / max(1, len(bars))
+    for i, (model, mode) in enumerate(bars):
+        values = {r["seq_len"]: r["tokens_per_s"] / 1e3 for r in train if (r["model"], r["mode"]) == (model, mode)}
+        ax.bar([j + i * width for j, t in enumerate(lengths) if t in values], [values[t] for t in lengths if t in values],
+               width, label=f"{LABELS.get(model, model)}, {mode}")
+    ax.set_xticks([j + width * (len(bars) - 1) / 2 for j in range(len(lengths))], [f"T={t:,}" for t in lengths])
+    ax.set(ylabel="thousand tokens/s", title="training, 65,536 tokens per step")
+    ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m benchmarks.model.plot", description=__doc__.split("\n\n")[0])
+    p.add_argument("files", nargs="+")
+    p.add_argument("--out", default="benchmarks/results/model")
+    args = p.parse_args(argv)
+    rows, meta = load(args.files)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    figure(rows, out / "model_bench.png")
+    text = "\n".join(f"<!-- {m['device']}, torch {m['torch']}, {m['date']} -->" for m in meta) + "\n\n" + tables(rows) + "\n"
+    (out / "model_bench.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,37 @@
+"""Where a batch-1 prefill's time goes: torch.profiler's table (host and device time per op) of one forward
+with the cache, for each model of benchmarks/model/bench.py at prompt length T.
+
+    python -m benchmarks.model.profile_prefill --length 2048 --models hlru_m2,llama
+"""
+import argparse
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from .bench import build
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m benchmarks.model.profile_prefill", description=__doc__.split("\n\n")[0])
+    p.add_argument("--length", type=int, default=2048)
+    p.add_argument("--models", default="hlru_m2,llama")
+    p.add_argument("--rows", type=int, default=25)
+    args = p.parse_args(argv)
+    device = torch.device("cuda")
+    for name in args.models.split(","):
+        model = build(name, 32000, 768, 12, device, torch.bfloat16)
+        x = torch.randint(0, 32000, (1, args.length), device=device)
+        with torch.no_grad():
+            for _ in range(3):
+                model(input_ids=x, use_cache=True)
+            torch.cuda.synchronize()
+            with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+                model(input_ids=x, use_cache=True)
+                torch.cuda.synchronize()
+        print(f"== {name}, T = {args.length}")
+        print(prof.key_averages().table(sort_by="cpu_time_total", row_limit=args.rows), flush=True)
+        del model
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,38 @@
+"""benchmarks/model: the model-level benchmark's --smoke mode on the CPU (every section, every model) and
+its figure and tables, so that the script stays in step with the models and generate()."""
+import json
+
+from benchmarks.model import bench, plot
+
+
+def test_bench_smoke_and_plot(tmp_path):
+    bench.main(["--smoke", "--out", str(tmp_path), "--train-modes", "compiled,eager,compiled_fused_ce"])
+    data = json.loads((tmp_path / "model_bench.json").read_text())
+    rows = data["rows"]
+    measured = [r for r in rows if r.get("status") is None]
+    failed = [r for r in rows if r.get("status") == "error"]
+    assert not failed, failed
+    models = {"hlru_m2", "bdlru_k4", "llama"}
+    assert {r["model"] for r in measured if r["section"] == "decode"} == models
+    assert {r["model"] for r in measured if r["section"] == "prefill"} == models
+    decode = [r for r in measured if r["section"] == "decode"]
+    assert {r["mode"] for r in decode} == {"compiled", "eager"}
+    assert all(r["ms_per_token"] > 0 for r in decode)
+    train = [r for r in measured if r["section"] == "train"]
+    assert {(r["model"], r["mode"]) for r in train} >= {(m, mode) for m in models for mode in ("compiled", "eager")}
+    # same weights and batch: the compiled and eager first losses agree
+    for m in models:
+        losses = {r["mode"]: r["first_loss"] for r in train if r["model"] == m}
+        assert abs(losses["compiled"] - losses["eager"]) < 1e-3, losses
+    # Llama is sized to the H-LRU model's parameter count (within 10% at the smoke size)
+    assert abs(data["params"]["llama"] / data["params"]["hlru_m2"] - 1) < 0.1, data["params"]
+    plot.main([str(tmp_path / "model_bench.json"), "--out", str(tmp_path)])
+    assert (tmp_path / "model_bench.png").stat().st_size > 0
+    table = (tmp_path / "model_bench.md").read_text()
+    assert "Llama" in table and "| H-LRU m=2 | compiled | 1 x 16 |" in table
+
+
+def test_bench_deadline_records_not_run(tmp_path):
+    bench.main(["--smoke", "--out", str(tmp_path), "--sections", "prefill", "--models", "hlru_m2", "--deadline", "-1"])
+    rows = json.loads((tmp_path / "model_bench.json").read_text())["rows"]
+    assert rows and all(r["status"] == "not_run" and "deadline" in r["reason"] for r in rows)
