@@ -8,9 +8,14 @@
 - ``llama``: a small ``LlamaForCausalLM`` (RoPE attention + SwiGLU, the same widths).
 - ``mamba``: ``MambaForCausalLM`` with 2 x num_layers Mamba blocks (a Mamba block has no separate MLP),
   transformers' pure-PyTorch path unless the mamba-ssm kernels are installed.
+- ``mamba2``: ``Mamba2ForCausalLM`` with 2 x num_layers Mamba-2 blocks (state size 64, head dim 64, one
+  group). On CUDA it must run mamba-ssm's Triton SSD kernels (``mamba_chunk_scan_combined``), which need no
+  CUDA build (see :func:`_mamba2_kernels`); ``desc["kernel_path"]`` says ``"ssd_triton"``, and if
+  transformers would take its PyTorch path instead, :class:`BaselineUnavailable` says why. On the CPU it
+  runs transformers' PyTorch path, ``desc["kernel_path"] == "torch"``.
 - ``deltanet`` / ``gated_deltanet``: from flash-linear-attention (``fla``), imported lazily; its
   kernels are Triton and need a GPU. :func:`build_model` raises :class:`BaselineUnavailable` saying why
-  when they cannot run.
+  when they cannot run. Gated DeltaNet on Hopper with Triton < 3.7.1: see :func:`_lift_fla_hopper_guard`.
 
 :func:`build_model` takes a model name and returns ``(model, description)``; :func:`last_hidden_state`
 gets the final (normalised) hidden states of any of them; :class:`ProbeHead` is the encoder probe used
@@ -18,6 +23,11 @@ for compression (decode a whole sequence from the last position's hidden state).
 """
 from __future__ import annotations
 
+import importlib.machinery
+import importlib.util
+import inspect
+import sys
+import types
 from typing import Optional, Tuple
 
 import torch
@@ -126,7 +136,7 @@ class LSTMForCausalLM(LSTMPreTrainedModel):
 
 
 # ------------------------------------------------------------------------------------- builders
-MODEL_KINDS = ("hlru", "bdlru", "diag", "lstm", "llama", "mamba", "deltanet", "gated_deltanet")
+MODEL_KINDS = ("hlru", "bdlru", "diag", "lstm", "llama", "mamba", "mamba2", "deltanet", "gated_deltanet")
 
 
 def build_model(kind: str, vocab_size: int, hidden_size: int = 128, num_layers: int = 2,
@@ -136,8 +146,8 @@ def build_model(kind: str, vocab_size: int, hidden_size: int = 128, num_layers: 
     ``gate_normalization`` applies to the LRNN kinds only.
 
     ``num_layers`` counts mixer blocks: the LRNN, LSTM and Llama models alternate them with as many
-    SwiGLU blocks (the paper's "two mixer blocks alternating with two SwiGLU blocks" is 2); Mamba
-    gets 2 x num_layers Mamba blocks; DeltaNet and Gated DeltaNet blocks include their own SwiGLU.
+    SwiGLU blocks (the paper's "two mixer blocks alternating with two SwiGLU blocks" is 2); Mamba and
+    Mamba-2 get 2 x num_layers blocks; DeltaNet and Gated DeltaNet blocks include their own SwiGLU.
     """
     d, inter = hidden_size, swiglu_intermediate_size(hidden_size)
     desc = {"kind": kind, "hidden_size": d, "num_layers": num_layers}
@@ -172,6 +182,9 @@ def build_model(kind: str, vocab_size: int, hidden_size: int = 128, num_layers: 
                              pad_token_id=None, bos_token_id=None, eos_token_id=None)
         model = MambaForCausalLM(config)
         desc.update({"mamba_blocks": 2 * num_layers, "state_size": 16})
+    elif kind == "mamba2":
+        model, extra = _build_mamba2(vocab_size, d, num_layers, device)
+        desc.update(extra)
     elif kind in ("deltanet", "gated_deltanet"):
         model, extra = _build_fla(kind, vocab_size, d, num_layers, inter, device)
         desc.update(extra)
@@ -180,6 +193,125 @@ def build_model(kind: str, vocab_size: int, hidden_size: int = 128, num_layers: 
     if device is not None:
         model = model.to(device)
     return model, desc
+
+
+MAMBA2_STATE_SIZE = 64
+MAMBA2_HEAD_DIM = 64
+
+
+def _build_mamba2(vocab_size, d, num_layers, device):
+    """``Mamba2ForCausalLM``: 2 x num_layers blocks, inner width 2d = heads x 64, state 64, one group of
+    B/C (so transformers 5.17's and 5.24's gated RMSNorms agree), transformers' chunk size 256."""
+    inner = 2 * d
+    if inner % MAMBA2_HEAD_DIM:
+        raise ValueError(f"mamba2 needs 2 x hidden_size divisible by its head dim {MAMBA2_HEAD_DIM}; got hidden_size={d}")
+    kernels = _mamba2_kernels(device is not None and torch.device(device).type == "cuda")
+    from transformers import Mamba2Config
+    from transformers.models.mamba2.modeling_mamba2 import Mamba2ForCausalLM
+
+    heads = inner // MAMBA2_HEAD_DIM
+    config = Mamba2Config(vocab_size=vocab_size, hidden_size=d, num_hidden_layers=2 * num_layers, expand=2,
+                          num_heads=heads, head_dim=MAMBA2_HEAD_DIM, state_size=MAMBA2_STATE_SIZE, n_groups=1,
+                          use_cache=False, tie_word_embeddings=False,
+                          pad_token_id=None, bos_token_id=None, eos_token_id=None)
+    return Mamba2ForCausalLM(config), {"mamba_blocks": 2 * num_layers, "state_size": MAMBA2_STATE_SIZE,
+                                       "heads": heads, "head_dim": MAMBA2_HEAD_DIM,
+                                       "chunk_size": config.chunk_size, **kernels}
+
+
+def _mamba2_kernels(cuda: bool) -> dict:
+    """Which kernels transformers' Mamba-2 mixer calls here, checked against the device (desc entries).
+
+    transformers (5.17 and 5.24 alike) binds each Mamba-2 op once, when ``modeling_mamba2`` is first
+    imported: mamba-ssm's function if ``import mamba_ssm`` succeeds, else its own PyTorch function. Between
+    a mamba-ssm wheel built with MAMBA_SKIP_CUDA_BUILD=TRUE and the Triton SSD kernels stand:
+
+    1. ``import mamba_ssm`` imports ``selective_scan_cuda``, Mamba-1's CUDA extension, which that wheel
+       lacks: on CUDA a placeholder takes its name (:class:`_UnbuiltExtension`, any use raises), so the
+       import succeeds; Mamba-2 never uses it.
+    2. In training the mixer first tries ``mamba_split_conv1d_scan_combined``, which calls causal-conv1d's
+       CUDA convolution. Without causal-conv1d, transformers' name is pointed back at its own fallback
+       (which returns None), so the mixer takes its unfused path: depthwise conv in PyTorch, then
+       mamba-ssm's ``mamba_chunk_scan_combined`` (the SSD kernels), gated RMSNorm and out_proj in PyTorch.
+    3. ``modeling_mamba2`` must not have been imported earlier in the process (it would keep its PyTorch
+       functions); that case raises.
+
+    Returns kernel_path ("ssd_triton" on CUDA, "torch" on the CPU), conv1d ("causal_conv1d" or "torch"),
+    training_path ("fused" or "unfused") and, on CUDA, mamba_ssm's version. Raises
+    :class:`BaselineUnavailable` when on CUDA the chunk scan is not mamba-ssm's, or on the CPU when it is.
+    """
+    if cuda:
+        if not torch.cuda.is_available():
+            raise BaselineUnavailable("mamba2: a CUDA device was asked for, but torch sees none")
+        _import_mamba_ssm()
+    from transformers.models.mamba2 import modeling_mamba2 as mm
+
+    on_mamba_ssm = _bound_module(mm.mamba2_chunk_scan).startswith("mamba_ssm.")
+    if cuda and not on_mamba_ssm:
+        raise BaselineUnavailable(
+            "mamba2: transformers' Mamba-2 is bound to its PyTorch chunk scan, not mamba-ssm's Triton SSD kernels, "
+            "because transformers.models.mamba2.modeling_mamba2 was imported in this process before mamba_ssm "
+            "was importable; build mamba2 in a fresh process")
+    if not cuda and on_mamba_ssm:
+        raise BaselineUnavailable("mamba2 on the CPU: transformers bound mamba-ssm's Triton kernels (mamba_ssm is "
+                                  "importable in this process), and they need CUDA tensors")
+    fused = mm.mamba2_split_conv1d_scan_combined
+    if cuda and _bound_module(fused).startswith("mamba_ssm.") and not _causal_conv1d_kernels():
+        mm.mamba2_split_conv1d_scan_combined = fused.__wrapped__  # transformers' fallback: returns None
+    kernels = {"kernel_path": "ssd_triton" if cuda else "torch",
+               "conv1d": "causal_conv1d" if _bound_module(mm.causal_conv1d_fn).startswith("causal_conv1d") else "torch",
+               "training_path": "fused" if _bound_module(mm.mamba2_split_conv1d_scan_combined).startswith("mamba_ssm.")
+               else "unfused"}
+    if cuda:
+        kernels["mamba_ssm"] = sys.modules["mamba_ssm"].__version__
+    return kernels
+
+
+class _UnbuiltExtension(types.ModuleType):
+    """Stands in for a compiled extension that a package was built without; any use of it raises."""
+
+    def __init__(self, name: str):
+        super().__init__(name)
+        self.__spec__ = importlib.machinery.ModuleSpec(name, loader=None)
+
+    def __getattr__(self, attr):
+        raise AttributeError(f"{self.__name__}.{attr}: mamba-ssm was built without its CUDA extensions "
+                             "(MAMBA_SKIP_CUDA_BUILD=TRUE); only its Triton kernels (Mamba-2's SSD) are available")
+
+
+def _import_mamba_ssm():
+    """Import mamba_ssm, with a placeholder for Mamba-1's ``selective_scan_cuda`` where it was not built."""
+    if importlib.util.find_spec("mamba_ssm") is None:
+        raise BaselineUnavailable(
+            "mamba2: mamba-ssm is not installed; its Triton SSD kernels need no CUDA build (a wheel from "
+            "`MAMBA_SKIP_CUDA_BUILD=TRUE MAMBA_FORCE_BUILD=TRUE pip wheel --no-deps --no-build-isolation mamba-ssm==2.3.1`)")
+    if "selective_scan_cuda" not in sys.modules and importlib.util.find_spec("selective_scan_cuda") is None:
+        sys.modules["selective_scan_cuda"] = _UnbuiltExtension("selective_scan_cuda")
+    try:
+        import mamba_ssm  # noqa: F401
+        from mamba_ssm.ops.triton import ssd_combined  # noqa: F401
+    except Exception as err:  # ImportError, or a Triton/torch incompatibility at import
+        raise BaselineUnavailable(f"mamba2: mamba_ssm could not be imported ({type(err).__name__}: {err})") from err
+
+
+def _causal_conv1d_kernels() -> bool:
+    """Whether mamba-ssm's fused training kernel found causal-conv1d's CUDA convolution."""
+    from mamba_ssm.ops.triton import ssd_combined
+
+    return ssd_combined.causal_conv1d_fwd_function is not None
+
+
+def _bound_module(fn) -> str:
+    """The module of the function that transformers' kernel wrapper ``fn`` calls (its
+    ``use_kernel_func_from_hub_with_fallback`` keeps it in its closure as ``implementation``), or ``fn``'s own
+    module when ``fn`` is a plain function."""
+    if not hasattr(fn, "__wrapped__"):
+        return fn.__module__
+    implementation = inspect.getclosurevars(fn).nonlocals.get("implementation")
+    if implementation is None:
+        raise BaselineUnavailable(f"mamba2: cannot tell which function transformers' {fn.__name__} calls "
+                                  "(its kernel wrapper has changed)")
+    return implementation.__module__
 
 
 def _build_fla(kind, vocab_size, d, num_layers, inter, device):
@@ -199,8 +331,41 @@ def _build_fla(kind, vocab_size, d, num_layers, inter, device):
         return model, {"heads": heads, "fla_version": getattr(fla, "__version__", "?")}
     head_dim = 32
     heads = max(1, (3 * d // 4) // head_dim)  # fla's guidance: num_heads * head_dim ~ 0.75 d
+    extra = {"heads": heads, "head_dim": head_dim, "fla_version": getattr(fla, "__version__", "?")}
+    workaround = _lift_fla_hopper_guard(head_dim)
+    if workaround:
+        extra["fla_workaround"] = workaround
     model = GatedDeltaNetForCausalLM(GatedDeltaNetConfig(num_heads=heads, head_dim=head_dim, **common))
-    return model, {"heads": heads, "head_dim": head_dim, "fla_version": getattr(fla, "__version__", "?")}
+    return model, extra
+
+
+def _lift_fla_hopper_guard(head_k_dim: int) -> Optional[str]:
+    """Let Gated DeltaNet train on Hopper with Triton in [3.4, 3.7.1), where fla 0.6.0 refuses outright.
+
+    With a gate, fla's ``chunk_bwd_dqkwg`` raises "Triton >= 3.4.0 and < 3.7.1 on Hopper GPUs produces
+    incorrect results for gated chunk_bwd_dqkwg (see #640). Please upgrade Triton to >= 3.7.1 or install
+    tilelang". fla's ways out, Triton >= 3.7.1 (torch 2.11 pins 3.6) or its TileLang backend (tilelang, TVM
+    and nvcc), do not fit the GPU machine. fla #640's bisection pins the miscompile to the kernel's key block
+    BK = 64 (BK = 32 and 128 match the reference; unsloth-zoo #1010 narrows the guard the same way), and on
+    Hopper fla takes BK = min(max(next_pow2(K), 16), 128): K = 32 gives BK = 32. For such K the guard is
+    lifted by setting ``fla.ops.common.chunk_o.TRITON_ABOVE_3_7_1 = True`` (the guard is all that name gates
+    there); ``benchmarks/synthetic/check_baselines.py`` compares the gradients with fla's naive recurrence on
+    the device. Returns a note for desc, None where the guard does not apply; raises
+    :class:`BaselineUnavailable` for BK = 64.
+    """
+    import triton
+    from fla.ops.common import chunk_o
+
+    if not (chunk_o.IS_NVIDIA_HOPPER and chunk_o.TRITON_ABOVE_3_4_0 and not chunk_o.TRITON_ABOVE_3_7_1):
+        return None
+    block_k = min(max(triton.next_power_of_2(head_k_dim), 16), 128)
+    if block_k == 64:
+        raise BaselineUnavailable(
+            f"gated_deltanet: fla refuses gated chunk_bwd_dqkwg on Hopper with Triton {triton.__version__} "
+            f"(fla #640), and head dim {head_k_dim} gives the miscompiled key block BK=64")
+    chunk_o.TRITON_ABOVE_3_7_1 = True
+    return (f"fla #640 guard lifted (Hopper, Triton {triton.__version__}): key block BK={block_k}; "
+            "the miscompile is at BK=64")
 
 
 def last_hidden_state(model: PreTrainedModel, input_ids: torch.Tensor) -> torch.Tensor:
