@@ -6,9 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks.synthetic import plot, suite
+from benchmarks.synthetic import check_baselines, plot, suite
 from benchmarks.synthetic import run as synthetic_run
-from benchmarks.synthetic.baselines import BaselineUnavailable, ProbeHead, build_model, last_hidden_state
+from benchmarks.synthetic.baselines import (
+    BaselineUnavailable,
+    ProbeHead,
+    build_model,
+    count_parameters,
+    last_hidden_state,
+)
 from benchmarks.synthetic.tasks import (
     IGNORE,
     TASKS,
@@ -142,9 +148,12 @@ def test_overrides_are_checked():
 
 def test_baselines_build_and_run_on_cpu():
     x = torch.randint(0, 10, (2, 12))
-    for kind, kw in [("diag", {}), ("hlru", {"order": 3}), ("bdlru", {"block_size": 2}), ("lstm", {}), ("llama", {})]:
+    for kind, kw in [("diag", {}), ("hlru", {"order": 3}), ("bdlru", {"block_size": 2}), ("lstm", {}), ("llama", {}),
+                     ("mamba2", {})]:
         model, desc = build_model(kind, 10, 32, 2, **kw)
         assert desc["kind"] == kind
+        if kind == "mamba2":  # on the CPU transformers' PyTorch path, and the description says so
+            assert desc["kernel_path"] == "torch" and desc["training_path"] == "unfused"
         out = model(input_ids=x, labels=x)
         assert out.logits.shape == (2, 12, 10) and torch.isfinite(out.loss)
         h = last_hidden_state(model, x)
@@ -152,6 +161,33 @@ def test_baselines_build_and_run_on_cpu():
         assert ProbeHead(32, 7, 10)(h[:, -1]).shape == (2, 7, 10)
     with pytest.raises(BaselineUnavailable):
         build_model("deltanet", 10, 32, 2, device=torch.device("cpu"))
+
+
+def test_mamba2_baseline_size():
+    """Mamba-2 at d = 128: 2 x num_layers blocks, inner width 2d in 64-wide heads, state 64, about Mamba's size."""
+    mamba2, desc = build_model("mamba2", 120, 128, 2)
+    mamba, _ = build_model("mamba", 120, 128, 2)
+    config = mamba2.config
+    assert (config.num_hidden_layers, config.num_heads * config.head_dim, config.state_size, config.n_groups) == (4, 256, 64, 1)
+    assert desc["heads"] == 4 and abs(count_parameters(mamba2) / count_parameters(mamba) - 1) < 0.05
+    with pytest.raises(ValueError, match="divisible"):
+        build_model("mamba2", 10, 48, 2)
+
+
+def test_check_baselines_smoke(tmp_path):
+    """The GPU self-check's CPU smoke mode: Mamba-2 trains on the PyTorch path, the fla kinds say they need CUDA."""
+    out = tmp_path / "check.json"
+    assert check_baselines.main(["--smoke", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    kinds = {r["kind"]: r for r in report["kinds"]}
+    assert list(kinds) == ["mamba2", "deltanet", "gated_deltanet"]
+    mamba2 = kinds["mamba2"]
+    assert mamba2["status"] == "ok" and mamba2["desc"]["kernel_path"] == "torch"
+    assert [r["length"] for r in mamba2["runs"]] == [8, 16]
+    for run in mamba2["runs"]:
+        assert len(run["train"]["step_s"]) == 3 and run["train"]["finite"] and run["eval"]["finite"]
+    for kind in ("deltanet", "gated_deltanet"):
+        assert kinds[kind]["status"] == "unavailable" and "CUDA" in kinds[kind]["reason"]
 
 
 def test_lstm_baseline_matches_the_lrnn_widths():

@@ -1,0 +1,303 @@
+"""Self-check of the real-kernel baselines (mamba2, deltanet, gated_deltanet) on the GPU, in one call.
+
+For each model kind: build it (:func:`benchmarks.synthetic.baselines.build_model`, whose description
+records the kernel path and any workaround), train ``--steps`` steps at each length (AdamW, bf16 autocast,
+next-token loss on random tokens; the first step compiles and autotunes the Triton kernels and is reported
+on its own), time one no-grad eval forward at the eval batch size (fla switches kernels there: recurrent
+ones at length <= 64), and compare the kernels' outputs and gradients, at the model's head shapes, with a
+PyTorch reference: transformers' own Mamba-2 chunk scan, fla's naive delta-rule recurrences. The relative
+error is ||kernel - reference|| / ||reference||, in float32 (where the kernel takes it) and in bfloat16
+(reference in float32 from the same values). Exceptions are recorded with their full traceback. The JSON
+goes to ``--out`` after each kind, so a run cut short keeps what finished.
+
+    python -m benchmarks.synthetic.check_baselines --out check.json          # CUDA: d=128, batch 128, T=16, 256
+    python -m benchmarks.synthetic.check_baselines --smoke --out smoke.json  # CPU, tiny sizes, seconds
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import time
+import traceback
+from importlib import metadata
+
+import torch
+import torch.nn.functional as F
+
+from benchmarks.synthetic.baselines import BaselineUnavailable, build_model, count_parameters
+
+KINDS = ("mamba2", "deltanet", "gated_deltanet")
+TOLERANCE = {"float32": 0.02, "bfloat16": 0.05}  # relative error; fla #640's miscompile gives about 0.5
+SMOKE = dict(device="cpu", hidden_size=32, batch_size=4, eval_batch_size=8, lengths=[8, 16])
+
+
+def relative_error(kernel: torch.Tensor, reference: torch.Tensor) -> float:
+    """||kernel - reference|| / ||reference||, in float32."""
+    kernel, reference = kernel.detach().float(), reference.detach().float()
+    return float((kernel - reference).norm() / reference.norm().clamp_min(1e-30))
+
+
+def compare(kernel_fn, reference_fn, inputs: dict, dtype: torch.dtype, parameters=(), backward: bool = True) -> dict:
+    """Run ``kernel_fn`` on ``inputs`` cast to ``dtype`` (those named in ``parameters`` stay float32, as the
+    models' parameters do under autocast) and ``reference_fn`` on the same values in float32; relative errors
+    of the output and (``backward``) of every input's gradient under one random cotangent."""
+    leaves_k = {n: t.detach().to(torch.float32 if n in parameters else dtype).requires_grad_(backward)
+                for n, t in inputs.items()}
+    leaves_r = {n: t.detach().float().requires_grad_(backward) for n, t in leaves_k.items()}
+    with torch.set_grad_enabled(backward):
+        out_k, out_r = kernel_fn(**leaves_k), reference_fn(**leaves_r)
+    errors = {"output": relative_error(out_k, out_r)}
+    if backward:
+        cotangent = torch.randn_like(out_r)
+        grads_k = torch.autograd.grad(out_k, list(leaves_k.values()), cotangent.to(out_k.dtype))
+        grads_r = torch.autograd.grad(out_r, list(leaves_r.values()), cotangent)
+        errors.update({f"d_{n}": relative_error(a, b) for n, a, b in zip(leaves_k, grads_k, grads_r)})
+    name = str(dtype).replace("torch.", "")
+    return {"dtype": name, "errors": {k: round(v, 6) for k, v in errors.items()},
+            "ok": all(v < TOLERANCE[name] for v in errors.values())}
+
+
+def mamba2_kernel_check(desc: dict, device, length: int, batch: int = 2) -> list:
+    """mamba-ssm's ``mamba_chunk_scan_combined``, as transformers calls it, against transformers' own
+    PyTorch chunk scan (the function its wrapper falls back to)."""
+    from transformers.models.mamba2 import modeling_mamba2 as mm
+
+    kernel, reference = mm.mamba2_chunk_scan, mm.mamba2_chunk_scan.__wrapped__
+    h, p, n, chunk = desc["heads"], desc["head_dim"], desc["state_size"], desc["chunk_size"]
+    g = torch.Generator(device="cpu").manual_seed(0)
+    inputs = {"hidden_states": torch.randn(batch, length, h, p, generator=g),
+              "dt": torch.randn(batch, length, h, generator=g) - 2.0,
+              "A": -torch.rand(h, generator=g) - 0.5,
+              "B": torch.randn(batch, length, 1, n, generator=g), "C": torch.randn(batch, length, 1, n, generator=g),
+              "D": torch.ones(h), "dt_bias": torch.rand(h, generator=g) - 0.5}
+    inputs = {k: v.to(device) for k, v in inputs.items()}
+
+    def run(fn):  # positional as in transformers' mixer: mamba-ssm names the first argument x
+        return lambda hidden_states, dt, A, B, C, **t: fn(hidden_states, dt, A, B, C, chunk_size=chunk, dt_softplus=True,
+                                                          dt_limit=(0.0, float("inf")), **t)
+
+    return [dict(op="mamba_chunk_scan_combined", length=length,
+                 **compare(run(kernel), run(reference), inputs, dtype, parameters=("A", "D", "dt_bias")))
+            for dtype in (torch.float32, torch.bfloat16)]
+
+
+def deltanet_kernel_check(desc: dict, device, length: int, batch: int = 2) -> list:
+    """fla's chunk (length > 64, training) and fused-recurrent (length <= 64) delta rules, with the layer's
+    in-kernel q/k L2 norm, against fla's naive recurrence."""
+    from fla.ops.delta_rule import chunk_delta_rule, fused_recurrent_delta_rule
+    from fla.ops.delta_rule.naive import delta_rule_recurrence
+
+    h, dk = desc["heads"], desc["hidden_size"] // desc["heads"]
+    g = torch.Generator(device="cpu").manual_seed(0)
+    inputs = {"q": torch.randn(batch, length, h, dk, generator=g), "k": torch.randn(batch, length, h, dk, generator=g),
+              "v": torch.randn(batch, length, h, dk, generator=g), "beta": torch.rand(batch, length, h, generator=g)}
+    inputs = {k: v.to(device) for k, v in inputs.items()}
+
+    def reference(q, k, v, beta):
+        q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
+        o, _ = delta_rule_recurrence(*(t.transpose(1, 2) for t in (q, k, v, beta)), output_final_state=False)
+        return o.transpose(1, 2)
+
+    op = chunk_delta_rule if length > 64 else fused_recurrent_delta_rule
+    kernel = lambda **t: op(**t, use_qk_l2norm_in_kernel=True)[0]  # noqa: E731
+    dtypes = (torch.bfloat16,) if op is chunk_delta_rule else (torch.float32, torch.bfloat16)  # chunk refuses float32
+    return [dict(op=op.__name__, length=length, **compare(kernel, reference, inputs, dtype)) for dtype in dtypes]
+
+
+def gated_deltanet_kernel_check(desc: dict, device, length: int, batch: int = 2) -> list:
+    """fla's chunk gated delta rule (training, every length: its backward is fla #640's kernel) and the
+    fused-recurrent one (eval at length <= 64, forward only), with the layer's in-kernel gate, beta sigmoid
+    and q/k L2 norm, against fla's naive recurrence with decay g = -exp(A_log) softplus(a + dt_bias)."""
+    from fla.ops.gated_delta_rule import chunk_gated_delta_rule, fused_recurrent_gated_delta_rule
+    from fla.ops.gated_delta_rule.naive import naive_recurrent_gated_delta_rule
+
+    h, dk = desc["heads"], desc["head_dim"]
+    dv = 2 * dk  # fla's GatedDeltaNet default expand_v = 2
+    g = torch.Generator(device="cpu").manual_seed(0)
+    inputs = {"q": torch.randn(batch, length, h, dk, generator=g), "k": torch.randn(batch, length, h, dk, generator=g),
+              "v": torch.randn(batch, length, h, dv, generator=g), "g": torch.randn(batch, length, h, generator=g),
+              "beta": torch.randn(batch, length, h, generator=g), "A_log": torch.rand(h, generator=g).log(),
+              "dt_bias": torch.randn(h, generator=g)}
+    inputs = {k: v.to(device) for k, v in inputs.items()}
+
+    def reference(q, k, v, g, beta, A_log, dt_bias):
+        decay = -A_log.exp() * F.softplus(g + dt_bias)
+        return naive_recurrent_gated_delta_rule(F.normalize(q, dim=-1), F.normalize(k, dim=-1), v, beta.sigmoid(),
+                                                decay)[0]
+
+    def layer_call(op):
+        return lambda **t: op(**t, use_qk_l2norm_in_kernel=True, use_beta_sigmoid_in_kernel=True, use_gate_in_kernel=True,
+                              state_v_first=True)[0]
+
+    parameters = ("A_log", "dt_bias")
+    checks = [dict(op="chunk_gated_delta_rule", length=length,
+                   **compare(layer_call(chunk_gated_delta_rule), reference, inputs, dtype, parameters))
+              for dtype in (torch.float32, torch.bfloat16)]
+    if length <= 64:
+        checks += [dict(op="fused_recurrent_gated_delta_rule", length=length,
+                        **compare(layer_call(fused_recurrent_gated_delta_rule), reference, inputs, dtype, parameters,
+                                  backward=False))
+                   for dtype in (torch.float32, torch.bfloat16)]
+    return checks
+
+
+KERNEL_CHECKS = {"mamba2": mamba2_kernel_check, "deltanet": deltanet_kernel_check,
+                 "gated_deltanet": gated_deltanet_kernel_check}
+
+
+def synchronize(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def train_steps(model, vocab_size: int, batch: int, length: int, steps: int, device, amp: bool) -> dict:
+    """``steps`` AdamW steps (lr 5e-4, clip 1) of next-token loss on random tokens; per-step seconds and losses."""
+    opt = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=0.0)
+    gen = torch.Generator(device="cpu").manual_seed(length)
+    step_s, losses = [], []
+    model.train()
+    for _ in range(steps):
+        tokens = torch.randint(0, vocab_size, (batch, length + 1), generator=gen).to(device)
+        synchronize(device)
+        t0 = time.perf_counter()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            logits = model(input_ids=tokens[:, :-1]).logits
+        loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        synchronize(device)
+        step_s.append(round(time.perf_counter() - t0, 4))
+        losses.append(round(float(loss.detach()), 4))
+    later = step_s[1:]
+    return {"first_step_s": step_s[0], "step_s": step_s, "later_steps_mean_s": round(sum(later) / len(later), 4),
+            "loss": losses, "finite": all(math.isfinite(v) for v in losses)}
+
+
+def eval_forward(model, vocab_size: int, batch: int, length: int, device, amp: bool) -> dict:
+    """Two no-grad forwards at the eval batch size (the first may compile eval-only kernels); seconds each."""
+    tokens = torch.randint(0, vocab_size, (batch, length), generator=torch.Generator(device="cpu").manual_seed(1)).to(device)
+    model.eval()
+    times = []
+    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+        for _ in range(2):
+            synchronize(device)
+            t0 = time.perf_counter()
+            logits = model(input_ids=tokens).logits
+            synchronize(device)
+            times.append(round(time.perf_counter() - t0, 4))
+    model.train()
+    return {"batch": batch, "first_s": times[0], "second_s": times[1], "finite": bool(torch.isfinite(logits).all())}
+
+
+def error_record(err: BaseException) -> dict:
+    return {"error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()}
+
+
+def check_kind(kind: str, args, device, log=print) -> dict:
+    """Build, train, evaluate and kernel-check one kind; every failure is caught and recorded."""
+    record = {"kind": kind}
+    t0 = time.perf_counter()
+    try:
+        model, desc = build_model(kind, args.vocab_size, args.hidden_size, 2, device=device)
+    except BaselineUnavailable as err:
+        log(f"[{kind}] unavailable: {err}")
+        return {**record, "status": "unavailable", "reason": str(err)}
+    except Exception as err:
+        log(f"[{kind}] build failed: {type(err).__name__}: {err}")
+        return {**record, "status": "error", "stage": "build", **error_record(err)}
+    record.update(desc=desc, parameters=count_parameters(model), build_s=round(time.perf_counter() - t0, 2))
+    log(f"[{kind}] built in {record['build_s']} s: {json.dumps(desc)}")
+    amp = device.type == "cuda"
+    failed = False
+    record["runs"] = []
+    for length in args.lengths:
+        run = {"length": length, "batch": args.batch_size, "bf16": amp}
+        try:
+            run.update(train=train_steps(model, args.vocab_size, args.batch_size, length, args.steps, device, amp))
+            run.update(eval=eval_forward(model, args.vocab_size, args.eval_batch_size, length, device, amp))
+            log(f"[{kind}] T={length}: first step {run['train']['first_step_s']} s, later steps "
+                f"{run['train']['step_s'][1:]} s, eval {run['eval']['first_s']}/{run['eval']['second_s']} s, "
+                f"loss {run['train']['loss']}")
+        except Exception as err:
+            failed = True
+            run.update(error_record(err))
+            log(f"[{kind}] T={length} failed: {run['error']}\n{run['traceback']}")
+        record["runs"].append(run)
+    if device.type == "cuda":
+        record["kernel_check"] = []
+        for length in args.lengths:
+            try:
+                checks = KERNEL_CHECKS[kind](desc, device, length)
+                record["kernel_check"] += checks
+                for c in checks:
+                    log(f"[{kind}] {c['op']} T={length} {c['dtype']}: {'ok' if c['ok'] else 'MISMATCH'} {c['errors']}")
+            except Exception as err:
+                failed = True
+                record["kernel_check"].append({"length": length, **error_record(err)})
+                log(f"[{kind}] kernel check T={length} failed: {type(err).__name__}: {err}\n{traceback.format_exc()}")
+        failed = failed or not all(c.get("ok", False) for c in record["kernel_check"])
+    else:
+        record["kernel_check"] = "not run: the reference comparison is of the CUDA kernels"
+    record["status"] = "error" if failed else "ok"
+    return record
+
+
+def environment() -> dict:
+    versions = {}
+    for dist in ("torch", "triton", "transformers", "mamba_ssm", "causal_conv1d", "fla-core",
+                 "flash-linear-attention", "einops"):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            versions[dist] = None
+    env = {k: v for k, v in os.environ.items() if k.startswith(("FLA_", "MAMBA_", "TRITON_", "CUDA_VISIBLE"))}
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"python": platform.python_version(), "versions": versions, "gpu": gpu, "env": env,
+            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m benchmarks.synthetic.check_baselines", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True, help="JSON file to write")
+    p.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS)
+    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--lengths", type=int, nargs="+", default=[16, 256])
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--eval-batch-size", type=int, default=512)
+    p.add_argument("--hidden-size", type=int, default=128)
+    p.add_argument("--vocab-size", type=int, default=64)
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--smoke", action="store_true",
+                   help="CPU, d=32, batch 4, lengths 8 and 16, eval batch 8 (kinds that need CUDA report unavailable)")
+    args = p.parse_args(argv)
+    if args.smoke:
+        for key, value in SMOKE.items():
+            setattr(args, key, value)
+    if args.steps < 2:
+        p.error("--steps must be at least 2 (the first step is compile/autotune time)")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    report = {"environment": environment(), "settings": {k: v for k, v in vars(args).items() if k != "out"},
+              "kinds": []}
+    print(json.dumps(report["environment"]))
+    for kind in args.kinds:
+        report["kinds"].append(check_kind(kind, args, device))
+        with open(args.out, "w") as f:
+            json.dump(report, f, indent=1)
+    print("summary: " + ", ".join(f"{r['kind']}={r['status']}" for r in report["kinds"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
