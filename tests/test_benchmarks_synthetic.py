@@ -1,12 +1,13 @@
 """benchmarks/synthetic: generator invariants, metrics, baselines, the results table, and a CPU smoke run
 that must learn."""
 import json
+import time
 
 import numpy as np
 import pytest
 import torch
 
-from benchmarks.synthetic import check_baselines, plot, suite
+from benchmarks.synthetic import check_baselines, paper_table, plot, suite
 from benchmarks.synthetic import run as synthetic_run
 from benchmarks.synthetic.baselines import (
     BaselineUnavailable,
@@ -19,7 +20,9 @@ from benchmarks.synthetic.tasks import (
     IGNORE,
     TASKS,
     accuracy,
+    class_counts,
     default_spec,
+    macro_accuracy,
     make_task,
     masked_cross_entropy,
     permutation_group,
@@ -36,8 +39,9 @@ def test_deterministic_in_range_and_shaped(task):
     assert torch.equal(a.train_inputs, b.train_inputs) and torch.equal(a.test_targets, b.test_targets)
     assert not torch.equal(a.train_inputs, c.train_inputs)
     V = a.spec.vocab_size
+    length = a.spec.seq_len - 1 if task == "recall" else a.spec.seq_len  # MAD's recall: inputs are seq_len - 1
     for x, y in ((a.train_inputs, a.train_targets), (a.test_inputs, a.test_targets)):
-        assert x.dtype == torch.long and x.shape[1] == a.spec.seq_len
+        assert x.dtype == torch.long and x.shape[1] == length
         assert 0 <= int(x.min()) and int(x.max()) < V
         assert target_mask(y).any(dim=1).all()  # every sequence has something to predict
         assert ((y == IGNORE) | ((y >= 0) & (y < V))).all()
@@ -84,21 +88,38 @@ def test_train_and_test_disjoint(task):
     assert not any(row.tobytes() in train for row in d.test_inputs.numpy())
 
 
-def test_recall_answers_are_the_values():
-    d = make_task("recall", seed=2, num_train=200, num_test=10)
-    nk = d.spec.params["num_keys"]
-    for x, y in zip(d.train_inputs.numpy(), d.train_targets.numpy()):
+def test_recall_is_mads_instance():
+    """MAD's multi-query recall: keys 0..V/2-1, values V/2..V-1, a per-sequence map; training targets the next
+    token everywhere, test targets the value at every key already seen, and the last pair always queried."""
+    d = make_task("recall", seed=2, num_train=200, num_test=30)
+    V, L = d.spec.vocab_size, d.spec.seq_len
+    assert torch.equal(d.train_targets[:, :-1], d.train_inputs[:, 1:])  # next-token targets
+    assert not target_mask(d.test_targets[:, 1::2]).any()  # nothing to predict at value positions
+    for x, y in zip(d.test_inputs.numpy(), d.test_targets.numpy()):
+        assert len(x) == L - 1
         keys, values = x[0::2], x[1::2]
-        assert (keys < nk).all() and (values >= nk).all()
-        first_value = {}
-        for i, (k, v) in enumerate(zip(keys, values)):
-            if k in first_value:
-                assert v == first_value[k]  # the map is fixed within a sequence
-                assert y[2 * i] == v  # queried key: the answer is its value
-            else:
-                first_value[k] = v
-                assert y[2 * i] == IGNORE  # first occurrence: nothing to recall
-            assert y[2 * i + 1] == IGNORE
+        assert (keys < V // 2).all() and (values >= V // 2).all()
+        seen = {}
+        for i, k in enumerate(keys):
+            assert y[2 * i] == seen.get(k, IGNORE)  # a key seen before is answered with its value
+            if i < len(values):  # (the last key's value is the target, not an input)
+                assert seen.setdefault(k, values[i]) == values[i]  # the map is fixed within a sequence
+        assert y[-1] != IGNORE  # the final key repeats one seen before
+
+
+@pytest.mark.parametrize("name,overrides", suite.RECALL_LADDER[:9])
+def test_recall_ladder_instances(name, overrides):
+    """Every point of the ladder the suite runs: shapes, vocabulary, disjoint train and test sets."""
+    d = make_task("recall", seed=0, **{**overrides, "num_train": min(overrides.get("num_train", 400), 400),
+                                      "num_test": 100})
+    spec = default_spec("recall", **overrides)
+    assert (d.spec.vocab_size, d.spec.seq_len) == (spec.vocab_size, spec.seq_len)
+    assert d.train_inputs.shape[1] == d.test_inputs.shape[1] == spec.seq_len - 1
+    for x in (d.train_inputs, d.test_inputs):
+        keys, values = x[:, 0::2], x[:, 1::2]
+        assert int(keys.max()) < spec.vocab_size // 2 <= int(values.min()) and int(values.max()) < spec.vocab_size
+    assert len({tuple(r) for r in d.train_inputs.tolist()} & {tuple(r) for r in d.test_inputs.tolist()}) == 0
+    assert spec.num_train == {"train6400": 6400, "train3200": 3200, "train1600": 1600, "train800": 800}.get(name, 12_800)
 
 
 def test_selective_copy_targets_are_the_data_in_order():
@@ -136,10 +157,10 @@ def test_accuracy_and_loss_ignore_masked_positions():
 
 
 def test_overrides_are_checked():
-    assert default_spec("recall", num_keys=4, seq_len=64).params["num_keys"] == 4
+    assert default_spec("selective_copy", num_copy=4, seq_len=64).params["num_copy"] == 4
     assert default_spec("mod5", modulus=7).vocab_size == 7
-    with pytest.raises(ValueError, match="no setting 'num_keyz'"):
-        default_spec("recall", num_keyz=4)
+    with pytest.raises(ValueError, match="no setting 'num_keys'"):
+        default_spec("recall", num_keys=4)
     with pytest.raises(ValueError, match="follows from the modulus"):
         default_spec("parity", vocab_size=10)
     with pytest.raises(ValueError, match="unknown task"):
@@ -203,7 +224,7 @@ def test_lstm_baseline_matches_the_lrnn_widths():
 
 def test_smoke_settings():
     run = synthetic_run.default_run(smoke=True, steps=7, task_overrides={"seq_len": 5})
-    assert run["steps"] == 300 and run["hidden_size"] == 32
+    assert run["steps"] == 600 and run["hidden_size"] == 32
     assert run["task_overrides"] == {"seq_len": 5, "num_train": 4000, "num_test": 256}
 
 
@@ -247,3 +268,169 @@ def test_smoke_run_learns_s3():
         log=lambda *a: None)
     assert result["accuracy"] >= 0.9, result
     assert result["task"] == "s3" and result["model"] == "bdlru_k4" and result["parameters"] > 0
+
+
+# ------------------------------------------------------------------------- issue 12: metrics, training step, suite
+def test_macro_accuracy_by_hand():
+    """torchmetrics' macro average: per-class recall over the target positions; a class only predicted counts 0,
+    a class neither predicted nor a target is left out; ignored positions count for nothing."""
+    targets = torch.tensor([[0, 0, 1, 2, IGNORE]])
+    preds = torch.tensor([[0, 1, 1, 3, 2]])  # class 3 predicted, never a target; class 4 absent; 2 predicted at IGNORE
+    logits = torch.nn.functional.one_hot(preds, 5).float()
+    counts = class_counts(logits, targets, 5)
+    assert counts.tolist() == [[1, 1, 0, 0, 0], [2, 1, 1, 0, 0], [1, 2, 0, 1, 0]]
+    assert macro_accuracy(counts) == pytest.approx((0.5 + 1.0 + 0.0 + 0.0) / 4)
+    assert accuracy(logits, targets) == (2, 4)
+    halves = class_counts(logits[:, :2], targets[:, :2], 5) + class_counts(logits[:, 2:], targets[:, 2:], 5)
+    assert torch.equal(halves, counts)  # counts add up over test batches
+
+
+def test_learning_rate_schedule_and_epoch_sampler():
+    run = synthetic_run.default_run(lr=1e-3, min_lr=1e-6, warmup=0.1)
+    assert synthetic_run.learning_rate(run, 0.0) == 0.0
+    assert synthetic_run.learning_rate(run, 0.1) == pytest.approx(1e-3)
+    assert synthetic_run.learning_rate(run, 1.0) == pytest.approx(1e-6)
+    assert synthetic_run.planned_steps(dict(run, epochs=200), 100_000) == 156_250
+    sampler = synthetic_run.EpochSampler(10, 4, seed=0, device=torch.device("cpu"))
+    seen = torch.cat([sampler.next() for _ in range(5)])  # 20 indices = two epochs, batches across the boundary
+    assert sorted(seen[:10].tolist()) == list(range(10)) and sorted(seen[10:].tolist()) == list(range(10))
+
+
+def test_training_step_matches_a_plain_loop():
+    """The step the CUDA graph captures (static batch buffer, learning rate in a tensor, fused AdamW, stats on the
+    device), stepped eagerly on the CPU, gives the loss trajectory of a textbook loop over the same batches."""
+    run = synthetic_run.default_run(task="s3", model="bdlru", block_size=2, hidden_size=16, steps=7, batch_size=8,
+                                    lr=1e-2, warmup=0.3, device="cpu", check_every=1,
+                                    task_overrides={"seq_len": 6, "num_train": 20, "num_test": 16})
+    trainer = synthetic_run.Trainer(run, log=lambda *a: None)
+    losses = []
+    for _ in range(run["steps"]):
+        trainer.advance()
+        losses.append(float(trainer.loss))
+    assert trainer.loss_value == pytest.approx(losses[-1])  # the host's (asynchronous) read of the device stats
+
+    torch.manual_seed(run["seed"])
+    data = make_task("s3", seed=run["seed"], **run["task_overrides"])
+    model, _ = build_model("bdlru", data.spec.vocab_size, 16, 2, block_size=2)
+    opt = torch.optim.AdamW(model.parameters(), lr=run["lr"], weight_decay=0.0, foreach=False)
+    gen = torch.Generator().manual_seed(run["seed"] + 12345)
+    order = torch.cat([torch.randperm(20, generator=gen) for _ in range(3)])
+    reference = []
+    for step in range(run["steps"]):
+        idx = order[8 * step: 8 * step + 8]
+        for group in opt.param_groups:
+            group["lr"] = synthetic_run.learning_rate(run, step / run["steps"])
+        loss = masked_cross_entropy(model(input_ids=data.train_inputs[idx]).logits, data.train_targets[idx])
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        reference.append(loss.item())
+    assert losses == pytest.approx(reference, rel=1e-5)
+    assert losses[-1] < losses[0]
+
+
+def test_cuda_graph_is_refused_on_the_cpu():
+    with pytest.raises(ValueError, match="cuda_graph=True needs a CUDA device"):
+        synthetic_run.Trainer(synthetic_run.default_run(task="s3", smoke=True, device="cpu", cuda_graph=True))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_cuda_graph_step_matches_eager_on_gpu():
+    """On a GPU: the captured step replays the eager step's loss trajectory (same warm-up, then graph vs eager)."""
+    def losses(cuda_graph):
+        run = synthetic_run.default_run(task="s3", model="bdlru", block_size=4, hidden_size=32, steps=40,
+                                        batch_size=16, cuda_graph=cuda_graph, eager_probe_steps=3, graph_probe_steps=0,
+                                        task_overrides={"seq_len": 8, "num_train": 200, "num_test": 64})
+        trainer = synthetic_run.Trainer(run, log=lambda *a: None)
+        trainer.prepare()
+        out = []
+        while trainer.stop_reason() is None:
+            trainer.advance()
+            out.append(float(trainer.loss))
+        return out, trainer.graph is not None
+
+    graphed, captured = losses(True)
+    eager, _ = losses(False)
+    assert captured and graphed == pytest.approx(eager, rel=1e-3)
+
+
+def test_paper_table_grid_and_plan():
+    jobs = suite.grid("paper_table")
+    assert [j["tier"] for j in jobs[:6]] == ["s5_paper"] * 6  # S5 at the paper's budget first
+    assert {(j["label"], j["seed"]) for j in jobs[:6]} == {(l, s) for l in ("bdlru_k4", "bdlru_k5") for s in (0, 1, 2)}
+    assert all(suite.steps_of(j) == 156_250 for j in jobs[:6])
+    keys = [suite.job_key(j) for j in jobs]
+    assert len(keys) == len(set(keys))  # every job is one cell and seed
+    ladder = {suite.job_key(j) for j in jobs if j["task"] == "recall" and j["label"] == "diag" and j["seed"] == 0}
+    assert len(ladder) == len(suite.RECALL_LADDER)
+    small = [suite.smoke_job(j) for j in jobs]
+    assert len({suite.job_key(j) for j in small}) == len(jobs)  # --smoke keeps the jobs apart
+    rows = suite.plan(jobs, calls=2, call_seconds=540, gpus=1)
+    assert rows[0]["call"] == 1 and 0 < rows[0]["steps"] <= 156_250
+    assert all(r["call"] in (None, 1, 2) for r in rows)
+    assert all(r["seconds"] <= 540 - 70 for r in rows if r["call"] is not None)
+    assert suite.plan(jobs, calls=1, call_seconds=200, gpus=1)[0]["steps"] < rows[0]["steps"]  # a shorter call
+
+
+def test_suite_admission_and_resume(tmp_path):
+    spec = suite.job("s3", "bdlru_k4", 0, epochs=200, max_time=100.0, tier="t")
+    run, reason = suite.admit(spec, time.time() + 1000, on_gpu=True)
+    assert reason is None and run["max_time"] == 100.0 and "tier" not in run and "label" not in run
+    run, reason = suite.admit(spec, time.time() + 80 + suite.EVAL_S, on_gpu=True)
+    assert reason is None and run["max_time"] <= 80 and run["max_time_cut_from"] == 100.0
+    run, reason = suite.admit(spec, time.time() + 10, on_gpu=True)
+    assert run is None and "deadline" in reason
+    results = tmp_path / "r.jsonl"
+    results.write_text(json.dumps({"status": "ok", "job_key": suite.job_key(spec)}) + "\n"
+                       + json.dumps({"status": "not_run", "job_key": "other"}) + "\n")
+    assert suite.finished_keys(str(results)) == {suite.job_key(spec)}
+
+
+def _record(task, model, seed, acc, macro, steps=156_250, paper_steps=156_250, hidden=128, params=1000, **task_config):
+    spec = default_spec(task, **task_config)
+    return {"status": "ok", "task": task, "model": model, "seed": seed, "accuracy": acc, "macro_accuracy": macro,
+            "steps": steps, "paper_steps": paper_steps, "epochs": 200 * steps / paper_steps, "stopped": "steps",
+            "steps_per_s": 1000.0, "cuda_graph": True, "parameters": params, "config": {"hidden_size": hidden},
+            "task_config": {"vocab_size": spec.vocab_size, "seq_len": spec.seq_len, "num_train": spec.num_train}}
+
+
+def test_paper_table_from_records():
+    ok = [_record("s5", "bdlru_k4", s, a, m) for s, a, m in ((0, 0.95, 0.94), (1, 0.93, 0.92), (2, 0.91, 0.90))]
+    ok += [_record("s3", "bdlru_k4", s, 1.0, 1.0) for s in (0, 1)]
+    ok += [_record(t, "bdlru_k4", 0, 1.0, 1.0) for t in ("s4",)]
+    ok += [_record(t, "lstm", 0, 0.7, 0.6, steps=15_625) for t in ("s3", "s4", "s5")]
+    ok += [_record("recall", "diag", 0, 0.80, 0.78), _record("recall", "bdlru_k4", 0, 1.0, 1.0),
+           _record("recall", "diag", 0, 0.99, 0.99, vocab_size=32), _record("recall", "bdlru_k4", 0, 1.0, 1.0, vocab_size=32)]
+    ok += [_record("compression", m, 0, a, a, hidden=d, params=p)
+           for m, d, a, p in (("hlru_m2", 64, 0.6, 100), ("diag", 64, 0.4, 90), ("hlru_m2", 128, 0.8, 300),
+                              ("diag", 128, 0.7, 280), ("lstm", 128, 0.9, 250))]
+    other = [{"status": "not_run", "task": "s5", "model": "mamba2", "reason": "suite deadline (time budget) reached",
+              "spec": {"model": "mamba2", "hidden_size": 128, "task_overrides": {}}}]
+    text = paper_table.table(ok, other)
+    rows = {line.split(" | ")[0].strip("| "): [c.strip() for c in line.strip("|").split(" | ")]
+            for line in text.splitlines()[2:]}
+    head = [c.strip() for c in text.splitlines()[0].strip("|").split(" | ")]
+    col = {name: i for i, name in enumerate(head)}
+    s5 = next(v for k, v in rows.items() if k.startswith("S5: BD-LRU 0.930"))
+    assert s5[col["ours"]] == "0.930±0.020 / 0.920±0.020 (3)"
+    assert s5[col["verdict"]] == "reproduced"
+    assert s5[col["mamba2"]].startswith("not run: suite deadline")
+    assert s5[col["lstm"]] == "0.700±0.000 / 0.600±0.000 (1) @0.10x"
+    assert s5[col["deltanet"]] == "not run: no record"
+    assert s5[col["budget (ours)"]].startswith("156,250 steps = 200 ep, 1.00x paper")
+    perm = next(v for k, v in rows.items() if k.startswith("Permutations"))
+    assert perm[col["ours"]] == "0.983±0.000 / 0.980±0.000 (1)"  # seed 0 is the one with S3, S4 and S5
+    assert perm[col["lstm"]] == "0.700±0.000 / 0.600±0.000 (1) @0.10x [paper 0.738]"
+    assert perm[col["verdict"]] == "supported: BD-LRU above every baseline run (lstm)"
+    k5 = next(v for k, v in rows.items() if k.startswith("S5 at k = 5"))
+    assert k5[col["ours"]] == "not run: no record" and k5[col["verdict"]] == "not run"
+    base = next(v for k, v in rows.items() if k.startswith("Recall, base"))
+    assert base[col["verdict"]] == "separates: k = 4 − diag = +0.220"
+    vocab32 = next(v for k, v in rows.items() if k.startswith("Recall, vocab 32"))
+    assert vocab32[col["verdict"]].startswith("no separation")
+    score = next(v for k, v in rows.items() if k.startswith("Recall, MAD task score"))
+    assert score[col["diag"]].startswith("0.895±0.000 / 0.885±0.000 (1) (2 of 11 points)")
+    comp = next(v for k, v in rows.items() if k.startswith("Compression"))
+    assert comp[col["verdict"]].startswith("not supported: lstm d128")  # LSTM: fewer parameters, more accurate
+    assert comp[col["verdict"]].endswith("m = 2 above m = 1 at d = 64, 128")

@@ -2,14 +2,16 @@
 
 Every task produces a :class:`TaskData` with
 
-- ``inputs``  (n, T) int64 token ids, in ``[0, vocab_size)``;
+- ``inputs``  (n, T) int64 token ids, in ``[0, vocab_size)``; T = ``seq_len`` (``seq_len - 1`` for recall);
 - ``targets`` (n, T') int64, ``IGNORE`` (-100) where a position carries no target (the target mask is
   ``targets != IGNORE``). For the sequence tasks T' = T and the target at position t is what the
   model must output *at* position t (after reading ``inputs[:, :t+1]``; no shift). For compression
   (``probe=True``) T' is the number of tokens to reconstruct and the targets are decoded from the
   last position's hidden state by a probe head, not read position by position.
 
-Accuracy (:func:`accuracy`) is the fraction of target positions predicted exactly, over the test set.
+Metrics, over the target positions of the test set: per-token accuracy (:func:`accuracy`, the fraction of
+target positions predicted exactly) and macro accuracy (:func:`class_counts` and :func:`macro_accuracy`,
+the paper's metric: torchmetrics' ``MulticlassAccuracy`` with its default ``average="macro"``).
 
 Tasks and defaults (the paper follows MAD for the first three and the word-problem setting for the
 permutation groups; where the paper gives no number we use MAD's):
@@ -19,9 +21,14 @@ permutation groups; where the paper gives no number we use MAD's):
   must be output in order. 12,800 train / 1,280 test.
 - ``compression``: vocab 16 (0 the compression token, 1..15 data), 31 random data tokens then the
   compression token; all 31 tokens are decoded from the last hidden state. 12,800 / 1,280.
-- ``recall`` (multi-query associative recall): keys 0..7, values 8..15; 64 (key, value) pairs, the
-  key -> value map random per sequence and fixed within it. At every key that was already seen
-  earlier in the sequence the model must output its value. Length 128, 12,800 / 1,280.
+- ``recall`` (MAD's multi-query in-context recall, ``in-context-recall`` with ``multi_query=True``): keys
+  ``0 .. V/2-1``, values ``V/2 .. V-1``; ``seq_len / 2`` (key, value) pairs, the key -> value map random per
+  sequence and fixed within it; the last pair repeats a key seen before. As in MAD the inputs are the
+  first ``seq_len - 1`` tokens (127 for length 128), the *training* targets are the next tokens at every
+  position (MAD trains a plain language model), and the *test* targets are set only where a key that
+  was seen earlier must be answered with its value. Length 128, vocab 16, 12,800 / 1,280, disjoint. MAD's
+  difficulty ladder changes one of vocab (32, 64, 128), length (256, 512, 1024) or training examples
+  (6,400, 3,200, 1,600, 800) at a time (``benchmarks.synthetic.suite.RECALL_LADDER``).
 - ``s3``, ``s4``, ``s5``, ``a5``: word problem. Tokens are group elements (index into the sorted list
   of permutations; vocab n! or 60); the target at every position is the prefix product
   ``p_t = g_t o p_{t-1}`` (``(g o p)(i) = g(p(i))``). Length 16, 100,000 train / 1,280 test, disjoint.
@@ -154,25 +161,42 @@ def gen_compression(rng, n, seq_len=32, vocab_size=16):
     return x, data.astype(np.int64)
 
 
-def gen_recall(rng, n, seq_len=128, num_keys=8, vocab_size=16):
-    """(x, y) of multi-query recall: (key, value) pairs, the key -> value map random per sequence."""
-    num_values = vocab_size - num_keys
+def gen_recall_tokens(rng, n, seq_len=128, vocab_size=16):
+    """(n, seq_len) token streams of MAD's multi-query recall (see the module docstring), before the shift
+    into inputs and targets: ``seq_len / 2 - 1`` random (key, value) pairs, then a pair whose key was seen."""
+    if seq_len % 2 or seq_len < 4:
+        raise ValueError(f"recall: seq_len must be even and >= 4, got {seq_len}")
+    if vocab_size % 2 or vocab_size < 4:
+        raise ValueError(f"recall: vocab_size must be even and >= 4 (half keys, half values), got {vocab_size}")
+    num_keys = vocab_size // 2
     pairs = seq_len // 2
-    mapping = rng.integers(0, num_values, size=(n, num_keys)) + num_keys  # key -> value token
-    keys = rng.integers(0, num_keys, size=(n, pairs))
-    values = np.take_along_axis(mapping, keys, axis=1)
-    x = np.empty((n, 2 * pairs), dtype=np.int64)
-    x[:, 0::2], x[:, 1::2] = keys, values
-    # a key is queried (its value is a target) when it occurred at an earlier pair
+    mapping = rng.integers(num_keys, vocab_size, size=(n, num_keys))  # key -> value token
+    keys = np.empty((n, pairs), dtype=np.int64)
+    keys[:, :-1] = rng.integers(0, num_keys, size=(n, pairs - 1))
     seen = np.zeros((n, num_keys), dtype=bool)
-    y = np.full((n, 2 * pairs), IGNORE, dtype=np.int64)
+    np.put_along_axis(seen, keys[:, :-1], True, axis=1)
+    scores = np.where(seen, rng.random((n, num_keys)), -1.0)
+    keys[:, -1] = scores.argmax(1)  # the probe: a key drawn uniformly from those already seen
+    tokens = np.empty((n, seq_len), dtype=np.int64)
+    tokens[:, 0::2], tokens[:, 1::2] = keys, np.take_along_axis(mapping, keys, axis=1)
+    return tokens
+
+
+def recall_targets(tokens):
+    """(inputs, training targets, test targets) of recall token streams (n, L): inputs ``tokens[:, :-1]``;
+    training targets the next token everywhere; test targets, at the position of every key seen at an
+    earlier pair, its value (what follows it), IGNORE elsewhere."""
+    n, length = tokens.shape
+    keys, values = tokens[:, 0::2], tokens[:, 1::2]
+    seen = np.zeros((n, int(keys.max(initial=0)) + 1), dtype=bool)
+    test = np.full((n, length - 1), IGNORE, dtype=np.int64)
     rows = np.arange(n)
-    for i in range(pairs):
+    for i in range(keys.shape[1]):
         k = keys[:, i]
         hit = seen[rows, k]
-        y[hit, 2 * i] = values[hit, i]
+        test[hit, 2 * i] = values[hit, i]
         seen[rows, k] = True
-    return x, y
+    return tokens[:, :-1], tokens[:, 1:], test
 
 
 def gen_mod_count(rng, n, seq_len=32):
@@ -197,7 +221,7 @@ def default_spec(task: str, **overrides) -> TaskSpec:
     elif task == "compression":
         spec = TaskSpec(task, 16, 32, 12_800, 1_280, probe=True)
     elif task == "recall":
-        spec = TaskSpec(task, 16, 128, 12_800, 1_280, params={"num_keys": 8})
+        spec = TaskSpec(task, 16, 128, 12_800, 1_280)
     elif task in PERMUTATION_TASKS:
         size = {"s3": 6, "s4": 24, "s5": 120, "a5": 60}[task]
         spec = TaskSpec(task, size, 16, 100_000, 1_280)
@@ -236,8 +260,10 @@ def make_task(task: str, seed: int = 0, **overrides) -> TaskData:
         gen = lambda r, n: gen_compression(r, n, T, spec.vocab_size)
         (xtr, ytr), (xte, yte) = gen(rng, n_tr), gen(rng, n_te)
     elif name == "recall":
-        gen = lambda r, n: gen_recall(r, n, T, spec.params["num_keys"], spec.vocab_size)
-        (xtr, ytr), (xte, yte) = gen(rng, n_tr), gen(rng, n_te)
+        sample = lambda r, n: gen_recall_tokens(r, n, T, spec.vocab_size)
+        train_tokens, test_tokens = _disjoint_split(sample, rng, n_tr, n_te)
+        xtr, ytr, _ = recall_targets(train_tokens)
+        xte, _, yte = recall_targets(test_tokens)
     elif name in PERMUTATION_TASKS:
         _, table = permutation_group(name)
         sample = lambda r, n: r.integers(0, table.shape[0], size=(n, T)).astype(np.int64)
@@ -263,6 +289,31 @@ def accuracy(logits: torch.Tensor, targets: torch.Tensor) -> Tuple[int, int]:
     mask = target_mask(targets)
     correct = (logits.argmax(-1) == targets) & mask
     return int(correct.sum()), int(mask.sum())
+
+
+def class_counts(logits: torch.Tensor, targets: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(3, C) int64 counts over the target positions: row 0 true positives (predicted c, target c), row 1
+    support (target c), row 2 predictions (predicted c). Sums over batches give the test set's counts."""
+    mask = target_mask(targets)
+    pred, tgt = logits.argmax(-1)[mask], targets[mask]
+    return torch.stack([
+        torch.bincount(tgt[pred == tgt], minlength=num_classes),
+        torch.bincount(tgt, minlength=num_classes),
+        torch.bincount(pred, minlength=num_classes),
+    ])[:, :num_classes]
+
+
+def macro_accuracy(counts: torch.Tensor) -> float:
+    """Mean over classes of the per-class recall tp_c / support_c, from :func:`class_counts`: torchmetrics'
+    ``MulticlassAccuracy(average="macro")`` computed once over the whole set. As there, a class that is
+    neither a target nor predicted (tp + fp + fn = 0) is left out of the mean, and a class that is predicted
+    but never a target counts with recall 0."""
+    tp, support, predicted = counts.double()
+    present = (support + predicted) > 0
+    if not present.any():
+        raise ValueError("macro_accuracy: no target positions")
+    recall = torch.where(support > 0, tp / support.clamp(min=1), torch.zeros_like(tp))
+    return float(recall[present].mean())
 
 
 def masked_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
