@@ -375,12 +375,20 @@ def test_paper_table_grid_and_plan():
 
 def test_suite_admission_and_resume(tmp_path):
     spec = suite.job("s3", "bdlru_k4", 0, epochs=200, max_time=100.0, tier="t")
-    run, reason = suite.admit(spec, time.time() + 1000, on_gpu=True)
-    assert reason is None and run["max_time"] == 100.0 and "tier" not in run and "label" not in run
-    run, reason = suite.admit(spec, time.time() + 80 + suite.EVAL_S, on_gpu=True)
-    assert reason is None and run["max_time"] <= 80 and run["max_time_cut_from"] == 100.0
+    deadline = time.time() + 1000
+    run, reason = suite.admit(spec, deadline, on_gpu=True)
+    assert reason is None and run["max_time"] == 100.0 and run["end_by"] == deadline - suite.EVAL_S
+    assert "tier" not in run and "label" not in run
     run, reason = suite.admit(spec, time.time() + 10, on_gpu=True)
     assert run is None and "deadline" in reason
+    # a run that must end before its max_time: the budget shrinks, the schedule still anneals, it stops on time
+    trainer = synthetic_run.Trainer(synthetic_run.default_run(task="s5", smoke=True, max_time=100.0,
+                                                              end_by=time.time() + 1.0, eager_probe_steps=0))
+    trainer.prepare()
+    assert trainer.time_budget <= 1.0
+    while trainer.stop_reason() is None:
+        trainer.advance()
+    assert trainer.stop_reason() == "time" and trainer.progress() >= 1.0 and trainer.step < trainer.steps
     results = tmp_path / "r.jsonl"
     results.write_text(json.dumps({"status": "ok", "job_key": suite.job_key(spec)}) + "\n"
                        + json.dumps({"status": "not_run", "job_key": "other"}) + "\n")

@@ -13,8 +13,10 @@ laid end to end and cut into batches (a batch may span two epochs, so that every
 ``--epochs E`` is ceil(E * num_train / batch) steps and shows every example E times. The paper trains
 200 epochs (S5: 156,250 steps); every record gives ``paper_steps`` (200 epochs) to compare with.
 
-Stopping: at ``--steps`` (or the steps of ``--epochs``) or ``--max-time`` seconds, whichever comes first:
-the schedule follows progress = max(step / steps, elapsed / max_time), so a time-capped run still anneals.
+Stopping: at ``--steps`` (or the steps of ``--epochs``) or after the time budget, whichever comes first:
+the budget is ``--max-time`` seconds, or less if the run must end by the wall-clock time ``end_by`` (set
+by the suite's deadline), and the schedule follows progress = max(step / steps, elapsed / budget), so a
+time-capped run still anneals.
 A run also stops once every training batch has been predicted exactly for ``patience`` consecutive
 steps: the streak is counted on the device at every step and read by the host every ``check_every``
 steps without waiting for it (no per-step host synchronisation). The first ``compile_steps`` steps
@@ -66,8 +68,8 @@ def default_run(**kw) -> dict:
     """A run's settings: the paper's recipe, updated by ``kw``; with ``smoke=True`` the SMOKE sizes then
     replace those settings (task overrides in ``kw`` still win over SMOKE's)."""
     run = dict(task="s5", model="bdlru", order=2, block_size=4, recurrent_size=None, hidden_size=128, num_layers=2,
-               seed=0, steps=20000, epochs=None, max_time=None, batch_size=128, lr=5e-4, min_lr=1e-6, warmup=0.05,
-               weight_decay=0.0, task_overrides={}, smoke=False, device=None, scan_backend="auto", patience=50,
+               seed=0, steps=20000, epochs=None, max_time=None, end_by=None, batch_size=128, lr=5e-4, min_lr=1e-6,
+               warmup=0.05, weight_decay=0.0, task_overrides={}, smoke=False, device=None, scan_backend="auto", patience=50,
                check_every=100, amp=True, gate_normalization="softmax", cuda_graph="auto", compile_steps=2,
                eager_probe_steps=20, graph_probe_steps=50)
     run.update(kw)
@@ -177,7 +179,7 @@ class Trainer:
         self.stream = torch.cuda.Stream(self.device) if cuda else None
         self.use_amp = cuda and run["amp"]
         self.graph = None
-        self.step, self.t_train, self.first_step_s = 0, None, None
+        self.step, self.t_train, self.time_budget, self.first_step_s = 0, None, None, None
         self.eager_steps_per_s = self.graph_steps_per_s = None
         self.loss_value, self.solved, self.concurrent_runs, self._last_log = float("nan"), False, 1, 0
         with self.on_stream():
@@ -266,8 +268,8 @@ class Trainer:
 
     def progress(self) -> float:
         p = self.step / self.steps
-        if self.run["max_time"] and self.t_train is not None:
-            p = max(p, (time.time() - self.t_train) / self.run["max_time"])
+        if self.time_budget is not None:
+            p = max(p, (time.time() - self.t_train) / max(self.time_budget, 1e-9))
         return p
 
     def advance(self):
@@ -308,7 +310,7 @@ class Trainer:
             return "solved"
         if self.step >= self.steps:
             return "steps"
-        if self.run["max_time"] and self.t_train is not None and time.time() - self.t_train >= self.run["max_time"]:
+        if self.time_budget is not None and time.time() - self.t_train >= self.time_budget:
             return "time"
         return None
 
@@ -337,6 +339,9 @@ class Trainer:
         self.sync()
         self.first_step_s = time.time() - t0
         self.t_train = time.time()
+        budgets = [b for b in (self.run["max_time"], self.run["end_by"] and self.run["end_by"] - self.t_train)
+                   if b is not None]
+        self.time_budget = min(budgets) if budgets else None
         self.eager_steps_per_s = self._timed_steps(min(self.run["eager_probe_steps"], self.steps - self.step))
         if self.use_graph and self.step < self.steps:
             self.capture()
@@ -385,6 +390,7 @@ class Trainer:
             "cuda_graph": self.graph is not None, "concurrent_runs": self.concurrent_runs,
             "wall_time_s": round(time.time() - self.t_start, 1), "batch_size": run["batch_size"], "lr": run["lr"],
             "min_lr": run["min_lr"], "max_time": run["max_time"],
+            "time_budget_s": None if self.time_budget is None else round(self.time_budget, 1),
             "device": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu",
             "bf16": self.use_amp, "smoke": run["smoke"],
         }

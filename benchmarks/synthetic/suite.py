@@ -19,10 +19,10 @@ processes only time-slice it. *Eager workers* (``--workers-per-gpu``) train the 
 machine without GPUs, ``--cpu-workers`` eager processes train everything.
 
 Every result is appended to ``--out`` (JSON lines) as it arrives, with a progress line on stdout. With
-``--deadline S`` every run's training ends by S seconds after the start: a job starts only if at least half
-of its expected time is left, and its ``max_time`` is cut to what is left (the record keeps the cut). Jobs
-that do not start, and baselines that cannot run here, are written as ``"status": "not_run"`` records with
-the reason; ``--resume FILE`` skips the jobs that already have a finished record in FILE. ``--dry-plan``
+``--deadline S`` every run's training ends EVAL_S (15 s, for its evaluation) before S seconds after the
+start: a job starts only if at least half of its expected time is left, and its time budget shrinks to
+what is left (the record's ``time_budget_s``). Jobs that do not start, and baselines that cannot run here,
+are written as ``"status": "not_run"`` records with the reason; ``--resume FILE`` skips the jobs that already have a finished record in FILE. ``--dry-plan``
 prints, without running anything, each job's expected steps/s, time and share of the paper's budget and
 which of ``--calls`` calls of ``--call-seconds`` it falls in, from the rate model below or from the rates
 measured in earlier results (``--rates FILE``).
@@ -70,7 +70,6 @@ EXTENSION_MODELS = ("diag", "hlru_m2", "bdlru_k4", "bdlru_k8", "lstm", "llama", 
 PAPER_EPOCHS = 200  # as benchmarks.synthetic.run.PAPER_EPOCHS
 PAPER_SEEDS = (0, 1, 2)
 BASELINES = ("mamba2", "deltanet", "gated_deltanet", "lstm", "llama")
-PURE_TORCH_BASELINES = ("lstm", "llama")  # paper_table captures their steps in CUDA graphs (eager retry if that fails)
 # MAD's in-context recall ladder (configs/tasks/in-context-recall.yml): the base instance, then one setting
 # changed at a time. (name, task overrides)
 RECALL_LADDER = [
@@ -141,9 +140,9 @@ def paper_table_jobs(baseline_graphs=False):
     3. S3 and S4 with k = 4 (they stop once solved), and the diagonal LRU on S3-S5: the paper's budget.
     4. Recall ladder, seeds 1 and 2; then compression (diag, m = 2, k = 4 at d = 64 and 128).
     5. Baselines (Mamba2, DeltaNet, Gated DeltaNet, LSTM, Llama) on S3-S5, recall (base) and compression, seed 0
-       then seeds 1 and 2, time-capped: LSTM and Llama (plain PyTorch) with CUDA graphs, the Triton-kernel
-       baselines eager unless ``baseline_graphs``. A graph job whose capture fails runs again eagerly, and its
-       record keeps the capture's error (``cuda_graph_error``).
+       then seeds 1 and 2, time-capped: eager, or with ``baseline_graphs`` in the graph workers (check first
+       that each captures: ``run --cuda-graph`` in its own process); a baseline whose capture fails then runs
+       again eagerly, and its record keeps the capture's error (``cuda_graph_error``).
     6. The longest recall points (vocab 128, length 1024) for both models, seeds 0-2.
     """
     jobs = []
@@ -162,8 +161,7 @@ def paper_table_jobs(baseline_graphs=False):
     for seeds, tier in (((0,), "baselines_seed0"), ((1, 2), "baselines_seed12")):
         for seed in seeds:
             for label in BASELINES:
-                graph = baseline_graphs or label in PURE_TORCH_BASELINES
-                mode = {"graph_retry_eager": True} if graph else {"cuda_graph": False}
+                mode = {"graph_retry_eager": True} if baseline_graphs else {"cuda_graph": False}
                 jobs += [job(task, label, seed, epochs=PAPER_EPOCHS, max_time=90.0, tier=tier, **mode)
                          for task in ("s5", "s4", "s3")]
                 jobs.append(job("recall", label, seed, epochs=PAPER_EPOCHS, max_time=90.0, tier=tier, **mode))
@@ -379,19 +377,17 @@ def print_plan(rows, calls, call_seconds):
 
 # --------------------------------------------------------------------------------------------- workers
 def admit(spec: dict, deadline_abs, on_gpu: bool, rates=None):
-    """(the job's run settings to start now, None) with ``max_time`` cut to what is left before the deadline, or
-    (None, reason) when less than MIN_SHARE of its expected time is left."""
+    """(the job's run settings, None) to start it now, with ``end_by`` (training ends by then) EVAL_S before the
+    deadline; or (None, reason) when less than MIN_SHARE of its expected time is left."""
+    run = run_settings(spec)
     if not deadline_abs:
-        return run_settings(spec), None
+        return run, None
     left = deadline_abs - time.time() - EVAL_S
     graph = is_graph_job(spec, on_gpu)
     want = min(spec.get("max_time") or math.inf, steps_of(spec) / expected_rate(spec, graph, rates or {}) + SETUP_S)
-    if left < MIN_SHARE * want or left <= 0:
+    if left <= 0 or left < MIN_SHARE * want:
         return None, "suite deadline (time budget) reached before the job started"
-    run = run_settings(spec)
-    if run.get("max_time") is None or run["max_time"] > left:
-        run["max_time_cut_from"] = run.get("max_time")
-        run["max_time"] = left
+    run["end_by"] = deadline_abs - EVAL_S
     return run, None
 
 
@@ -431,28 +427,25 @@ def graph_worker(wid, gpu, jobs_q, eager_q, results_q, deadline_abs, threads, st
                 results_q.put({**_base_record(index, spec, gpu, wid), "status": "not_run", "reason": reason,
                                "spec": spec})
                 continue
-            cut_from = run_spec.pop("max_time_cut_from", None)
             run = synthetic.default_run(**{**run_spec, "cuda_graph": True})
-            started[id(run)] = (index, spec, cut_from)
+            started[id(run)] = (index, spec)
             return run
 
     def on_result(run, result, error):
-        index, spec, cut_from = started.pop(id(run))
+        index, spec = started.pop(id(run))
         if isinstance(error, synthetic.GraphCaptureError) and spec.get("graph_retry_eager"):
             eager_q.put((index, {**spec, "cuda_graph": False, "graph_error": str(error)[:500]}))
             return
-        results_q.put(_record(index, spec, gpu, wid, result, error, cut_from))
+        results_q.put(_record(index, spec, gpu, wid, result, error))
 
     synthetic.train_concurrently(next_run, streams, on_result, log=lambda *a: None)
 
 
-def _record(index, spec, gpu, wid, result, error, cut_from):
+def _record(index, spec, gpu, wid, result, error):
     """The JSON-lines record of a finished job (``result``) or of the ``error`` that ended it."""
     record = _base_record(index, spec, gpu, wid)
     if error is None:
         record.update(result, status="ok")
-        if cut_from is not None:
-            record["max_time_cut_from"] = cut_from
     else:
         unavailable = type(error).__name__ == "BaselineUnavailable"
         record.update(status="not_run" if unavailable else "error", reason=f"{type(error).__name__}: {error}"[:500],
@@ -481,17 +474,16 @@ def eager_worker(wid, gpu, jobs_q, results_q, deadline_abs, threads, rates, grap
         if run_spec is None:
             results_q.put({**_base_record(index, spec, gpu, wid), "status": "not_run", "reason": reason, "spec": spec})
             continue
-        cut_from = run_spec.pop("max_time_cut_from", None)
         run = synthetic.default_run(**run_spec)
         try:
-            record = _record(index, spec, gpu, wid, synthetic.train(run, log=lambda *a: None), None, cut_from)
+            record = _record(index, spec, gpu, wid, synthetic.train(run, log=lambda *a: None), None)
         except Exception as err:  # noqa: BLE001 (retry once without bf16 autocast, time allowing, else record it)
-            record = _record(index, spec, gpu, wid, None, err, cut_from)
-            time_left = not (deadline_abs and time.time() + (run["max_time"] or 0) + EVAL_S > deadline_abs)
+            record = _record(index, spec, gpu, wid, None, err)
+            time_left = not deadline_abs or time.time() + EVAL_S + SETUP_S < deadline_abs
             if record["status"] == "error" and run["amp"] and gpu is not None and time_left:
                 try:
                     result = synthetic.train({**run, "amp": False}, log=lambda *a: None)
-                    record = {**_record(index, spec, gpu, wid, result, None, cut_from),
+                    record = {**_record(index, spec, gpu, wid, result, None),
                               "amp_fallback": record["reason"][:300]}
                 except Exception as err2:  # noqa: BLE001
                     record["retry_without_bf16"] = f"{type(err2).__name__}: {err2}"[:300]

@@ -305,7 +305,8 @@ def class_counts(logits: torch.Tensor, targets: torch.Tensor, num_classes: int) 
 
 def macro_accuracy(counts: torch.Tensor) -> float:
     """Mean over classes of the per-class recall tp_c / support_c, from :func:`class_counts`: torchmetrics'
-    ``MulticlassAccuracy(average="macro")`` computed once over the whole set. As there, a class that is
+    ``MulticlassAccuracy(average="macro")`` computed once over the whole set (MAD logs the mean over test
+    batches of 128 of the per-batch value, which can differ slightly). As there, a class that is
     neither a target nor predicted (tp + fp + fn = 0) is left out of the mean, and a class that is predicted
     but never a target counts with recall 0."""
     tp, support, predicted = counts.double()
