@@ -352,7 +352,7 @@ def test_cuda_graph_step_matches_eager_on_gpu():
 
     graphed, captured = losses(True)
     eager, _ = losses(False)
-    assert captured and graphed == pytest.approx(eager, rel=1e-3)
+    assert captured and graphed == pytest.approx(eager, rel=5e-3)
 
 
 def test_paper_table_grid_and_plan():
@@ -371,6 +371,19 @@ def test_paper_table_grid_and_plan():
     assert all(r["call"] in (None, 1, 2) for r in rows)
     assert all(r["seconds"] <= 540 - 70 for r in rows if r["call"] is not None)
     assert suite.plan(jobs, calls=1, call_seconds=200, gpus=1)[0]["steps"] < rows[0]["steps"]  # a shorter call
+
+
+def test_plan_uses_measured_rates(tmp_path):
+    record = _record("s5", "bdlru_k4", 0, 0.9, 0.9, steps=1000)
+    record.update(graph_steps_per_s=2000.0, eager_steps_per_s=200.0, steps_per_s=1000.0, concurrent_runs=6)
+    path = tmp_path / "r.jsonl"
+    path.write_text(json.dumps(record) + "\n")
+    rates = suite.measured_rates(str(path))
+    assert rates[("s5", "bdlru_k4", 16, True)] == 2000.0 and rates["gain"] == pytest.approx(3.0)
+    spec = suite.job("s5", "bdlru_k4", 1, epochs=200, max_time=450.0, tier="t")
+    assert suite.expected_rate(spec, True, rates) == 2000.0
+    assert suite.expected_rate(spec, False, rates) == pytest.approx(1 / (suite.EAGER_STEP_S["default"]
+                                                                         + suite.TOKEN_S * 128 * 16))
 
 
 def test_suite_admission_and_resume(tmp_path):

@@ -137,8 +137,9 @@ def paper_table_jobs(baseline_graphs=False):
 
     1. S5 with BD-LRU k = 4 and k = 5 at the paper's budget (200 epochs = 156,250 steps).
     2. Recall, MAD's ladder (base, vocab 32/64, length 256/512, 6,400..800 examples), diag and k = 4, seed 0.
-    3. S3 and S4 with k = 4 (they stop once solved), and the diagonal LRU on S3-S5: the paper's budget.
-    4. Recall ladder, seeds 1 and 2; then compression (diag, m = 2, k = 4 at d = 64 and 128).
+    3. S3 and S4 with k = 4 at the paper's budget (they stop once solved).
+    4. Recall ladder, seeds 1 and 2; compression (diag, m = 2, k = 4 at d = 64 and 128); the diagonal LRU on
+       S3-S5 at the paper's budget.
     5. Baselines (Mamba2, DeltaNet, Gated DeltaNet, LSTM, Llama) on S3-S5, recall (base) and compression, seed 0
        then seeds 1 and 2, time-capped: eager, or with ``baseline_graphs`` in the graph workers (check first
        that each captures: ``run --cuda-graph`` in its own process); a baseline whose capture fails then runs
@@ -153,11 +154,11 @@ def paper_table_jobs(baseline_graphs=False):
     jobs += recall_jobs((0,), "recall_seed0", 240.0, points=main_points)
     jobs += [job(task, "bdlru_k4", seed, epochs=PAPER_EPOCHS, max_time=240.0, tier="perm_k4")
              for seed in PAPER_SEEDS for task in ("s3", "s4")]
-    jobs += [job(task, "diag", seed, epochs=PAPER_EPOCHS, max_time=240.0, tier="perm_diag")
-             for seed in PAPER_SEEDS for task in ("s3", "s4", "s5")]
     jobs += recall_jobs((1, 2), "recall_seed12", 240.0, points=main_points)
     jobs += [job("compression", label, seed, hidden_size=d, epochs=PAPER_EPOCHS, max_time=120.0, tier="compression")
              for seed in PAPER_SEEDS for d in (64, 128) for label in ("diag", "hlru_m2", "bdlru_k4")]
+    jobs += [job(task, "diag", seed, epochs=PAPER_EPOCHS, max_time=240.0, tier="perm_diag")
+             for seed in PAPER_SEEDS for task in ("s3", "s4", "s5")]
     for seeds, tier in (((0,), "baselines_seed0"), ((1, 2), "baselines_seed12")):
         for seed in seeds:
             for label in BASELINES:
