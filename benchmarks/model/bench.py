@@ -17,7 +17,8 @@ that would start after it are recorded as not run), so a run cut short keeps wha
   the decode step with the model's static recurrent cache; Llama: ``cache_implementation="static"``, also
   compiled) and "eager" (``disable_compile=True``; Llama with its dynamic cache). ``--repeats`` passes over the
   whole grid, interleaved, so that drifts of the machine spread over every case; report the median.
-- prefill: ms for one forward of a (1, T) prompt with the cache (eager), median of ``--prefill-repeats``.
+- prefill: ms for one forward of a (1, T) prompt with the cache (eager), median of ``--prefill-repeats``
+  calls; ``--repeats`` passes, interleaved as for decode.
 - train: tokens/s and peak memory of forward, backward and a fused AdamW step (bf16 autocast, fp32 weights,
   65,536 tokens per step), eager, ``torch.compile(model)``, and for the LRNNs "compiled_fused_ce": the
   compiled backbone with Liger-Kernel's fused linear + cross-entropy in place of the head and the loss
@@ -40,7 +41,6 @@ from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 from transformers.generation.configuration_utils import CompileConfig
 
 from hf_lrnn import LRNNConfig, LRNNForCausalLM
-from hf_lrnn.configuration_lrnn import swiglu_intermediate_size
 
 LRNN_MODELS = {"hlru_m2": dict(mixer="hlru", order=2), "bdlru_k4": dict(mixer="bdlru", block_size=4)}
 MODELS = (*LRNN_MODELS, "llama")
@@ -177,7 +177,7 @@ def main(argv=None):
     p.add_argument("--decode-grid", help="decode cases BATCHxCONTEXT,... (default: 1x512,1x16384,1x65536,32x16384,256x512)")
     p.add_argument("--llama-decode-grid", help="Llama's decode cases (default: --decode-grid)")
     p.add_argument("--decode-modes", default="compiled,eager")
-    p.add_argument("--repeats", type=int, default=1, help="passes over the decode grid")
+    p.add_argument("--repeats", type=int, default=1, help="passes over the decode and prefill grids")
     p.add_argument("--prefill-grid", help="prompt lengths T,... (default 2048,16384,65536)")
     p.add_argument("--prefill-repeats", type=int, default=10)
     p.add_argument("--train-grid", help="sequence lengths T,... (default 2048,8192,32768)")
@@ -239,12 +239,13 @@ def main(argv=None):
                                 return dict(ms_per_token=ms, tokens_per_s=1e3 * batch / ms)
                             measure(decode, model=name, section="decode", mode=mode, batch=batch, context=context, repeat=repeat)
         elif section == "prefill":
-            for name in models:
-                for context in prefill_grid:
-                    def prefill(name=name, context=context):
-                        ms, samples = prefill_ms(model_of(name), context, device, args.prefill_repeats)
-                        return dict(ms=ms, samples_ms=samples)
-                    measure(prefill, model=name, section="prefill", context=context)
+            for repeat in range(args.repeats):
+                for name in models:
+                    for context in prefill_grid:
+                        def prefill(name=name, context=context):
+                            ms, samples = prefill_ms(model_of(name), context, device, args.prefill_repeats)
+                            return dict(ms=ms, samples_ms=samples)
+                        measure(prefill, model=name, section="prefill", context=context, repeat=repeat)
         elif section == "train":
             eval_models.clear()  # the evaluation models' memory goes back before training
             for seq_len in train_grid:

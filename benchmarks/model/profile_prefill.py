@@ -1,9 +1,12 @@
-"""Where a batch-1 prefill's time goes: torch.profiler's table (host and device time per op) of one forward
-with the cache, for each model of benchmarks/model/bench.py at prompt length T.
+"""Where a batch-1 prefill's time goes, for each model of benchmarks/model/bench.py at prompt length T:
+torch.profiler's table (host and device time per op) of one forward with the cache, and cProfile's table
+of the Python functions over 20 forwards (host time only: at T = 2k the forward is host-bound).
 
     python -m benchmarks.model.profile_prefill --length 2048 --models hlru_m2,llama
 """
 import argparse
+import cProfile
+import pstats
 
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -30,6 +33,15 @@ def main(argv=None):
                 torch.cuda.synchronize()
         print(f"== {name}, T = {args.length}")
         print(prof.key_averages().table(sort_by="cpu_time_total", row_limit=args.rows), flush=True)
+        python = cProfile.Profile()
+        with torch.no_grad():
+            python.enable()
+            for _ in range(20):
+                model(input_ids=x, use_cache=True)
+            torch.cuda.synchronize()
+            python.disable()
+        print(f"== {name}, T = {args.length}: Python functions over 20 forwards")
+        pstats.Stats(python).sort_stats("tottime").print_stats(args.rows)
         del model
 
 

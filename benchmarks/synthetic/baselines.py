@@ -141,9 +141,11 @@ MODEL_KINDS = ("hlru", "bdlru", "diag", "lstm", "llama", "mamba", "mamba2", "del
 
 def build_model(kind: str, vocab_size: int, hidden_size: int = 128, num_layers: int = 2,
                 order: int = 2, block_size: int = 4, device: Optional[torch.device] = None,
-                scan_backend: str = "auto", gate_normalization: str = "softmax") -> Tuple[PreTrainedModel, dict]:
+                scan_backend: str = "auto", gate_normalization: str = "softmax",
+                recurrent_size: Optional[int] = None) -> Tuple[PreTrainedModel, dict]:
     """A causal LM of ``kind`` (see module docstring) and a dict describing its configuration;
-    ``gate_normalization`` applies to the LRNN kinds only.
+    ``gate_normalization`` and ``recurrent_size`` (the recurrence's width N, default d; BD-LRU needs a
+    multiple of k, e.g. 130 for k = 5 at d = 128) apply to the LRNN kinds only.
 
     ``num_layers`` counts mixer blocks: the LRNN, LSTM and Llama models alternate them with as many
     SwiGLU blocks (the paper's "two mixer blocks alternating with two SwiGLU blocks" is 2); Mamba and
@@ -153,15 +155,19 @@ def build_model(kind: str, vocab_size: int, hidden_size: int = 128, num_layers: 
     desc = {"kind": kind, "hidden_size": d, "num_layers": num_layers}
     if gate_normalization != "softmax" and kind not in ("hlru", "bdlru", "diag"):
         raise ValueError(f"gate_normalization={gate_normalization!r} applies to the LRNN models, not to {kind!r}")
+    if recurrent_size is not None and kind not in ("hlru", "bdlru", "diag"):
+        raise ValueError(f"recurrent_size applies to the LRNN models, not to {kind!r}")
     if kind in ("hlru", "bdlru", "diag"):
         mixer = "hlru" if kind in ("hlru", "diag") else "bdlru"
         order = 1 if kind == "diag" else order
         config = LRNNConfig(vocab_size=vocab_size, hidden_size=d, num_hidden_layers=num_layers, mixer=mixer,
                             order=order, block_size=block_size, scan_backend=scan_backend,
-                            gate_normalization=gate_normalization, use_cache=False)
+                            gate_normalization=gate_normalization, recurrent_size=recurrent_size, use_cache=False)
         model = LRNNForCausalLM(config)
         desc.update({"order": order} if mixer == "hlru" else {"block_size": block_size})
         desc["gate_normalization"] = gate_normalization
+        if recurrent_size is not None:
+            desc["recurrent_size"] = recurrent_size
     elif kind == "lstm":
         model = LSTMForCausalLM(LSTMConfig(vocab_size=vocab_size, hidden_size=d, num_hidden_layers=num_layers))
     elif kind == "llama":

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import inspect
 import json
 import math
 import sys
@@ -154,15 +153,6 @@ class GraphCaptureError(RuntimeError):
     """The training step of a run could not be captured in a CUDA graph (the message says why)."""
 
 
-def _model_kwargs(run: dict) -> dict:
-    if run["recurrent_size"] is None:
-        return {}
-    if "recurrent_size" not in inspect.signature(build_model).parameters:
-        raise ValueError("recurrent_size is set but benchmarks/synthetic/baselines.build_model takes no recurrent_size "
-                         "argument yet")
-    return {"recurrent_size": run["recurrent_size"]}
-
-
 class Trainer:
     """One run: its data on the device, model, optimizer, a static batch buffer and the training step as a
     plain function (:meth:`train_step`), which :meth:`capture` records in a CUDA graph. Use
@@ -200,7 +190,7 @@ class Trainer:
         self.model, self.desc = build_model(run["model"], spec.vocab_size, run["hidden_size"], run["num_layers"],
                                             run["order"], run["block_size"], device=device,
                                             scan_backend=run["scan_backend"],
-                                            gate_normalization=run["gate_normalization"], **_model_kwargs(run))
+                                            gate_normalization=run["gate_normalization"], recurrent_size=run["recurrent_size"])
         base = self.model.base_model
         if hasattr(base, "check_token_ids"):  # the ids were checked above; the per-call check reads them (a sync)
             base.check_token_ids = False
