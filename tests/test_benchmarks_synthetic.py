@@ -347,6 +347,7 @@ def test_cuda_graph_step_matches_eager_on_gpu():
         out = []
         while trainer.stop_reason() is None:
             trainer.advance()
+            trainer.sync()  # the step ran on the run's own stream; read its loss after it
             out.append(float(trainer.loss))
         return out, trainer.graph is not None
 
