@@ -321,6 +321,17 @@ def _prepare(name, kind, v, gate_logits, initial_state, mask, normalization, D):
     return v.contiguous(), gate_logits.contiguous(), init, mask
 
 
+def _run_scan(kind, v, g, init, mask, normalization, chunk_size):
+    """The scan's custom operator where autograd or torch.compile needs it; in eager code that records no
+    graph (prefill, eager decoding) its implementation directly, since the operator's Python dispatch cost
+    about 0.3 ms per call on the H200 (``benchmarks/model/profile_prefill.py``), paid once per layer."""
+    needs_grad = torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in (v, g, init))
+    if needs_grad or torch.compiler.is_compiling():
+        op = hlru_scan_op if kind == "hlru" else bdlru_scan_op
+        return op(v, g, init, mask, normalization, chunk_size)
+    return _scan_forward(kind, v, g, init, mask, normalization, chunk_size)
+
+
 def _empty_scan(v, initial_state, B, N, D):
     final = initial_state.float() if initial_state is not None else v.new_zeros(B, N, D, dtype=torch.float32)
     return v.clone(), final
@@ -349,7 +360,7 @@ def hlru_scan_triton(
     if T == 0:
         h, final = _empty_scan(v, init, B, N, m)
     else:
-        h, final = hlru_scan_op(v, g, init, mask, normalization, chunk_size)
+        h, final = _run_scan("hlru", v, g, init, mask, normalization, chunk_size)
     return h, (final if output_final_state else None)
 
 
@@ -374,8 +385,8 @@ def bdlru_scan_triton(
     if T == 0:
         h, final = _empty_scan(v, init, B, N, k)
     elif k == 1:  # the same recurrence as H-LRU with m = 1: logits [a_0, A]
-        h, final = hlru_scan_op(v.view(B, T, N), g.view(B, T, N, 2), init, mask, normalization, chunk_size)
+        h, final = _run_scan("hlru", v.view(B, T, N), g.view(B, T, N, 2), init, mask, normalization, chunk_size)
         h = h.view(B, T, N, 1)
     else:
-        h, final = bdlru_scan_op(v, g, init, mask, normalization, chunk_size)
+        h, final = _run_scan("bdlru", v, g, init, mask, normalization, chunk_size)
     return h, (final if output_final_state else None)

@@ -158,3 +158,26 @@ def test_empty_sequence():
     h, final = scan_triton.bdlru_scan_triton(v, logits, initial_state=state, output_final_state=True)
     assert h.shape == v.shape and torch.equal(final, state)
 
+
+
+@pytest.mark.parametrize("kind,size", [("hlru", 2), ("bdlru", 3), ("bdlru", 1)])
+def test_inference_path_skips_the_operator_with_equal_results(kind, size, monkeypatch):
+    """Without autograd (prefill, eager decoding) the scan runs its implementation directly, not through the
+    custom operator's dispatch; both give the same h and final state, bit for bit."""
+    torch.manual_seed(0)
+    B, T, N = 2, 37, 6
+    v = torch.randn(B, T, N, size) if kind == "bdlru" else torch.randn(B, T, N)
+    g = torch.randn(*v.shape, size + 1) if kind == "bdlru" else torch.randn(B, T, N, size + 1)
+    init, mask = torch.randn(B, N, size), (torch.rand(B, T) > 0.2).long()
+    scan = scan_triton.bdlru_scan_triton if kind == "bdlru" else scan_triton.hlru_scan_triton
+    kwargs = dict(initial_state=init, output_final_state=True, mask=mask, chunk_size=8)
+    calls = []
+    for name in ("hlru_scan_op", "bdlru_scan_op"):
+        op = getattr(scan_triton, name)
+        monkeypatch.setattr(scan_triton, name, lambda *a, op=op: calls.append(1) or op(*a))
+    with torch.no_grad():
+        h_direct, final_direct = scan(v, g, **kwargs)
+    assert not calls
+    h_op, final_op = scan(v.requires_grad_(), g, **kwargs)
+    assert calls and h_op.requires_grad
+    assert torch.equal(h_direct, h_op.detach()) and torch.equal(final_direct, final_op.detach())
