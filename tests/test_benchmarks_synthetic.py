@@ -456,3 +456,15 @@ def test_paper_table_from_records():
     comp = next(v for k, v in rows.items() if k.startswith("Compression"))
     assert comp[col["verdict"]].startswith("not supported: lstm d128")  # LSTM: fewer parameters, more accurate
     assert comp[col["verdict"]].endswith("m = 2 above m = 1 at d = 64, 128")
+
+
+def test_paper_table_verdicts():
+    """'reproduced' needs the mean within 0.02 of the paper; a wide seed spread around a lower mean is
+    'inconclusive', not reproduced."""
+    def verdict(macros):
+        return paper_table.verdict_accuracy(paper_table.stat([(m, m, 1.0) for m in macros]), 0.93)
+
+    assert verdict([0.94, 0.92, 0.93]) == "reproduced"
+    assert verdict([1.0, 0.938, 0.607]).startswith("inconclusive: mean 0.848")
+    assert verdict([0.49, 0.51, 0.53]) == "below the paper (-0.420)"
+    assert verdict([1.0, 1.0, 0.99]).startswith("above the paper")

@@ -8,8 +8,9 @@ verdict. A cell is ``per-token ± std / macro ± std (n)``: the mean over seeds 
 target positions and of the macro accuracy (the paper's metric, torchmetrics' MulticlassAccuracy), with the
 standard deviation over the n seeds; ``@0.12x`` marks runs that made less than 95% of the paper's budget
 (200 epochs) on average. Cells without a finished run say "not run" and the reason from the records. Models
-are compared at d = 128 (compression: at every width run). Verdicts compare the macro means with a
-tolerance of max(0.02, 2 std).
+are compared at d = 128 (compression: at every width run). Verdicts compare the macro means: "reproduced"
+within 0.02 of the paper, "inconclusive" when the paper's value lies within 2 std of our mean but not within
+0.02, "above" / "below" beyond both; gaps between models count past max(0.02, 2 std).
 """
 from __future__ import annotations
 
@@ -189,13 +190,14 @@ def verdict_accuracy(s: Optional[Stat], paper: Optional[float]) -> str:
         return "not run"
     if paper is None:
         return ""
-    tol = max(TOL, 2 * s.macro[1])
-    m = s.macro[0]
-    if m > paper + tol:
+    m, spread = s.macro[0], 2 * s.macro[1]
+    if m > paper + max(TOL, spread):
         return f"above the paper (+{m - paper:.3f})"
-    if m >= paper - tol:
+    if m >= paper - TOL:
         return "reproduced"
     budget = f" at {s.share:.2f}x the paper's budget" if s.share < FULL_BUDGET else ""
+    if m >= paper - spread:  # the paper's value is inside our seeds' spread, but the mean is not at it
+        return f"inconclusive: mean {m:.3f}, 2 std {spread:.3f} over {s.n} seeds{budget}"
     return f"below the paper (-{paper - m:.3f}){budget}"
 
 
