@@ -1,6 +1,7 @@
 """benchmarks/model: the model-level benchmark's --smoke mode on the CPU (every section, every model) and
 its figure and tables, so that the script stays in step with the models and generate()."""
 import json
+import math
 
 from benchmarks.model import bench, plot
 
@@ -17,7 +18,7 @@ def test_bench_smoke_and_plot(tmp_path):
     assert {r["model"] for r in measured if r["section"] == "prefill"} == models
     decode = [r for r in measured if r["section"] == "decode"]
     assert {r["mode"] for r in decode} == {"compiled", "eager"}
-    assert all(r["ms_per_token"] > 0 for r in decode)
+    assert all(math.isfinite(r["ms_per_token"]) for r in decode)  # a difference of two timings: its sign is noise here
     train = [r for r in measured if r["section"] == "train"]
     assert {(r["model"], r["mode"]) for r in train} >= {(m, mode) for m in models for mode in ("compiled", "eager")}
     # same weights and batch: the compiled and eager first losses agree

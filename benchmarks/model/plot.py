@@ -2,6 +2,8 @@
 (benchmarks/model/bench.py; repeated decode measurements are reduced to their median).
 
     python -m benchmarks.model.plot benchmarks/results/model/model_bench.json --out benchmarks/results/model
+
+A file may name the sections to take from it: ``FILE:decode,train`` (default: every section).
 """
 from __future__ import annotations
 
@@ -12,15 +14,18 @@ from collections import defaultdict
 from pathlib import Path
 
 LABELS = {"hlru_m2": "H-LRU m=2", "bdlru_k4": "BD-LRU k=4", "llama": "Llama"}
+COLORS = {"hlru_m2": "tab:blue", "bdlru_k4": "tab:orange", "llama": "tab:green"}
 
 
 def load(paths):
     """Measured rows of every file (not-run and failed ones left out), and the files' metadata."""
     rows, meta = [], []
-    for path in paths:
+    for spec in paths:
+        path, _, sections = spec.partition(":")
         data = json.loads(Path(path).read_text())
-        meta.append({k: data.get(k) for k in ("device", "torch", "date", "params")})
-        rows += [r for r in data["rows"] if r.get("status") is None]
+        meta.append({"file": Path(path).name, "sections": sections or "all",
+                     **{k: data.get(k) for k in ("device", "torch", "date")}})
+        rows += [r for r in data["rows"] if r.get("status") is None and (not sections or r["section"] in sections.split(","))]
     return rows, meta
 
 
@@ -77,15 +82,20 @@ def figure(rows, path):
     ax = axes[0]
     for model, mode in sorted({(m, mo) for m, mo, b, _ in decode if b == 1}):
         points = sorted((c, ms) for (m, mo, b, c), ms in decode.items() if (m, mo, b) == (model, mode, 1))
-        ax.plot(*zip(*points), marker="o", linestyle="-" if mode == "compiled" else "--", label=f"{LABELS.get(model, model)}, {mode}")
-    ax.set(xscale="log", yscale="log", xlabel="context (tokens)", ylabel="ms per token", title="generate(), batch 1")
+        ax.plot(*zip(*points), marker="o", linestyle="-" if mode == "compiled" else "--", color=COLORS.get(model),
+                label=f"{LABELS.get(model, model)}, {mode}")
+    ax.set(xscale="log", xlabel="context (tokens)", ylabel="ms per token (median)", title="generate(), batch 1")
+    ax.set_ylim(bottom=0)
     ax.legend(fontsize=7)
     prefill = medians(rows, "prefill", lambda r: (r["model"], r["context"]), "ms")
     ax = axes[1]
     for model in dict.fromkeys(m for m, _ in prefill):
         points = sorted((c, ms) for (m, c), ms in prefill.items() if m == model)
-        ax.plot(*zip(*points), marker="o", label=LABELS.get(model, model))
-    ax.set(xscale="log", yscale="log", xlabel="prompt length T", ylabel="ms", title="prefill, batch 1")
+        ax.plot(*zip(*points), marker="o", color=COLORS.get(model), label=LABELS.get(model, model))
+    lengths = sorted({c for _, c in prefill})
+    ax.set(xscale="log", yscale="log", xlabel="prompt length T", ylabel="ms (median)", title="prefill, batch 1")
+    ax.set_xticks(lengths, [f"{c:,}" for c in lengths], minor=False)
+    ax.set_xticks([], minor=True)
     ax.legend(fontsize=7)
     train = [r for r in rows if r["section"] == "train"]
     ax = axes[2]
@@ -95,7 +105,8 @@ def figure(rows, path):
     for i, (model, mode) in enumerate(bars):
         values = {r["seq_len"]: r["tokens_per_s"] / 1e3 for r in train if (r["model"], r["mode"]) == (model, mode)}
         ax.bar([j + i * width for j, t in enumerate(lengths) if t in values], [values[t] for t in lengths if t in values],
-               width, label=f"{LABELS.get(model, model)}, {mode}")
+               width, color=COLORS.get(model), alpha={"compiled": 1.0, "compiled_fused_ce": 0.7, "eager": 0.4}.get(mode, 1.0),
+               edgecolor="black", label=f"{LABELS.get(model, model)}, {mode}")
     ax.set_xticks([j + width * (len(bars) - 1) / 2 for j in range(len(lengths))], [f"T={t:,}" for t in lengths])
     ax.set(ylabel="thousand tokens/s", title="training, 65,536 tokens per step")
     ax.legend(fontsize=6)
@@ -113,7 +124,8 @@ def main(argv=None):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     figure(rows, out / "model_bench.png")
-    text = "\n".join(f"<!-- {m['device']}, torch {m['torch']}, {m['date']} -->" for m in meta) + "\n\n" + tables(rows) + "\n"
+    text = "\n".join(f"<!-- {m['file']} ({m['sections']}): {m['device']}, torch {m['torch']}, {m['date']} -->" for m in meta)
+    text += "\n\n" + tables(rows) + "\n"
     (out / "model_bench.md").write_text(text)
     print(text)
 
