@@ -116,7 +116,7 @@ def prefill_ms(model, context, device, repeats):
 
 
 def fused_ce_loss_fn(model):
-    """(backbone, loss(hidden, labels)): Liger-Kernel's fused linear + cross-entropy on the model's head."""
+    """loss(hidden, labels): Liger-Kernel's fused linear + cross-entropy on the model's head, next-token shift."""
     from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
 
     fused = LigerFusedLinearCrossEntropyLoss()
