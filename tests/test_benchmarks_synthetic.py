@@ -468,3 +468,25 @@ def test_paper_table_verdicts():
     assert verdict([1.0, 0.938, 0.607]).startswith("inconclusive: mean 0.848")
     assert verdict([0.49, 0.51, 0.53]) == "below the paper (-0.420)"
     assert verdict([1.0, 1.0, 0.99]).startswith("above the paper")
+
+
+def test_suite_dry_plan_selects_tiers_and_skips_finished_jobs(tmp_path, capsys):
+    """--only-tier takes comma-separated prefixes; --resume skips the finished jobs of every file given."""
+    jobs = suite.paper_table_jobs()
+    s3, s4 = (next(j for j in jobs if j["tier"] == "perm_k4" and j["task"] == t and j["seed"] == 0) for t in ("s3", "s4"))
+    first, second = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    first.write_text(json.dumps({"status": "ok", "job_key": suite.job_key(s3)}) + "\n")
+    second.write_text(json.dumps({"status": "ok", "job_key": suite.job_key(s4)}) + "\n")
+    suite.main(["--preset", "paper_table", "--only-tier", "perm_k4,compression", "--dry-plan",
+                "--resume", str(first), str(second)])
+    rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.split()[:1] and line.split()[0].isdigit()]
+    keys = {r[3] for r in rows}
+    assert {r[2] for r in rows} == {"perm_k4", "compression"}
+    assert suite.job_key(s3) not in keys and suite.job_key(s4) not in keys
+    assert len(rows) == sum(j["tier"] in ("perm_k4", "compression") for j in jobs) - 2
+
+
+def test_recall_seed12_runs_the_separating_points_first():
+    tiers = [j["tier"] for j in suite.paper_table_jobs() if j["tier"].startswith("recall_seed12")]
+    assert tiers[:8] == ["recall_seed12_vocab64"] * 4 + ["recall_seed12_len256"] * 4
+    assert len(set(tiers)) == 9

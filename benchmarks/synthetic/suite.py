@@ -22,7 +22,7 @@ Every result is appended to ``--out`` (JSON lines) as it arrives, with a progres
 ``--deadline S`` every run's training ends EVAL_S (15 s, for its evaluation) before S seconds after the
 start: a job starts only if at least half of its expected time is left, and its time budget shrinks to
 what is left (the record's ``time_budget_s``). Jobs that do not start, and baselines that cannot run here,
-are written as ``"status": "not_run"`` records with the reason; ``--resume FILE`` skips the jobs that already have a finished record in FILE. ``--dry-plan``
+are written as ``"status": "not_run"`` records with the reason; ``--resume FILE [FILE ...]`` skips the jobs that already have a finished record in any of the files; ``--only-tier`` takes comma-separated tier prefixes. ``--dry-plan``
 prints, without running anything, each job's expected steps/s, time and share of the paper's budget and
 which of ``--calls`` calls of ``--call-seconds`` it falls in, from the rate model below or from the rates
 measured in earlier results (``--rates FILE``).
@@ -127,9 +127,10 @@ def job_key(spec: dict) -> str:
 
 
 def recall_jobs(seeds, tier, max_time, labels=RECALL_MODELS, points=RECALL_LADDER):
+    """Recall jobs for each ladder point in ``points`` (in that order), each seed and model in turn."""
     return [job("recall", label, seed, epochs=PAPER_EPOCHS, max_time=max_time, task_overrides=dict(over),
                 tier=f"{tier}_{name}")
-            for seed in seeds for name, over in points for label in labels]
+            for name, over in points for seed in seeds for label in labels]
 
 
 def paper_table_jobs(baseline_graphs=False):
@@ -138,7 +139,7 @@ def paper_table_jobs(baseline_graphs=False):
     1. S5 with BD-LRU k = 4 and k = 5 at the paper's budget (200 epochs = 156,250 steps).
     2. Recall, MAD's ladder (base, vocab 32/64, length 256/512, 6,400..800 examples), diag and k = 4, seed 0.
     3. S3 and S4 with k = 4 at the paper's budget (they stop once solved).
-    4. Recall ladder, seeds 1 and 2; compression (diag, m = 2, k = 4 at d = 64 and 128); the diagonal LRU on
+    4. Recall ladder, seeds 1 and 2 (the points that separated at seed 0 first); compression (diag, m = 2, k = 4 at d = 64 and 128); the diagonal LRU on
        S3-S5 at the paper's budget.
     5. Baselines (Mamba2, DeltaNet, Gated DeltaNet, LSTM, Llama) on S3-S5, recall (base) and compression, seed 0
        then seeds 1 and 2, time-capped: eager, or with ``baseline_graphs`` in the graph workers (check first
@@ -154,7 +155,10 @@ def paper_table_jobs(baseline_graphs=False):
     jobs += recall_jobs((0,), "recall_seed0", 240.0, points=main_points)
     jobs += [job(task, "bdlru_k4", seed, epochs=PAPER_EPOCHS, max_time=240.0, tier="perm_k4")
              for seed in PAPER_SEEDS for task in ("s3", "s4")]
-    jobs += recall_jobs((1, 2), "recall_seed12", 240.0, points=main_points)
+    # seeds 1 and 2 of the points where seed 0 separated the models (2026-12-01: vocab 64, length 256) first
+    separating = ("vocab64", "len256")
+    jobs += recall_jobs((1, 2), "recall_seed12", 240.0, points=[p for p in main_points if p[0] in separating]
+                        + [p for p in main_points if p[0] not in separating])
     jobs += [job("compression", label, seed, hidden_size=d, epochs=PAPER_EPOCHS, max_time=120.0, tier="compression")
              for seed in PAPER_SEEDS for d in (64, 128) for label in ("diag", "hlru_m2", "bdlru_k4")]
     jobs += [job(task, "diag", seed, epochs=PAPER_EPOCHS, max_time=240.0, tier="perm_diag")
@@ -553,11 +557,13 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads per worker")
     p.add_argument("--deadline", type=float, default=None, help="seconds from now by which every run's training ends")
     p.add_argument("--time-scale", type=float, default=1.0, help="multiply every run's max_time")
-    p.add_argument("--only-tier", default=None, help="run only the jobs of tiers starting with this")
+    p.add_argument("--only-tier", default=None,
+                   help="run only the jobs of tiers starting with one of these (comma-separated prefixes)")
     p.add_argument("--smoke", action="store_true", help="every job at CPU size (smoke_job)")
     p.add_argument("--baseline-graphs", action="store_true",
                    help="paper_table: capture the baselines' training steps in CUDA graphs too (errors if they cannot)")
-    p.add_argument("--resume", default=None, help="skip the jobs with a finished record in this results file")
+    p.add_argument("--resume", nargs="+", default=(), metavar="FILE",
+                   help="skip the jobs with a finished record in any of these results files")
     p.add_argument("--dry-plan", action="store_true", help="print the plan (which call runs what) and exit")
     p.add_argument("--calls", type=int, default=2, help="--dry-plan: number of calls")
     p.add_argument("--call-seconds", type=float, default=540.0, help="--dry-plan: seconds per call")
@@ -570,10 +576,11 @@ def main(argv=None):
     t0 = time.time()
     jobs = grid(args.preset, args.time_scale, args.baseline_graphs)
     if args.only_tier:
-        jobs = [j for j in jobs if j["tier"].startswith(args.only_tier)]
+        prefixes = tuple(t.strip() for t in args.only_tier.split(",") if t.strip())
+        jobs = [j for j in jobs if j["tier"].startswith(prefixes)]
     if args.smoke:
         jobs = [smoke_job(j) for j in jobs]
-    done = finished_keys(args.resume)
+    done = set().union(*(finished_keys(path) for path in args.resume))
     skipped = [j for j in jobs if job_key(j) in done]
     jobs = [j for j in jobs if job_key(j) not in done]
     rates = measured_rates(args.rates) if args.rates else {}
