@@ -490,3 +490,35 @@ def test_recall_seed12_runs_the_separating_points_first():
     tiers = [j["tier"] for j in suite.paper_table_jobs() if j["tier"].startswith("recall_seed12")]
     assert tiers[:8] == ["recall_seed12_vocab64"] * 4 + ["recall_seed12_len256"] * 4
     assert len(set(tiers)) == 9
+
+
+def test_concurrent_runs_do_not_pay_for_each_others_setup(monkeypatch):
+    """train_concurrently: the time one run spends in another run's setup is its paused_s, outside its budget."""
+    prepare = synthetic_run.Trainer.prepare
+
+    def slow_prepare(self):
+        if self.run["seed"] == 1:
+            time.sleep(1.0)  # a long compile/autotune of the second run
+        prepare(self)
+
+    monkeypatch.setattr(synthetic_run.Trainer, "prepare", slow_prepare)
+    runs = iter([synthetic_run.default_run(task="s3", smoke=True, seed=s, eager_probe_steps=0)
+                 for s in (0, 1)])
+    records = {}
+    synthetic_run.train_concurrently(lambda: next(runs, None), 2,
+                                     lambda run, rec, err: records.update({run["seed"]: rec or err}), log=lambda *a: None)
+    first, second = records[0], records[1]
+    assert first["paused_s"] >= 1.0 and second["paused_s"] == 0.0
+    assert first["train_time_s"] <= first["wall_time_s"] - 1.0
+    assert first["stopped"] in ("steps", "solved") and second["stopped"] in ("steps", "solved")
+
+
+def test_suite_only_model_and_baseline_order(capsys):
+    """--only-model keeps one model's jobs (an unknown label is an error); baselines run task by task, seeds together."""
+    suite.main(["--preset", "paper_table", "--only-tier", "baselines", "--only-model", "deltanet", "--dry-plan"])
+    rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.split()[:1] and line.split()[0].isdigit()]
+    assert [r[3].split("|")[:3] for r in rows[:3]] == [["s5", "deltanet", f"s{s}"] for s in (0, 1, 2)]
+    assert len(rows) == 15 and all(r[3].split("|")[1] == "deltanet" for r in rows)
+    with pytest.raises(SystemExit):
+        suite.main(["--preset", "paper_table", "--only-model", "mamba3", "--dry-plan"])
+    assert "unknown model label" in capsys.readouterr().err

@@ -170,6 +170,7 @@ class Trainer:
         self.use_amp = cuda and run["amp"]
         self.graph = None
         self.step, self.t_train, self.time_budget, self.first_step_s = 0, None, None, None
+        self.paused_s = 0.0  # time spent setting up or evaluating other runs of the same process (not ours)
         self.eager_steps_per_s = self.graph_steps_per_s = None
         self.loss_value, self.solved, self.concurrent_runs, self._last_log = float("nan"), False, 1, 0
         with self.on_stream():
@@ -256,10 +257,14 @@ class Trainer:
             raise GraphCaptureError(f"CUDA graph capture of the {model_label(self.run)} training step failed "
                                f"({type(err).__name__}: {err}); run it with cuda_graph=False") from err
 
+    def train_time(self) -> float:
+        """Seconds of training so far: since the compile steps, less the time paused for other runs."""
+        return time.time() - self.t_train - self.paused_s
+
     def progress(self) -> float:
         p = self.step / self.steps
         if self.time_budget is not None:
-            p = max(p, (time.time() - self.t_train) / max(self.time_budget, 1e-9))
+            p = max(p, self.train_time() / max(self.time_budget, 1e-9))
         return p
 
     def advance(self):
@@ -290,7 +295,7 @@ class Trainer:
         self.solved = streak >= self.run["patience"]
         if self.step - self._last_log >= 2000:
             self._last_log = self.step
-            elapsed = time.time() - self.t_train if self.t_train else 0.0
+            elapsed = self.train_time() if self.t_train else 0.0
             self.log(f"  [{self.run['task']}/{model_label(self.run)}/s{self.run['seed']}] step {self.step} "
                      f"loss {self.loss_value:.4f} elapsed {elapsed:.0f}s")
 
@@ -300,7 +305,9 @@ class Trainer:
             return "solved"
         if self.step >= self.steps:
             return "steps"
-        if self.time_budget is not None and time.time() - self.t_train >= self.time_budget:
+        if self.time_budget is not None and self.train_time() >= self.time_budget:
+            return "time"
+        if self.run["end_by"] is not None and time.time() >= self.run["end_by"]:
             return "time"
         return None
 
@@ -359,7 +366,7 @@ class Trainer:
     def finish(self, stopped: str) -> dict:
         """Wait for the run's work, evaluate, and return its record."""
         self.sync()
-        train_time = time.time() - self.t_train
+        train_time = self.train_time()
         metrics = self.evaluate()
         spec, run = self.data.spec, self.run
         with self.on_stream():
@@ -374,6 +381,7 @@ class Trainer:
             "paper_steps": math.ceil(PAPER_EPOCHS * spec.num_train / run["batch_size"]),
             "stopped": stopped, "final_train_loss": self.loss_value, "train_time_s": round(train_time, 1),
             "first_step_s": None if self.first_step_s is None else round(self.first_step_s, 1),
+            "paused_s": round(self.paused_s, 1),
             "steps_per_s": round(timed_steps / train_time, 1) if train_time > 0 else None,
             "eager_steps_per_s": None if self.eager_steps_per_s is None else round(self.eager_steps_per_s, 1),
             "graph_steps_per_s": None if self.graph_steps_per_s is None else round(self.graph_steps_per_s, 1),
@@ -405,10 +413,22 @@ def train_concurrently(next_run: Callable[[], Optional[dict]], slots: int,
     """Train the runs that ``next_run()`` hands out (None when there are no more) with up to ``slots`` of them
     active at once in this process, each on its own CUDA stream, one step each in turn. A new run is set up
     (and captured) as soon as a slot frees. ``on_result(run, record, error)`` gets each run's record, or the
-    error that ended it (the other runs go on)."""
+    error that ended it (the other runs go on). While one run is set up (compiled, autotuned, captured) or
+    evaluated, the others wait: that time is added to their ``paused_s`` and not counted in their budgets."""
     if slots < 1:
         raise ValueError(f"slots must be >= 1, got {slots}")
     active, more = [], True
+
+    @contextlib.contextmanager
+    def pausing_others(current=None):
+        t = time.time()
+        try:
+            yield
+        finally:
+            for other in active:
+                if other is not current and other.t_train is not None:
+                    other.paused_s += time.time() - t
+
     while True:
         while more and len(active) < slots:
             run = next_run()
@@ -416,8 +436,9 @@ def train_concurrently(next_run: Callable[[], Optional[dict]], slots: int,
                 more = False
                 break
             try:
-                trainer = Trainer(run, log)
-                trainer.prepare()
+                with pausing_others():
+                    trainer = Trainer(run, log)
+                    trainer.prepare()
                 active.append(trainer)
             except Exception as err:  # noqa: BLE001 (a run that cannot start is reported; the others go on)
                 on_result(run, None, err)
@@ -430,7 +451,8 @@ def train_concurrently(next_run: Callable[[], Optional[dict]], slots: int,
                 if stopped is None:
                     trainer.advance()
                     continue
-                record = trainer.finish(stopped)
+                with pausing_others(trainer):
+                    record = trainer.finish(stopped)
             except Exception as err:  # noqa: BLE001
                 active.remove(trainer)
                 on_result(trainer.run, None, err)
