@@ -455,7 +455,14 @@ def test_paper_table_from_records():
     assert score[col["diag"]].startswith("0.895±0.000 / 0.885±0.000 (1) (2 of 11 points)")
     comp = next(v for k, v in rows.items() if k.startswith("Compression"))
     assert comp[col["verdict"]].startswith("not supported: lstm d128")  # LSTM: fewer parameters, more accurate
-    assert comp[col["verdict"]].endswith("m = 2 above m = 1 at d = 64, 128")
+    assert comp[col["verdict"]].endswith("m = 2 above m = 1 (same seeds) at d = 64, 128")
+    # a seed that only the diagonal model ran (say, cut short by a deadline) does not count against it
+    ok += [_record("compression", "diag", 1, 0.1, 0.1, hidden=128, params=280),
+           _record("compression", "hlru_m2", 0, 0.7, 0.7, hidden=128, params=300)]
+    text = paper_table.table([r for r in ok if not (r["model"] == "hlru_m2" and r["config"]["hidden_size"] == 128
+                                                     and r["accuracy"] == 0.8)], other)
+    comp = next(line for line in text.splitlines() if line.startswith("| Compression"))
+    assert comp.rstrip(" |").endswith("m = 2 above m = 1 (same seeds) at d = 64")
 
 
 def test_paper_table_verdicts():
@@ -468,6 +475,10 @@ def test_paper_table_verdicts():
     assert verdict([1.0, 0.938, 0.607]).startswith("inconclusive: mean 0.848")
     assert verdict([0.49, 0.51, 0.53]) == "below the paper (-0.420)"
     assert verdict([1.0, 1.0, 0.99]).startswith("above the paper")
+    # seeds cut to different budgets show the least and most of the paper's steps, not only their mean
+    uneven = paper_table.stat([(0.5, 0.5, 0.01), (0.9, 0.9, 0.12), (0.9, 0.9, 0.12)])
+    assert uneven.text().endswith("(3) @0.01-0.12x")
+    assert paper_table.stat([(0.5, 0.5, 0.1)] * 2).text().endswith("(2) @0.10x")
 
 
 def test_suite_dry_plan_selects_tiers_and_skips_finished_jobs(tmp_path, capsys):
@@ -522,3 +533,27 @@ def test_suite_only_model_and_baseline_order(capsys):
     with pytest.raises(SystemExit):
         suite.main(["--preset", "paper_table", "--only-model", "mamba3", "--dry-plan"])
     assert "unknown model label" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("hopper,above_3_4,above_3_7_1,refused", [(True, True, False, True), (True, True, True, False),
+                                                                 (False, True, False, False)])
+def test_gated_deltanet_is_refused_where_fla_640_applies(monkeypatch, hopper, above_3_4, above_3_7_1, refused):
+    """Hopper with Triton in [3.4, 3.7.1): BaselineUnavailable naming fla #640 and the remedy, before any training."""
+    import sys
+    import types
+
+    from benchmarks.synthetic import baselines
+
+    chunk_o = types.SimpleNamespace(IS_NVIDIA_HOPPER=hopper, TRITON_ABOVE_3_4_0=above_3_4,
+                                    TRITON_ABOVE_3_7_1=above_3_7_1)
+    fla = types.ModuleType("fla")
+    fla.__version__ = "0.6.0"
+    common = types.ModuleType("fla.ops.common")
+    common.chunk_o = chunk_o
+    for name, module in (("fla", fla), ("fla.ops", types.ModuleType("fla.ops")), ("fla.ops.common", common)):
+        monkeypatch.setitem(sys.modules, name, module)
+    if refused:
+        with pytest.raises(BaselineUnavailable, match=r"fla #640; needs Triton >= 3.7.1 or tilelang"):
+            baselines._refuse_fla_640(32)
+    else:
+        assert baselines._refuse_fla_640(32) is None

@@ -15,7 +15,7 @@
   runs transformers' PyTorch path, ``desc["kernel_path"] == "torch"``.
 - ``deltanet`` / ``gated_deltanet``: from flash-linear-attention (``fla``), imported lazily; its
   kernels are Triton and need a GPU. :func:`build_model` raises :class:`BaselineUnavailable` saying why
-  when they cannot run. Gated DeltaNet on Hopper with Triton < 3.7.1: see :func:`_lift_fla_hopper_guard`.
+  when they cannot run. Gated DeltaNet on Hopper with Triton < 3.7.1: see :func:`_refuse_fla_640`.
 
 :func:`build_model` takes a model name and returns ``(model, description)``; :func:`last_hidden_state`
 gets the final (normalised) hidden states of any of them; :class:`ProbeHead` is the encoder probe used
@@ -338,40 +338,31 @@ def _build_fla(kind, vocab_size, d, num_layers, inter, device):
     head_dim = 32
     heads = max(1, (3 * d // 4) // head_dim)  # fla's guidance: num_heads * head_dim ~ 0.75 d
     extra = {"heads": heads, "head_dim": head_dim, "fla_version": getattr(fla, "__version__", "?")}
-    workaround = _lift_fla_hopper_guard(head_dim)
-    if workaround:
-        extra["fla_workaround"] = workaround
+    _refuse_fla_640(head_dim)
     model = GatedDeltaNetForCausalLM(GatedDeltaNetConfig(num_heads=heads, head_dim=head_dim, **common))
     return model, extra
 
 
-def _lift_fla_hopper_guard(head_k_dim: int) -> Optional[str]:
-    """Let Gated DeltaNet train on Hopper with Triton in [3.4, 3.7.1), where fla 0.6.0 refuses outright.
+def _refuse_fla_640(head_k_dim: int) -> None:
+    """Gated DeltaNet cannot train here on Hopper with Triton in [3.4, 3.7.1): raise :class:`BaselineUnavailable`.
 
-    With a gate, fla's ``chunk_bwd_dqkwg`` raises "Triton >= 3.4.0 and < 3.7.1 on Hopper GPUs produces
-    incorrect results for gated chunk_bwd_dqkwg (see #640). Please upgrade Triton to >= 3.7.1 or install
-    tilelang". fla's ways out, Triton >= 3.7.1 (torch 2.11 pins 3.6) or its TileLang backend (tilelang, TVM
-    and nvcc), do not fit the GPU machine. fla #640's bisection pins the miscompile to the kernel's key block
-    BK = 64 (BK = 32 and 128 match the reference; unsloth-zoo #1010 narrows the guard the same way), and on
-    Hopper fla takes BK = min(max(next_pow2(K), 16), 128): K = 32 gives BK = 32. For such K the guard is
-    lifted by setting ``fla.ops.common.chunk_o.TRITON_ABOVE_3_7_1 = True`` (the guard is all that name gates
-    there); ``benchmarks/synthetic/check_baselines.py`` compares the gradients with fla's naive recurrence on
-    the device. Returns a note for desc, None where the guard does not apply; raises
-    :class:`BaselineUnavailable` for BK = 64.
+    fla 0.6.0 refuses the gated ``chunk_bwd_dqkwg`` there at the first backward ("Triton >= 3.4.0 and < 3.7.1 on
+    Hopper GPUs produces incorrect results for gated chunk_bwd_dqkwg (see #640). Please upgrade Triton to >=
+    3.7.1 or install tilelang"); this raises the same before any training. fla's ways out, Triton >= 3.7.1
+    (torch 2.11 pins 3.6) or its TileLang backend (tilelang, TVM and nvcc), do not fit the GPU machine. fla
+    #640's bisection pins the miscompile to the key block BK = 64, and unsloth-zoo #1010 lifts the guard for
+    BK = 32 and 128; lifted for BK = 32 (head dim 32), training hit an illegal memory access within its first
+    steps on an H200 (2026-12-01; eager and CUDA graph; not under CUDA_LAUNCH_BLOCKING=1), so the guard stays.
     """
     import triton
     from fla.ops.common import chunk_o
 
-    if not (chunk_o.IS_NVIDIA_HOPPER and chunk_o.TRITON_ABOVE_3_4_0 and not chunk_o.TRITON_ABOVE_3_7_1):
-        return None
-    block_k = min(max(triton.next_power_of_2(head_k_dim), 16), 128)
-    if block_k == 64:
+    if chunk_o.IS_NVIDIA_HOPPER and chunk_o.TRITON_ABOVE_3_4_0 and not chunk_o.TRITON_ABOVE_3_7_1:
+        block_k = min(max(triton.next_power_of_2(head_k_dim), 16), 128)
         raise BaselineUnavailable(
-            f"gated_deltanet: fla refuses gated chunk_bwd_dqkwg on Hopper with Triton {triton.__version__} "
-            f"(fla #640), and head dim {head_k_dim} gives the miscompiled key block BK=64")
-    chunk_o.TRITON_ABOVE_3_7_1 = True
-    return (f"fla #640 guard lifted (Hopper, Triton {triton.__version__}): key block BK={block_k}; "
-            "the miscompile is at BK=64")
+            f"gated_deltanet: fla {getattr(__import__('fla'), '__version__', '?')} refuses gated chunk_bwd_dqkwg "
+            f"on Hopper with Triton {triton.__version__} (fla #640; needs Triton >= 3.7.1 or tilelang); with the "
+            f"guard lifted for key block BK={block_k}, training hit an illegal memory access on an H200")
 
 
 def last_hidden_state(model: PreTrainedModel, input_ids: torch.Tensor) -> torch.Tensor:

@@ -7,7 +7,7 @@ Columns: the claim, the paper's value, ours (the H-LRU / BD-LRU model the claim 
 verdict. A cell is ``per-token ± std / macro ± std (n)``: the mean over seeds of the test accuracy over the
 target positions and of the macro accuracy (the paper's metric, torchmetrics' MulticlassAccuracy), with the
 standard deviation over the n seeds; ``@0.12x`` marks runs that made less than 95% of the paper's budget
-(200 epochs) on average. Cells without a finished run say "not run" and the reason from the records. Models
+(200 epochs) on average (``@0.01-0.12x``: the seeds' least and most, where they differ). Cells without a finished run say "not run" and the reason from the records. Models
 are compared at d = 128 (compression: at every width run). Verdicts compare the macro means: "reproduced"
 within 0.02 of the paper, "inconclusive" when the paper's value lies within 2 std of our mean but not within
 0.02, "above" / "below" beyond both; gaps between models count past max(0.02, 2 std).
@@ -128,7 +128,7 @@ class Results:
 
     def why_not(self, model, task, overrides=None, hidden=WIDTH) -> str:
         want = self._setting(model, task, overrides, hidden)
-        for s, rec in self.other:
+        for s, rec in reversed(self.other):  # the latest record says why
             if s == want:
                 return f"not run: {rec.get('reason', rec['status'])[:70]}"
         return "not run: no record"
@@ -149,9 +149,11 @@ class Stat:
     macro: tuple
     n: int
     share: float
+    share_range: tuple = (0.0, 0.0)  # the least and most of the paper's steps one seed made
 
     def text(self) -> str:
-        budget = "" if self.share >= FULL_BUDGET else f" @{self.share:.2f}x"
+        low, high = (f"{v:.2f}" for v in self.share_range)
+        budget = "" if self.share >= FULL_BUDGET else f" @{self.share:.2f}x" if low == high else f" @{low}-{high}x"
         return (f"{self.acc[0]:.3f}±{self.acc[1]:.3f} / {self.macro[0]:.3f}±{self.macro[1]:.3f} "
                 f"({self.n}){budget}")
 
@@ -160,8 +162,9 @@ def stat(per_seed: List[tuple]) -> Optional[Stat]:
     """From (accuracy, macro accuracy, share of the paper's steps) per seed."""
     if not per_seed:
         return None
+    shares = [s for _, _, s in per_seed]
     return Stat(mean_std([a for a, _, _ in per_seed]), mean_std([m for _, m, _ in per_seed]), len(per_seed),
-                sum(s for _, _, s in per_seed) / len(per_seed))
+                sum(shares) / len(shares), (min(shares), max(shares)))
 
 
 def _share(rec):
@@ -297,34 +300,44 @@ def recall_score_row(results, row):
 
 
 def compression_row(results, row):
+    """Accuracy against parameters at every width run. Two models are compared over the seeds both ran (runs
+    of one seed share the suite call, so a seed cut short by a deadline is cut for both)."""
     widths = sorted({k[2] for k in results.ok if k[0] == "compression"})
-    groups = {}  # (model, width) -> (Stat, parameters)
+    groups = {}  # (model, width) -> ({seed: record}, parameters)
     for (task, model, hidden, *_rest), _ in results.ok.items():
         if task == "compression" and (model, hidden) not in groups:
             runs = results.runs(model, "compression", hidden=hidden)
             if runs:
-                groups[(model, hidden)] = (stat(_seed_values(runs)), runs[0]["parameters"])
+                groups[(model, hidden)] = ({r["seed"]: r for r in runs}, runs[0]["parameters"])
 
     def text(model):
-        parts = [f"d{w}: {groups[(model, w)][0].text()}, {groups[(model, w)][1] / 1e3:.0f}k params"
-                 for w in widths if (model, w) in groups]
+        parts = [f"d{w}: {stat(_seed_values(groups[(model, w)][0].values())).text()}, "
+                 f"{groups[(model, w)][1] / 1e3:.0f}k params" for w in widths if (model, w) in groups]
         return "; ".join(parts) if parts else results.why_not(model, "compression")
 
-    mine = {w: groups[(row.ours, w)] for w in widths if (row.ours, w) in groups}
+    def gap(a, b):
+        """(macro mean of a - that of b, tolerance) over the seeds both ran; None without a common seed."""
+        common = sorted(set(groups[a][0]) & set(groups[b][0]))
+        if not common:
+            return None
+        sa, sb = (stat(_seed_values(groups[g][0][s] for s in common)) for g in (a, b))
+        return sa.macro[0] - sb.macro[0], max(TOL, 2 * sa.macro[1], 2 * sb.macro[1])
+
+    mine = [w for w in widths if (row.ours, w) in groups]
     if not mine:
         verdict = "not run"
     else:
         beaten = []  # models at least as small and more accurate than m = 2 at some width
-        for (model, w), (s, params) in groups.items():
-            for w_m, (s_m, p_m) in mine.items():
-                tol = max(TOL, 2 * s.macro[1], 2 * s_m.macro[1])
-                if model != row.ours and params <= p_m and s.macro[0] > s_m.macro[0] + tol:
+        for (model, w), (_, params) in groups.items():
+            for w_m in mine:
+                g = gap((model, w), (row.ours, w_m)) if model != row.ours else None
+                if g is not None and params <= groups[(row.ours, w_m)][1] and g[0] > g[1]:
                     beaten.append(f"{model} d{w} (vs d{w_m})")
-        over_diag = [w for w, (s_m, _) in mine.items()
-                     if ("diag", w) in groups and s_m.macro[0] > groups[("diag", w)][0].macro[0] + TOL]
+        over_diag = [w for w in mine if ("diag", w) in groups and (g := gap((row.ours, w), ("diag", w)))
+                     and g[0] > g[1]]
         verdict = ("supported: no model with as many or fewer parameters is more accurate" if not beaten
                    else f"not supported: {', '.join(beaten)} more accurate with as many or fewer parameters")
-        verdict += f"; m = 2 above m = 1 at d = {', '.join(map(str, over_diag)) or 'none'}"
+        verdict += f"; m = 2 above m = 1 (same seeds) at d = {', '.join(map(str, over_diag)) or 'none'}"
     cells = [text(m) if m == "diag" or any(k[0] == m for k in groups) else results.why_not(m, "compression")
              for m in BASELINE_COLUMNS]
     runs = [r for w in widths for r in results.runs(row.ours, "compression", hidden=w)]
@@ -355,7 +368,8 @@ def header(envs) -> str:
         lines.append(f"- `{env['command']}` on {gpus}, {env['date_utc']} UTC (torch {env['torch']}, transformers "
                      f"{env['transformers']}, fla {env['fla']}, commit {env.get('git_commit')})")
     legend = (f"Cells: per-token ± std / macro ± std (seeds); @0.12x: the runs made that share of the paper's budget "
-              f"({PAPER_EPOCHS} epochs) on average. Width d = {WIDTH} unless a cell says otherwise.")
+              f"({PAPER_EPOCHS} epochs) on average (@0.01-0.12x: the seeds' least and most, where they differ). "
+              f"Width d = {WIDTH} unless a cell says otherwise.")
     return ("Runs:\n" + "\n".join(lines) + "\n\n" if lines else "") + legend + "\n\n"
 
 
