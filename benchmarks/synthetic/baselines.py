@@ -348,19 +348,20 @@ def _refuse_fla_640(head_k_dim: int) -> None:
 
     fla 0.6.0 refuses the gated ``chunk_bwd_dqkwg`` there at the first backward ("Triton >= 3.4.0 and < 3.7.1 on
     Hopper GPUs produces incorrect results for gated chunk_bwd_dqkwg (see #640). Please upgrade Triton to >=
-    3.7.1 or install tilelang"); this raises the same before any training. fla's ways out, Triton >= 3.7.1
-    (torch 2.11 pins 3.6) or its TileLang backend (tilelang, TVM and nvcc), do not fit the GPU machine. fla
-    #640's bisection pins the miscompile to the key block BK = 64, and unsloth-zoo #1010 lifts the guard for
+    3.7.1 or install tilelang"); this raises :class:`BaselineUnavailable` with that reason before any
+    training. fla's ways out, Triton >= 3.7.1 (torch 2.11 pins 3.6) or its TileLang backend (tilelang, TVM and
+    nvcc), do not fit the GPU machine. fla #640's bisection pins the miscompile to the key block BK = 64, and unsloth-zoo #1010 lifts the guard for
     BK = 32 and 128; lifted for BK = 32 (head dim 32), training hit an illegal memory access within its first
     steps on an H200 (2026-12-01; eager and CUDA graph; not under CUDA_LAUNCH_BLOCKING=1), so the guard stays.
     """
+    import fla
     import triton
     from fla.ops.common import chunk_o
 
     if chunk_o.IS_NVIDIA_HOPPER and chunk_o.TRITON_ABOVE_3_4_0 and not chunk_o.TRITON_ABOVE_3_7_1:
         block_k = min(max(triton.next_power_of_2(head_k_dim), 16), 128)
         raise BaselineUnavailable(
-            f"gated_deltanet: fla {getattr(__import__('fla'), '__version__', '?')} refuses gated chunk_bwd_dqkwg "
+            f"gated_deltanet: fla {getattr(fla, '__version__', '?')} refuses gated chunk_bwd_dqkwg "
             f"on Hopper with Triton {triton.__version__} (fla #640; needs Triton >= 3.7.1 or tilelang); with the "
             f"guard lifted for key block BK={block_k}, training hit an illegal memory access on an H200")
 

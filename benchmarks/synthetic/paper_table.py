@@ -7,8 +7,9 @@ Columns: the claim, the paper's value, ours (the H-LRU / BD-LRU model the claim 
 verdict. A cell is ``per-token ± std / macro ± std (n)``: the mean over seeds of the test accuracy over the
 target positions and of the macro accuracy (the paper's metric, torchmetrics' MulticlassAccuracy), with the
 standard deviation over the n seeds; ``@0.12x`` marks runs that made less than 95% of the paper's budget
-(200 epochs) on average (``@0.01-0.12x``: the seeds' least and most, where they differ). Cells without a finished run say "not run" and the reason from the records. Models
-are compared at d = 128 (compression: at every width run). Verdicts compare the macro means: "reproduced"
+(200 epochs) on average (``@0.01-0.12x``: the seeds' least and most, where they differ). Cells without a
+finished run say "not run" and the latest record's reason. Models are compared at d = 128 (compression: at
+every width run, over the seeds both models ran). Verdicts compare the macro means: "reproduced"
 within 0.02 of the paper, "inconclusive" when the paper's value lies within 2 std of our mean but not within
 0.02, "above" / "below" beyond both; gaps between models count past max(0.02, 2 std).
 """

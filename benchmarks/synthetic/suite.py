@@ -22,10 +22,12 @@ Every result is appended to ``--out`` (JSON lines) as it arrives, with a progres
 ``--deadline S`` every run's training ends EVAL_S (15 s, for its evaluation) before S seconds after the
 start: a job starts only if at least half of its expected time is left, and its time budget shrinks to
 what is left (the record's ``time_budget_s``). Jobs that do not start, and baselines that cannot run here,
-are written as ``"status": "not_run"`` records with the reason; ``--resume FILE [FILE ...]`` skips the jobs that already have a finished record in any of the files; ``--only-tier`` takes comma-separated tier prefixes. ``--dry-plan``
-prints, without running anything, each job's expected steps/s, time and share of the paper's budget and
-which of ``--calls`` calls of ``--call-seconds`` it falls in, from the rate model below or from the rates
-measured in earlier results (``--rates FILE``).
+are written as ``"status": "not_run"`` records with the reason. ``--resume FILE [FILE ...]`` skips the jobs
+that already have a finished record in any of the files; ``--only-tier`` (comma-separated tier prefixes) and
+``--only-model`` (comma-separated model labels) select jobs. ``--dry-plan`` prints, without running anything,
+each job's expected steps/s, time and share of the paper's budget and which of ``--calls`` calls of
+``--call-seconds`` it falls in, from the rate model below or from the rates measured in earlier results
+(``--rates FILE``).
 """
 from __future__ import annotations
 
@@ -139,12 +141,13 @@ def paper_table_jobs(baseline_graphs=False):
     1. S5 with BD-LRU k = 4 and k = 5 at the paper's budget (200 epochs = 156,250 steps).
     2. Recall, MAD's ladder (base, vocab 32/64, length 256/512, 6,400..800 examples), diag and k = 4, seed 0.
     3. S3 and S4 with k = 4 at the paper's budget (they stop once solved).
-    4. Recall ladder, seeds 1 and 2 (the points that separated at seed 0 first); compression (diag, m = 2, k = 4 at d = 64 and 128); the diagonal LRU on
-       S3-S5 at the paper's budget.
+    4. Recall ladder, seeds 1 and 2 (the points that separated at seed 0 first); compression (diag, m = 2,
+       k = 4 at d = 64 and 128); the diagonal LRU on S3-S5 at the paper's budget.
     5. Baselines (Mamba2, DeltaNet, Gated DeltaNet, LSTM, Llama) on S5, recall (base), S3, S4 and compression,
-       in that order, each model's three seeds together, time-capped: eager, or with ``baseline_graphs`` in the graph workers (check first
-       that each captures: ``run --cuda-graph`` in its own process); a baseline whose capture fails then runs
-       again eagerly, and its record keeps the capture's error (``cuda_graph_error``).
+       in that order, each model's three seeds together, time-capped: eager, or with ``baseline_graphs`` in
+       the graph workers (one suite process per model, ``--only-model``, keeps one model's autotuning from
+       stalling the others); a baseline whose capture fails then runs again eagerly, and its record keeps the
+       capture's error (``cuda_graph_error``).
     6. The longest recall points (vocab 128, length 1024) for both models, seeds 0-2.
     """
     jobs = []
