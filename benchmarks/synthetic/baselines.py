@@ -350,9 +350,10 @@ def _refuse_fla_640(head_k_dim: int) -> None:
     Hopper GPUs produces incorrect results for gated chunk_bwd_dqkwg (see #640). Please upgrade Triton to >=
     3.7.1 or install tilelang"); this raises :class:`BaselineUnavailable` with that reason before any
     training. fla's ways out, Triton >= 3.7.1 (torch 2.11 pins 3.6) or its TileLang backend (tilelang, TVM and
-    nvcc), do not fit the GPU machine. fla #640's bisection pins the miscompile to the key block BK = 64, and unsloth-zoo #1010 lifts the guard for
-    BK = 32 and 128; lifted for BK = 32 (head dim 32), training hit an illegal memory access within its first
-    steps on an H200 (2026-12-01; eager and CUDA graph; not under CUDA_LAUNCH_BLOCKING=1), so the guard stays.
+    nvcc), do not fit the GPU machine. fla #640's bisection pins the miscompile to the key block BK = 64, and
+    unsloth-zoo #1010 lifts the guard for BK = 32 and 128; lifted for BK = 32 (head dim 32), training hit an
+    illegal memory access within its first steps on an H200 (2026-12-01; eager and CUDA graph; not under
+    CUDA_LAUNCH_BLOCKING=1), so the guard stays.
     """
     import fla
     import triton
