@@ -354,7 +354,7 @@ class LRNNModel(LRNNPreTrainedModel):
 
     def _check_inputs(self, input_ids, inputs_embeds, attention_mask, cache):
         """Shapes, dtypes and devices (no values read, so no host synchronisation), then, in eager mode and
-        unless generate() vouches for them, the token ids' range."""
+        unless generate() vouches for them, the token ids' range. Returns (B, T, the inputs' device)."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
         if input_ids is not None:
@@ -380,7 +380,7 @@ class LRNNModel(LRNNPreTrainedModel):
                 raise ValueError(f"attention_mask is on {attention_mask.device}, the input on {device}")
         if cache is not None:
             cache.check_compatible(len(self.layers), self.state_shapes, B, device)
-        return B, T
+        return B, T, device
 
     def forward(
         self,
@@ -404,7 +404,7 @@ class LRNNModel(LRNNPreTrainedModel):
         use_cache = use_cache if use_cache is not None else self.config.use_cache
         output_hidden_states = output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        B, T = self._check_inputs(input_ids, inputs_embeds, attention_mask, cache)
+        B, T, device = self._check_inputs(input_ids, inputs_embeds, attention_mask, cache)
 
         checkpointing = self.training and torch.is_grad_enabled() and any(l.gradient_checkpointing for l in self.layers)
         if checkpointing and cache is not None:
@@ -413,7 +413,6 @@ class LRNNModel(LRNNPreTrainedModel):
                 "pass no cache in training with gradient checkpointing"
             )
         if use_cache and cache is None and not checkpointing:
-            device = input_ids.device if input_ids is not None else inputs_embeds.device
             cache = LRNNCache(self.config, batch_size=B, device=device)
 
         mask = None
