@@ -21,10 +21,10 @@ import math
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
-from benchmarks.synthetic.suite import MAIN_MODELS, PAPER_EPOCHS, RECALL_LADDER, smoke_job
+from benchmarks.synthetic.suite import BASELINES, MAIN_MODELS, PAPER_EPOCHS, RECALL_LADDER, smoke_job
 from benchmarks.synthetic.tasks import default_spec
 
-BASELINE_COLUMNS = ("diag", "mamba2", "deltanet", "gated_deltanet", "lstm", "llama")
+BASELINE_COLUMNS = ("diag", *BASELINES)
 TOL = 0.02
 FULL_BUDGET = 0.95  # share of the paper's steps from which a run counts as at the paper's budget
 WIDTH = 128

@@ -15,10 +15,12 @@ import collections
 import json
 import os
 
+from benchmarks.synthetic.suite import MAIN_MODELS
+from benchmarks.synthetic.tasks import TASKS
+
 MIN_STEPS = 10
-TASK_ORDER = ["selective_copy", "compression", "recall", "s3", "s4", "s5", "a5", "parity", "mod_count"]
-MODEL_ORDER = ["diag", "hlru_m2", "hlru_m3", "hlru_m4", "bdlru_k2", "bdlru_k4", "bdlru_k5", "bdlru_k8", "mamba",
-               "mamba2", "lstm", "llama", "deltanet", "gated_deltanet"]
+TASK_ORDER = list(TASKS)
+MODEL_ORDER = [label for label, _, _ in MAIN_MODELS]
 # The paper's numbers (arXiv 2602.12021) for cells it reports; "perm" = its permutation-composition average.
 PAPER = {("bdlru_k4", "s3"): "1.00*", ("bdlru_k4", "s4"): "1.00*", ("bdlru_k4", "s5"): "0.93*",
          ("bdlru_k4", "recall"): "1.00", ("diag", "recall"): "0.775"}

@@ -449,7 +449,7 @@ def _record(index, spec, gpu, wid, result, error):
     """The JSON-lines record of a finished job (``result``) or of the ``error`` that ended it."""
     record = _base_record(index, spec, gpu, wid)
     if error is None:
-        record.update(result, status="ok")
+        record.update(result)  # status "ok" included
     else:
         unavailable = type(error).__name__ == "BaselineUnavailable"
         record.update(status="not_run" if unavailable else "error", reason=f"{type(error).__name__}: {error}"[:500],
