@@ -115,13 +115,16 @@ def load_tokenizer(args, vocab_size: int):
 
 def main(argv=None):
     args = parse_args(argv)
-    if HF_LRNN_IMPORT_ERROR and not args.trust_remote_code:
-        sys.exit(f"error: {HF_LRNN_IMPORT_ERROR}: install hf_lrnn with pip install -e . (from the repository root), "
-                 "or pass --trust-remote-code to run the modeling code saved with the model")
     set_seed(args.seed)
-    config = AutoConfig.from_pretrained(args.model, trust_remote_code=args.trust_remote_code)
+    try:
+        config = AutoConfig.from_pretrained(args.model, trust_remote_code=args.trust_remote_code)
+    except ValueError as error:  # an unknown model_type, or saved modeling code without --trust-remote-code
+        if HF_LRNN_IMPORT_ERROR is None:
+            raise
+        sys.exit(f"error: {error}\n{HF_LRNN_IMPORT_ERROR}: install hf_lrnn with pip install -e . (from the repository "
+                 "root), or pass --trust-remote-code to run the modeling code saved with the model")
     tokenizer = load_tokenizer(args, config.vocab_size)
-    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=getattr(torch, args.dtype),
+    model = AutoModelForCausalLM.from_pretrained(args.model, config=config, dtype=getattr(torch, args.dtype),
                                                  trust_remote_code=args.trust_remote_code).to(args.device).eval()
     tokenizer.padding_side = "left"  # batched generation continues every prompt from its last token
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:

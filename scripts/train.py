@@ -302,8 +302,9 @@ def main(argv=None):
     checkpoint = None
     if args.resume:
         checkpoint = get_last_checkpoint(str(out)) if args.resume == "last" else args.resume
-        if not checkpoint or not Path(checkpoint).is_dir():
-            sys.exit(f"error: --resume: no checkpoint {'in ' + str(out) if args.resume == 'last' else args.resume}")
+        if not checkpoint or not (Path(checkpoint) / "trainer_state.json").is_file():
+            sys.exit(f"error: --resume: no checkpoint {'in ' + str(out) if args.resume == 'last' else args.resume} "
+                     "(a Trainer checkpoint folder has a trainer_state.json)")
         done = json.loads((Path(checkpoint) / "trainer_state.json").read_text())["global_step"]
         if done >= args.max_steps:  # Trainer would run one more step and overwrite the model: do nothing instead
             if is_main:

@@ -1,15 +1,13 @@
 """scripts/generate.py: streaming, stdin prompts, left-padded batches (same tokens as one at a time),
 --tokenizer and the byte fallback for folders without a tokenizer, errors."""
 import io
-import os
-import subprocess
 import sys
 
 import pytest
 import torch
 
 from hf_lrnn import LRNNConfig, LRNNForCausalLM
-from script_loader import ROOT, load_script
+from script_loader import ROOT, load_script, run_without_hf_lrnn
 
 generate = load_script("generate")
 
@@ -113,15 +111,25 @@ def test_tokenizer_errors(vocab_size, tokenizer, prompts, message, checkpoint, t
 
 def test_cli_without_hf_lrnn_says_how_to_install(checkpoint, tmp_path):
     """Where hf_lrnn cannot be imported, the script says how to install it (or to use --trust-remote-code)."""
-    code = f"""import sys, runpy
-sys.modules["hf_lrnn"] = None  # import hf_lrnn raises ImportError, even if installed
-sys.argv = ["generate.py", {checkpoint!r}, "--prompt", "x"]
-runpy.run_path({str(ROOT / "scripts" / "generate.py")!r}, run_name="__main__")
-"""
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, stdin=subprocess.DEVNULL,
-                            capture_output=True, text=True, timeout=300)
+    result = run_without_hf_lrnn(_generate_code([checkpoint, "--prompt", "x"]), tmp_path)
     assert result.returncode == 1 and "pip install -e ." in result.stderr and "--trust-remote-code" in result.stderr
+
+
+def test_cli_without_hf_lrnn_generates_with_other_architectures(tmp_path):
+    """A model transformers knows (a Llama from scripts/train.py --arch llama) needs no hf_lrnn."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    folder = tmp_path / "llama"
+    LlamaForCausalLM(LlamaConfig(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                 num_attention_heads=2, num_key_value_heads=2)).save_pretrained(folder)
+    argv = [str(folder), "--tokenizer", "bytes", "--prompt", "x", "--max-new-tokens", "3", "--greedy"]
+    result = run_without_hf_lrnn(_generate_code(argv), tmp_path)
+    assert result.returncode == 0, result.stderr
+
+
+def _generate_code(argv):
+    return (f"import runpy\nsys.argv = ['generate.py', *{argv!r}]\n"
+            f"runpy.run_path({str(ROOT / 'scripts' / 'generate.py')!r}, run_name='__main__')\n")
 
 
 @pytest.mark.parametrize("argv, message", [

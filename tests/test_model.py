@@ -1,8 +1,5 @@
 """LRNNForCausalLM: forward/backward, cache, generation, padding, Trainer, save/load, remote code, errors."""
 import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
@@ -13,6 +10,7 @@ from transformers.dynamic_module_utils import get_imports
 
 from hf_lrnn import LRNNCache, LRNNConfig, LRNNForCausalLM, LRNNModel
 from hf_lrnn.modeling_lrnn import CACHE_FIELD, hlru_lagged_states
+from script_loader import run_without_hf_lrnn
 
 MIXERS = {
     "hlru": dict(mixer="hlru", order=3),
@@ -251,8 +249,6 @@ def test_remote_code_loads_where_hf_lrnn_is_not_importable(tmp_path):
     torch.save({"x": x, "logits": expected}, tmp_path / "expected.pt")
     script = textwrap.dedent(
         f"""
-        import sys
-        sys.modules["hf_lrnn"] = None  # make the package unimportable, as on a machine without it
         try:
             import hf_lrnn
         except ImportError:
@@ -271,9 +267,7 @@ def test_remote_code_loads_where_hf_lrnn_is_not_importable(tmp_path):
         print("REMOTE_OK")
         """
     )
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"))
-    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    result = run_without_hf_lrnn(script, tmp_path)
     assert "REMOTE_OK" in result.stdout, result.stdout + result.stderr
 
 

@@ -3,7 +3,6 @@
 same run and leaves a finished run alone; --report-to; argument errors."""
 import hashlib
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -13,7 +12,7 @@ import types
 import pytest
 import transformers.trainer
 
-from script_loader import ROOT, load_script
+from script_loader import ROOT, load_script, run_without_hf_lrnn
 
 TINY = ["--hidden-size", "32", "--layers", "2", "--seq-len", "32", "--batch-size", "4", "--vocab-size", "300",
         "--max-steps", "6", "--eval-interval", "3", "--eval-batches", "2", "--log-interval", "1", "--warmup-steps", "1",
@@ -109,16 +108,6 @@ def test_model_card_fields(run):
         assert text in body, text
 
 
-def run_without_hf_lrnn(code, tmp_path):
-    """Run code in a fresh Python where import hf_lrnn fails (the import blocked, PYTHONPATH unset, another
-    working directory, an empty HF cache, offline), stdin closed (a question would fail, not wait)."""
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update(HF_HOME=str(tmp_path / "hf_home"), HF_HUB_OFFLINE="1")
-    code = 'import sys\nsys.modules["hf_lrnn"] = None  # import hf_lrnn raises ImportError, even if installed\n' + code
-    return subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, stdin=subprocess.DEVNULL,
-                          capture_output=True, text=True, timeout=300)
-
-
 def test_model_card_usage_runs_silently_without_hf_lrnn(run, tmp_path):
     """The usage code of the uploaded model card, as written (the Hub id replaced by the uploaded folder),
     runs where hf_lrnn cannot be imported: the model through trust_remote_code, the tokenizer with its stock
@@ -171,6 +160,14 @@ def test_resume_continues_the_same_run(run, tmp_path):
     for step in (4, 5, 6):
         assert second[step] == pytest.approx(first[step], rel=1e-3, abs=1e-3), (step, first, second)
     assert again["eval_loss"] == pytest.approx(metrics["eval_loss"], rel=1e-3)
+
+
+def test_resume_from_a_folder_that_is_no_checkpoint(run, tmp_path):
+    out, _, _ = run
+    (tmp_path / "not_a_checkpoint").mkdir()
+    shutil.copy(out / "run_args.json", tmp_path / "run_args.json")
+    with pytest.raises(SystemExit, match="--resume: no checkpoint .*not_a_checkpoint .*trainer_state.json"):
+        train.main(["--resume", str(tmp_path / "not_a_checkpoint"), "--output-dir", str(tmp_path), "--no-push-to-hub"])
 
 
 def folder_digest(folder):
