@@ -106,11 +106,11 @@ def test_recall_is_mads_instance():
         assert y[-1] != IGNORE  # the final key repeats one seen before
 
 
-@pytest.mark.parametrize("name,overrides", suite.RECALL_LADDER[:9])
+@pytest.mark.parametrize("name,overrides", suite.RECALL_LADDER)
 def test_recall_ladder_instances(name, overrides):
-    """Every point of the ladder the suite runs: shapes, vocabulary, disjoint train and test sets."""
-    d = make_task("recall", seed=0, **{**overrides, "num_train": min(overrides.get("num_train", 400), 400),
-                                      "num_test": 100})
+    """Every point of the ladder the suite runs (at 400 training sequences): shapes, vocabulary, disjoint
+    train and test sets, and the training-set size the point asks for."""
+    d = make_task("recall", seed=0, **{**overrides, "num_train": 400, "num_test": 100})
     spec = default_spec("recall", **overrides)
     assert (d.spec.vocab_size, d.spec.seq_len) == (spec.vocab_size, spec.seq_len)
     assert d.train_inputs.shape[1] == d.test_inputs.shape[1] == spec.seq_len - 1
@@ -486,6 +486,11 @@ def test_paper_table_verdicts():
     assert paper_table.stat([(0.5, 0.5, 0.1)] * 2).text().endswith("(2) @0.10x")
 
 
+def dry_plan_rows(capsys):
+    """The job rows (split into fields) of what suite --dry-plan printed."""
+    return [line.split() for line in capsys.readouterr().out.splitlines() if line.split()[:1] and line.split()[0].isdigit()]
+
+
 def test_suite_dry_plan_selects_tiers_and_skips_finished_jobs(tmp_path, capsys):
     """--only-tier takes comma-separated prefixes; --resume skips the finished jobs of every file given."""
     jobs = suite.paper_table_jobs()
@@ -495,7 +500,7 @@ def test_suite_dry_plan_selects_tiers_and_skips_finished_jobs(tmp_path, capsys):
     second.write_text(json.dumps({"status": "ok", "job_key": suite.job_key(s4)}) + "\n")
     suite.main(["--preset", "paper_table", "--only-tier", "perm_k4,compression", "--dry-plan",
                 "--resume", str(first), str(second)])
-    rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.split()[:1] and line.split()[0].isdigit()]
+    rows = dry_plan_rows(capsys)
     keys = {r[3] for r in rows}
     assert {r[2] for r in rows} == {"perm_k4", "compression"}
     assert suite.job_key(s3) not in keys and suite.job_key(s4) not in keys
@@ -533,7 +538,7 @@ def test_concurrent_runs_do_not_pay_for_each_others_setup(monkeypatch):
 def test_suite_only_model_and_baseline_order(capsys):
     """--only-model keeps one model's jobs (an unknown label is an error); baselines run task by task, seeds together."""
     suite.main(["--preset", "paper_table", "--only-tier", "baselines", "--only-model", "deltanet", "--dry-plan"])
-    rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.split()[:1] and line.split()[0].isdigit()]
+    rows = dry_plan_rows(capsys)
     assert [r[3].split("|")[:3] for r in rows[:3]] == [["s5", "deltanet", f"s{s}"] for s in (0, 1, 2)]
     assert len(rows) == 15 and all(r[3].split("|")[1] == "deltanet" for r in rows)
     with pytest.raises(SystemExit):

@@ -281,7 +281,7 @@ def test_script_end_to_end(tmp_path):
         assert entry["steps"]["num_matrices"] == 3 * 12 * 16
         assert set(entry["windows"]) == {"4", "12"}
         assert entry["windows"]["12"]["num_matrices"] == 3 * 16
-        assert 0 <= entry["windows"]["4"]["permutation_distance"]["q50"]
+        assert entry["windows"]["4"]["num_matrices"] == 3 * 16 * 3  # 3 windows of 4 in each of the 3 sequences
 
 
 def test_script_task_inputs(tmp_path):
@@ -314,11 +314,13 @@ def test_experiment_plan_lists_the_grid(capsys):
     assert "32 jobs on 8 workers" in printed
 
 
-def test_experiment_smoke_refuses_grid_options():
+def test_experiment_smoke_refuses_grid_options(capsys):
     from benchmarks.spectrum import run as experiment
 
     with pytest.raises(SystemExit):
         experiment.parse_args(["--smoke", "--tasks", "s5"])
+    err = capsys.readouterr().err
+    assert "--smoke trains its own" in err and "--tasks" in err
 
 
 def test_experiment_smoke(tmp_path):
@@ -327,9 +329,9 @@ def test_experiment_smoke(tmp_path):
     assert experiment.main(["--smoke", "--workers", "2", "--out", str(tmp_path)]) == 0  # the GPU runs' process pool
     records = [json.loads(line) for line in (tmp_path / "jobs.jsonl").read_text().splitlines()]
     assert sorted((r["model"], r["normalization"], r["status"]) for r in records) == [
-        ("bdlru_k4", "softmax", "ok"), ("diag", "tanh_l1", "ok")]  # in order of completion
+        ("bdlru_k4", "softmax", "ok"), ("diag", "tanh_l1", "ok")]
     for record in records:
-        assert 0.0 <= record["accuracy"] <= 1.0 and 1 <= record["steps"] <= experiment.SMOKE_STEPS
+        assert 1 <= record["steps"] <= experiment.SMOKE_STEPS
         assert record["windows"] == [4, 8] and len(record["layers"]) == 2
         for layer in record["layers"]:
             sequence = layer["windows"]["8"]
