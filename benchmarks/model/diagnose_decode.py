@@ -13,14 +13,14 @@ from transformers.generation.configuration_utils import CompileConfig
 from hf_lrnn import LRNNCache
 from hf_lrnn.modeling_lrnn import CACHE_FIELD
 
-from .bench import build
+from .bench import FULL, build
 
 
 def main():
     device = torch.device("cuda")
     for name in ("hlru_m2", "bdlru_k4"):
-        model = build(name, 32000, 768, 12, device, torch.bfloat16)
-        prompt = torch.randint(0, 32000, (1, 512), device=device)
+        model = build(name, **FULL["size"], device=device, dtype=FULL["dtype"])
+        prompt = torch.randint(0, model.config.vocab_size, (1, 512), device=device)
         torch._dynamo.reset()
         counters.clear()
         config = GenerationConfig(max_new_tokens=64, min_new_tokens=64, do_sample=False, eos_token_id=None, pad_token_id=0,

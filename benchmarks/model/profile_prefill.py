@@ -11,7 +11,7 @@ import pstats
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from .bench import build
+from .bench import FULL, build
 
 
 def main(argv=None):
@@ -22,8 +22,8 @@ def main(argv=None):
     args = p.parse_args(argv)
     device = torch.device("cuda")
     for name in args.models.split(","):
-        model = build(name, 32000, 768, 12, device, torch.bfloat16)
-        x = torch.randint(0, 32000, (1, args.length), device=device)
+        model = build(name, **FULL["size"], device=device, dtype=FULL["dtype"])
+        x = torch.randint(0, model.config.vocab_size, (1, args.length), device=device)
         with torch.no_grad():
             for _ in range(3):
                 model(input_ids=x, use_cache=True)
