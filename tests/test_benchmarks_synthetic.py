@@ -241,7 +241,7 @@ def test_suite_grid_and_results_table():
                "accuracy": 0.9, "parameters": 1000})
     other = [{"status": "not_run", "task": "s5", "reason": "suite deadline (time budget) reached",
               "spec": {"model": "hlru", "order": 2, "hidden_size": 128}}]
-    text, cells = plot.table(None, ok, other)
+    text, cells = plot.table(ok, other)
     rows = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in text.splitlines()}
     s3, s5 = 1 + plot.TASK_ORDER.index("s3"), 1 + plot.TASK_ORDER.index("s5")
     assert rows["bdlru_k4"][s3] == "0.750 (1.00/0.50) [paper 1.00*]"

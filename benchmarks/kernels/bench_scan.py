@@ -99,31 +99,30 @@ def scan_fn(kind, backend):
     return lambda v, g: fn(v, g, backend=backend)[0]
 
 
-def time_scan(s: Settings, bench, kind, D, B, T, backend="triton", with_bwd=True, rep=200):
+def time_scan(s: Settings, bench, kind, D, B, T, backend="triton", rep=200):
     """fwd ms, fwd+bwd ms and (on the GPU) the peak memory of fwd+bwd beyond inputs and output gradient (bytes)."""
     fn = scan_fn(kind, backend)
     v, g = make_inputs(s, kind, B, T, D)
     with torch.no_grad():
         fwd = bench(lambda: fn(v, g), 25, rep)
     out = dict(fwd_ms=fwd)
-    if with_bwd:
-        v.requires_grad_(True)
-        g.requires_grad_(True)
-        dh = torch.randn_like(v)
+    v.requires_grad_(True)
+    g.requires_grad_(True)
+    dh = torch.randn_like(v)
 
-        def step():
-            h = fn(v, g)
-            return torch.autograd.grad(h, (v, g), dh)
+    def step():
+        h = fn(v, g)
+        return torch.autograd.grad(h, (v, g), dh)
 
-        if s.device == "cuda":
-            step()
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            base = torch.cuda.memory_allocated()
-            step()
-            torch.cuda.synchronize()
-            out["peak_extra_bytes"] = torch.cuda.max_memory_allocated() - base
-        out["fwdbwd_ms"] = bench(step, 25, rep)
+    if s.device == "cuda":
+        step()
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        step()
+        torch.cuda.synchronize()
+        out["peak_extra_bytes"] = torch.cuda.max_memory_allocated() - base
+    out["fwdbwd_ms"] = bench(step, 25, rep)
     del v, g
     if s.device == "cuda":
         torch.cuda.empty_cache()
@@ -138,8 +137,7 @@ def derive(row, kind, D, B, T, W, copy_bw):
     row["tokens_per_s_fwd"] = B * T / (row["fwd_ms"] * 1e-3)
     row["eff_bw_fwd_TBps"] = nbytes / (row["fwd_ms"] * 1e-3) / 1e12
     row["frac_copy_bw_fwd"] = nbytes / (row["fwd_ms"] * 1e-3) / copy_bw
-    if "fwdbwd_ms" in row:
-        row["tokens_per_s_fwdbwd"] = B * T / (row["fwdbwd_ms"] * 1e-3)
+    row["tokens_per_s_fwdbwd"] = B * T / (row["fwdbwd_ms"] * 1e-3)
     return row
 
 

@@ -7,8 +7,8 @@
 The grid (issue 13): tasks s3, s5, parity, mod_count x models BD-LRU k = 4, k = 8, H-LRU m = 2 and the
 diagonal LRU (m = 1) x gate normalisations softmax and tanh_l1 (signed), d = 128, two mixer layers (the
 paper's setting), trained by ``benchmarks.synthetic.run.fit`` (``default_run``: AdamW, lr 5e-4, cosine
-schedule with warm-up, batch 128, bf16 autocast on GPU; stop once the training batch, checked every 10
-steps, has been perfect for 50 steps, else at ``--max-time`` seconds, the first step not counted).
+schedule with warm-up, batch 128, bf16 autocast on GPU; stop once the training batches have been perfect
+for 50 steps (read every 100 steps), else at ``--max-time`` seconds, the first 2 (compile) steps not counted).
 
 After training, every model's transition matrices (hf_lrnn.spectrum) are computed in float32 on the CPU for
 the first ``--analysis-batch`` test sequences, with their products over windows of 4 steps and over the
@@ -42,7 +42,6 @@ import numpy as np
 import torch
 
 from benchmarks.synthetic.run import default_run, fit, model_label
-from benchmarks.synthetic.tasks import default_spec
 from hf_lrnn.spectrum import layer_spectra
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -102,8 +101,6 @@ def run_job(job: dict, options: dict) -> dict:
     """Train and analyse one job (in a worker process); writes its eigenvalue samples; returns its record."""
     torch.set_num_threads(options["threads"])
     t0 = time.time()
-    if default_spec(job["task"]).probe:
-        raise ValueError(f"task {job['task']!r} is a probe task; the spectrum experiment needs a sequence task")
     run = default_run(task=job["task"], seed=job["seed"], hidden_size=options["hidden_size"], steps=options["steps"],
                       max_time=job["max_time"], smoke=options["smoke"], device=job["device"],
                       gate_normalization=job["normalization"], **MODELS[job["model"]])

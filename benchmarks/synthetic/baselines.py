@@ -378,7 +378,8 @@ def last_hidden_state(model: PreTrainedModel, input_ids: torch.Tensor) -> torch.
 class ProbeHead(nn.Module):
     """Encoder probe: decode ``num_targets`` tokens from one hidden state h (B, d).
 
-    ``logits[:, i] = W_2 gelu(W_1 (h + p_i))`` with a learned position embedding p_i; generic over models.
+    ``logits[:, i] = W_2 gelu(W_1 LayerNorm(h + p_i))`` with a learned position embedding p_i; generic over
+    models.
     """
 
     def __init__(self, hidden_size: int, num_targets: int, vocab_size: int, width: Optional[int] = None):

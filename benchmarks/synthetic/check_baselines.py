@@ -3,8 +3,8 @@
 For each model kind: build it (:func:`benchmarks.synthetic.baselines.build_model`, whose description
 records the kernel path and any workaround), train ``--steps`` steps at each length (AdamW, bf16 autocast,
 next-token loss on random tokens; the first step compiles and autotunes the Triton kernels and is reported
-on its own), time one no-grad eval forward at the eval batch size (fla switches kernels there: recurrent
-ones at length <= 64), and compare the kernels' outputs and gradients, at the model's head shapes, with a
+on its own), time two no-grad eval forwards at the eval batch size (the first may compile; fla switches
+kernels there: recurrent ones at length <= 64), and compare the kernels' outputs and gradients, at the model's head shapes, with a
 PyTorch reference: transformers' own Mamba-2 chunk scan, fla's naive delta-rule recurrences. The relative
 error is ||kernel - reference|| / ||reference||, in float32 (where the kernel takes it) and in bfloat16
 (reference in float32 from the same values). Exceptions are recorded with their full traceback. The JSON

@@ -65,7 +65,7 @@ def fmt(values):
     return f"{mean:.3f} ({'/'.join(f'{v:.2f}' for v in values)})"
 
 
-def table(env, ok, other, hidden=128):
+def table(ok, other, hidden=128):
     """The markdown table (rows models, columns tasks) at width ``hidden``, and its cells."""
     cells = collections.defaultdict(list)
     untrained = collections.defaultdict(int)
@@ -181,7 +181,7 @@ def main(argv=None):
     p.add_argument("--out-dir", default="benchmarks/results")
     a = p.parse_args(argv)
     env, ok, other = load(a.results)
-    text, _ = table(env, ok, other)
+    text, _ = table(ok, other)
     header = ""
     if env:
         header = (f"Command: `{env['command']}` on {len(env['gpus'])}x {env['gpus'][0] if env['gpus'] else 'CPU'} "

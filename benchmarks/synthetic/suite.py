@@ -316,7 +316,7 @@ def plan(jobs, calls=2, call_seconds=540.0, deadline=None, streams=12, graph_wor
         # graph workers: slots with a time-stepped simulation
         slots = streams * max(1, graph_workers * max(gpus, 1)) if on_gpu else 0
         pending = list(graph_q)
-        active = []  # [index, job, steps done, steps target, rate alone, t_end cap]
+        active = []  # [index, job, steps done, steps target, rate alone, t_end cap, start]
         t, dt = 0.0, 0.5
         while (pending or active) and t < deadline:
             while pending and len(active) < slots:
@@ -340,8 +340,9 @@ def plan(jobs, calls=2, call_seconds=540.0, deadline=None, streams=12, graph_wor
                     out[i] = dict(call=call, start=a[6], seconds=t - a[6], steps=int(min(a[2], a[3])),
                                   rate=a[4] * share, graph=True)
                     active.remove(a)
-        for a in active:
-            out[a[0]] = dict(call=call, start=a[6], seconds=t - a[6], steps=int(min(a[2], a[3])), rate=a[4], graph=True)
+        for a in active:  # still running at the deadline
+            out[a[0]] = dict(call=call, start=a[6], seconds=t - a[6], steps=int(min(a[2], a[3])), rate=a[4] * share,
+                             graph=True)
         left = [(i, j) for i, j in left if i not in started]
     rows = []
     for i, j in enumerate(jobs):
