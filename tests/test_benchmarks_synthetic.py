@@ -2,6 +2,7 @@
 that must learn."""
 import json
 import time
+import types
 
 import numpy as np
 import pytest
@@ -568,3 +569,19 @@ def test_gated_deltanet_is_refused_where_fla_640_applies(monkeypatch, hopper, ab
             baselines._refuse_fla_640(32)
     else:
         assert baselines._refuse_fla_640(32) is None
+
+
+def test_suite_runs_end_to_end_on_the_cpu(tmp_path, capsys):
+    """The whole suite in worker processes (preset dry, two models): the environment record, then one finished
+    record per job, which paper_table reads."""
+    out = tmp_path / "suite.jsonl"
+    assert suite.main(["--preset", "dry", "--only-model", "diag,lstm", "--cpu-workers", "1", "--out", str(out)]) == 0
+    envs, ok, other = paper_table.load([str(out)])
+    assert len(envs) == 1 and envs[0]["torch"] == torch.__version__ and envs[0]["gpus"] == []
+    assert sorted(r["model"] for r in ok) == ["diag", "lstm"] and other == []
+
+
+def test_gpu_names_come_from_nvidia_smi(monkeypatch):
+    listing = "0, NVIDIA H200\n1, NVIDIA H100 80GB HBM3\n"
+    monkeypatch.setattr(suite.subprocess, "run", lambda *a, **k: types.SimpleNamespace(stdout=listing))
+    assert suite.gpu_names(["1", "0", "7"]) == ["NVIDIA H100 80GB HBM3", "NVIDIA H200", "GPU 7"]

@@ -41,6 +41,7 @@ import subprocess
 import sys
 import time
 import traceback
+from importlib import metadata
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository root
@@ -507,28 +508,41 @@ def visible_gpus():
         return []
 
 
-def environment(args, gpus):
-    """A first record saying where, when and with what the suite ran."""
-    import platform
+def gpu_names(gpus) -> list:
+    """The names of the GPUs ``gpus`` (ids as :func:`visible_gpus` gives them), from nvidia-smi, so that this
+    process opens no CUDA context of its own."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=index,name", "--format=csv,noheader"], capture_output=True,
+                             text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        out = ""
+    names = dict(line.split(", ", 1) for line in out.splitlines() if ", " in line)
+    return [names.get(g.strip(), f"GPU {g}") for g in gpus]
 
-    import torch
-    import transformers
+
+def _version(*distributions) -> str:
+    for name in distributions:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return "not installed"
+
+
+def environment(args, gpus):
+    """A first record saying where, when and with what the suite ran (versions from the installed packages'
+    metadata: nothing is imported)."""
+    import platform
 
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                                 text=True, timeout=10).stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         commit = None
-    try:
-        import fla
-        fla_version = getattr(fla, "__version__", "?")
-    except Exception as err:
-        fla_version = f"unavailable ({type(err).__name__})"
     return {"status": "env", "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
             "command": " ".join(["python -m benchmarks.synthetic.suite", *args.argv]),
-            "python": platform.python_version(), "torch": torch.__version__,
-            "transformers": transformers.__version__, "fla": fla_version, "git_commit": commit,
-            "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if gpus else [],
+            "python": platform.python_version(), "torch": _version("torch"), "transformers": _version("transformers"),
+            "fla": _version("fla-core", "flash-linear-attention"), "git_commit": commit, "gpus": gpu_names(gpus),
             "host_cpus": os.cpu_count(), "workers_per_gpu": args.workers_per_gpu, "graph_workers": args.graph_workers,
             "streams": args.streams, "deadline_s": args.deadline, "time_scale": args.time_scale, "smoke": args.smoke}
 
