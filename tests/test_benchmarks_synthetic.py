@@ -530,8 +530,8 @@ def test_concurrent_runs_do_not_pay_for_each_others_setup(monkeypatch):
     synthetic_run.train_concurrently(lambda: next(runs, None), 2,
                                      lambda run, rec, err: records.update({run["seed"]: rec or err}), log=lambda *a: None)
     first, second = records[0], records[1]
-    # seed 1 waits only for seed 0's evaluation, if seed 0 finishes first
-    assert first["paused_s"] >= 1.0 and first["paused_s"] - second["paused_s"] >= 0.9
+    # seed 1 waits at most for seed 0's evaluation (if seed 0 finishes first), well under the 1 s setup
+    assert first["paused_s"] >= 1.0 and second["paused_s"] < 1.0
     assert first["train_time_s"] <= first["wall_time_s"] - 1.0
     assert first["stopped"] in ("steps", "solved") and second["stopped"] in ("steps", "solved")
 

@@ -221,28 +221,28 @@ def smoke_job(spec: dict) -> dict:
 
 
 # ----------------------------------------------------------------------------------------- the plan
-def _tokens_per_step(spec: dict) -> int:
+def task_spec(spec: dict):
+    """The task instance a job trains on (its task with its overrides)."""
     from benchmarks.synthetic.tasks import default_spec
 
-    task = default_spec(spec["task"], **(spec.get("task_overrides") or {}))
-    return spec.get("batch_size", 128) * task.seq_len
+    return default_spec(spec["task"], **(spec.get("task_overrides") or {}))
+
+
+def _epoch_steps(epochs: float, spec: dict) -> int:
+    return math.ceil(epochs * task_spec(spec).num_train / spec.get("batch_size", 128))
+
+
+def _tokens_per_step(spec: dict) -> int:
+    return spec.get("batch_size", 128) * task_spec(spec).seq_len
 
 
 def steps_of(spec: dict) -> int:
     """The steps a job is set to make (those of its epochs, or its steps)."""
-    from benchmarks.synthetic.tasks import default_spec
-
-    if spec.get("epochs") is None:
-        return spec["steps"]
-    task = default_spec(spec["task"], **(spec.get("task_overrides") or {}))
-    return math.ceil(spec["epochs"] * task.num_train / spec.get("batch_size", 128))
+    return spec["steps"] if spec.get("epochs") is None else _epoch_steps(spec["epochs"], spec)
 
 
 def paper_steps_of(spec: dict) -> int:
-    from benchmarks.synthetic.tasks import default_spec
-
-    task = default_spec(spec["task"], **(spec.get("task_overrides") or {}))
-    return math.ceil(PAPER_EPOCHS * task.num_train / spec.get("batch_size", 128))
+    return _epoch_steps(PAPER_EPOCHS, spec)
 
 
 def is_graph_job(spec: dict, on_gpu: bool) -> bool:
@@ -275,10 +275,7 @@ def measured_rates(path) -> dict:
 
 def expected_rate(spec: dict, graph: bool, rates: dict) -> float:
     """Steps/s of one run of ``spec`` with the GPU to itself: measured if ``rates`` has it, else the model above."""
-    from benchmarks.synthetic.tasks import default_spec
-
-    length = default_spec(spec["task"], **(spec.get("task_overrides") or {})).seq_len
-    key = (spec["task"], spec["label"], length, graph)
+    key = (spec["task"], spec["label"], task_spec(spec).seq_len, graph)
     if key in rates:
         return rates[key]
     fixed = GRAPH_STEP_S if graph else EAGER_STEP_S.get(spec["model"], EAGER_STEP_S["default"])
