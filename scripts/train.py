@@ -55,6 +55,11 @@ PRESETS = {  # name: (hidden_size, layers)
 MAMBA_LAYERS_PER_BLOCK = 2.2  # a Mamba block (~6.3 d^2) has no MLP; an H-LRU block is ~14 d^2
 
 
+def report_to_names(report_to: str) -> list:
+    """--report-to's comma-separated integrations as a list."""
+    return [name.strip() for name in report_to.split(",")]
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     g = p.add_argument_group("data")
@@ -118,7 +123,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     for name in ("vocab_size", "seq_len", "max_steps", "batch_size", "grad_accum", "eval_interval", "log_interval"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    reporters = [name.strip() for name in args.report_to.split(",")]
+    reporters = report_to_names(args.report_to)
     unknown = [name for name in reporters if name not in INTEGRATION_TO_CALLBACK and name not in ("none", "all")]
     if unknown or len(reporters) > 1 and ("none" in reporters or "all" in reporters):
         p.error(f"--report-to {args.report_to}: give none, all, or names from {', '.join(sorted(INTEGRATION_TO_CALLBACK))}")
@@ -288,7 +293,7 @@ def training_arguments(args, per_device: int) -> TrainingArguments:
         logging_steps=args.log_interval, save_steps=args.save_interval or args.eval_interval, save_total_limit=2,
         dataloader_drop_last=True, dataloader_pin_memory=torch.cuda.is_available(), ddp_find_unused_parameters=False,
         use_cpu=not torch.cuda.is_available(),  # also what makes torchrun / accelerate launch distribute on CPUs
-        report_to=[name.strip() for name in args.report_to.split(",")],
+        report_to=report_to_names(args.report_to),
         push_to_hub=args.push_to_hub, hub_model_id=args.hub_model_id, hub_strategy="end",
     )
 

@@ -21,7 +21,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
-from benchmarks.synthetic.suite import BASELINES, MAIN_MODELS, PAPER_EPOCHS, RECALL_LADDER, smoke_job
+from benchmarks.synthetic.suite import BASELINES, PAPER_EPOCHS, RECALL_LADDER, smoke_job
 from benchmarks.synthetic.tasks import default_spec
 
 BASELINE_COLUMNS = ("diag", *BASELINES)
@@ -73,13 +73,6 @@ ROWS = [
 ]
 
 
-def _label_of_spec(spec: dict) -> Optional[str]:
-    for label, kind, kw in MAIN_MODELS:
-        if kind == spec.get("model") and all(spec.get(k) == v for k, v in kw.items()):
-            return label
-    return spec.get("model")
-
-
 def setting(rec: dict) -> dict:
     """task, model label, width and the task's sizes of a record, finished or not."""
     if rec.get("status") == "ok":
@@ -88,7 +81,7 @@ def setting(rec: dict) -> dict:
                 "vocab": tc["vocab_size"], "seq_len": tc["seq_len"], "num_train": tc["num_train"]}
     spec = rec.get("spec", {})
     task = default_spec(rec["task"], **(spec.get("task_overrides") or {}))
-    return {"task": rec["task"], "model": rec.get("model") or _label_of_spec(spec), "hidden": spec.get("hidden_size", 128),
+    return {"task": rec["task"], "model": rec["model"], "hidden": spec.get("hidden_size", 128),
             "vocab": task.vocab_size, "seq_len": task.seq_len, "num_train": task.num_train}
 
 
