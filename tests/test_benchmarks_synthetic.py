@@ -532,7 +532,7 @@ def test_concurrent_runs_do_not_pay_for_each_others_setup(monkeypatch):
     first, second = records[0], records[1]
     # seed 1 waits at most for seed 0's evaluation (if seed 0 finishes first), well under the 1 s setup
     assert first["paused_s"] >= 1.0 and second["paused_s"] < 1.0
-    assert first["train_time_s"] <= first["wall_time_s"] - 1.0
+    assert first["wall_time_s"] - first["train_time_s"] > 0.9  # the pause is outside its training time (0.1 s rounding)
     assert first["stopped"] in ("steps", "solved") and second["stopped"] in ("steps", "solved")
 
 

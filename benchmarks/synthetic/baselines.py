@@ -136,7 +136,8 @@ class LSTMForCausalLM(LSTMPreTrainedModel):
 
 
 # ------------------------------------------------------------------------------------- builders
-MODEL_KINDS = ("hlru", "bdlru", "diag", "lstm", "llama", "mamba", "mamba2", "deltanet", "gated_deltanet")
+LRNN_KINDS = ("hlru", "bdlru", "diag")  # this project's models (hf_lrnn); the rest are baselines
+MODEL_KINDS = (*LRNN_KINDS, "lstm", "llama", "mamba", "mamba2", "deltanet", "gated_deltanet")
 
 
 def build_model(kind: str, vocab_size: int, hidden_size: int = 128, num_layers: int = 2,
@@ -153,11 +154,11 @@ def build_model(kind: str, vocab_size: int, hidden_size: int = 128, num_layers: 
     """
     d, inter = hidden_size, swiglu_intermediate_size(hidden_size)
     desc = {"kind": kind, "hidden_size": d, "num_layers": num_layers}
-    if gate_normalization != "softmax" and kind not in ("hlru", "bdlru", "diag"):
+    if gate_normalization != "softmax" and kind not in LRNN_KINDS:
         raise ValueError(f"gate_normalization={gate_normalization!r} applies to the LRNN models, not to {kind!r}")
-    if recurrent_size is not None and kind not in ("hlru", "bdlru", "diag"):
+    if recurrent_size is not None and kind not in LRNN_KINDS:
         raise ValueError(f"recurrent_size applies to the LRNN models, not to {kind!r}")
-    if kind in ("hlru", "bdlru", "diag"):
+    if kind in LRNN_KINDS:
         mixer = "hlru" if kind in ("hlru", "diag") else "bdlru"
         order = 1 if kind == "diag" else order
         config = LRNNConfig(vocab_size=vocab_size, hidden_size=d, num_hidden_layers=num_layers, mixer=mixer,

@@ -49,6 +49,7 @@ from typing import Callable, Optional
 import torch
 
 from benchmarks.synthetic.baselines import (
+    LRNN_KINDS,
     BaselineUnavailable,
     ProbeHead,
     build_model,
@@ -59,7 +60,7 @@ from benchmarks.synthetic.tasks import class_counts, macro_accuracy, make_task, 
 from hf_lrnn.modeling_lrnn import check_token_ids
 
 PAPER_EPOCHS = 200  # the paper's (MAD's) training budget in epochs
-GRAPH_KINDS = ("hlru", "bdlru", "diag")  # model kinds whose training step is captured by default on CUDA
+GRAPH_KINDS = LRNN_KINDS  # model kinds whose training step is captured by default on CUDA
 SMOKE = dict(task_overrides={"seq_len": 8, "num_train": 4000, "num_test": 256}, hidden_size=32, steps=600,
              batch_size=64, lr=3e-3, check_every=10)
 
