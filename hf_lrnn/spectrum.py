@@ -1,5 +1,5 @@
-"""Spectral analysis of the learned transitions: per-token transition matrices, their products over a
-window, eigenvalues and summary statistics.
+"""The learned transitions as matrices: per-token transition matrices of every layer and their products
+over windows of steps. (Their eigenvalues and summaries are an experiment: benchmarks/spectrum/.)
 
 Every layer's recurrence is linear in its state, s_t = M_t s_{t-1} + (input term), with M_t chosen per
 token by the gates (after normalisation):
@@ -13,9 +13,7 @@ token by the gates (after normalisation):
 Where the attention mask is 0 the scan leaves the state untouched, so M_t is the identity there.
 
 The product P = M_t M_{t-1} ... M_{t-w+1} over a window of w steps is the map from s_{t-w} to s_t: what
-tracks state over a sequence. A model that solves a permutation word problem exactly can do so with
-blocks that are permutation matrices (eigenvalues at roots of unity, products again permutations); a
-positive diagonal (softmax, m = k = 1) cannot flip a sign, which parity needs.
+tracks state over a sequence.
 """
 from __future__ import annotations
 
@@ -27,14 +25,6 @@ import torch
 from .gates import normalize_gates
 from .scan_chunked import companion_matrices, identity_where_masked
 from .modeling_lrnn import BDLRUMixer, HLRUMixer, LRNNForCausalLM, LRNNModel
-
-# Quantiles reported for the spectral radius and the eigenvalue moduli.
-SUMMARY_QUANTILES = (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0)
-# The largest matrix size permutation_distance accepts (its assignment search is O(2^D D) per matrix).
-MAX_PERMUTATION_SIZE = 12
-# A product within this Frobenius distance of a permutation counts as permutation-like (e.g. 0.94 P for D = 4
-# is at 0.12, 0.85 P at 0.3).
-PERMUTATION_TOL = 0.25
 
 
 @dataclass
@@ -141,171 +131,3 @@ def window_products(matrices: torch.Tensor, window: int, stride: int = 1) -> tor
     for step in range(1, window):
         product = starts_shifted_by(step) @ product
     return product
-
-
-def eigenvalues(matrices: torch.Tensor) -> torch.Tensor:
-    """Eigenvalues (..., D) complex128 of matrices (..., D, D), computed in float64."""
-    return torch.linalg.eigvals(matrices.double())
-
-
-def permutation_distance(matrices: torch.Tensor, signed: bool = False) -> torch.Tensor:
-    """Distance (...) float64 of each matrix (..., D, D) from the nearest permutation matrix:
-    min_P ||M - P||_F over the D! permutation matrices P (with ``signed``, over signed permutations: each
-    1 may be -1, i.e. the orthogonal matrices with integer entries).
-
-    Since ||P||_F^2 = D, ||M - P||_F^2 = ||M||_F^2 + D - 2 sum_i M[i, sigma(i)], so the nearest P is the
-    maximum-weight assignment of rows to columns (weights |M| when signed), found exactly by dynamic
-    programming over the sets of used columns (O(2^D D) per matrix, D <= MAX_PERMUTATION_SIZE). It is 0
-    exactly for a (signed) permutation matrix.
-    """
-    D = matrices.shape[-1]
-    if matrices.dim() < 2 or matrices.shape[-2] != D:
-        raise ValueError(f"matrices must be (..., D, D), got shape {tuple(matrices.shape)}")
-    if D > MAX_PERMUTATION_SIZE:
-        raise ValueError(f"permutation_distance supports D <= {MAX_PERMUTATION_SIZE}, got D = {D}")
-    M = matrices.double().reshape(-1, D, D)
-    weights = M.abs() if signed else M
-    chunk = max(1, (1 << 22) // ((1 << D) * D))  # bounds the (chunk, 2^D) tables and (chunk, edges) values
-    best = torch.cat([_max_assignment(w) for w in weights.split(chunk)]) if M.shape[0] else M.new_zeros(0)
-    squared = (M * M).sum((-2, -1)) + D - 2 * best
-    return squared.clamp_min(0).sqrt().reshape(matrices.shape[:-2])
-
-
-def _max_assignment(weights: torch.Tensor) -> torch.Tensor:
-    """max over permutations sigma of sum_i weights[:, i, sigma(i)], weights (n, D, D) -> (n,).
-
-    best[S] is the best total weight of rows 0..|S|-1 assigned to the column set S; row |S| then extends S
-    by one unused column j. The edges (S -> S + j) of each row are handled in one scatter."""
-    n, D, _ = weights.shape
-    device = weights.device
-    masks = torch.arange(1 << D, device=device)
-    popcount = sum((masks >> j) & 1 for j in range(D))
-    best = weights.new_full((n, 1 << D), float("-inf"))
-    best[:, 0] = 0.0
-    columns = torch.arange(D, device=device)
-    for row in range(D):
-        sources = masks[popcount == row]
-        free = ((sources[:, None] >> columns) & 1) == 0  # (S, D): column j unused in S
-        source_idx, column_idx = free.nonzero(as_tuple=True)
-        src, col = sources[source_idx], columns[column_idx]
-        values = best[:, src] + weights[:, row, col]
-        best.scatter_reduce_(1, (src | (1 << col)).expand(n, -1), values, reduce="amax")
-    return best[:, -1]
-
-
-def _quantiles(values: torch.Tensor) -> Dict[str, float]:
-    """Mean and the SUMMARY_QUANTILES of a tensor (any shape), linear interpolation between order statistics."""
-    flat = values.double().flatten().sort().values
-    n = flat.numel()
-    out = {"mean": float(flat.mean())}
-    for q in SUMMARY_QUANTILES:
-        pos = q * (n - 1)
-        lo = int(pos)
-        hi = min(lo + 1, n - 1)
-        out[f"q{round(100 * q):02d}"] = float(flat[lo] + (pos - lo) * (flat[hi] - flat[lo]))
-    return out
-
-
-def permutation_summary(products: torch.Tensor, permutation_tol: float = PERMUTATION_TOL) -> Dict:
-    """How close products (..., N, D, D) are to permutation matrices; N (dimension -3) indexes the blocks
-    or channels, the leading dimensions the samples (sequences, windows). For the unsigned and the signed
-    distance d of :func:`permutation_distance` (``signed_`` prefix):
-
-    - ``permutation_distance``: mean and quantiles of d over all products;
-    - ``fraction_near_permutation``: products with d <= permutation_tol;
-    - ``block_permutation_distance``: mean and quantiles over the N blocks of each block's median d over
-      the samples (q00: the most permutation-like block);
-    - ``fraction_permutation_blocks``: blocks whose median d <= permutation_tol.
-    """
-    if products.dim() < 3:
-        raise ValueError(f"products must be (..., N, D, D), got shape {tuple(products.shape)}")
-    summary = {}
-    for prefix, signed in (("", False), ("signed_", True)):
-        distance = permutation_distance(products, signed=signed)  # (..., N)
-        per_block = distance.reshape(-1, distance.shape[-1]).median(0).values  # (N,)
-        summary[f"{prefix}permutation_distance"] = _quantiles(distance)
-        summary[f"fraction_near_{prefix}permutation"] = float((distance <= permutation_tol).double().mean())
-        summary[f"block_{prefix}permutation_distance"] = _quantiles(per_block)
-        summary[f"fraction_{prefix}permutation_blocks"] = float((per_block <= permutation_tol).double().mean())
-    return summary
-
-
-def spectrum_summary(
-    eigs: torch.Tensor, products: Optional[torch.Tensor] = None, tol: float = 1e-6, unit_tol: float = 0.05
-) -> Dict:
-    """Summary statistics of eigenvalues eigs (..., D) (one row of D per matrix), as plain floats:
-
-    - ``num_matrices``, ``size`` (D);
-    - ``spectral_radius``: mean and quantiles q00 ... q100 of max_i |lambda_i| per matrix;
-    - ``modulus``: the same for every |lambda|;
-    - ``fraction_negative_real``: eigenvalues with Re(lambda) < -tol;
-    - ``fraction_complex``: eigenvalues with |Im(lambda)| > tol;
-    - ``fraction_unit_modulus``: eigenvalues with | |lambda| - 1 | <= unit_tol;
-    - with ``products`` (..., N, D, D) (window products, see :func:`window_products`): the entries of
-      :func:`permutation_summary`.
-    """
-    if eigs.numel() == 0:
-        raise ValueError("spectrum_summary needs at least one eigenvalue")
-    modulus = eigs.abs()
-    summary = {
-        "num_matrices": int(eigs.numel() // eigs.shape[-1]),
-        "size": int(eigs.shape[-1]),
-        "spectral_radius": _quantiles(modulus.amax(-1)),
-        "modulus": _quantiles(modulus),
-        "fraction_negative_real": float((eigs.real < -tol).double().mean()),
-        "fraction_complex": float((eigs.imag.abs() > tol).double().mean()),
-        "fraction_unit_modulus": float(((modulus - 1).abs() <= unit_tol).double().mean()),
-    }
-    if products is not None:
-        summary.update(permutation_summary(products))
-    return summary
-
-
-@dataclass
-class LayerSpectrum:
-    """Eigenvalues and their summaries for one layer (see :func:`layer_spectra`).
-
-    ``step_eigenvalues`` (B, T, N, D) complex128 of the per-token M_t; ``window_eigenvalues[w]``
-    (B, floor(T / w), N, D) of the products over consecutive, non-overlapping windows of w steps;
-    ``summary`` = {"steps": spectrum_summary(...), "windows": {w: spectrum_summary(..., products)}}.
-    """
-
-    layer: int
-    mixer: str
-    size: int
-    label: str
-    gate_normalization: str
-    step_eigenvalues: torch.Tensor
-    window_eigenvalues: Dict[int, torch.Tensor]
-    summary: Dict
-
-
-def layer_spectra(
-    model: torch.nn.Module,
-    input_ids: torch.Tensor,
-    attention_mask: Optional[torch.Tensor] = None,
-    windows=(),
-) -> List[LayerSpectrum]:
-    """Per layer: the eigenvalues of M_t and of the window products M_{s+w-1} ... M_s for s = 0, w, 2w, ...
-    (non-overlapping windows, each w in ``windows``, 1 <= w <= T), with :func:`spectrum_summary` of each.
-    The permutation distances are left out (``None``) where D > MAX_PERMUTATION_SIZE."""
-    T = input_ids.shape[1]
-    for w in windows:
-        if not 1 <= w <= T:
-            raise ValueError(f"every window must be in [1, seq_len={T}], got {w}")
-    spectra = []
-    for layer in transition_matrices(model, input_ids, attention_mask):
-        M = layer.matrices
-        eigs = eigenvalues(M)
-        summary = {"steps": spectrum_summary(eigs), "windows": {}}
-        window_eigs = {}
-        for w in windows:
-            products = window_products(M, w, stride=w)  # (B, floor(T / w), N, D, D)
-            window_eigs[w] = eigenvalues(products)
-            with_distance = products if layer.size <= MAX_PERMUTATION_SIZE else None
-            summary["windows"][w] = spectrum_summary(window_eigs[w], with_distance)
-            if with_distance is None:
-                summary["windows"][w]["permutation_distance"] = None  # D too large for the exact search
-        spectra.append(LayerSpectrum(layer.layer, layer.mixer, layer.size, layer.label, layer.gate_normalization,
-                                     eigs, window_eigs, summary))
-    return spectra

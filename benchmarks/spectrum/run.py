@@ -10,7 +10,7 @@ paper's setting), trained by ``benchmarks.synthetic.run.fit`` (``default_run``: 
 schedule with warm-up, batch 128, bf16 autocast on GPU; stop once the training batches have been perfect
 for 50 steps (read every 100 steps), else at ``--max-time`` seconds, the first 2 (compile) steps not counted).
 
-After training, every model's transition matrices (hf_lrnn.spectrum) are computed in float32 on the CPU for
+After training, every model's transition matrices (hf_lrnn.spectrum, benchmarks.spectrum.analysis) are computed in float32 on the CPU for
 the first ``--analysis-batch`` test sequences, with their products over windows of 4 steps and over the
 whole sequence. Written to ``--out`` (default benchmarks/results/spectrum/):
 
@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from benchmarks.synthetic.run import default_run, fit, model_label
-from hf_lrnn.spectrum import layer_spectra
+from benchmarks.spectrum.analysis import layer_spectra
 
 ROOT = Path(__file__).resolve().parents[2]
 TASKS = ("s5", "s3", "parity", "mod_count")
@@ -267,7 +267,7 @@ def write_summary_md(records: list, path: Path) -> None:
         "the last for the products over the whole sequence (seq). Products over the whole sequence: 'perm "
         "dist' is the median Frobenius distance from the nearest permutation matrix of the most "
         "permutation-like block or channel (min over blocks and layers), 'perm blocks' the fraction of "
-        "blocks whose median distance is <= hf_lrnn.spectrum.PERMUTATION_TOL (max over layers); 'signed' "
+        "blocks whose median distance is <= benchmarks.spectrum.analysis.PERMUTATION_TOL (max over layers); 'signed' "
         "the same for signed permutation matrices.",
     ]
     if not_run:
