@@ -30,6 +30,8 @@ import triton
 
 from hf_lrnn import ops
 
+from .scan_setup import require_device, scan_inputs
+
 
 @dataclass
 class Settings:
@@ -62,6 +64,12 @@ SMOKE = Settings("cpu", torch.float32, 2, 16, 16, (1, 2), (2, 16), (("hlru", 2),
                  "one wall-clock run (smoke: a check of the script, not a measurement)")
 
 
+def gpu_short_name() -> str:
+    """The GPU's model in lower case, e.g. "h200" for "NVIDIA H200" (the default file stem's suffix)."""
+    words = torch.cuda.get_device_name().split()
+    return (words[1] if words[0] == "NVIDIA" and len(words) > 1 else words[0]).lower()
+
+
 def make_bench(settings: Settings) -> Callable[..., float]:
     """``bench(fn, warmup, rep) -> ms``: do_bench's median on the GPU, one timed call otherwise."""
     if settings.device == "cuda":
@@ -87,11 +95,8 @@ def copy_bandwidth(s: Settings, bench):
 
 def make_inputs(s: Settings, kind, B, T, D, grad=False):
     """v and gate logits (2 x standard normal) of width W = s.W: N = W / D channels or blocks."""
-    N = s.W // D
-    shape = (B, T, N) if kind == "hlru" else (B, T, N, D)
-    v = torch.randn(*shape, device=s.device, dtype=s.dtype, requires_grad=grad)
-    g = (2 * torch.randn(*shape, D + 1, device=s.device, dtype=s.dtype)).requires_grad_(grad)
-    return v, g
+    v, g = scan_inputs(kind, B, T, s.W // D, D, s.device, s.dtype, logit_scale=2.0)
+    return v.requires_grad_(grad), g.requires_grad_(grad)
 
 
 def scan_fn(kind, backend):
@@ -205,7 +210,7 @@ def plot(results, path):
     plt.close(fig)
 
 
-def _compile(job):
+def compile_kernels(job):
     """Compile (in a worker process) the kernels one (kind, size) uses on the GPU: forward and backward,
     chunked and not, and the one-token decode step with a state."""
     kind, D = job
@@ -223,7 +228,7 @@ def _compile(job):
 def compile_all(jobs):
     start = time.time()
     with mp.get_context("spawn").Pool(max(1, min(len(jobs), os.cpu_count() or 1))) as pool:
-        for job in pool.imap_unordered(_compile, jobs):
+        for job in pool.imap_unordered(compile_kernels, jobs):
             print(f"compiled {job}", flush=True)
     print(f"compiled in {time.time() - start:.0f} s", flush=True)
 
@@ -232,7 +237,7 @@ def parse_args(argv=None):
     ap = argparse.ArgumentParser(prog="python -m benchmarks.kernels.bench_scan",
                                  description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="benchmarks/results", help="folder for <name>.json and <name>.png")
-    ap.add_argument("--name", default=None, help="file stem (default bench_scan_h200; bench_scan_smoke with --smoke)")
+    ap.add_argument("--name", default=None, help="file stem (default bench_scan_<gpu>, e.g. bench_scan_h200; bench_scan_smoke with --smoke)")
     ap.add_argument("--quick", action="store_true", help="main table only")
     ap.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU (TRITON_INTERPRET=1): checks the script")
     return ap.parse_args(argv)
@@ -240,12 +245,9 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    require_device("bench_scan", args.smoke)
     s = SMOKE if args.smoke else GPU
-    if args.smoke and os.environ.get("TRITON_INTERPRET") != "1":
-        raise SystemExit("--smoke runs the Triton kernels on the CPU: set TRITON_INTERPRET=1")
-    if not args.smoke and not torch.cuda.is_available():
-        raise SystemExit("bench_scan needs a CUDA GPU (or --smoke with TRITON_INTERPRET=1 for a CPU check)")
-    name = args.name or ("bench_scan_smoke" if args.smoke else "bench_scan_h200")
+    name = args.name or ("bench_scan_smoke" if args.smoke else f"bench_scan_{gpu_short_name()}")
     bench = make_bench(s)
     os.makedirs(args.out, exist_ok=True)
     B, T, W = s.B, s.T, s.W

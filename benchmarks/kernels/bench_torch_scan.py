@@ -1,9 +1,14 @@
-"""Time the pure-PyTorch scans: the step-by-step loop against the chunked scan, fwd and fwd+bwd.
+"""Time the pure-PyTorch scans: the step-by-step loop against the chunked scan, fwd and fwd+bwd; and how the
+chunked H-LRU scan's fwd+bwd scales with T.
 
     python -m benchmarks.kernels.bench_torch_scan                  # CPU, T = 4096, prints a markdown table
     python -m benchmarks.kernels.bench_torch_scan --json out.json  # also save the numbers
+    python -m benchmarks.kernels.bench_torch_scan --scaling 2048,4096,8192,16384,32768
+        # chunked H-LRU fwd+bwd, B = 1, N = 64, m = 2, best of 3 per T: linear scaling doubles per row
 
-Each case is timed once after a warm-up run (the sizes are large enough that the spread is small).
+Each case of the table is timed once after a warm-up run (the sizes are large enough that the spread is small).
+The loop and the chunked scan are called directly (hf_lrnn.scan_reference, hf_lrnn.scan_chunked): the torch
+backend of hf_lrnn.ops picks one of them by size, and this is the comparison behind that rule.
 """
 import argparse
 import json
@@ -16,6 +21,8 @@ import torch
 from hf_lrnn.scan_chunked import bdlru_scan_chunked, hlru_scan_chunked
 from hf_lrnn.scan_reference import bdlru_scan_reference, hlru_scan_reference
 
+from .scan_setup import scan_inputs
+
 CASES = [  # (op, B, N, D): H-LRU has N channels of order m = D; BD-LRU has N blocks of size k = D
     ("hlru", 1, 64, 1), ("hlru", 1, 64, 2), ("hlru", 1, 64, 4),
     ("hlru", 8, 128, 1), ("hlru", 8, 128, 2), ("hlru", 8, 128, 4),
@@ -23,14 +30,7 @@ CASES = [  # (op, B, N, D): H-LRU has N channels of order m = D; BD-LRU has N bl
 ]
 
 
-def inputs(op, B, T, N, D, device):
-    """Standard-normal v and gate logits of one case."""
-    if op == "hlru":
-        return torch.randn(B, T, N, device=device), torch.randn(B, T, N, D + 1, device=device)
-    return torch.randn(B, T, N, D, device=device), torch.randn(B, T, N, D, D + 1, device=device)
-
-
-def seconds(fn, v, g, backward):
+def seconds(fn, v, g, backward, warm_up=True):
     """Wall-clock seconds of one call of ``fn`` (and of backward through it), after one warm-up call."""
     def run():
         v_, g_ = v.detach().requires_grad_(backward), g.detach().requires_grad_(backward)
@@ -40,10 +40,19 @@ def seconds(fn, v, g, backward):
         if v.is_cuda:
             torch.cuda.synchronize()
 
-    run()  # warm-up
+    if warm_up:
+        run()
     start = time.perf_counter()
     run()
     return time.perf_counter() - start
+
+
+def scaling(lengths, repeat=3):
+    """Best of ``repeat`` fwd+bwd seconds of the chunked H-LRU scan (B = 1, N = 64, m = 2) at each T."""
+    for T in lengths:
+        v, g = scan_inputs("hlru", 1, T, 64, 2)
+        best = min(seconds(hlru_scan_chunked, v, g, backward=True, warm_up=False) for _ in range(repeat))
+        print(f"T={T:6d}  fwd+bwd {best:.3f} s", flush=True)
 
 
 def main(argv=None):
@@ -52,13 +61,19 @@ def main(argv=None):
     parser.add_argument("--T", type=int, default=4096)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", help="write the results to this file")
+    parser.add_argument("--scaling", metavar="T,T,...", help="only time the chunked H-LRU scan at these lengths")
     args = parser.parse_args(argv)
+    if args.scaling:
+        lengths = [int(t) for t in args.scaling.split(",")]
+        if min(lengths) < 1:
+            parser.error(f"--scaling lengths must be positive, got {lengths}")
+        return scaling(lengths)
     if args.T < 1:
-        raise SystemExit(f"--T must be positive, got {args.T}")
+        parser.error(f"--T must be positive, got {args.T}")
 
     rows = []
     for op, B, N, D in CASES:
-        v, g = inputs(op, B, args.T, N, D, args.device)
+        v, g = scan_inputs(op, B, args.T, N, D, args.device)
         loop, chunked = (hlru_scan_reference, hlru_scan_chunked) if op == "hlru" else (bdlru_scan_reference, bdlru_scan_chunked)
         row = dict(op=op, B=B, T=args.T, N=N, D=D)
         for name, fn in (("loop", loop), ("chunked", chunked)):

@@ -1,20 +1,15 @@
-"""benchmarks/kernels: each GPU script's --smoke mode (tiny shapes, Triton's interpreter on the CPU), so that
+"""benchmarks/kernels: each GPU script's --smoke mode and device check (tiny shapes, Triton's interpreter on the CPU), so that
 the scripts stay in step with the kernels, and the torch-scan benchmark at a short length."""
 import json
 
-from benchmarks.kernels import bench_scan, bench_torch_scan, check_scan_gpu, tune_scan
+import pytest
 
-
-def test_tune_scan_smoke(capsys):
-    """tune_scan --smoke runs its sweep (sequential kernels, chunked and not, and the step kernels)."""
-    tune_scan.main(["--smoke"])
-    out = capsys.readouterr().out
-    assert "smoke: 10 runs" in out and "'kind': 'bdlru_step'" in out and "'chunks': 2" in out
+from benchmarks.kernels import bench_scan, bench_torch_scan, check_scan_gpu
 
 
 def test_check_scan_gpu_smoke(tmp_path):
-    """check_scan_gpu --smoke compares the kernels (chunked, masked, with a state, the step kernels) with the
-    float64 chunked scan and writes every case with small errors."""
+    """check_scan_gpu --smoke compares the kernels (masked, with a state, the step kernels) with the float64
+    torch backend and writes every case with small errors."""
     out = tmp_path / "errors.json"
     check_scan_gpu.main(["--smoke", "--out", str(out)])
     result = json.loads(out.read_text())
@@ -50,3 +45,17 @@ def test_bench_torch_scan_short(tmp_path, capsys):
     assert all(r["T"] == 16 and all(r[k] > 0 for k in keys) for r in result["rows"])
     table = capsys.readouterr().out
     assert table.count("\n| hlru |") == 6 and table.count("\n| bdlru |") == 3
+
+
+def test_bench_torch_scan_scaling(capsys):
+    bench_torch_scan.main(["--scaling", "64,128", "--T", "1"])
+    lines = capsys.readouterr().out.splitlines()
+    assert [line[:8] for line in lines] == ["T=    64", "T=   128"] and all(" fwd+bwd " in line for line in lines)
+    with pytest.raises(SystemExit):
+        bench_torch_scan.main(["--scaling", "64,0"])
+
+
+def test_gpu_scripts_refuse_the_cpu_without_the_interpreter(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(SystemExit, match="--smoke runs the Triton kernels on the CPU: set TRITON_INTERPRET=1"):
+        check_scan_gpu.main(["--smoke", "--out", "unused.json"])

@@ -1,1 +1,0 @@
-"""Scripts of the kernel explorations whose logs are in benchmarks/results/exploration/."""
