@@ -1,7 +1,7 @@
 """Models for the synthetic benchmarks, all as transformers ``PreTrainedModel`` causal LMs.
 
-- ``lrnn``: H-LRU (``mixer="hlru"``, order m) and BD-LRU (``mixer="bdlru"``, block size k) from
-  :class:`LRNNConfig`; m = k = 1 is the diagonal selective LRU.
+- the LRNN labels of :data:`benchmarks.models.MODELS`: H-LRU (``mixer="hlru"``, order m) and BD-LRU
+  (``mixer="bdlru"``, block size k) from :class:`LRNNConfig`; m = 1 is the diagonal selective LRU.
 - ``lstm``: :class:`LSTMForCausalLM` below, the same skeleton as the LRNN models (residual
   ``x + LSTM(RMSNorm(x))`` blocks alternating with SwiGLU blocks) with ``nn.LSTM`` as the mixer; its
   RMSNorm is ``torch.nn.RMSNorm`` and the SwiGLU transformers' ``LlamaMLP``, the same maths as the LRNN model's.
@@ -17,7 +17,7 @@
   kernels are Triton and need a GPU. :func:`build_model` raises :class:`BaselineUnavailable` saying why
   when they cannot run. Gated DeltaNet on Hopper with Triton < 3.7.1: see :func:`_refuse_fla_640`.
 
-:func:`build_model` takes a model name and returns ``(model, description)``; :func:`last_hidden_state`
+:func:`build_model` takes a model label and returns ``(model, description)``; :func:`last_hidden_state`
 gets the final (normalised) hidden states of any of them; :class:`ProbeHead` is the encoder probe used
 for compression (decode a whole sequence from the last position's hidden state).
 """
@@ -39,6 +39,8 @@ from transformers.models.llama.modeling_llama import LlamaMLP
 
 from hf_lrnn import LRNNConfig, LRNNForCausalLM
 from hf_lrnn.configuration_lrnn import swiglu_intermediate_size
+
+from benchmarks.models import lrnn_fields, model_entry
 
 
 class BaselineUnavailable(RuntimeError):
@@ -105,8 +107,8 @@ class LSTMModel(LSTMPreTrainedModel):
         self.norm = nn.RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_init()
 
-    def forward(self, input_ids=None, output_hidden_states=None, return_dict=None, **kwargs):
-        x = self.embed_tokens(input_ids)
+    def forward(self, input_ids=None, inputs_embeds=None, output_hidden_states=None, return_dict=None, **kwargs):
+        x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
         states = [x]
         for layer in self.layers:
             x = layer(x)
@@ -125,8 +127,9 @@ class LSTMForCausalLM(LSTMPreTrainedModel):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
 
-    def forward(self, input_ids=None, labels=None, output_hidden_states=None, return_dict=None, **kwargs):
-        out = self.model(input_ids=input_ids, output_hidden_states=output_hidden_states)
+    def forward(self, input_ids=None, inputs_embeds=None, labels=None, output_hidden_states=None, return_dict=None,
+                **kwargs):
+        out = self.model(input_ids=input_ids, inputs_embeds=inputs_embeds, output_hidden_states=output_hidden_states)
         logits = self.lm_head(out.last_hidden_state)
         loss = None
         if labels is not None:
@@ -136,39 +139,26 @@ class LSTMForCausalLM(LSTMPreTrainedModel):
 
 
 # ------------------------------------------------------------------------------------- builders
-LRNN_KINDS = ("hlru", "bdlru", "diag")  # this project's models (hf_lrnn); the rest are baselines
-MODEL_KINDS = (*LRNN_KINDS, "lstm", "llama", "mamba", "mamba2", "deltanet", "gated_deltanet")
-
-
-def build_model(kind: str, vocab_size: int, hidden_size: int = 128, num_layers: int = 2,
-                order: int = 2, block_size: int = 4, device: Optional[torch.device] = None,
-                scan_backend: str = "auto", gate_normalization: str = "softmax",
-                recurrent_size: Optional[int] = None) -> Tuple[PreTrainedModel, dict]:
-    """A causal LM of ``kind`` (see module docstring) and a dict describing its configuration;
-    ``gate_normalization`` and ``recurrent_size`` (the recurrence's width N, default d; BD-LRU needs a
-    multiple of k, e.g. 130 for k = 5 at d = 128) apply to the LRNN kinds only.
+def build_model(label: str, vocab_size: int, hidden_size: int = 128, num_layers: int = 2,
+                device: Optional[torch.device] = None, scan_backend: str = "auto",
+                gate_normalization: str = "softmax") -> Tuple[PreTrainedModel, dict]:
+    """The causal LM of ``label`` (a key of :data:`benchmarks.models.MODELS`; see the module docstring) and a
+    dict describing its configuration; ``scan_backend`` and ``gate_normalization`` apply to the LRNN models only.
 
     ``num_layers`` counts mixer blocks: the LRNN, LSTM and Llama models alternate them with as many
     SwiGLU blocks (the paper's "two mixer blocks alternating with two SwiGLU blocks" is 2); Mamba and
     Mamba-2 get 2 x num_layers blocks; DeltaNet and Gated DeltaNet blocks include their own SwiGLU.
     """
-    d, inter = hidden_size, swiglu_intermediate_size(hidden_size)
-    desc = {"kind": kind, "hidden_size": d, "num_layers": num_layers}
-    if gate_normalization != "softmax" and kind not in LRNN_KINDS:
-        raise ValueError(f"gate_normalization={gate_normalization!r} applies to the LRNN models, not to {kind!r}")
-    if recurrent_size is not None and kind not in LRNN_KINDS:
-        raise ValueError(f"recurrent_size applies to the LRNN models, not to {kind!r}")
-    if kind in LRNN_KINDS:
-        mixer = "hlru" if kind in ("hlru", "diag") else "bdlru"
-        order = 1 if kind == "diag" else order
-        config = LRNNConfig(vocab_size=vocab_size, hidden_size=d, num_hidden_layers=num_layers, mixer=mixer,
-                            order=order, block_size=block_size, scan_backend=scan_backend,
-                            gate_normalization=gate_normalization, recurrent_size=recurrent_size, use_cache=False)
+    d, inter, kind = hidden_size, swiglu_intermediate_size(hidden_size), model_entry(label)["kind"]
+    desc = {"label": label, "hidden_size": d, "num_layers": num_layers}
+    if gate_normalization != "softmax" and kind != "lrnn":
+        raise ValueError(f"gate_normalization={gate_normalization!r} applies to the LRNN models, not to {label!r}")
+    if kind == "lrnn":
+        fields = lrnn_fields(label, d)
+        config = LRNNConfig(vocab_size=vocab_size, hidden_size=d, num_hidden_layers=num_layers, scan_backend=scan_backend,
+                            gate_normalization=gate_normalization, use_cache=False, **fields)
         model = LRNNForCausalLM(config)
-        desc.update({"order": order} if mixer == "hlru" else {"block_size": block_size})
-        desc["gate_normalization"] = gate_normalization
-        if recurrent_size is not None:
-            desc["recurrent_size"] = recurrent_size
+        desc.update(fields, gate_normalization=gate_normalization)
     elif kind == "lstm":
         model = LSTMForCausalLM(LSTMConfig(vocab_size=vocab_size, hidden_size=d, num_hidden_layers=num_layers))
     elif kind == "llama":
@@ -195,8 +185,6 @@ def build_model(kind: str, vocab_size: int, hidden_size: int = 128, num_layers: 
     elif kind in ("deltanet", "gated_deltanet"):
         model, extra = _build_fla(kind, vocab_size, d, num_layers, inter, device)
         desc.update(extra)
-    else:
-        raise ValueError(f"unknown model kind {kind!r}; known: {MODEL_KINDS}")
     if device is not None:
         model = model.to(device)
     return model, desc
@@ -369,10 +357,12 @@ def _refuse_fla_640(head_k_dim: int) -> None:
 
 
 def last_hidden_state(model: PreTrainedModel, input_ids: torch.Tensor) -> torch.Tensor:
-    """The final (normed) hidden states (B, T, d) of any model from :func:`build_model`."""
+    """The final (normed) hidden states (B, T, d) of any model from :func:`build_model`. The ids go in as
+    their embeddings (``inputs_embeds``), so that no model reads their values on the host (a synchronisation
+    that a CUDA graph cannot capture); the caller checks their range once."""
     base = model.base_model
     kwargs = {} if isinstance(model, LSTMForCausalLM) else {"use_cache": False}
-    out = base(input_ids=input_ids, **kwargs)
+    out = base(inputs_embeds=model.get_input_embeddings()(input_ids), **kwargs)
     return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
 
 

@@ -28,7 +28,7 @@ permutation groups; where the paper gives no number we use MAD's):
   position (MAD trains a plain language model), and the *test* targets are set only where a key that
   was seen earlier must be answered with its value. Length 128, vocab 16, 12,800 / 1,280, disjoint. MAD's
   difficulty ladder changes one of vocab (32, 64, 128), length (256, 512, 1024) or training examples
-  (6,400, 3,200, 1,600, 800) at a time (``benchmarks.synthetic.suite.RECALL_LADDER``).
+  (6,400, 3,200, 1,600, 800) at a time (``benchmarks.synthetic.study.RECALL_LADDER``).
 - ``s3``, ``s4``, ``s5``, ``a5``: word problem. Tokens are group elements (index into the sorted list
   of permutations; vocab n! or 60); the target at every position is the prefix product
   ``p_t = g_t o p_{t-1}`` (``(g o p)(i) = g(p(i))``). Length 16, 100,000 train / 1,280 test, disjoint.
@@ -296,15 +296,21 @@ def class_counts(logits: torch.Tensor, targets: torch.Tensor, num_classes: int) 
     ])[:, :num_classes]
 
 
-def macro_accuracy(counts: torch.Tensor) -> float:
-    """Mean over classes of the per-class recall tp_c / support_c, from :func:`class_counts`: torchmetrics'
-    ``MulticlassAccuracy(average="macro")`` computed once over the whole set (MAD logs the mean over test
-    batches of 128 of the per-batch value, which differs where classes are rare in a batch). As there, a class that is
-    neither a target nor predicted (tp + fp + fn = 0) is left out of the mean, and a class that is predicted
-    but never a target counts with recall 0."""
+def macro_accuracy(counts: torch.Tensor, classes: str = "predicted_or_target") -> float:
+    """Mean over classes of the per-class recall tp_c / support_c, from :func:`class_counts` over a whole set.
+
+    ``classes="predicted_or_target"`` is torchmetrics' ``MulticlassAccuracy(average="macro")`` (MAD's metric;
+    ``ignore_index`` positions removed first): a class with tp + fp + fn = 0 is left out, a class that is
+    predicted but never a target enters with recall 0. ``classes="target"`` averages over the classes that occur
+    as targets only. The two differ where a model predicts, even once, a class that is never a target: on recall,
+    8 value classes at recall 0.98 and 8 key classes each predicted once somewhere give per-token accuracy 0.98,
+    macro 0.49 by the first rule and 0.98 by the second. MAD logs the mean over test batches of the first rule,
+    where a stray prediction costs only its own batch, so its numbers lie between the two."""
     tp, support, predicted = counts.double()
-    present = (support + predicted) > 0
-    if not present.any():
+    if classes not in ("predicted_or_target", "target"):
+        raise ValueError(f"classes must be 'predicted_or_target' or 'target', got {classes!r}")
+    present = (support > 0) if classes == "target" else (support + predicted) > 0
+    if not (support > 0).any():
         raise ValueError("macro_accuracy: no target positions")
     recall = torch.where(support > 0, tp / support.clamp(min=1), torch.zeros_like(tp))
     return float(recall[present].mean())
