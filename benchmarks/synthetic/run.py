@@ -37,6 +37,7 @@ import argparse
 import contextlib
 import json
 import math
+import os
 import subprocess
 import sys
 import time
@@ -378,7 +379,8 @@ class SyntheticRun:
 
 
 def environment() -> dict:
-    """What produced a record: commit and whether the tree was dirty (None where git is not available), package
+    """What produced a record: commit and whether the tree was dirty (from git; in a copy of the tree without
+    .git from the environment variables BENCH_COMMIT and BENCH_DIRTY ("yes"/"no"), else None), package
     versions, the GPU, the process's exact command line and the date."""
     def git(*args):
         try:
@@ -392,8 +394,10 @@ def environment() -> dict:
         except metadata.PackageNotFoundError:
             return None
 
-    status = git("status", "--porcelain")
-    return {"commit": git("rev-parse", "HEAD"), "dirty": None if status is None else bool(status),
+    status, commit = git("status", "--porcelain"), git("rev-parse", "HEAD")
+    if commit is None and os.environ.get("BENCH_COMMIT"):  # a copy of the tree without .git: the caller says
+        commit, status = os.environ["BENCH_COMMIT"], os.environ.get("BENCH_DIRTY")
+    return {"commit": commit, "dirty": None if status is None else status not in ("", "0", "no", "false"),
             "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
             **{name: version(name) for name in ("torch", "triton", "transformers", "flash-linear-attention", "mamba-ssm")},
             "command": " ".join(sys.orig_argv), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
