@@ -1,38 +1,31 @@
 """Self-check of the real-kernel baselines (mamba2, deltanet, gated_deltanet) on the GPU, in one call.
 
-For each model kind: build it (:func:`benchmarks.synthetic.baselines.build_model`, whose description
-records the kernel path and any workaround), train ``--steps`` steps at each length (AdamW, bf16 autocast,
-next-token loss on random tokens; the first step compiles and autotunes the Triton kernels and is reported
-on its own), time two no-grad eval forwards at the eval batch size (the first may compile; fla switches
-kernels there: recurrent ones at length <= 64), and compare the kernels' outputs and gradients, at the model's head shapes, with a
-PyTorch reference: transformers' own Mamba-2 chunk scan, fla's naive delta-rule recurrences. The relative
-error is ||kernel - reference|| / ||reference||, in float32 (where the kernel takes it) and in bfloat16
-(reference in float32 from the same values). Exceptions are recorded with their full traceback. The JSON
-goes to ``--out`` after each kind, so a run cut short keeps what finished.
+For each model: build it (:func:`benchmarks.synthetic.baselines.build_model`, whose description records the kernel
+path), then compare its kernels' outputs and gradients, at the model's head shapes, with a PyTorch reference:
+transformers' own Mamba-2 chunk scan, fla's naive delta-rule recurrences. The relative error is
+||kernel - reference|| / ||reference||, in float32 (where the kernel takes it) and in bfloat16 (reference in
+float32 from the same values). Exceptions are recorded with their traceback. The JSON goes to ``--out`` after each
+model, so a run cut short keeps what finished. (Training and evaluation of these models at the study's sizes is
+the synthetic study itself: ``python -m benchmarks.synthetic.study --preset perm_common ...``.)
 
-    python -m benchmarks.synthetic.check_baselines --out check.json          # CUDA: d=128, batch 128, T=16, 256
-    python -m benchmarks.synthetic.check_baselines --smoke --out smoke.json  # CPU, tiny sizes, seconds
+    python -m benchmarks.synthetic.check_baselines --out check.json          # CUDA: d=128, T=16, 256
+    python -m benchmarks.synthetic.check_baselines --smoke --out smoke.json  # CPU: builds; CUDA kinds unavailable
 """
 from __future__ import annotations
 
 import argparse
 import json
-import math
-import os
-import platform
 import sys
-import time
 import traceback
-from importlib import metadata
 
 import torch
 import torch.nn.functional as F
 
 from benchmarks.synthetic.baselines import BaselineUnavailable, build_model, count_parameters
+from benchmarks.synthetic.run import environment
 
 KINDS = ("mamba2", "deltanet", "gated_deltanet")
 TOLERANCE = {"float32": 0.02, "bfloat16": 0.05}  # relative error; fla #640's miscompile gives about 0.5
-SMOKE = dict(device="cpu", hidden_size=32, batch_size=4, eval_batch_size=8, lengths=[8, 16])
 
 
 def relative_error(kernel: torch.Tensor, reference: torch.Tensor) -> float:
@@ -149,60 +142,13 @@ KERNEL_CHECKS = {"mamba2": mamba2_kernel_check, "deltanet": deltanet_kernel_chec
                  "gated_deltanet": gated_deltanet_kernel_check}
 
 
-def synchronize(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def train_steps(model, vocab_size: int, batch: int, length: int, steps: int, device, amp: bool) -> dict:
-    """``steps`` AdamW steps (lr 5e-4, clip 1) of next-token loss on random tokens; per-step seconds and losses."""
-    opt = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=0.0)
-    gen = torch.Generator(device="cpu").manual_seed(length)
-    step_s, losses = [], []
-    model.train()
-    for _ in range(steps):
-        tokens = torch.randint(0, vocab_size, (batch, length + 1), generator=gen).to(device)
-        synchronize(device)
-        t0 = time.perf_counter()
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            logits = model(input_ids=tokens[:, :-1]).logits
-        loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        synchronize(device)
-        step_s.append(round(time.perf_counter() - t0, 4))
-        losses.append(round(float(loss.detach()), 4))
-    later = step_s[1:]
-    return {"first_step_s": step_s[0], "step_s": step_s, "later_steps_mean_s": round(sum(later) / len(later), 4),
-            "loss": losses, "finite": all(math.isfinite(v) for v in losses)}
-
-
-def eval_forward(model, vocab_size: int, batch: int, length: int, device, amp: bool) -> dict:
-    """Two no-grad forwards at the eval batch size (the first may compile eval-only kernels); seconds each."""
-    tokens = torch.randint(0, vocab_size, (batch, length), generator=torch.Generator(device="cpu").manual_seed(1)).to(device)
-    model.eval()
-    times = []
-    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-        for _ in range(2):
-            synchronize(device)
-            t0 = time.perf_counter()
-            logits = model(input_ids=tokens).logits
-            synchronize(device)
-            times.append(round(time.perf_counter() - t0, 4))
-    model.train()
-    return {"batch": batch, "first_s": times[0], "second_s": times[1], "finite": bool(torch.isfinite(logits).all())}
-
-
 def error_record(err: BaseException) -> dict:
     return {"error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()}
 
 
 def check_kind(kind: str, args, device, log=print) -> dict:
-    """Build, train, evaluate and kernel-check one kind; every failure is caught and recorded."""
+    """Build and kernel-check one kind; every failure is caught and recorded."""
     record = {"kind": kind}
-    t0 = time.perf_counter()
     try:
         model, desc = build_model(kind, args.vocab_size, args.hidden_size, 2, device=device)
     except BaselineUnavailable as err:
@@ -211,24 +157,9 @@ def check_kind(kind: str, args, device, log=print) -> dict:
     except Exception as err:
         log(f"[{kind}] build failed: {type(err).__name__}: {err}")
         return {**record, "status": "error", "stage": "build", **error_record(err)}
-    record.update(desc=desc, parameters=count_parameters(model), build_s=round(time.perf_counter() - t0, 2))
-    log(f"[{kind}] built in {record['build_s']} s: {json.dumps(desc)}")
-    amp = device.type == "cuda"
+    record.update(desc=desc, parameters=count_parameters(model))
+    log(f"[{kind}] built: {json.dumps(desc)}")
     failed = False
-    record["runs"] = []
-    for length in args.lengths:
-        run = {"length": length, "batch": args.batch_size, "bf16": amp}
-        try:
-            run.update(train=train_steps(model, args.vocab_size, args.batch_size, length, args.steps, device, amp))
-            run.update(eval=eval_forward(model, args.vocab_size, args.eval_batch_size, length, device, amp))
-            log(f"[{kind}] T={length}: first step {run['train']['first_step_s']} s, later steps "
-                f"{run['train']['step_s'][1:]} s, eval {run['eval']['first_s']}/{run['eval']['second_s']} s, "
-                f"loss {run['train']['loss']}")
-        except Exception as err:
-            failed = True
-            run.update(error_record(err))
-            log(f"[{kind}] T={length} failed: {run['error']}\n{run['traceback']}")
-        record["runs"].append(run)
     if device.type == "cuda":
         record["kernel_check"] = []
         for length in args.lengths:
@@ -248,40 +179,19 @@ def check_kind(kind: str, args, device, log=print) -> dict:
     return record
 
 
-def environment() -> dict:
-    versions = {}
-    for dist in ("torch", "triton", "transformers", "mamba_ssm", "causal_conv1d", "fla-core",
-                 "flash-linear-attention", "einops"):
-        try:
-            versions[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            versions[dist] = None
-    env = {k: v for k, v in os.environ.items() if k.startswith(("FLA_", "MAMBA_", "TRITON_", "CUDA_VISIBLE"))}
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"python": platform.python_version(), "versions": versions, "gpu": gpu, "env": env,
-            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
-
-
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m benchmarks.synthetic.check_baselines", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="JSON file to write")
     p.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS)
-    p.add_argument("--steps", type=int, default=3)
     p.add_argument("--lengths", type=int, nargs="+", default=[16, 256])
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--eval-batch-size", type=int, default=512)
     p.add_argument("--hidden-size", type=int, default=128)
     p.add_argument("--vocab-size", type=int, default=64)
     p.add_argument("--device", default="cuda")
-    p.add_argument("--smoke", action="store_true",
-                   help="CPU, d=32, batch 4, lengths 8 and 16, eval batch 8 (kinds that need CUDA report unavailable)")
+    p.add_argument("--smoke", action="store_true", help="CPU, d=32: builds only (kinds that need CUDA report unavailable)")
     args = p.parse_args(argv)
     if args.smoke:
-        for key, value in SMOKE.items():
-            setattr(args, key, value)
-    if args.steps < 2:
-        p.error("--steps must be at least 2 (the first step is compile/autotune time)")
+        args.device, args.hidden_size = "cpu", 32
     return args
 
 

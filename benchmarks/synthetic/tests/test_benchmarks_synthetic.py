@@ -219,17 +219,16 @@ def test_mamba2_baseline_size():
 
 
 def test_check_baselines_smoke(tmp_path):
-    """The GPU self-check's CPU smoke mode: Mamba-2 trains on the PyTorch path, the fla kinds say they need CUDA."""
+    """The GPU self-check's CPU smoke mode: Mamba-2 builds on the PyTorch path (its kernel comparison is of the CUDA
+    kernels), the fla kinds say they need CUDA."""
     out = tmp_path / "check.json"
     assert check_baselines.main(["--smoke", "--out", str(out)]) == 0
     report = json.loads(out.read_text())
     kinds = {r["kind"]: r for r in report["kinds"]}
-    assert list(kinds) == ["mamba2", "deltanet", "gated_deltanet"]
+    assert list(kinds) == ["mamba2", "deltanet", "gated_deltanet"] and report["environment"]["torch"] == torch.__version__
     mamba2 = kinds["mamba2"]
-    assert mamba2["status"] == "ok" and mamba2["desc"]["kernel_path"] == "torch"
-    assert [r["length"] for r in mamba2["runs"]] == [8, 16]
-    for run in mamba2["runs"]:
-        assert len(run["train"]["step_s"]) == 3 and run["train"]["finite"] and run["eval"]["finite"]
+    assert mamba2["status"] == "ok" and mamba2["desc"]["kernel_path"] == "torch" and mamba2["parameters"] > 0
+    assert mamba2["kernel_check"].startswith("not run")
     for kind in ("deltanet", "gated_deltanet"):
         assert kinds[kind]["status"] == "unavailable" and "CUDA" in kinds[kind]["reason"]
 
