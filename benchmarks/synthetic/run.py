@@ -356,7 +356,7 @@ class SyntheticRun:
         self.swap_weights(final_weights)
         timed_steps = self.step - min(run["compile_steps"], self.steps)
         return {
-            "status": "ok", "task": spec.name, "model": run["model"], "model_name": display_name(run["model"], run["hidden_size"]),
+            "status": "ok", "job": job_fields(run), "task": spec.name, "model": run["model"], "model_name": display_name(run["model"], run["hidden_size"]),
             "config": self.desc, "parameters": self.parameters, "seed": run["seed"], "recipe": run["recipe"],
             "recipe_settings": {**RECIPES[run["recipe"]], "lr": run["lr"], "min_lr": run["min_lr"],
                                 "weight_decay": run["weight_decay"], "batch_size": run["batch_size"], "betas": [0.9, 0.999]},
@@ -376,6 +376,11 @@ class SyntheticRun:
             "concurrent_runs": self.concurrent_runs, "bf16": self.use_amp, "smoke": run["smoke"],
             "device": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu",
         }
+
+
+def job_fields(run: dict) -> dict:
+    """The settings that identify a run's cell and seed: task and its overrides, model, width, seed, steps, recipe."""
+    return {key: run[key] for key in ("task", "task_overrides", "model", "hidden_size", "seed", "steps", "recipe")}
 
 
 def environment() -> dict:
@@ -414,13 +419,13 @@ def fit(run: dict, log=print):
 
 def train_concurrently(next_run: Callable[[], Optional[dict]], slots: int,
                        on_result: Callable[[dict, Optional[dict], Optional[BaseException]], None], log=print) -> None:
-    """Train the runs that ``next_run()`` hands out (None when there are no more) with up to ``slots`` of them
-    active at once in this process, each on its own CUDA stream, one step each in turn. A new run is set up (and
+    """Train the runs that ``next_run()`` hands out (None when it has none now; asked again whenever a slot is
+    free, so a run it gets later, e.g. a retry, still runs) with up to ``slots`` of them active at once in this process, each on its own CUDA stream, one step each in turn. A new run is set up (and
     captured) as soon as a slot frees. ``on_result(run, record, error)`` gets each run's record, or the error that
     ended it (the others go on). Set-up and evaluation time of one run is added to the others' ``paused_s``."""
     if slots < 1:
         raise ValueError(f"slots must be >= 1, got {slots}")
-    active, more = [], True
+    active = []
 
     @contextlib.contextmanager
     def pausing_others(current=None):
@@ -433,11 +438,7 @@ def train_concurrently(next_run: Callable[[], Optional[dict]], slots: int,
                     other.paused_s += time.time() - t
 
     while True:
-        while more and len(active) < slots:
-            run = next_run()
-            if run is None:
-                more = False
-                break
+        while len(active) < slots and (run := next_run()) is not None:
             try:
                 with pausing_others():
                     job = SyntheticRun(run, log)

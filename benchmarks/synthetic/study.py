@@ -28,11 +28,13 @@ import argparse
 import json
 import sys
 import time
+from collections import deque
 from pathlib import Path
 
 from benchmarks.models import model_entry
 from benchmarks.synthetic.baselines import BaselineUnavailable
-from benchmarks.synthetic.run import RECIPES, GraphCaptureError, append_record, default_run, environment, train_concurrently
+from benchmarks.synthetic.run import (RECIPES, GraphCaptureError, append_record, default_run, environment, job_fields,
+                                      train_concurrently)
 
 LENGTHS = (16, 32, 64, 128, 256)
 SEEDS = (0, 1, 2)
@@ -80,16 +82,8 @@ def preset_runs(preset: str, steps=None, seeds=SEEDS, recipe="authors", smoke=Fa
 
 
 def run_key(run: dict) -> str:
-    """What identifies a run's cell and seed in the records: task and its overrides, model, width, seed, steps,
-    recipe."""
-    over = run.get("task_overrides") or {}
-    return json.dumps([run["task"], over, run["model"], run["hidden_size"], run["seed"], run["steps"], run["recipe"]],
-                      sort_keys=True)
-
-
-def record_key(record: dict) -> str:
-    """:func:`run_key` of the run a record came from (its ``job`` field)."""
-    return run_key(record["job"])
+    """:func:`benchmarks.synthetic.run.job_fields` of a run (or of a record's ``job``) as one string."""
+    return json.dumps(job_fields(run), sort_keys=True)
 
 
 def finished_keys(path) -> set:
@@ -97,11 +91,7 @@ def finished_keys(path) -> set:
     if not Path(path).exists():
         return set()
     with open(path) as f:
-        return {record_key(r) for r in map(json.loads, filter(str.strip, f)) if r.get("status") == "ok"}
-
-
-def job_fields(run: dict) -> dict:
-    return {key: run[key] for key in ("task", "task_overrides", "model", "hidden_size", "seed", "steps", "recipe")}
+        return {run_key(r["job"]) for r in map(json.loads, filter(str.strip, f)) if r.get("status") == "ok"}
 
 
 def run_study(runs: list, out: str, slots: int, log=print) -> dict:
@@ -110,13 +100,13 @@ def run_study(runs: list, out: str, slots: int, log=print) -> dict:
     done = finished_keys(out)
     todo = [r for r in runs if run_key(r) not in done]
     counts = {"skipped": len(runs) - len(todo), "ok": 0, "not_run": 0, "failed": 0}
-    env, t0, steps_done = environment(), time.time(), [0]
+    env, t0, steps_done, pending = environment(), time.time(), [0], deque(todo)
     log(f"{len(todo)} runs to train ({counts['skipped']} already in {out}), {slots} at a time; env {json.dumps(env)}")
 
     def on_result(run, record, error):
         if isinstance(error, GraphCaptureError) and run["cuda_graph"] == "auto":
             log(f"{run['task']}/{run['model']}/s{run['seed']}: {error}; running it eagerly")
-            todo.append(dict(run, cuda_graph=False))
+            pending.append(dict(run, cuda_graph=False))
             return
         if error is not None:
             status = "not_run" if isinstance(error, BaselineUnavailable) else "failed"
@@ -126,14 +116,13 @@ def run_study(runs: list, out: str, slots: int, log=print) -> dict:
             return
         counts["ok"] += 1
         steps_done[0] += record["steps"]
-        append_record(out, {**record, "job": job_fields(run), "env": env})
+        append_record(out, {**record, "env": env})
         final = record["final"][str(record["task_config"]["seq_len"])]
         log(f"done {run['task']}/{run['model']}/s{run['seed']}: {record['steps']} steps in {record['seconds']} s, "
             f"final acc {final['accuracy']:.4f}; {sum(counts.values()) - counts['skipped']}/{len(runs) - counts['skipped']} "
             f"runs, {steps_done[0] / (time.time() - t0):.0f} steps/s summed")
 
-    pending = iter(todo)
-    train_concurrently(lambda: next(pending, None), slots, on_result, log=log)
+    train_concurrently(lambda: pending.popleft() if pending else None, slots, on_result, log=log)
     log(f"finished in {time.time() - t0:.0f} s: {counts}")
     return counts
 

@@ -463,3 +463,20 @@ def test_study_smoke_resume_and_table(tmp_path, capsys):
     assert "without naming a block size" in text
     with pytest.raises(ValueError, match="repeats the run"):
         table.load([str(out), str(out)])
+
+
+def test_study_runs_a_failed_capture_again_eagerly(tmp_path, monkeypatch):
+    """A run whose CUDA graph capture fails is queued again with cuda_graph=False, and its record comes from that."""
+    prepare = synthetic_run.SyntheticRun.prepare
+
+    def failing_capture(self):
+        if self.run["cuda_graph"] == "auto":
+            raise synthetic_run.GraphCaptureError("capture refused (test)")
+        prepare(self)
+
+    monkeypatch.setattr(synthetic_run.SyntheticRun, "prepare", failing_capture)
+    runs = study.preset_runs("s5_blocks", seeds=(0,), smoke=True)[:1]
+    counts = study.run_study(runs, str(tmp_path / "r.jsonl"), slots=1, log=lambda line: None)
+    assert counts == {"skipped": 0, "ok": 1, "not_run": 0, "failed": 0}
+    record = json.loads((tmp_path / "r.jsonl").read_text())
+    assert record["status"] == "ok" and record["job"]["model"] == "bdlru_k4" and not record["cuda_graph"]
