@@ -22,10 +22,8 @@ MODELS = {
     "mamba": dict(kind="mamba"),
     "mamba2": dict(kind="mamba2"),
     "deltanet": dict(kind="deltanet"),
-    "gated_deltanet": dict(kind="gated_deltanet"),
 }
-BASELINE_NAMES = {"lstm": "LSTM", "llama": "Llama", "mamba": "Mamba", "mamba2": "Mamba-2", "deltanet": "DeltaNet",
-                  "gated_deltanet": "Gated DeltaNet"}
+BASELINE_NAMES = {"lstm": "LSTM", "llama": "Llama", "mamba": "Mamba", "mamba2": "Mamba-2", "deltanet": "DeltaNet"}
 
 
 def model_entry(label: str) -> dict:

@@ -13,9 +13,10 @@
   CUDA build (see :func:`_mamba2_kernels`); ``desc["kernel_path"]`` says ``"ssd_triton"``, and if
   transformers would take its PyTorch path instead, :class:`BaselineUnavailable` says why. On the CPU it
   runs transformers' PyTorch path, ``desc["kernel_path"] == "torch"``.
-- ``deltanet`` / ``gated_deltanet``: from flash-linear-attention (``fla``), imported lazily; its
-  kernels are Triton and need a GPU. :func:`build_model` raises :class:`BaselineUnavailable` saying why
-  when they cannot run. Gated DeltaNet on Hopper with Triton < 3.7.1: see :func:`_refuse_fla_640`.
+- ``deltanet``: from flash-linear-attention (``fla``), imported lazily; its kernels are Triton and need a
+  GPU. :func:`build_model` raises :class:`BaselineUnavailable` saying why when they cannot run. (Gated
+  DeltaNet was dropped: fla 0.6.0 refuses its backward on Hopper with Triton < 3.7.1, fla #640, and with that
+  guard lifted it hit an illegal memory access on an H200, 2026-12-01; see the benchmarks README's history.)
 
 :func:`build_model` takes a model label and returns ``(model, description)``; :func:`last_hidden_state`
 gets the final (normalised) hidden states of any of them; :class:`ProbeHead` is the encoder probe used
@@ -182,8 +183,8 @@ def build_model(label: str, vocab_size: int, hidden_size: int = 128, num_layers:
     elif kind == "mamba2":
         model, extra = _build_mamba2(vocab_size, d, num_layers, device)
         desc.update(extra)
-    elif kind in ("deltanet", "gated_deltanet"):
-        model, extra = _build_fla(kind, vocab_size, d, num_layers, inter, device)
+    elif kind == "deltanet":
+        model, extra = _build_deltanet(vocab_size, d, num_layers, inter, device)
         desc.update(extra)
     if device is not None:
         model = model.to(device)
@@ -309,51 +310,20 @@ def _bound_module(fn) -> str:
     return implementation.__module__
 
 
-def _build_fla(kind, vocab_size, d, num_layers, inter, device):
+def _build_deltanet(vocab_size, d, num_layers, inter, device):
+    """fla's ``DeltaNetForCausalLM``: d / 32 heads, its own SwiGLU of width ``inter`` in every block."""
     if device is None or torch.device(device).type != "cuda":
-        raise BaselineUnavailable(f"{kind}: flash-linear-attention's kernels are Triton GPU kernels; no CUDA device here")
+        raise BaselineUnavailable("deltanet: flash-linear-attention's kernels are Triton GPU kernels; no CUDA device here")
     try:
-        import fla  # noqa: F401
-        from fla.models import DeltaNetConfig, DeltaNetForCausalLM, GatedDeltaNetConfig, GatedDeltaNetForCausalLM
+        import fla
+        from fla.models import DeltaNetConfig, DeltaNetForCausalLM
     except Exception as err:  # ImportError, or an incompatible torch/triton
-        raise BaselineUnavailable(f"{kind}: flash-linear-attention could not be imported ({type(err).__name__}: {err})") from err
-    common = dict(vocab_size=vocab_size, hidden_size=d, num_hidden_layers=num_layers, intermediate_size=inter,
-                  use_cache=False, tie_word_embeddings=False, fuse_cross_entropy=False,
-                  pad_token_id=None, bos_token_id=None, eos_token_id=None)
-    if kind == "deltanet":
-        heads = max(1, d // 32)
-        model = DeltaNetForCausalLM(DeltaNetConfig(num_heads=heads, **common))
-        return model, {"heads": heads, "fla_version": getattr(fla, "__version__", "?")}
-    head_dim = 32
-    heads = max(1, (3 * d // 4) // head_dim)  # fla's guidance: num_heads * head_dim ~ 0.75 d
-    extra = {"heads": heads, "head_dim": head_dim, "fla_version": getattr(fla, "__version__", "?")}
-    _refuse_fla_640(head_dim)
-    model = GatedDeltaNetForCausalLM(GatedDeltaNetConfig(num_heads=heads, head_dim=head_dim, **common))
-    return model, extra
-
-
-def _refuse_fla_640(head_k_dim: int) -> None:
-    """Gated DeltaNet cannot train here on Hopper with Triton in [3.4, 3.7.1): raise :class:`BaselineUnavailable`.
-
-    fla 0.6.0 refuses the gated ``chunk_bwd_dqkwg`` there at the first backward ("Triton >= 3.4.0 and < 3.7.1 on
-    Hopper GPUs produces incorrect results for gated chunk_bwd_dqkwg (see #640). Please upgrade Triton to >=
-    3.7.1 or install tilelang"); this raises :class:`BaselineUnavailable` with that reason before any
-    training. fla's ways out, Triton >= 3.7.1 (torch 2.11 pins 3.6) or its TileLang backend (tilelang, TVM and
-    nvcc), do not fit the GPU machine. fla #640's bisection pins the miscompile to the key block BK = 64, and
-    unsloth-zoo #1010 lifts the guard for BK = 32 and 128; lifted for BK = 32 (head dim 32), training hit an
-    illegal memory access within its first steps on an H200 (2026-12-01; eager and CUDA graph; not under
-    CUDA_LAUNCH_BLOCKING=1), so the guard stays.
-    """
-    import fla
-    import triton
-    from fla.ops.common import chunk_o
-
-    if chunk_o.IS_NVIDIA_HOPPER and chunk_o.TRITON_ABOVE_3_4_0 and not chunk_o.TRITON_ABOVE_3_7_1:
-        block_k = min(max(triton.next_power_of_2(head_k_dim), 16), 128)
-        raise BaselineUnavailable(
-            f"gated_deltanet: fla {getattr(fla, '__version__', '?')} refuses gated chunk_bwd_dqkwg "
-            f"on Hopper with Triton {triton.__version__} (fla #640; needs Triton >= 3.7.1 or tilelang); with the "
-            f"guard lifted for key block BK={block_k}, training hit an illegal memory access on an H200")
+        raise BaselineUnavailable(f"deltanet: flash-linear-attention could not be imported ({type(err).__name__}: {err})") from err
+    heads = max(1, d // 32)
+    config = DeltaNetConfig(vocab_size=vocab_size, hidden_size=d, num_hidden_layers=num_layers, intermediate_size=inter,
+                            num_heads=heads, use_cache=False, tie_word_embeddings=False, fuse_cross_entropy=False,
+                            pad_token_id=None, bos_token_id=None, eos_token_id=None)
+    return DeltaNetForCausalLM(config), {"heads": heads, "fla_version": getattr(fla, "__version__", "?")}
 
 
 def last_hidden_state(model: PreTrainedModel, input_ids: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Self-check of the real-kernel baselines (mamba2, deltanet, gated_deltanet) on the GPU, in one call.
+"""Self-check of the real-kernel baselines (mamba2, deltanet) on the GPU, in one call.
 
 For each model: build it (:func:`benchmarks.synthetic.baselines.build_model`, whose description records the kernel
 path), then compare its kernels' outputs and gradients, at the model's head shapes, with a PyTorch reference:
@@ -24,7 +24,6 @@ import torch.nn.functional as F
 from benchmarks.synthetic.baselines import BaselineUnavailable, build_model, count_parameters
 from benchmarks.synthetic.run import environment
 
-KINDS = ("mamba2", "deltanet", "gated_deltanet")
 TOLERANCE = {"float32": 0.02, "bfloat16": 0.05}  # relative error; fla #640's miscompile gives about 0.5
 
 
@@ -101,45 +100,7 @@ def deltanet_kernel_check(desc: dict, device, length: int, batch: int = 2) -> li
     return [dict(op=op.__name__, length=length, **compare(kernel, reference, inputs, dtype)) for dtype in dtypes]
 
 
-def gated_deltanet_kernel_check(desc: dict, device, length: int, batch: int = 2) -> list:
-    """fla's chunk gated delta rule (training, every length: its backward is fla #640's kernel) and the
-    fused-recurrent one (eval at length <= 64, forward only), with the layer's in-kernel gate, beta sigmoid
-    and q/k L2 norm, against fla's naive recurrence with decay g = -exp(A_log) softplus(a + dt_bias)."""
-    from fla.ops.gated_delta_rule import chunk_gated_delta_rule, fused_recurrent_gated_delta_rule
-    from fla.ops.gated_delta_rule.naive import naive_recurrent_gated_delta_rule
-
-    h, dk = desc["heads"], desc["head_dim"]
-    dv = 2 * dk  # fla's GatedDeltaNet default expand_v = 2
-    g = torch.Generator(device="cpu").manual_seed(0)
-    inputs = {"q": torch.randn(batch, length, h, dk, generator=g), "k": torch.randn(batch, length, h, dk, generator=g),
-              "v": torch.randn(batch, length, h, dv, generator=g), "g": torch.randn(batch, length, h, generator=g),
-              "beta": torch.randn(batch, length, h, generator=g), "A_log": torch.rand(h, generator=g).log(),
-              "dt_bias": torch.randn(h, generator=g)}
-    inputs = {k: v.to(device) for k, v in inputs.items()}
-
-    def reference(q, k, v, g, beta, A_log, dt_bias):
-        decay = -A_log.exp() * F.softplus(g + dt_bias)
-        return naive_recurrent_gated_delta_rule(F.normalize(q, dim=-1), F.normalize(k, dim=-1), v, beta.sigmoid(),
-                                                decay)[0]
-
-    def layer_call(op):
-        return lambda **t: op(**t, use_qk_l2norm_in_kernel=True, use_beta_sigmoid_in_kernel=True, use_gate_in_kernel=True,
-                              state_v_first=True)[0]
-
-    parameters = ("A_log", "dt_bias")
-    checks = [dict(op="chunk_gated_delta_rule", length=length,
-                   **compare(layer_call(chunk_gated_delta_rule), reference, inputs, dtype, parameters))
-              for dtype in (torch.float32, torch.bfloat16)]
-    if length <= 64:
-        checks += [dict(op="fused_recurrent_gated_delta_rule", length=length,
-                        **compare(layer_call(fused_recurrent_gated_delta_rule), reference, inputs, dtype, parameters,
-                                  backward=False))
-                   for dtype in (torch.float32, torch.bfloat16)]
-    return checks
-
-
-KERNEL_CHECKS = {"mamba2": mamba2_kernel_check, "deltanet": deltanet_kernel_check,
-                 "gated_deltanet": gated_deltanet_kernel_check}
+KERNEL_CHECKS = {"mamba2": mamba2_kernel_check, "deltanet": deltanet_kernel_check}
 
 
 def error_record(err: BaseException) -> dict:
@@ -183,7 +144,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m benchmarks.synthetic.check_baselines", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="JSON file to write")
-    p.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS)
+    p.add_argument("--kinds", nargs="+", default=list(KERNEL_CHECKS), choices=list(KERNEL_CHECKS))
     p.add_argument("--lengths", type=int, nargs="+", default=[16, 256])
     p.add_argument("--hidden-size", type=int, default=128)
     p.add_argument("--vocab-size", type=int, default=64)

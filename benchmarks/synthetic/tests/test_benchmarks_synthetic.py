@@ -225,12 +225,11 @@ def test_check_baselines_smoke(tmp_path):
     assert check_baselines.main(["--smoke", "--out", str(out)]) == 0
     report = json.loads(out.read_text())
     kinds = {r["kind"]: r for r in report["kinds"]}
-    assert list(kinds) == ["mamba2", "deltanet", "gated_deltanet"] and report["environment"]["torch"] == torch.__version__
+    assert list(kinds) == ["mamba2", "deltanet"] and report["environment"]["torch"] == torch.__version__
     mamba2 = kinds["mamba2"]
     assert mamba2["status"] == "ok" and mamba2["desc"]["kernel_path"] == "torch" and mamba2["parameters"] > 0
     assert mamba2["kernel_check"].startswith("not run")
-    for kind in ("deltanet", "gated_deltanet"):
-        assert kinds[kind]["status"] == "unavailable" and "CUDA" in kinds[kind]["reason"]
+    assert kinds["deltanet"]["status"] == "unavailable" and "CUDA" in kinds["deltanet"]["reason"]
 
 
 def test_lstm_baseline_matches_the_lrnn_widths():
@@ -242,30 +241,6 @@ def test_lstm_baseline_matches_the_lrnn_widths():
     assert block.mlp.gate_proj.weight.shape == (256, 96) and block.mixer_norm.weight.shape == (96,)
     bias = block.lstm.bias_ih_l0 + block.lstm.bias_hh_l0
     assert torch.equal(bias[96:192], torch.ones(96)) and not bias[:96].any() and not bias[192:].any()
-
-
-@pytest.mark.parametrize("hopper,above_3_4,above_3_7_1,refused", [(True, True, False, True), (True, True, True, False),
-                                                                 (False, True, False, False)])
-def test_gated_deltanet_is_refused_where_fla_640_applies(monkeypatch, hopper, above_3_4, above_3_7_1, refused):
-    """Hopper with Triton in [3.4, 3.7.1): BaselineUnavailable naming fla #640 and the remedy, before any training."""
-    import sys
-    import types
-
-    from benchmarks.synthetic import baselines
-
-    chunk_o = types.SimpleNamespace(IS_NVIDIA_HOPPER=hopper, TRITON_ABOVE_3_4_0=above_3_4,
-                                    TRITON_ABOVE_3_7_1=above_3_7_1)
-    fla = types.ModuleType("fla")
-    fla.__version__ = "0.6.0"
-    common = types.ModuleType("fla.ops.common")
-    common.chunk_o = chunk_o
-    for name, module in (("fla", fla), ("fla.ops", types.ModuleType("fla.ops")), ("fla.ops.common", common)):
-        monkeypatch.setitem(sys.modules, name, module)
-    if refused:
-        with pytest.raises(BaselineUnavailable, match=r"fla #640; needs Triton >= 3.7.1 or tilelang"):
-            baselines._refuse_fla_640(32)
-    else:
-        assert baselines._refuse_fla_640(32) is None
 
 
 # ------------------------------------------------------------------------------------------ metrics
