@@ -1,25 +1,25 @@
-"""Table and loss-curve plot from the results.json files that run_device.sh writes.
+"""Table and loss-curve plot of the language-model comparison (scripts/train.py runs; commands in
+benchmarks/README.md).
 
-    python -m benchmarks.lm_compare.report benchmarks/results/lm_compare_call1.json benchmarks/results/lm_compare_call2.json
+    python -m benchmarks.lm_compare.report runs/hlru_m2 runs/bdlru_k4 ... --out benchmarks/results
+    python -m benchmarks.lm_compare.report benchmarks/results/lm_compare_10m_models_2gpu.json \
+        benchmarks/results/lm_compare_mamba_125m_2gpu.json
 
-Later files' runs replace earlier ones of the same name (e.g. a rerun of one model).
-
-Writes benchmarks/results/lm_compare.md and benchmarks/results/lm_compare_loss.png.
+Each input is a train.py output folder (its metrics.json, named by the folder: a model label of
+benchmarks.models such as ``hlru_m2``, or ``<label>_ddp2`` / ``<label>_fsdp2`` / ``hlru_125m[_ddp2]`` for the
+multi-GPU check) or a JSON file of several such runs (``{"env", "status", "runs": {name: metrics}}``). Later
+inputs' runs replace earlier ones of the same name. Writes ``lm_compare.md`` and ``lm_compare_loss.png`` to --out.
 """
+import argparse
 import json
-import sys
 from pathlib import Path
 
-import matplotlib
+from benchmarks.models import display_name
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-RESULTS = Path(__file__).resolve().parents[1] / "results"
-MODELS = ["hlru_m2", "bdlru_k4", "lru_m1", "llama", "mamba"]
-LABELS = {"hlru_m2": "H-LRU (m=2)", "bdlru_k4": "BD-LRU (k=4)", "lru_m1": "diagonal LRU (m=1)", "llama": "Llama",
-          "mamba": "Mamba"}
-MULTI = ["hlru_m2", "hlru_m2_ddp2", "hlru_m2_fsdp2"]
+MODELS = ["hlru_m2", "bdlru_k4", "diag", "llama", "mamba"]
+OLD_RUN_NAMES = {"lru_m1": "diag"}  # the committed files name the diagonal LRU's run lru_m1
+HIDDEN_SIZE = 320  # train.py's 10m preset
+MULTI = {"hlru_m2": "1 GPU", "hlru_m2_ddp2": "2 GPUs DDP", "hlru_m2_fsdp2": "2 GPUs FSDP2"}
 PAIRS = [  # (1-GPU run, run, label)
     ("hlru_m2", "hlru_m2", "10m, 1 GPU"), ("hlru_m2", "hlru_m2_ddp2", "10m, DDP"), ("hlru_m2", "hlru_m2_fsdp2", "10m, FSDP2"),
     ("hlru_125m", "hlru_125m", "125m (seq 512), 1 GPU"), ("hlru_125m", "hlru_125m_ddp2", "125m (seq 512), DDP"),
@@ -31,26 +31,31 @@ def curve(run, key):
     return [(e["step"], e[key]) for e in run["log_history"] if key in e]
 
 
-def main(paths):
-    """Merge the results files, print the tables and write lm_compare.md and lm_compare_loss.png."""
-    results = {"env": "", "status": "", "runs": {}}
-    for i, path in enumerate(paths):
-        part = json.loads(Path(path).read_text())
-        results["env"] += f"[call {i + 1}] " + part["env"]
-        results["status"] += part["status"]
-        results["runs"].update(part["runs"])
-    runs = results["runs"]
+def load(paths):
+    """{run name: metrics} of every input, and the inputs' environment / status notes."""
+    runs, notes = {}, []
+    for path in map(Path, paths):
+        if path.is_dir():
+            runs[path.name] = json.loads((path / "metrics.json").read_text())
+            continue
+        part = json.loads(path.read_text())
+        notes.append(f"[{path.name}] {part.get('env', '')}{part.get('status', '')}".strip())
+        runs.update(part["runs"])
+    return {OLD_RUN_NAMES.get(name, name): run for name, run in runs.items()}, notes
+
+
+def tables(runs) -> str:
     lines = ["| model | parameters | steps | tokens | final val loss | val ppl | bits/char | best val loss (step) | train tokens/s |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for name in MODELS:
-        if name in runs:
-            r = runs[name]
-            lines.append(f"| {LABELS[name]} | {r['parameters'] / 1e6:.2f}M | {r['steps']} | {r['train_tokens'] / 1e6:.2f}M | "
-                         f"{r['eval_loss']:.4f} | {r['eval_perplexity']:.2f} | {r['eval_bits_per_char']:.3f} | "
-                         "{:.4f} ({}) | ".format(*min((v, s) for s, v in curve(r, "eval_loss"))) +
-                         f"{r['train_tokens_per_second']:,.0f} |")
-        else:
-            lines.append(f"| {name} | (no result: see the status and logs) | | | | | | | |")
+        if name not in runs:
+            lines.append(f"| {display_name(name, HIDDEN_SIZE)} | (no result) | | | | | | | |")
+            continue
+        r = runs[name]
+        best_loss, best_step = min((v, s) for s, v in curve(r, "eval_loss"))
+        lines.append(f"| {display_name(name, HIDDEN_SIZE)} | {r['parameters'] / 1e6:.2f}M | {r['steps']} | "
+                     f"{r['train_tokens'] / 1e6:.2f}M | {r['eval_loss']:.4f} | {r['eval_perplexity']:.2f} | "
+                     f"{r['eval_bits_per_char']:.3f} | {best_loss:.4f} ({best_step}) | {r['train_tokens_per_second']:,.0f} |")
     lines += ["", "| H-LRU (m=2) run | GPUs | val loss | train tokens/s | scaling vs 1 GPU | max abs train-loss diff vs 1 GPU |",
               "| --- | ---: | ---: | ---: | ---: | ---: |"]
     for base_name, name, label in PAIRS:
@@ -63,43 +68,55 @@ def main(paths):
         scale = r["train_tokens_per_second"] / base["train_tokens_per_second"]
         lines.append(f"| {label} | {r['world_size']} | {r['eval_loss']:.4f} | {r['train_tokens_per_second']:,.0f} | "
                      f"{scale:.2f}x | {diff:.4f} |")
-    table = "\n".join(lines)
-    (RESULTS / "lm_compare.md").write_text(
-        "# Language-model comparison and multi-GPU check (scripts/train.py)\n\n"
-        "Produced by `bash benchmarks/lm_compare/run_device.sh` on one machine with 4 x H200, run twice (call 1: "
-        "the five models and the 10m DDP/FSDP2 check; call 2, `PLAN=scaling`: Mamba again with `mambapy` installed, "
-        "which replaces call 1's Mamba (19 steps: transformers' sequential fallback scan), and the 125m DDP scaling "
-        f"pair), and `python -m benchmarks.lm_compare.report {' '.join(Path(p).name for p in paths)}`; raw numbers "
-        "and loss histories in those JSON files.\n\n"
-        f"```\n{results['env'].strip()}\n{results['status'].strip()}\n```\n\n{table}\n")
-    print(table)
+    return "\n".join(lines)
+
+
+def plot(runs, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     for name in MODELS:
-        if name in runs:
-            if not curve(runs[name], "loss"):
-                continue
-            steps, losses = zip(*curve(runs[name], "loss"))
-            axes[0].plot(steps, losses, label=LABELS[name])
-            eval_steps, eval_losses = zip(*curve(runs[name], "eval_loss"))
-            axes[0].plot(eval_steps, eval_losses, "o--", color=axes[0].lines[-1].get_color(), markersize=4)
+        if name in runs and curve(runs[name], "loss"):
+            axes[0].plot(*zip(*curve(runs[name], "loss")), label=display_name(name, HIDDEN_SIZE))
+            axes[0].plot(*zip(*curve(runs[name], "eval_loss")), "o--", color=axes[0].lines[-1].get_color(), markersize=4)
     axes[0].set(title="tinyshakespeare, preset 10m: train (lines) and validation (dots) loss", xlabel="step",
                 ylabel="loss (nats/token)")
-    axes[0].set_ylim(top=6)
-    axes[0].legend()
-    for name in MULTI:
-        if name in runs:
-            if not curve(runs[name], "loss"):
-                continue
-            steps, losses = zip(*curve(runs[name], "loss"))
-            axes[1].plot(steps, losses, label={"hlru_m2": "1 GPU", "hlru_m2_ddp2": "2 GPUs DDP",
-                                               "hlru_m2_fsdp2": "2 GPUs FSDP2"}[name], linestyle=["-", "--", ":"][MULTI.index(name)])
+    for style, (name, label) in zip(("-", "--", ":"), MULTI.items()):
+        if name in runs and curve(runs[name], "loss"):
+            axes[1].plot(*zip(*curve(runs[name], "loss")), label=label, linestyle=style)
     axes[1].set(title="H-LRU (m=2): 1 GPU vs 2 GPUs (same global batch)", xlabel="step", ylabel="train loss")
-    axes[1].set_ylim(top=6)
-    axes[1].legend()
+    for ax in axes:
+        ax.set_ylim(top=6)
+        ax.legend()
     fig.tight_layout()
-    fig.savefig(RESULTS / "lm_compare_loss.png", dpi=110)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m benchmarks.lm_compare.report", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("inputs", nargs="+", help="train.py output folders or JSON files of runs")
+    p.add_argument("--out", default="benchmarks/results", help="folder for lm_compare.md and lm_compare_loss.png")
+    args = p.parse_args(argv)
+    missing = [path for path in args.inputs if not Path(path).exists()]
+    if missing:
+        p.error(f"no such file or folder: {', '.join(missing)}")
+    runs, notes = load(args.inputs)
+    table = tables(runs)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    command = "python -m benchmarks.lm_compare.report " + " ".join(args.inputs)
+    notes_block = "```\n" + "\n".join(notes) + "\n```\n\n" if notes else ""
+    (out / "lm_compare.md").write_text("# Language-model comparison and multi-GPU check (scripts/train.py)\n\n"
+                                       f"`{command}`; commands, machine and date of the runs: benchmarks/README.md."
+                                       f"\n\n{notes_block}{table}\n")
+    plot(runs, out / "lm_compare_loss.png")
+    print(table)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:] or [RESULTS / "lm_compare_call1.json", RESULTS / "lm_compare_call2.json"])
+    main()
