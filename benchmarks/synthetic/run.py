@@ -167,6 +167,9 @@ class SyntheticRun:
         spec = data.spec
         for name in ("train_inputs", "test_inputs"):
             check_token_range(getattr(data, name), spec.vocab_size, f"{spec.name} {name}")
+        if spec.probe and set(run["lengths"] or ()) - {spec.seq_len}:
+            raise ValueError(f"lengths={run['lengths']}: {spec.name} decodes a fixed number of tokens with a probe; "
+                             f"it is evaluated at its training length {spec.seq_len} only")
         self.model, self.desc = build_model(run["model"], spec.vocab_size, run["hidden_size"], run["num_layers"],
                                             device=device, scan_backend=run["scan_backend"],
                                             gate_normalization=run["gate_normalization"])

@@ -363,9 +363,13 @@ def test_best_epoch_weights_are_the_lowest_test_loss():
     assert record["steps"] == record["planned_steps"] == 240 and record["recipe"] == "authors"
 
 
-def test_cuda_graph_is_refused_on_the_cpu():
+def test_bad_settings_are_refused_before_training():
     with pytest.raises(ValueError, match="cuda_graph=True needs a CUDA device"):
         synthetic_run.SyntheticRun(synthetic_run.default_run(task="s3", smoke=True, device="cpu", cuda_graph=True))
+    with pytest.raises(ValueError, match="compression decodes a fixed number of tokens"):
+        synthetic_run.SyntheticRun(synthetic_run.default_run(task="compression", smoke=True, lengths=[32, 64]))
+    with pytest.raises(ValueError, match="min_lr=0.1 is above lr"):
+        synthetic_run.SyntheticRun(synthetic_run.default_run(task="s3", smoke=True, min_lr=0.1))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
