@@ -1,63 +1,54 @@
-"""Train small LRNNs on state-tracking tasks and analyse the spectra of their learned transitions.
+"""The spectrum study: train small LRNNs on state-tracking tasks and analyse the spectra of their learned
+transitions.
 
-    python -m benchmarks.spectrum.run --plan                  # the job list and the expected duration
-    python -m benchmarks.spectrum.run --device cuda           # the full grid, one GPU, 8 worker processes
+    python -m benchmarks.spectrum.run --device cuda           # the full grid, one process
     python -m benchmarks.spectrum.run --smoke --out /tmp/sp   # 2 tiny models on the CPU, under a minute
+    python -m benchmarks.spectrum.run --replot                # redraw the reports from --out's records
 
-The grid (issue 13): tasks s3, s5, parity, mod_count x models BD-LRU k = 4, k = 8, H-LRU m = 2 and the
-diagonal LRU (m = 1) x gate normalisations softmax and tanh_l1 (signed), d = 128, two mixer layers (the
-paper's setting), trained by ``benchmarks.synthetic.run.fit`` (``default_run``: AdamW, lr 5e-4, cosine
-schedule with warm-up, batch 128, bf16 autocast on GPU; stop once the training batches have been perfect
-for 50 steps (read every 100 steps), else at ``--max-time`` seconds, the first 2 (compile) steps not counted).
+The grid: tasks s3, s5, parity, mod_count x models (labels of benchmarks.models) BD-LRU k = 4, k = 8, H-LRU
+m = 2 and the diagonal LRU x gate normalisations softmax and tanh_l1 (signed), d = 128, two mixer layers (the
+paper's setting), each trained by the synthetic runner (``benchmarks.synthetic.run.fit``, the project's recipe:
+AdamW, lr 5e-4, 5% warm-up, clipping at 1, per-step cosine, batch 128, bf16 autocast and CUDA graphs on a GPU)
+for ``TASK_STEPS`` steps (``--steps`` for every task).
 
-After training, every model's transition matrices (hf_lrnn.spectrum, benchmarks.spectrum.analysis) are computed in float32 on the CPU for
-the first ``--analysis-batch`` test sequences, with their products over windows of 4 steps and over the
-whole sequence. Written to ``--out`` (default benchmarks/results/spectrum/):
+After training, every model's transition matrices (hf_lrnn.spectrum) are analysed in float32 on the CPU
+(benchmarks.spectrum.analysis) for the first ``--analysis-batch`` test sequences, with their products over
+windows of ``--window`` steps and over the whole sequence. Written to ``--out`` (default
+benchmarks/results/spectrum/):
 
-- ``jobs.jsonl``: one record per job as it finishes (accuracy, steps, timing, per-layer spectrum summaries);
+- ``jobs.jsonl``: one record per job as it finishes (accuracy, steps, timing, per-layer spectrum summaries; a
+  job that fails is recorded with its error and the grid goes on);
 - ``samples/<job>.npz``: a random subset of each layer's eigenvalues (for the plots, ``--replot``);
 - ``spectrum.json``: the run's settings and all records; ``summary.md``: one table row per job;
 - ``eigenvalues_<task>.png``: per model and normalisation, both layers' eigenvalues of single steps and of
   whole-sequence products in the complex plane; ``summary.png``: heat maps of accuracy, fraction of
   negative and complex eigenvalues, distance of the products from (signed) permutation matrices.
-
-Jobs run in ``--workers`` processes, longest budget first; with ``--deadline S`` no job starts that
-could not end within S seconds of the start (it is recorded as not run), and budgets shrink to fit.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
-import os
 import platform
 import sys
 import tempfile
 import time
 import traceback
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from benchmarks.synthetic.run import default_run, fit, model_label
+from benchmarks.models import display_name
 from benchmarks.spectrum.analysis import layer_spectra
+from benchmarks.synthetic.run import default_run, fit
 
 ROOT = Path(__file__).resolve().parents[2]
 TASKS = ("s5", "s3", "parity", "mod_count")
-# label -> the model fields of a benchmarks.synthetic.run run
-MODELS = {
-    "bdlru_k4": {"model": "bdlru", "block_size": 4},
-    "bdlru_k8": {"model": "bdlru", "block_size": 8},
-    "hlru_m2": {"model": "hlru", "order": 2},
-    "diag": {"model": "hlru", "order": 1},
-}
+MODELS = ("bdlru_k4", "bdlru_k8", "hlru_m2", "diag")
 NORMALIZATIONS = ("softmax", "tanh_l1")
-# Default training budgets in seconds per task (S5 needs the most steps; the others are solved in far less
-# or plateau), and the overhead a job adds to its budget (data, first step, evaluation, analysis).
-TASK_BUDGET_S = {"s5": 180.0, "s3": 70.0, "parity": 70.0, "mod_count": 70.0}
-JOB_OVERHEAD_S = 15.0
+# Training steps per task: S5 needs the most; the others are solved in far fewer or plateau (the first grid,
+# with time budgets of 180 s and 70 s, made about 11,000 and 4,000 steps).
+TASK_STEPS = {"s5": 11_000, "s3": 4_000, "parity": 4_000, "mod_count": 4_000}
 # The smoke mode: two tiny models on parity (length 8) on the CPU.
 SMOKE_JOBS = [("parity", "diag", "tanh_l1"), ("parity", "bdlru_k4", "softmax")]
 SMOKE_STEPS = 40
@@ -67,13 +58,6 @@ SAMPLES_PER_LAYER = 2000  # eigenvalues kept per layer and kind for the plots
 
 def job_name(job: dict) -> str:
     return f"{job['task']}_{job['model']}_{job['normalization']}_s{job['seed']}"
-
-
-def make_jobs(tasks, models, normalizations, seeds) -> list:
-    """Every combination, the longest task budgets first."""
-    jobs = [{"task": t, "model": m, "normalization": n, "seed": s}
-            for t in tasks for m in models for n in normalizations for s in seeds]
-    return sorted(jobs, key=lambda j: -TASK_BUDGET_S[j["task"]])
 
 
 def analyse(model, data, analysis_batch: int, window: int, seed: int):
@@ -98,113 +82,49 @@ def analyse(model, data, analysis_batch: int, window: int, seed: int):
 
 
 def run_job(job: dict, options: dict) -> dict:
-    """Train and analyse one job (in a worker process); writes its eigenvalue samples; returns its record."""
-    torch.set_num_threads(options["threads"])
+    """Train and analyse one job; writes its eigenvalue samples; returns its record."""
     t0 = time.time()
-    run = default_run(task=job["task"], seed=job["seed"], hidden_size=options["hidden_size"], steps=options["steps"],
-                      max_time=job["max_time"], smoke=options["smoke"], device=job["device"],
-                      gate_normalization=job["normalization"], **MODELS[job["model"]])
-    if options["smoke"]:
-        run["steps"] = min(run["steps"], SMOKE_STEPS)
+    smoke = options["smoke"]
+    run = default_run(task=job["task"], model=job["model"], seed=job["seed"], hidden_size=options["hidden_size"],
+                      recipe="project", smoke=smoke, device=options["device"], gate_normalization=job["normalization"],
+                      task_overrides={"seq_len": 8} if smoke else {})
+    run["steps"] = SMOKE_STEPS if smoke else options["steps"] or TASK_STEPS[job["task"]]
     model, data, result = fit(run, log=lambda line: print(line, flush=True))
-    record = {key: result[key] for key in ("accuracy", "last_position_accuracy", "steps", "stopped", "final_train_loss",
-                                           "train_time_s", "first_step_s", "bf16")}
-    record.update(seq_len=data.spec.seq_len, num_train=data.spec.num_train)
+    final = result["final"][str(data.spec.seq_len)]
+    record = {key: result[key] for key in ("steps", "stopped", "final_train_loss", "seconds", "first_step_s", "bf16")}
+    record.update(accuracy=final["accuracy"], last_position_accuracy=final["per_position"][-1],
+                  seq_len=data.spec.seq_len, num_train=data.spec.num_train)
     t_analysis = time.time()
     spectrum, samples = analyse(model, data, options["analysis_batch"], options["window"], job["seed"])
     np.savez_compressed(Path(options["out"]) / "samples" / f"{job_name(job)}.npz", **samples)
-    return {**job, "status": "ok", "label": model_label(run), "hidden_size": run["hidden_size"],
-            "lr": run["lr"], "batch_size": run["batch_size"], **record, **spectrum,
-            "analysis_s": round(time.time() - t_analysis, 1), "wall_time_s": round(time.time() - t0, 1)}
-
-
-def run_job_reporting_errors(job: dict, options: dict) -> dict:
-    """run_job, or a "failed" record with the error, so that one failing job does not end the grid."""
-    try:
-        return run_job(job, options)
-    except Exception as err:  # noqa: BLE001 (any failure of one job is recorded and the grid goes on)
-        return {**job, "status": "failed", "reason": f"{type(err).__name__}: {err}",
-                "traceback": traceback.format_exc()}
-
-
-def job_budget(job: dict, options: dict) -> float:
-    return options["max_time"] if options["max_time"] is not None else TASK_BUDGET_S[job["task"]]
-
-
-def expected_duration(jobs: list, options: dict) -> float:
-    """Makespan bound in seconds if every job uses its whole budget: greedy list scheduling, as run."""
-    free_at = [0.0] * options["workers"]
-    for job in jobs:
-        i = free_at.index(min(free_at))
-        free_at[i] += job_budget(job, options) + JOB_OVERHEAD_S
-    return max(free_at)
-
-
-def device_for(index: int, device: str) -> str:
-    """Spread jobs over the visible GPUs for ``--device cuda``; any other device as given."""
-    if device == "cuda" and torch.cuda.device_count() > 1:
-        return f"cuda:{index % torch.cuda.device_count()}"
-    return device
+    return {**job, "status": "ok", "hidden_size": run["hidden_size"], "lr": run["lr"], "batch_size": run["batch_size"],
+            **record, **spectrum, "analysis_s": round(time.time() - t_analysis, 1),
+            "wall_time_s": round(time.time() - t0, 1)}
 
 
 def run_all(jobs: list, options: dict, log=print) -> list:
-    """Run the jobs, ``options['workers']`` at a time (in this process for one worker); records in order of
-    completion, appended to jobs.jsonl as they come."""
+    """Run the jobs one after another; a failing job is recorded with its error and the grid goes on. Records
+    are appended to jobs.jsonl as they come."""
     out = Path(options["out"])
     (out / "samples").mkdir(parents=True, exist_ok=True)
     jsonl = out / "jobs.jsonl"
     jsonl.write_text("")
-    t0 = time.time()
-    deadline = options["deadline"]
-    records = []
-
-    def finish(record):
+    t0, records = time.time(), []
+    for job in jobs:
+        try:
+            record = run_job(job, options)
+        except Exception as err:  # noqa: BLE001 (any failure of one job is recorded and the grid goes on)
+            record = {**job, "status": "failed", "reason": f"{type(err).__name__}: {err}",
+                      "traceback": traceback.format_exc()}
         records.append(record)
         with open(jsonl, "a") as f:
             f.write(json.dumps(record) + "\n")
         if record["status"] == "ok":
             log(f"[{len(records)}/{len(jobs)}] {job_name(record)}: accuracy {record['accuracy']:.3f}, "
-                f"{record['steps']} steps ({record['stopped']}), train {record['train_time_s']:.0f} s, "
-                f"analysis {record['analysis_s']:.0f} s, job {record['wall_time_s']:.0f} s, "
+                f"{record['steps']} steps, train {record['seconds']:.0f} s, analysis {record['analysis_s']:.0f} s, "
                 f"at {time.time() - t0:.0f} s")
         else:
-            log(f"[{len(records)}/{len(jobs)}] {job_name(record)}: {record['status'].replace('_', ' ')} "
-                f"({record['reason']})")
-
-    def prepared(index, job):
-        """The job with its device and budget, or a not-run record when the deadline leaves no time."""
-        budget = job_budget(job, options)
-        if deadline is not None:
-            left = deadline - (time.time() - t0) - JOB_OVERHEAD_S
-            if left < min(budget, 20.0):
-                return None, {**job, "status": "not_run", "reason": f"--deadline {deadline:.0f} s reached"}
-            budget = min(budget, left)
-        return {**job, "max_time": round(budget, 1), "device": device_for(index, options["device"])}, None
-
-    if options["workers"] == 1:
-        for index, job in enumerate(jobs):
-            ready, skipped = prepared(index, job)
-            finish(run_job_reporting_errors(ready, options) if ready else skipped)
-        return records
-    pending = list(enumerate(jobs))
-    with ProcessPoolExecutor(options["workers"], mp_context=mp.get_context("spawn")) as pool:
-        running = {}  # future -> job
-        while pending or running:
-            while pending and len(running) < options["workers"]:
-                index, job = pending.pop(0)
-                ready, skipped = prepared(index, job)
-                if ready:
-                    running[pool.submit(run_job_reporting_errors, ready, options)] = ready
-                else:
-                    finish(skipped)
-            if running:
-                done, _ = wait(running, return_when=FIRST_COMPLETED)
-                for future in done:
-                    job = running.pop(future)
-                    try:
-                        finish(future.result())
-                    except Exception as err:  # noqa: BLE001 (a worker process died, e.g. killed for memory)
-                        finish({**job, "status": "failed", "reason": f"{type(err).__name__}: {err}"})
+            log(f"[{len(records)}/{len(jobs)}] {job_name(record)}: failed ({record['reason']})")
     return records
 
 
@@ -309,7 +229,7 @@ def plot_task(plt, task: str, records: list, out: Path) -> None:
                 ax.set_ylim(-1.15, 1.15)
                 ax.tick_params(labelsize=6)
                 if record is None:
-                    ax.set_title(f"{model} {norm}: not run", fontsize=7)
+                    ax.set_title(f"{display_name(model)} {norm}: not run", fontsize=7)
                     continue
                 samples = np.load(out / "samples" / f"{job_name(record)}.npz")
                 for layer in range(len(record["layers"])):
@@ -317,7 +237,8 @@ def plot_task(plt, task: str, records: list, out: Path) -> None:
                     ax.scatter(eigs.real, eigs.imag, s=3, alpha=0.3, linewidths=0, color=f"C{layer}",
                                label=f"layer {layer}")
                 what = "M_t" if kind == "steps" else f"product over {sequence_key(record)}"
-                ax.set_title(f"{model} {norm}, acc {record['accuracy']:.2f}\n{what}", fontsize=7)
+                ax.set_title(f"{display_name(model, record['hidden_size'])} {norm}, acc {record['accuracy']:.2f}\n{what}",
+                             fontsize=7)
     axes[0, 0].legend(fontsize=6, markerscale=3, loc="lower left")
     fig.suptitle(f"{task}: eigenvalues of the learned transitions (seed {seed}, layer 0 blue, layer 1 orange)",
                  fontsize=9)
@@ -353,7 +274,7 @@ def plot_summary(plt, records: list, out: Path) -> None:
                     ax.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center", fontsize=6,
                             color="k" if grid[i, j] > 0.6 * top else "w")
         ax.set_xticks(range(len(tasks)), tasks, fontsize=7)
-        ax.set_yticks(range(len(labels)), [f"{m} {n}" for m, n in labels], fontsize=7)
+        ax.set_yticks(range(len(labels)), [f"{display_name(m)} {n}" for m, n in labels], fontsize=7)
         ax.set_title(title, fontsize=8)
         fig.colorbar(image, ax=ax, fraction=0.046)
     fig.tight_layout()
@@ -376,19 +297,14 @@ def write_reports(records: list, settings: dict, out: Path) -> None:
 
 # ------------------------------------------------------------------------------------------ CLI
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m benchmarks.spectrum.run", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tasks", nargs="+", choices=TASKS, help="default: all")
-    p.add_argument("--models", nargs="+", choices=list(MODELS), help="default: all")
+    p.add_argument("--models", nargs="+", choices=MODELS, help="default: all")
     p.add_argument("--normalizations", nargs="+", choices=NORMALIZATIONS, help="default: all")
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
     p.add_argument("--hidden-size", type=int, default=None, help="model width d (default 128)")
-    p.add_argument("--steps", type=int, default=100_000, help="step cap per job (the time budget usually ends it)")
-    p.add_argument("--max-time", type=float, default=None,
-                   help=f"training budget per job in seconds (default per task: {TASK_BUDGET_S})")
-    p.add_argument("--deadline", type=float, default=None,
-                   help="start no job that could not end within this many seconds of the start")
-    p.add_argument("--workers", type=int, default=None, help="parallel processes (default 8 on cuda, 1 on cpu)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads per worker (default cores / workers)")
+    p.add_argument("--steps", type=int, default=None, help=f"training steps of every job (default per task: {TASK_STEPS})")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
     p.add_argument("--analysis-batch", type=int, default=128, help="test sequences whose transitions are analysed")
     p.add_argument("--window", type=int, default=4, help="short window for the products (plus the whole sequence)")
@@ -396,11 +312,10 @@ def parse_args(argv=None):
                    help="output folder (default benchmarks/results/spectrum/; with --smoke a new temporary folder)")
     p.add_argument("--smoke", action="store_true",
                    help=f"{len(SMOKE_JOBS)} tiny models (d = 32, length 8, {SMOKE_STEPS} steps) on the CPU")
-    p.add_argument("--plan", action="store_true", help="print the job list and expected duration, run nothing")
     p.add_argument("--replot", action="store_true", help="redraw the reports from --out's jobs.jsonl and samples")
     a = p.parse_args(argv)
     grid_options = {"--tasks": a.tasks, "--models": a.models, "--normalizations": a.normalizations,
-                    "--hidden-size": a.hidden_size}
+                    "--hidden-size": a.hidden_size, "--steps": a.steps}
     given = [name for name, value in grid_options.items() if value is not None]
     if a.smoke and given:
         p.error(f"--smoke trains its own {len(SMOKE_JOBS)} tiny models; it does not take {', '.join(given)}")
@@ -409,21 +324,22 @@ def parse_args(argv=None):
     a.hidden_size = a.hidden_size or 128
     if a.device is None:
         a.device = "cpu" if a.smoke or not torch.cuda.is_available() else "cuda"
-    if a.workers is None:
-        a.workers = 8 if a.device.startswith("cuda") else 1
-    for name in ("workers", "steps", "analysis_batch", "window", "hidden_size"):
-        if getattr(a, name) < 1:
+    for name in ("steps", "analysis_batch", "window", "hidden_size"):
+        if getattr(a, name) is not None and getattr(a, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(a, name)}")
-    if a.threads is None:
-        a.threads = max(1, (os.cpu_count() or 1) // a.workers)
     if a.out is None:
         a.out = tempfile.mkdtemp(prefix="spectrum_smoke_") if a.smoke else str(ROOT / "benchmarks" / "results" / "spectrum")
+    if Path(a.out).is_file():
+        p.error(f"--out {a.out} is a file; give a folder")
+    if a.replot and not (Path(a.out) / "jobs.jsonl").is_file():
+        p.error(f"--replot: {a.out} has no jobs.jsonl")
     return a
 
 
 def main(argv=None) -> int:
     a = parse_args(argv)
     out = Path(a.out)
+    import_pyplot()  # fail before training if the plots cannot be drawn
     if a.replot:
         records = [json.loads(line) for line in (out / "jobs.jsonl").read_text().splitlines() if line.strip()]
         settings = json.loads((out / "spectrum.json").read_text()) if (out / "spectrum.json").exists() else {}
@@ -434,21 +350,11 @@ def main(argv=None) -> int:
     if a.smoke:
         jobs = [{"task": t, "model": m, "normalization": n, "seed": a.seeds[0]} for t, m, n in SMOKE_JOBS]
     else:
-        jobs = make_jobs(a.tasks, a.models, a.normalizations, a.seeds)
+        jobs = [{"task": t, "model": m, "normalization": n, "seed": s}
+                for t in a.tasks for m in a.models for n in a.normalizations for s in a.seeds]
     analysis_batch = min(a.analysis_batch, SMOKE_ANALYSIS_BATCH) if a.smoke else a.analysis_batch
-    options = {"hidden_size": a.hidden_size, "steps": a.steps, "max_time": a.max_time, "deadline": a.deadline,
-               "workers": a.workers, "threads": a.threads, "device": a.device, "analysis_batch": analysis_batch,
+    options = {"hidden_size": a.hidden_size, "steps": a.steps, "device": a.device, "analysis_batch": analysis_batch,
                "window": a.window, "out": str(out), "smoke": a.smoke}
-    bound = expected_duration(jobs, options)
-    if a.plan or not a.smoke:
-        for i, job in enumerate(jobs):
-            print(f"{i:3d} {job_name(job):40s} budget {job_budget(job, options):5.0f} s")
-        print(f"{len(jobs)} jobs on {a.workers} workers ({a.device}): at most about {bound:.0f} s if no job stops "
-              f"early (budget + {JOB_OVERHEAD_S:.0f} s per job), plus process start-up"
-              + (f"; --deadline {a.deadline:.0f} s" if a.deadline else ""))
-    if a.plan:
-        return 0
-    import_pyplot()  # fail before training if the plots cannot be drawn
     t0 = time.time()
     records = run_all(jobs, options)
     settings = {"command": "python -m benchmarks.spectrum.run " + " ".join(sys.argv[1:] if argv is None else argv),
