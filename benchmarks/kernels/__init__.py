@@ -1,1 +1,1 @@
-"""Scan-kernel benchmarks: Triton timings, launch tuning, the GPU error check, the torch-scan timings."""
+"""Scan-kernel benchmarks: Triton timings, the GPU error check, the torch-scan timings."""

@@ -1,1 +1,1 @@
-"""Language-model comparison with scripts/train.py: the GPU driver (run_device.sh) and the report."""
+"""Language-model comparison with scripts/train.py: the report (commands of the runs in benchmarks/README.md)."""

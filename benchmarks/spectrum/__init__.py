@@ -1,1 +1,2 @@
-"""Spectral analysis of trained models' transitions (issue 13): ``python -m benchmarks.spectrum.run``."""
+"""Spectra of the learned transitions: the study (``run``), the analysis (``analysis``) and the CLI for one
+saved model (``cli``)."""

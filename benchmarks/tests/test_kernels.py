@@ -1,5 +1,5 @@
-"""benchmarks/kernels: each GPU script's --smoke mode and device check (tiny shapes, Triton's interpreter on the CPU), so that
-the scripts stay in step with the kernels, and the torch-scan benchmark at a short length."""
+"""benchmarks/kernels: each GPU script's --smoke mode (tiny shapes, Triton's interpreter on the CPU), so that the
+scripts stay in step with the kernels, and their device check; the torch-scan benchmark at short lengths."""
 import json
 
 import pytest
