@@ -78,7 +78,8 @@ def parse_args(argv=None):
     a.device = device
     if Path(a.model).exists() and not (Path(a.model) / "config.json").is_file():
         p.error(f"model folder {a.model} has no config.json")
-    if not Path(a.model).exists() and (a.model.startswith((".", "/", "~")) or a.model.count("/") > 1):
+    local = a.model.startswith((".", "/", "~")) or a.model.count("/") > 1 or Path(a.model).parent.is_dir()
+    if not Path(a.model).exists() and local and Path(a.model).parent != Path("."):  # a path, not a Hub id
         p.error(f"model folder {a.model} does not exist")
     from transformers import AutoConfig
 
