@@ -40,10 +40,11 @@ import torch
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 from transformers.generation.configuration_utils import CompileConfig
 
+from benchmarks.models import MODELS as MODEL_TABLE
+from benchmarks.models import is_lrnn, lrnn_fields
 from hf_lrnn import LRNNConfig, LRNNForCausalLM
 
-LRNN_MODELS = {"hlru_m2": dict(mixer="hlru", order=2), "bdlru_k4": dict(mixer="bdlru", block_size=4)}
-MODELS = (*LRNN_MODELS, "llama")
+MODELS = ("hlru_m2", "bdlru_k4", "llama")  # the default set; --models takes any LRNN label of benchmarks.models, or llama
 FULL = dict(size=dict(vocab=32000, hidden=768, layers=12), dtype=torch.bfloat16, n1=16, n2=144, tokens_per_step=65536,
             train_steps=5, decode_grid="1x512,1x16384,1x65536,32x16384,256x512", prefill_grid=(2048, 16384, 65536),
             train_grid=(2048, 8192, 32768))
@@ -52,7 +53,7 @@ SMOKE = dict(size=dict(vocab=97, hidden=32, layers=2), dtype=torch.float32, n1=2
 
 
 def lrnn_config(name, vocab, hidden, layers):
-    return LRNNConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, **LRNN_MODELS[name])
+    return LRNNConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, **lrnn_fields(name, hidden))
 
 
 def llama_config(vocab, hidden, layers):
@@ -174,7 +175,7 @@ def main(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="benchmarks/results/model")
     p.add_argument("--smoke", action="store_true", help="tiny model and shapes on the CPU")
-    p.add_argument("--models", default=",".join(MODELS), help=f"among {', '.join(MODELS)}")
+    p.add_argument("--models", default=",".join(MODELS), help="comma-separated model labels (default: %(default)s)")
     p.add_argument("--sections", default="decode,prefill,train", help="in the order to run them")
     p.add_argument("--decode-grid", help="decode cases BATCHxCONTEXT,... (default: 1x512,1x16384,1x65536,32x16384,256x512)")
     p.add_argument("--llama-decode-grid", help="Llama's decode cases (default: --decode-grid)")
@@ -191,9 +192,10 @@ def main(argv=None):
     preset = SMOKE if args.smoke else FULL
     size, dtype = preset["size"], preset["dtype"]
     models = args.models.split(",")
-    unknown = sorted(set(models) - set(MODELS))
+    known = [label for label in MODEL_TABLE if label == "llama" or is_lrnn(label)]
+    unknown = sorted(set(models) - set(known))
     if unknown:
-        p.error(f"--models: unknown {unknown}; known: {list(MODELS)}")
+        p.error(f"--models: unknown {unknown}; known: {known}")
     decode_grid = parse_grid(args.decode_grid or preset["decode_grid"])
     llama_grid = parse_grid(args.llama_decode_grid) if args.llama_decode_grid else decode_grid
     prefill_grid = [int(t) for t in args.prefill_grid.split(",")] if args.prefill_grid else preset["prefill_grid"]

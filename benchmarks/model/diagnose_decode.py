@@ -11,7 +11,6 @@ from transformers import GenerationConfig
 from transformers.generation.configuration_utils import CompileConfig
 
 from hf_lrnn import LRNNCache
-from hf_lrnn.modeling_lrnn import CACHE_FIELD
 
 from .bench import FULL, build
 
@@ -33,11 +32,11 @@ def main():
 
         cache = LRNNCache(model.config, batch_size=1, device=device)
         with torch.no_grad():
-            model(input_ids=prompt, **{CACHE_FIELD: cache})
+            model(input_ids=prompt, cache=cache)
             token = prompt[:, -1:].clone()
             for mode in ("reduce-overhead", "default"):
                 torch._dynamo.reset()
-                step = torch.compile(lambda t: model(input_ids=t, **{CACHE_FIELD: cache}).logits, mode=mode, fullgraph=True)
+                step = torch.compile(lambda t: model(input_ids=t, cache=cache).logits, mode=mode, fullgraph=True)
                 for _ in range(5):
                     step(token)
                 torch.cuda.synchronize(); t = time.perf_counter()
@@ -45,7 +44,7 @@ def main():
                     step(token)
                 torch.cuda.synchronize()
                 print(name, f"compiled step alone ({mode}) ms", round(10 * (time.perf_counter() - t), 4), flush=True)
-            eager = lambda t: model(input_ids=t, **{CACHE_FIELD: cache}).logits  # noqa: E731
+            eager = lambda t: model(input_ids=t, cache=cache).logits  # noqa: E731
             eager(token); torch.cuda.synchronize(); t = time.perf_counter()
             for _ in range(50):
                 eager(token)

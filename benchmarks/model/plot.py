@@ -13,7 +13,8 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
-LABELS = {"hlru_m2": "H-LRU m=2", "bdlru_k4": "BD-LRU k=4", "llama": "Llama"}
+from benchmarks.models import display_name
+
 COLORS = {"hlru_m2": "tab:blue", "bdlru_k4": "tab:orange", "llama": "tab:green"}
 
 
@@ -25,7 +26,8 @@ def load(paths):
         data = json.loads(Path(path).read_text())
         meta.append({"file": Path(path).name, "sections": sections or "all",
                      **{k: data.get(k) for k in ("device", "torch", "date")}})
-        rows += [r for r in data["rows"] if r.get("status") is None and (not sections or r["section"] in sections.split(","))]
+        rows += [{**r, "name": display_name(r["model"], data["size"]["hidden"])} for r in data["rows"]
+                 if r.get("status") is None and (not sections or r["section"] in sections.split(","))]
     return rows, meta
 
 
@@ -40,7 +42,7 @@ def medians(rows, section, key, value):
 
 def tables(rows) -> str:
     """Markdown tables: decode (ms per token and tokens/s), prefill (ms), training (tokens/s, MFU, peak GiB)."""
-    lines = []
+    lines, names = [], {r["model"]: r["name"] for r in rows}
     decode = medians(rows, "decode", lambda r: (r["model"], r["mode"], r["batch"], r["context"]), "ms_per_token")
     counts = defaultdict(int)
     for r in rows:
@@ -49,7 +51,7 @@ def tables(rows) -> str:
     if decode:
         lines += ["| model | mode | batch x context | ms per token (median) | tokens/s | runs |", "|---|---|---|---|---|---|"]
         for (model, mode, batch, context), ms in sorted(decode.items()):
-            lines.append(f"| {LABELS.get(model, model)} | {mode} | {batch} x {context:,} | {ms:.3f} | {1e3 * batch / ms:,.0f} | "
+            lines.append(f"| {names[model]} | {mode} | {batch} x {context:,} | {ms:.3f} | {1e3 * batch / ms:,.0f} | "
                          f"{counts[(model, mode, batch, context)]} |")
         lines.append("")
     prefill = medians(rows, "prefill", lambda r: (r["model"], r["context"]), "ms")
@@ -59,14 +61,14 @@ def tables(rows) -> str:
                   "|---|" + "---|" * len(lengths)]
         for model in dict.fromkeys(m for m, _ in prefill):
             cells = [f"{prefill[(model, c)]:.2f}" if (model, c) in prefill else "-" for c in lengths]
-            lines.append(f"| {LABELS.get(model, model)} | " + " | ".join(cells) + " |")
+            lines.append(f"| {names[model]} | " + " | ".join(cells) + " |")
         lines.append("")
     train = [r for r in rows if r["section"] == "train"]
     if train:
         lines += ["| model | mode | T | tokens/s | MFU | peak GiB |", "|---|---|---|---|---|---|"]
         for r in sorted(train, key=lambda r: (r["seq_len"], r["model"], r["mode"])):
             peak = "-" if r["peak_gib"] is None else f"{r['peak_gib']:.1f}"
-            lines.append(f"| {LABELS.get(r['model'], r['model'])} | {r['mode']} | {r['seq_len']:,} | {r['tokens_per_s']:,.0f} | "
+            lines.append(f"| {names[r['model']]} | {r['mode']} | {r['seq_len']:,} | {r['tokens_per_s']:,.0f} | "
                          f"{100 * r['mfu']:.1f}% | {peak} |")
     return "\n".join(lines)
 
@@ -78,12 +80,13 @@ def figure(rows, path):
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    names = {r["model"]: r["name"] for r in rows}
     decode = medians(rows, "decode", lambda r: (r["model"], r["mode"], r["batch"], r["context"]), "ms_per_token")
     ax = axes[0]
     for model, mode in sorted({(m, mo) for m, mo, b, _ in decode if b == 1}):
         points = sorted((c, ms) for (m, mo, b, c), ms in decode.items() if (m, mo, b) == (model, mode, 1))
         ax.plot(*zip(*points), marker="o", linestyle="-" if mode == "compiled" else "--", color=COLORS.get(model),
-                label=f"{LABELS.get(model, model)}, {mode}")
+                label=f"{names[model]}, {mode}")
     ax.set(xscale="log", xlabel="context (tokens)", ylabel="ms per token (median)", title="generate(), batch 1")
     ax.set_ylim(bottom=0)
     ax.legend(fontsize=7)
@@ -91,7 +94,7 @@ def figure(rows, path):
     ax = axes[1]
     for model in dict.fromkeys(m for m, _ in prefill):
         points = sorted((c, ms) for (m, c), ms in prefill.items() if m == model)
-        ax.plot(*zip(*points), marker="o", color=COLORS.get(model), label=LABELS.get(model, model))
+        ax.plot(*zip(*points), marker="o", color=COLORS.get(model), label=names[model])
     lengths = sorted({c for _, c in prefill})
     ax.set(xscale="log", yscale="log", xlabel="prompt length T", ylabel="ms (median)", title="prefill, batch 1")
     ax.set_xticks(lengths, [f"{c:,}" for c in lengths], minor=False)
@@ -106,7 +109,7 @@ def figure(rows, path):
         values = {r["seq_len"]: r["tokens_per_s"] / 1e3 for r in train if (r["model"], r["mode"]) == (model, mode)}
         ax.bar([j + i * width for j, t in enumerate(lengths) if t in values], [values[t] for t in lengths if t in values],
                width, color=COLORS.get(model), alpha={"compiled": 1.0, "compiled_fused_ce": 0.7, "eager": 0.4}.get(mode, 1.0),
-               edgecolor="black", label=f"{LABELS.get(model, model)}, {mode}")
+               edgecolor="black", label=f"{names[model]}, {mode}")
     ax.set_xticks([j + width * (len(bars) - 1) / 2 for j in range(len(lengths))], [f"T={t:,}" for t in lengths])
     ax.set(ylabel="thousand tokens/s", title="training, 65,536 tokens per step")
     ax.legend(fontsize=6)
