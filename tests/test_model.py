@@ -221,7 +221,7 @@ def test_save_and_load_round_trip(tmp_path, tie):
     # transformers refuses remote code whose top-level imports are not installed: only torch and
     # transformers (and the standard library) may be required; triton sits in a try block.
     for code in tmp_path.glob("*.py"):
-        assert set(get_imports(code)) <= {"__future__", "math", "os", "re", "typing", "warnings", "torch", "transformers"}, code
+        assert set(get_imports(code)) <= {"__future__", "contextvars", "math", "os", "re", "typing", "warnings", "torch", "transformers"}, code
     auto_map = json.loads((tmp_path / "config.json").read_text())["auto_map"]
     assert auto_map["AutoModelForCausalLM"] == "modeling_lrnn.LRNNForCausalLM"
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
