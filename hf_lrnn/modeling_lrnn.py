@@ -26,7 +26,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 from .cache_lrnn import LRNNCache, layer_state_shapes
 from .configuration_lrnn import LRNNConfig
 from .generation_lrnn import CACHE_FIELD, GENERATE_CHECKED_TOKEN_IDS, LRNNGenerationMixin, check_token_ids, pick_cache
-from .ops import LOOP_MAX_T, bdlru_scan, hlru_scan
+from .ops import bdlru_scan, drop_mask_if_all_ones, hlru_scan
 
 # Keyword arguments forward() accepts beyond its named ones, from Trainer and generate(); positions are
 # ignored (the model has no positional embeddings).
@@ -309,13 +309,7 @@ class LRNNModel(LRNNPreTrainedModel):
         if use_cache and cache is None and not checkpointing:
             cache = LRNNCache(self.config, batch_size=B, device=device)
 
-        mask = None
-        if attention_mask is not None:
-            mask = attention_mask[:, -T:]
-            # Eager prefill and training skip the masked scan when nothing is masked (one host sync); decode
-            # steps and compiled code always pass the mask: no data-dependent branch, no sync.
-            if T > LOOP_MAX_T and not torch.compiler.is_compiling() and bool(mask.all()):
-                mask = None
+        mask = drop_mask_if_all_ones(attention_mask[:, -T:]) if attention_mask is not None else None
 
         if inputs_embeds is None:
             hidden_states = self.embed_tokens(input_ids.long())

@@ -1,37 +1,34 @@
-"""Public scan ops: ``hlru_scan`` and ``bdlru_scan`` with input checks and backend dispatch.
+"""Public scan ops: ``hlru_scan`` and ``bdlru_scan``, checked in one place (``check_scan_inputs``) and run
+by the implementation that one function picks (``select_scan``; its docstring tables the rules).
 
 Every implementation has one signature, called by keyword: ``(v, gate_logits, *, initial_state=None,
 output_final_state=False, normalization="softmax", mask=None) -> (h, final_state or None)``; the ops
-add ``backend``.
-
-Backends:
-- ``"torch"``: PyTorch, differentiable by autograd: the chunked scan (``scan_chunked``), or the plain
-  loop where that is cheaper: short sequences (T <= ``LOOP_MAX_T``, e.g. a decode step) and, on the
-  CPU, wide steps (B * N * (m or k) > ``CHUNKED_MAX_CPU_WORK``).
+add ``backend``:
+- ``"torch"``: PyTorch, differentiable by autograd: the chunked scan (``scan_chunked``) or the plain loop
+  (``scan_reference``), whichever is cheaper for the shape.
 - ``"reference"``: the step-by-step loop (``scan_reference``), for tests and benchmarks.
 - ``"triton"``: the fused Triton kernels (``scan_triton``), CUDA tensors (or ``TRITON_INTERPRET=1``).
-- ``"auto"``: ``"triton"`` for CUDA tensors when Triton is installed and supports the size, else
-  ``"torch"`` (with a one-time warning on CUDA saying why). Under torch.compile, sequences of at most
-  ``LOOP_MAX_T`` steps (decode steps) take the torch loop, which inductor fuses.
+- ``"auto"``: ``"triton"`` where it runs well, else ``"torch"``.
+A refusal of the chosen implementation raises :class:`ScanUnsupportedError`.
 """
 from __future__ import annotations
 
 import warnings
-from typing import Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 import torch
 
-from .gates import GATE_NORMALIZATIONS
+from .constants import GATE_NORMALIZATIONS, SCAN_BACKENDS, ScanUnsupportedError
 from .scan_chunked import bdlru_scan_chunked, hlru_scan_chunked
 from .scan_reference import bdlru_scan_reference, hlru_scan_reference
 
-BACKENDS = ("auto", "torch", "triton", "reference")
+BACKENDS = SCAN_BACKENDS
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 LOOP_MAX_T = 16  # the torch backend runs the plain loop up to this length
 # On the CPU the chunked scan pays off while a step is small: past B * N * (m or k) = 512 values per
 # step the loop's T small steps beat its L + T/L bigger ones (benchmarks/kernels/bench_torch_scan.py, 2 cores).
 CHUNKED_MAX_CPU_WORK = 512
-_warned = set()
+_warned_fallbacks = set()
 
 try:  # a relative "from .x import" so that transformers ships the kernels with remote code
     from .scan_triton import bdlru_scan_triton, hlru_scan_triton, triton_unsupported_reason
@@ -40,26 +37,100 @@ try:  # a relative "from .x import" so that transformers ships the kernels with 
 except ImportError as err:  # triton not installed (e.g. a CPU-only machine without it)
     TRITON_IMPORT_ERROR = f"triton could not be imported ({err})"
 
-
-def _resolve_backend(backend: str, v: torch.Tensor, kind: str, size: int) -> str:
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if backend != "auto":
-        return backend
-    if not v.is_cuda or (torch.compiler.is_compiling() and v.shape[1] <= LOOP_MAX_T):
-        return "torch"  # compiled decode steps: inductor fuses the torch loop's step into one kernel
-    reason = TRITON_IMPORT_ERROR or triton_unsupported_reason(kind, size)
-    if reason is None:
-        return "triton"
-    if (kind, reason) not in _warned:
-        _warned.add((kind, reason))
-        warnings.warn(f"{kind}_scan: backend='auto' uses the torch backend on CUDA because {reason}", stacklevel=4)
-    return "torch"
+# kind -> (loop, chunked, Triton) implementation
+_IMPLEMENTATIONS = {
+    "hlru": (hlru_scan_reference, hlru_scan_chunked, None if TRITON_IMPORT_ERROR else hlru_scan_triton),
+    "bdlru": (bdlru_scan_reference, bdlru_scan_chunked, None if TRITON_IMPORT_ERROR else bdlru_scan_triton),
+}
 
 
-def _check_common(name, v, gate_logits, initial_state, mask, normalization, state_shape):
+def _triton_unavailable_reason(kind: str, size: int) -> Optional[str]:
+    return TRITON_IMPORT_ERROR or triton_unsupported_reason(kind, size)
+
+
+def select_scan(kind: str, size: int, v: torch.Tensor, backend: str) -> Callable:
+    """The implementation that runs a scan of ``kind`` ("hlru" or "bdlru") with order or block size ``size``
+    on values ``v`` (B, T, N[, k]), for ``backend``. The rules, first match wins:
+
+    ============  =====================================================  ===================================
+    backend       condition                                              implementation
+    ============  =====================================================  ===================================
+    "reference"   always                                                 loop (``scan_reference``)
+    "triton"      Triton importable and ``size`` <= 16                   Triton kernels
+    "triton"      otherwise                                              ScanUnsupportedError naming why
+    "auto"        v on CUDA, not under torch.compile with T <= 16,       Triton kernels
+                  Triton importable and ``size`` <= 16
+    "auto"        v on CUDA otherwise                                    as "torch" (a one-time warning
+                                                                         says why, unless compiling)
+    "auto"        v not on CUDA                                          as "torch"
+    "torch"       T <= LOOP_MAX_T (16): decode steps, which inductor     loop
+                  fuses under torch.compile
+    "torch"       CPU and B * N * size > CHUNKED_MAX_CPU_WORK (512)      loop
+    "torch"       otherwise                                              chunked (``scan_chunked``)
+    ============  =====================================================  ===================================
+
+    Inside the Triton implementation (``scan_triton``), from the shapes alone: BD-LRU with k = 1 runs the
+    H-LRU kernels with m = 1 (the same recurrence); BD-LRU with k > 8 runs the step kernels, everything
+    else the sequential kernels, in time chunks on CUDA (``_chunk_plan``); the custom operator (autograd,
+    torch.compile) runs only where gradients or compilation need it, else the kernels are called directly.
+    """
+    if backend not in SCAN_BACKENDS:
+        raise ValueError(f"{kind}_scan: backend must be one of {SCAN_BACKENDS}, got {backend!r}")
+    loop, chunked, triton_scan = _IMPLEMENTATIONS[kind]
+    B, T, N = v.shape[:3]
+    if backend == "reference":
+        return loop
+    if backend == "triton":
+        reason = _triton_unavailable_reason(kind, size)
+        if reason is not None:
+            raise ScanUnsupportedError(f"{kind}_scan: backend='triton' is unavailable: {reason}")
+        return triton_scan
+    if backend == "auto" and v.is_cuda and not (torch.compiler.is_compiling() and T <= LOOP_MAX_T):
+        reason = _triton_unavailable_reason(kind, size)
+        if reason is None:
+            return triton_scan
+        if (kind, reason) not in _warned_fallbacks:
+            _warned_fallbacks.add((kind, reason))
+            warnings.warn(f"{kind}_scan: backend='auto' uses the torch backend on CUDA because {reason}", stacklevel=4)
+    if T <= LOOP_MAX_T or (not v.is_cuda and B * N * size > CHUNKED_MAX_CPU_WORK):
+        return loop
+    return chunked
+
+
+def drop_mask_if_all_ones(mask: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """None for a (B, T) mask of all ones with T > LOOP_MAX_T in eager code (one host sync), so that the
+    unmasked, cheaper scan runs; the mask itself otherwise. Decode steps and compiled code keep the mask:
+    no data-dependent branch, no sync. ``LRNNModel.forward`` calls it once for all layers."""
+    if mask is None or mask.shape[1] <= LOOP_MAX_T or torch.compiler.is_compiling():
+        return mask
+    return None if bool(mask.all()) else mask
+
+
+def check_scan_inputs(kind: str, v, gate_logits, initial_state, mask, normalization: str) -> int:
+    """Every check of a scan's inputs (shapes, dtypes, devices, names); ValueError or TypeError naming the
+    tensor. Returns the order m (H-LRU) or block size k (BD-LRU)."""
+    name = f"{kind}_scan"
     if not isinstance(v, torch.Tensor) or not isinstance(gate_logits, torch.Tensor):
         raise TypeError(f"{name}: v and gate_logits must be torch.Tensors")
+    if kind == "hlru":
+        if v.dim() != 3:
+            raise ValueError(f"{name}: v must have shape (B, T, N), got {tuple(v.shape)}")
+        B, T, N = v.shape
+        if gate_logits.dim() != 4 or tuple(gate_logits.shape[:3]) != (B, T, N) or gate_logits.shape[3] < 2:
+            raise ValueError(
+                f"{name}: gate_logits must have shape (B, T, N, m+1) = ({B}, {T}, {N}, m+1) with m >= 1, "
+                f"got {tuple(gate_logits.shape)}"
+            )
+        size = gate_logits.shape[3] - 1
+    else:
+        if v.dim() != 4:
+            raise ValueError(f"{name}: v must have shape (B, T, N, k), got {tuple(v.shape)}")
+        B, T, N, size = v.shape
+        if gate_logits.dim() != 5 or tuple(gate_logits.shape) != (B, T, N, size, size + 1):
+            raise ValueError(
+                f"{name}: gate_logits must have shape (B, T, N, k, k+1) = ({B}, {T}, {N}, {size}, {size + 1}), "
+                f"got {tuple(gate_logits.shape)}"
+            )
     if v.dtype not in FLOAT_DTYPES or gate_logits.dtype not in FLOAT_DTYPES:
         raise TypeError(
             f"{name}: v and gate_logits must be floating point ({FLOAT_DTYPES}), "
@@ -70,17 +141,16 @@ def _check_common(name, v, gate_logits, initial_state, mask, normalization, stat
     if normalization not in GATE_NORMALIZATIONS:
         raise ValueError(f"{name}: normalization must be one of {GATE_NORMALIZATIONS}, got {normalization!r}")
     if initial_state is not None:
-        if tuple(initial_state.shape) != state_shape:
-            raise ValueError(
-                f"{name}: initial_state must have shape {state_shape}, got {tuple(initial_state.shape)}"
-            )
+        if tuple(initial_state.shape) != (B, N, size):
+            raise ValueError(f"{name}: initial_state must have shape {(B, N, size)}, got {tuple(initial_state.shape)}")
         if initial_state.dtype not in FLOAT_DTYPES or initial_state.device != v.device:
             raise ValueError(f"{name}: initial_state must be a floating tensor on {v.device}")
     if mask is not None:
-        if tuple(mask.shape) != tuple(v.shape[:2]):
-            raise ValueError(f"{name}: mask must have shape (B, T) = {tuple(v.shape[:2])}, got {tuple(mask.shape)}")
+        if tuple(mask.shape) != (B, T):
+            raise ValueError(f"{name}: mask must have shape (B, T) = {(B, T)}, got {tuple(mask.shape)}")
         if mask.device != v.device:
             raise ValueError(f"{name}: mask is on {mask.device}, v on {v.device}")
+    return size
 
 
 def hlru_scan(
@@ -105,20 +175,11 @@ def hlru_scan(
         output_final_state: also return the state after the last step, (B, N, m).
         normalization: one of ``GATE_NORMALIZATIONS``.
         mask: optional (B, T); where 0 the state is left untouched and h repeats the last h.
-        backend: one of ``BACKENDS``.
+        backend: one of ``BACKENDS`` (see :func:`select_scan`).
     Returns:
         h (B, T, N) in v's dtype, final_state (B, N, m) in float32 (float64 for float64 inputs) or None.
     """
-    if v.dim() != 3:
-        raise ValueError(f"hlru_scan: v must have shape (B, T, N), got {tuple(v.shape)}")
-    B, T, N = v.shape
-    if gate_logits.dim() != 4 or tuple(gate_logits.shape[:3]) != (B, T, N) or gate_logits.shape[3] < 2:
-        raise ValueError(
-            f"hlru_scan: gate_logits must have shape (B, T, N, m+1) = ({B}, {T}, {N}, m+1) with m >= 1, "
-            f"got {tuple(gate_logits.shape)}"
-        )
-    m = gate_logits.shape[3] - 1
-    return _scan("hlru", m, v, gate_logits, initial_state, output_final_state, normalization, mask, backend)
+    return _scan("hlru", v, gate_logits, initial_state, output_final_state, normalization, mask, backend)
 
 
 def bdlru_scan(
@@ -144,41 +205,11 @@ def bdlru_scan(
     Returns:
         h (B, T, N, k) in v's dtype, final_state (B, N, k) in float32 (float64 for float64 inputs) or None.
     """
-    if v.dim() != 4:
-        raise ValueError(f"bdlru_scan: v must have shape (B, T, N, k), got {tuple(v.shape)}")
-    B, T, N, k = v.shape
-    if gate_logits.dim() != 5 or tuple(gate_logits.shape) != (B, T, N, k, k + 1):
-        raise ValueError(
-            f"bdlru_scan: gate_logits must have shape (B, T, N, k, k+1) = ({B}, {T}, {N}, {k}, {k + 1}), "
-            f"got {tuple(gate_logits.shape)}"
-        )
-    return _scan("bdlru", k, v, gate_logits, initial_state, output_final_state, normalization, mask, backend)
+    return _scan("bdlru", v, gate_logits, initial_state, output_final_state, normalization, mask, backend)
 
 
-_IMPLEMENTATIONS = {  # kind -> (loop, chunked)
-    "hlru": (hlru_scan_reference, hlru_scan_chunked),
-    "bdlru": (bdlru_scan_reference, bdlru_scan_chunked),
-}
-
-
-def _scan(kind, size, v, gate_logits, initial_state, output_final_state, normalization, mask, backend):
-    """Check the shared arguments, pick the backend and run it. ``size`` is m (H-LRU) or k (BD-LRU)."""
-    B, T, N = v.shape[:3]
-    _check_common(f"{kind}_scan", v, gate_logits, initial_state, mask, normalization, (B, N, size))
-    backend = _resolve_backend(backend, v, kind, size)
-    if backend == "triton":
-        _require_triton(kind, size)
-        scan = hlru_scan_triton if kind == "hlru" else bdlru_scan_triton
-    else:
-        loop, chunked = _IMPLEMENTATIONS[kind]
-        use_loop = backend == "reference" or T <= LOOP_MAX_T or (not v.is_cuda and B * N * size > CHUNKED_MAX_CPU_WORK)
-        scan = loop if use_loop else chunked
+def _scan(kind, v, gate_logits, initial_state, output_final_state, normalization, mask, backend):
+    size = check_scan_inputs(kind, v, gate_logits, initial_state, mask, normalization)
+    scan = select_scan(kind, size, v, backend)
     return scan(v, gate_logits, initial_state=initial_state, output_final_state=output_final_state,
                 normalization=normalization, mask=mask)
-
-
-def _require_triton(kind: str, size: int) -> None:
-    reason = TRITON_IMPORT_ERROR or triton_unsupported_reason(kind, size)
-    if reason is not None:
-        raise RuntimeError(f"{kind}_scan: backend='triton' is unavailable: {reason}")
-
