@@ -142,3 +142,73 @@ def test_a_cache_of_another_model_is_refused_with_what_differs():
     cache.states[1] = cache.states[1].double()
     with pytest.raises(ValueError, match="state of layer 1 is a torch.float64 tensor on cpu; it must be float32"):
         model(ids(1, 2), **{CACHE_FIELD: cache})
+
+
+def test_overlapping_generate_calls_keep_the_token_id_check_in_other_threads():
+    """generate() vouches for its own steps' ids in its own thread only: while one generate() runs (held
+    inside a logits processor) and after it ends, a forward in another thread still refuses a bad id."""
+    import threading
+
+    from transformers import LogitsProcessor, LogitsProcessorList
+
+    model = tiny_model()
+    inside, release = threading.Event(), threading.Event()
+
+    class Hold(LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            inside.set()
+            release.wait(timeout=60)
+            return scores
+
+    results = {}
+    worker = threading.Thread(target=lambda: results.setdefault("out", model.generate(
+        ids(1, 3), max_new_tokens=2, do_sample=False, logits_processor=LogitsProcessorList([Hold()]))))
+    worker.start()
+    try:
+        assert inside.wait(timeout=60)
+        with pytest.raises(ValueError, match=r"input_ids must lie in \[0, vocab_size=37\)"):
+            model(torch.tensor([[1, 40]]))
+    finally:
+        release.set()
+        worker.join(timeout=60)
+    assert results["out"].shape == (1, 5)
+    with pytest.raises(ValueError, match=r"input_ids must lie in"):
+        model(torch.tensor([[1, 40]]))
+
+
+def test_generate_checks_the_prompt_passed_as_inputs():
+    model = tiny_model()
+    with pytest.raises(ValueError, match=r"input_ids must lie in \[0, vocab_size=37\), got values in \[1, 40\]"):
+        model.generate(inputs=torch.tensor([[1, 40]]), max_new_tokens=2)
+
+
+def test_prepare_inputs_for_generation_forwards_extra_kwargs():
+    """transformers' semantics: keyword arguments it does not know reach forward(); positions (unused by a
+    model without positional embeddings) and labels do not."""
+    model = tiny_model()
+    inputs = model.prepare_inputs_for_generation(ids(2, 3), foo="bar", position_ids=torch.arange(3)[None],
+                                                 cache_position=torch.tensor([9]), labels=ids(2, 3))
+    assert inputs["foo"] == "bar"
+    assert not {"position_ids", "cache_position", "labels"} & set(inputs)
+    out = model.generate(ids(2, 3), max_new_tokens=2, do_sample=False, output_hidden_states=True,
+                         return_dict_in_generate=True)
+    assert len(out.hidden_states) == 2 and len(out.hidden_states[0]) == 3  # embeddings + 2 layers, per step
+
+
+def test_an_empty_prompt_is_refused_as_empty():
+    with pytest.raises(ValueError, match="the prompt is empty; pass at least one token"):
+        tiny_model().generate(torch.zeros(1, 0, dtype=torch.long), max_new_tokens=2)
+
+
+def test_beam_search_with_a_one_row_cache_names_the_beams():
+    model = tiny_model()
+    cache = LRNNCache(model.config, batch_size=1)
+    with pytest.raises(ValueError, match=r"1 prompt\(s\) x 2 beams or return sequences need 2 rows"):
+        model.generate(ids(1, 4), max_new_tokens=2, num_beams=2, do_sample=False, **{CACHE_FIELD: cache})
+
+
+@pytest.mark.parametrize("mixer", ["hlru", "bdlru"])
+def test_an_empty_batch_with_the_default_use_cache_gives_an_empty_cache(mixer):
+    out = tiny_model(mixer)(ids(0, 5))
+    assert out.logits.shape == (0, 5, 37)
+    assert getattr(out, CACHE_FIELD).batch_size == 0 and getattr(out, CACHE_FIELD).get_seq_length() == 5

@@ -247,3 +247,58 @@ def test_unnormalised_gates_warn_once():
         tiny_model(gate_normalization="none")
         tiny_model(gate_normalization="none")
     assert sum("gate_normalization='none'" in str(w.message) for w in caught) == 1
+
+
+@pytest.mark.parametrize("mixer", ["hlru", "bdlru"])
+def test_an_empty_batch_and_an_empty_sequence_give_empty_logits(mixer):
+    model = tiny_model(mixer)
+    with torch.no_grad():
+        assert model(ids(0, 5), use_cache=False).logits.shape == (0, 5, 37)
+        assert model(ids(2, 0), use_cache=False).logits.shape == (2, 0, 37)
+
+
+def test_a_float64_model_with_gradients_keeps_the_cache_float32():
+    model = tiny_model().double()
+    x = ids(2, 8)
+    cache = getattr(model(x[:, :5], use_cache=True), CACHE_FIELD)
+    assert all(s.dtype == torch.float32 and s.requires_grad for s in cache.states)
+    out = model(x[:, 5:], use_cache=True, **{CACHE_FIELD: cache})
+    out.logits.sum().backward()
+    with torch.no_grad():
+        torch.testing.assert_close(out.logits, model(x).logits[:, 5:], rtol=1e-5, atol=1e-6)
+
+
+def test_low_precision_inputs_embeds_are_cast_to_the_parameters_dtype():
+    """As in Llama: an fp32 model given bf16 embeddings computes in fp32 (on the rounded embeddings)."""
+    model = tiny_model()
+    embeds = model.get_input_embeddings()(ids(2, 6)).detach().to(torch.bfloat16)
+    with torch.no_grad():
+        logits = model(inputs_embeds=embeds).logits
+        torch.testing.assert_close(logits, model(inputs_embeds=embeds.float()).logits, rtol=0, atol=0)
+    assert logits.dtype == torch.float32
+
+
+def test_resize_below_a_special_token_id_is_refused_before_anything_changes():
+    model = tiny_model(pad_token_id=30)
+    with pytest.raises(ValueError, match=r"config.pad_token_id=30 would lie outside the new vocabulary \[0, 20\)"):
+        model.resize_token_embeddings(20)
+    assert model.config.vocab_size == 37 and model.get_input_embeddings().weight.shape[0] == 37
+    with pytest.raises(ValueError, match=r"config.pad_token_id=30 would lie outside the new vocabulary \[0, 24\)"):
+        model.resize_token_embeddings(17, pad_to_multiple_of=8)
+    model.config.pad_token_id = None
+    model.resize_token_embeddings(20)
+    assert model.config.vocab_size == 20
+
+
+def test_config_use_cache_false_only_changes_what_a_plain_forward_returns():
+    """Trainer writes TrainingArguments.use_cache (False by default) into config.use_cache, as it does for
+    every model; a saved model then returns no cache from a plain forward, like Llama; generate() and
+    use_cache=True still use one."""
+    model = tiny_model()
+    model.config.use_cache = False  # what Trainer(model, TrainingArguments(...)) does
+    x = ids(1, 4)
+    with torch.no_grad():
+        assert getattr(model(x), CACHE_FIELD) is None
+        assert getattr(model(x, use_cache=True), CACHE_FIELD).get_seq_length() == 4
+    out = model.generate(x, max_new_tokens=3, do_sample=False, return_dict_in_generate=True)
+    assert getattr(out, CACHE_FIELD).get_seq_length() == 6
