@@ -26,7 +26,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 from .cache_lrnn import LRNNCache, layer_state_shapes
 from .configuration_lrnn import LRNNConfig
 from .generation_lrnn import CACHE_FIELD, GENERATE_CHECKED_TOKEN_IDS, LRNNGenerationMixin, check_token_ids, pick_cache
-from .ops import bdlru_scan, drop_mask_if_all_ones, hlru_scan
+from .ops_lrnn import bdlru_scan, drop_mask_if_all_ones, hlru_scan
 
 # Keyword arguments forward() accepts beyond its named ones, from Trainer and generate(); positions are
 # ignored (the model has no positional embeddings).

@@ -97,7 +97,7 @@ def test_compiled_generate_gives_the_eager_greedy_tokens(mixer, batch):
 @pytest.mark.parametrize("kind", ["hlru", "bdlru"])
 def test_triton_scans_are_custom_ops_that_pass_opcheck(kind):
     pytest.importorskip("triton")
-    from hf_lrnn import scan_triton
+    from hf_lrnn import scan_triton_lrnn as scan_triton
 
     op = scan_triton.hlru_scan_op if kind == "hlru" else scan_triton.bdlru_scan_op
     g = torch.Generator().manual_seed(0)

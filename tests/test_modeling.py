@@ -106,7 +106,7 @@ def test_save_and_load_round_trip(tmp_path, tie):
     model = tiny_model("hybrid", tie_word_embeddings=tie)
     model.save_pretrained(tmp_path)
     assert (tmp_path / "model.safetensors").exists()
-    for name in ("modeling_lrnn.py", "configuration_lrnn.py", "ops.py", "gates.py", "scan_reference.py", "scan_chunked.py"):
+    for name in ("modeling_lrnn.py", "configuration_lrnn.py", "ops_lrnn.py", "gates_lrnn.py", "scan_reference_lrnn.py", "scan_chunked_lrnn.py"):
         assert (tmp_path / name).exists(), name
     # transformers refuses remote code whose top-level imports are not installed: only torch and
     # transformers (and the standard library) may be required; triton sits in a try block.

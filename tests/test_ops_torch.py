@@ -3,10 +3,10 @@ ops' checks and dispatch; every backend on extreme logits."""
 import pytest
 import torch
 
-from hf_lrnn import ops
-from hf_lrnn.gates import GATE_NORMALIZATIONS, normalize_gates
-from hf_lrnn.scan_chunked import bdlru_scan_chunked, hlru_scan_chunked
-from hf_lrnn.scan_reference import bdlru_scan_reference, hlru_scan_reference
+from hf_lrnn import ops_lrnn as ops
+from hf_lrnn.gates_lrnn import GATE_NORMALIZATIONS, normalize_gates
+from hf_lrnn.scan_chunked_lrnn import bdlru_scan_chunked, hlru_scan_chunked
+from hf_lrnn.scan_reference_lrnn import bdlru_scan_reference, hlru_scan_reference
 from helpers import F64, scan_inputs
 
 DIVIDING = [n for n in GATE_NORMALIZATIONS if n != "none"]  # the normalisations that divide by a sum

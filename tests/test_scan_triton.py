@@ -10,10 +10,10 @@ import torch
 
 pytest.importorskip("triton")
 
-from hf_lrnn import ops  # noqa: E402
-from hf_lrnn import scan_triton  # noqa: E402
-from hf_lrnn.gates import GATE_NORMALIZATIONS  # noqa: E402
-from hf_lrnn.scan_reference import bdlru_scan_reference, hlru_scan_reference  # noqa: E402
+from hf_lrnn import ops_lrnn as ops  # noqa: E402
+from hf_lrnn import scan_triton_lrnn as scan_triton  # noqa: E402
+from hf_lrnn.gates_lrnn import GATE_NORMALIZATIONS  # noqa: E402
+from hf_lrnn.scan_reference_lrnn import bdlru_scan_reference, hlru_scan_reference  # noqa: E402
 from helpers import F64, relative_error, scan_inputs  # noqa: E402
 
 KERNELS = {

@@ -11,8 +11,8 @@ import torch
 from script_loader import load_script
 
 from hf_lrnn import LRNNConfig, LRNNForCausalLM
-from hf_lrnn.gates import normalize_gates
-from hf_lrnn.scan_reference import bdlru_scan_reference, hlru_scan_reference
+from hf_lrnn.gates_lrnn import normalize_gates
+from hf_lrnn.scan_reference_lrnn import bdlru_scan_reference, hlru_scan_reference
 from hf_lrnn.spectrum import (
     companion_matrices,
     eigenvalues,

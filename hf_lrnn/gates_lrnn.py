@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from .constants import GATE_NORMALIZATIONS
+from .constants_lrnn import GATE_NORMALIZATIONS
 # Added to the denominators of relu_l1 / tanh_l1 / l1, which can be zero: an all-zero row gives zero gates.
 L1_EPS = 1e-6
 

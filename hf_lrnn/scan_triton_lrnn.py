@@ -35,16 +35,16 @@ try:  # inside try/except so that transformers' remote-code import check does no
 except ImportError as err:
     raise ImportError("hf_lrnn's Triton kernels need the 'triton' package (pip install triton)") from err
 
-from .constants import ScanUnsupportedError
-from .gates import GATE_NORMALIZATIONS, L1_EPS
-from .triton_bdlru import (
+from .constants_lrnn import ScanUnsupportedError
+from .gates_lrnn import GATE_NORMALIZATIONS, L1_EPS
+from .triton_bdlru_lrnn import (
     _bdlru_seq_bwd_kernel,
     _bdlru_seq_fwd_kernel,
     _bdlru_step_bwd_kernel,
     _bdlru_step_fwd_kernel,
 )
-from .triton_helpers import _chunk_combine_kernel
-from .triton_hlru import _hlru_bwd_kernel, _hlru_fwd_kernel
+from .triton_helpers_lrnn import _chunk_combine_kernel
+from .triton_hlru_lrnn import _hlru_bwd_kernel, _hlru_fwd_kernel
 
 MAX_HLRU_ORDER = 16  # largest supported m
 MAX_BDLRU_BLOCK = 16  # largest supported k
@@ -240,7 +240,7 @@ def _step_backward(v, g, init, mask, h, dh, dfinal, norm):
 
 # A copy of this file loaded as remote code (transformers_modules...) registers its operators under its own
 # namespace, so that it can live in one process with an installed hf_lrnn.
-OP_NAMESPACE = "hf_lrnn" if __name__ == "hf_lrnn.scan_triton" else "hf_lrnn_" + re.sub(r"\W", "_", __name__)
+OP_NAMESPACE = "hf_lrnn" if __name__ == "hf_lrnn.scan_triton_lrnn" else "hf_lrnn_" + re.sub(r"\W", "_", __name__)
 
 
 def _scan_forward(kind, v, g, init, mask, normalization, chunk_size):

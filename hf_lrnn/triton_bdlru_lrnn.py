@@ -21,7 +21,7 @@ try:  # inside try/except so that transformers' remote-code import check does no
 except ImportError as err:
     raise ImportError("hf_lrnn's Triton kernels need the 'triton' package (pip install triton)") from err
 
-from .triton_helpers import (
+from .triton_helpers_lrnn import (
     _chunk_bounds,
     _chunk_start,
     _load_values,

@@ -16,7 +16,7 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from .gates import compute_dtype, normalize_gates
+from .gates_lrnn import compute_dtype, normalize_gates
 
 
 def _apply_dense(M: torch.Tensor, X: torch.Tensor) -> torch.Tensor:

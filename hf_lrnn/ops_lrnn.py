@@ -18,9 +18,9 @@ from typing import Callable, Optional, Tuple
 
 import torch
 
-from .constants import GATE_NORMALIZATIONS, SCAN_BACKENDS, ScanUnsupportedError
-from .scan_chunked import bdlru_scan_chunked, hlru_scan_chunked
-from .scan_reference import bdlru_scan_reference, hlru_scan_reference
+from .constants_lrnn import GATE_NORMALIZATIONS, SCAN_BACKENDS, ScanUnsupportedError
+from .scan_chunked_lrnn import bdlru_scan_chunked, hlru_scan_chunked
+from .scan_reference_lrnn import bdlru_scan_reference, hlru_scan_reference
 
 BACKENDS = SCAN_BACKENDS
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -31,7 +31,7 @@ CHUNKED_MAX_CPU_WORK = 512
 _warned_fallbacks = set()
 
 try:  # a relative "from .x import" so that transformers ships the kernels with remote code
-    from .scan_triton import bdlru_scan_triton, hlru_scan_triton, triton_unsupported_reason
+    from .scan_triton_lrnn import bdlru_scan_triton, hlru_scan_triton, triton_unsupported_reason
 
     TRITON_IMPORT_ERROR = None
 except ImportError as err:  # triton not installed (e.g. a CPU-only machine without it)
