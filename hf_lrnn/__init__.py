@@ -6,7 +6,7 @@ code and ``auto_map`` (for ``trust_remote_code=True`` loading where hf_lrnn is n
 """
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
-from . import ops_lrnn as ops
+from . import ops
 from .cache_lrnn import LRNNCache
 from .configuration_lrnn import LRNNConfig, swiglu_intermediate_size
 from .generation_lrnn import check_token_ids

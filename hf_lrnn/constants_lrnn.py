@@ -3,9 +3,9 @@
 scans' refusals."""
 
 MIXERS = ("hlru", "bdlru")
-# How the m+1 (H-LRU) or k+1 (BD-LRU) gate logits of a channel or block row become coefficients (gates.py).
+# How the m+1 (H-LRU) or k+1 (BD-LRU) gate logits of a channel or block row become coefficients (gates_lrnn.py).
 GATE_NORMALIZATIONS = ("softmax", "sigmoid_l1", "relu_l1", "tanh_l1", "l1", "none")
-# Which scan implementation runs (ops.select_scan).
+# Which scan implementation runs (ops_lrnn.select_scan).
 SCAN_BACKENDS = ("auto", "torch", "triton", "reference")
 
 

@@ -14,7 +14,7 @@ inputs; ``none`` leaves the logits as they are, and the state can grow without b
 - ``l1``: n = g, S + eps (signed);
 - ``none``: a = g, unnormalised (the paper's unstable ablation).
 
-The Triton kernels implement the same formulas (``triton_helpers``); all arithmetic is float32 (float64
+The Triton kernels implement the same formulas (``triton_helpers_lrnn``); all arithmetic is float32 (float64
 for float64 inputs).
 """
 from __future__ import annotations

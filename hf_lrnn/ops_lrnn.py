@@ -4,10 +4,10 @@ by the implementation that one function picks (``select_scan``; its docstring ta
 Every implementation has one signature, called by keyword: ``(v, gate_logits, *, initial_state=None,
 output_final_state=False, normalization="softmax", mask=None) -> (h, final_state or None)``; the ops
 add ``backend``:
-- ``"torch"``: PyTorch, differentiable by autograd: the chunked scan (``scan_chunked``) or the plain loop
-  (``scan_reference``), whichever is cheaper for the shape.
-- ``"reference"``: the step-by-step loop (``scan_reference``), for tests and benchmarks.
-- ``"triton"``: the fused Triton kernels (``scan_triton``), CUDA tensors (or ``TRITON_INTERPRET=1``).
+- ``"torch"``: PyTorch, differentiable by autograd: the chunked scan (``scan_chunked_lrnn``) or the plain loop
+  (``scan_reference_lrnn``), whichever is cheaper for the shape.
+- ``"reference"``: the step-by-step loop (``scan_reference_lrnn``), for tests and benchmarks.
+- ``"triton"``: the fused Triton kernels (``scan_triton_lrnn``), CUDA tensors (or ``TRITON_INTERPRET=1``).
 - ``"auto"``: ``"triton"`` where it runs well, else ``"torch"``.
 A refusal of the chosen implementation raises :class:`ScanUnsupportedError`.
 """
@@ -55,7 +55,7 @@ def select_scan(kind: str, size: int, v: torch.Tensor, backend: str) -> Callable
     ============  =====================================================  ===================================
     backend       condition                                              implementation
     ============  =====================================================  ===================================
-    "reference"   always                                                 loop (``scan_reference``)
+    "reference"   always                                                 loop (``scan_reference_lrnn``)
     "triton"      Triton importable and ``size`` <= 16                   Triton kernels
     "triton"      otherwise                                              ScanUnsupportedError naming why
     "auto"        v on CUDA, not under torch.compile with T <= 16,       Triton kernels
@@ -66,10 +66,10 @@ def select_scan(kind: str, size: int, v: torch.Tensor, backend: str) -> Callable
     "torch"       T <= LOOP_MAX_T (16): decode steps, which inductor     loop
                   fuses under torch.compile
     "torch"       CPU and B * N * size > CHUNKED_MAX_CPU_WORK (512)      loop
-    "torch"       otherwise                                              chunked (``scan_chunked``)
+    "torch"       otherwise                                              chunked (``scan_chunked_lrnn``)
     ============  =====================================================  ===================================
 
-    Inside the Triton implementation (``scan_triton``), from the shapes alone: BD-LRU with k = 1 runs the
+    Inside the Triton implementation (``scan_triton_lrnn``), from the shapes alone: BD-LRU with k = 1 runs the
     H-LRU kernels with m = 1 (the same recurrence); BD-LRU with k > 8 runs the step kernels, everything
     else the sequential kernels, in time chunks on CUDA (``_chunk_plan``); the custom operator (autograd,
     torch.compile) runs only where gradients or compilation need it, else the kernels are called directly.

@@ -1,7 +1,7 @@
 """Chunked PyTorch scans for H-LRU and BD-LRU: O(L + T/L) Python steps for chunks of L steps instead of
 T, differentiable by autograd (the torch backend for sequences longer than a few steps).
 
-Shapes as in ``scan_reference``. Both recurrences are affine maps of a D-dimensional state per channel
+Shapes as in ``scan_reference_lrnn``. Both recurrences are affine maps of a D-dimensional state per channel
 (D = m or k): ``s_t = M_t s_{t-1} + u_t``. H-LRU uses the companion matrix (first row a_{t,1..m}, ones
 below the diagonal) and ``u_t = a_{t,0} v_t e_1``; BD-LRU uses ``M_t = A_t`` and ``u_t = a_{t,0} * v_t``.
 Where ``mask`` is 0 the step is the identity (M = I, u = 0). ``benchmarks/kernels/bench_torch_scan.py``

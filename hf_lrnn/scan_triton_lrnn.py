@@ -1,7 +1,7 @@
 """Triton scans for H-LRU and BD-LRU: launch planning, drivers, autograd and the entry points
-``hlru_scan_triton`` / ``bdlru_scan_triton`` (the kernels are in ``triton_hlru`` and ``triton_bdlru``).
+``hlru_scan_triton`` / ``bdlru_scan_triton`` (the kernels are in ``triton_hlru_lrnn`` and ``triton_bdlru_lrnn``).
 
-Shapes (B batch, T time, N channels or blocks, m order, k block size), as in ``scan_reference``:
+Shapes (B batch, T time, N channels or blocks, m order, k block size), as in ``scan_reference_lrnn``:
 - H-LRU: v (B, T, N), gate_logits (B, T, N, m+1), state (B, N, m) = [h_{t-1}, ..., h_{t-m}].
 - BD-LRU: v (B, T, N, k), gate_logits (B, T, N, k, k+1), state (B, N, k).
 

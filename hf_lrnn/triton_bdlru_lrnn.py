@@ -1,5 +1,5 @@
 """Triton kernels of the BD-LRU scan, forward and backward (the planner and autograd live in
-``scan_triton``).
+``scan_triton_lrnn``).
 
 Shapes: v (B, T, N, k), gate_logits (B, T, N, k, k+1) ([..., i, 0] row i's input gate,
 [..., i, 1+j] = A[i, j]), state (B, N, k). Forward ``h_t = A_t h_{t-1} + a_0 * v_t``; backward

@@ -62,3 +62,16 @@ def test_a_config_edited_after_construction_fails_when_the_model_is_built():
     config.order = 0
     with pytest.raises(ValueError, match="order must be a positive int"):
         LRNNForCausalLM(config)
+
+
+def test_the_configuration_imports_neither_torch_nor_the_ops():
+    """Loading a config (also as remote code) must not load the scan ops or the kernels."""
+    import ast
+    from pathlib import Path
+
+    import hf_lrnn.configuration_lrnn as configuration
+
+    tree = ast.parse(Path(configuration.__file__).read_text())
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    assert imported <= {"__future__", "math", "typing", "transformers", "constants_lrnn"}, imported

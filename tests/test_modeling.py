@@ -145,8 +145,12 @@ def test_remote_code_loads_where_hf_lrnn_is_not_importable(tmp_path):
             pass
         else:
             raise SystemExit("hf_lrnn is importable")
+        import sys
         import torch
-        from transformers import AutoModelForCausalLM
+        from transformers import AutoConfig, AutoModelForCausalLM
+        config = AutoConfig.from_pretrained({str(tmp_path / "ckpt")!r}, trust_remote_code=True)
+        loaded = [name for name in sys.modules if "transformers_modules" in name]
+        assert loaded and not [name for name in loaded if "ops_lrnn" in name or "scan_" in name], loaded
         model = AutoModelForCausalLM.from_pretrained({str(tmp_path / "ckpt")!r}, trust_remote_code=True).eval()
         assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
         ref = torch.load({str(tmp_path / "expected.pt")!r})
@@ -302,3 +306,19 @@ def test_config_use_cache_false_only_changes_what_a_plain_forward_returns():
         assert getattr(model(x, use_cache=True), CACHE_FIELD).get_seq_length() == 4
     out = model.generate(x, max_new_tokens=3, do_sample=False, return_dict_in_generate=True)
     assert getattr(out, CACHE_FIELD).get_seq_length() == 6
+
+
+def test_save_pretrained_leaves_a_users_files_alone(tmp_path):
+    """The modeling code is written as <module>_lrnn.py files, so a user's own ops.py (or any other short
+    module name) in the folder survives save_pretrained, byte for byte."""
+    short_names = ["ops", "gates", "constants", "cache", "generation", "scan_reference", "scan_chunked",
+                   "scan_triton", "triton_hlru", "triton_bdlru", "triton_helpers", "utils", "model", "config",
+                   "configuration", "modeling", "tokenizer", "train", "spectrum"]
+    for name in short_names:
+        (tmp_path / f"{name}.py").write_text(f"# the user's own {name}.py\n")
+    tiny_model("hybrid").save_pretrained(tmp_path)
+    for name in short_names:
+        assert (tmp_path / f"{name}.py").read_text() == f"# the user's own {name}.py\n", name
+    written = {p.name for p in tmp_path.glob("*.py")} - {f"{name}.py" for name in short_names}
+    assert written and all(name.endswith("_lrnn.py") for name in written), written
+    assert "ops_lrnn.py" in written and "cache_lrnn.py" in written
