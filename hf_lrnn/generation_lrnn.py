@@ -21,9 +21,9 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from .cache_lrnn import LRNNCache
 
 CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
-# Keyword arguments generate() may hand to prepare_inputs_for_generation that the model does not use
-# (it has no positional embeddings); every other one is forwarded to forward().
-POSITION_KWARGS = ("cache_position", "position_ids")
+# Keyword arguments prepare_inputs_for_generation drops, as the model does not use them (positions: it has no
+# positional embeddings; labels: transformers' default drops them too). Every other one reaches forward().
+UNUSED_GENERATION_KWARGS = ("cache_position", "position_ids", "labels")
 # True inside a generate() call of this thread (and context): the prompt's ids were checked once, and later
 # steps feed the model its own samples, so forward() skips the range check (a host sync per step on GPUs).
 # A context variable, not a model attribute: overlapping generate() calls in other threads do not see it.
@@ -92,9 +92,9 @@ class LRNNGenerationMixin(GenerationMixin):
         """Feed only what the cache has not seen: the new token in decode steps; on the first call with a
         cache that already holds a history (continuing a generation with the full ids or embeddings), the
         positions past ``cache.get_seq_length()``. Every other keyword argument is passed on to forward()
-        (as transformers' default does), except ``labels`` and the positions, which the model does not use."""
+        (as transformers' default does), except those the model does not use (``UNUSED_GENERATION_KWARGS``)."""
         cache = kwargs.pop(CACHE_FIELD, None)
-        for key in POSITION_KWARGS + ("labels",):
+        for key in UNUSED_GENERATION_KWARGS:
             kwargs.pop(key, None)
         seen = cache.get_seq_length() if cache is not None and next_sequence_length is None else 0
         model_inputs = {"attention_mask": attention_mask, CACHE_FIELD: cache, "use_cache": kwargs.pop("use_cache", True)}

@@ -33,7 +33,7 @@ from .ops_lrnn import bdlru_scan, drop_mask_if_all_ones, hlru_scan
 EXTRA_FORWARD_KWARGS = ("output_attentions", "position_ids", "cache_position")
 # The loss keywords of transformers' causal LMs (ForCausalLMLoss), passed on to the loss.
 LOSS_KWARGS = ("num_items_in_batch", "shift_labels", "ignore_index")
-_WARNED = set()
+_WARNED_NORMALIZATIONS = set()  # gate normalisations whose warning was given (once per process)
 
 
 class LRNNRMSNorm(nn.Module):
@@ -232,8 +232,8 @@ class LRNNModel(LRNNPreTrainedModel):
         self.layers = nn.ModuleList([LRNNDecoderLayer(config, i) for i in range(config.num_hidden_layers)])
         self.norm = LRNNRMSNorm(config.hidden_size, config.rms_norm_eps)
         self.state_shapes = layer_state_shapes(config)
-        if any(spec["gate_normalization"] == "none" for spec in config.layer_specs) and "none" not in _WARNED:
-            _WARNED.add("none")
+        if any(spec["gate_normalization"] == "none" for spec in config.layer_specs) and "none" not in _WARNED_NORMALIZATIONS:
+            _WARNED_NORMALIZATIONS.add("none")
             warnings.warn(
                 "gate_normalization='none' leaves the gates unnormalised (the paper's unstable ablation): the state can "
                 "grow without bound and overflow to inf after a few hundred steps", stacklevel=3,

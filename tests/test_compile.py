@@ -1,4 +1,4 @@
-"""torch.compile readiness (issue 11), on the CPU: no graph break in the forward, a training step and a
+"""torch.compile readiness, on the CPU: no graph break in the forward, a training step and a
 cached decode step for both mixers; compiled gradients equal eager ones; the static in-place cache gives
 what fresh per-step states give; compiled generate() gives eager generate()'s greedy tokens; the Triton
 scans are custom operators that pass torch.library.opcheck (through Triton's interpreter).

@@ -245,7 +245,7 @@ def test_shift_labels_reach_the_loss():
 def test_unnormalised_gates_warn_once():
     from hf_lrnn import modeling_lrnn
 
-    modeling_lrnn._WARNED.discard("none")
+    modeling_lrnn._WARNED_NORMALIZATIONS.discard("none")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         tiny_model(gate_normalization="none")
