@@ -7,11 +7,16 @@ code and ``auto_map`` (for ``trust_remote_code=True`` loading where hf_lrnn is n
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 from . import ops
-from .configuration_lrnn import LRNNConfig
-from .modeling_lrnn import LRNNCache, LRNNForCausalLM, LRNNModel, LRNNPreTrainedModel
+from .cache_lrnn import LRNNCache
+from .configuration_lrnn import LRNNConfig, swiglu_intermediate_size
+from .generation_lrnn import check_token_ids
+from .modeling_lrnn import LRNNForCausalLM, LRNNModel, LRNNPreTrainedModel
 
 __version__ = "0.1.0"
-__all__ = ["LRNNConfig", "LRNNCache", "LRNNModel", "LRNNForCausalLM", "LRNNPreTrainedModel", "ops"]
+__all__ = [
+    "LRNNConfig", "LRNNCache", "LRNNModel", "LRNNForCausalLM", "LRNNPreTrainedModel", "ops",
+    "check_token_ids", "swiglu_intermediate_size",
+]
 
 AutoConfig.register(LRNNConfig.model_type, LRNNConfig, exist_ok=True)
 AutoModel.register(LRNNConfig, LRNNModel, exist_ok=True)

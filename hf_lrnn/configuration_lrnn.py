@@ -6,10 +6,8 @@ from typing import Any, Dict, List, Optional, Union
 
 from transformers import PreTrainedConfig
 
-from .gates import GATE_NORMALIZATIONS
-from .ops import BACKENDS as SCAN_BACKENDS
+from .constants_lrnn import GATE_NORMALIZATIONS, MIXERS, SCAN_BACKENDS
 
-MIXERS = ("hlru", "bdlru")
 # Keys a per-layer mixer spec (a dict in the ``mixer`` list) may set; the rest come from the config.
 LAYER_SPEC_KEYS = ("mixer", "order", "block_size", "recurrent_size", "gate_normalization")
 

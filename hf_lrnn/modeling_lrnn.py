@@ -19,123 +19,21 @@ from typing import List, Optional, Tuple, Union
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import GenerationMixin, PreTrainedModel
-from transformers.cache_utils import Cache
+from transformers import PreTrainedModel
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
+from .cache_lrnn import LRNNCache, layer_state_shapes
 from .configuration_lrnn import LRNNConfig
-from .ops import LOOP_MAX_T, bdlru_scan, hlru_scan
+from .generation_lrnn import CACHE_FIELD, GENERATE_CHECKED_TOKEN_IDS, LRNNGenerationMixin, check_token_ids, pick_cache
+from .ops_lrnn import bdlru_scan, drop_mask_if_all_ones, hlru_scan
 
-# transformers 5.24 renamed the outputs' and the generation loop's `past_key_values` to `cache`.
-CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
 # Keyword arguments forward() accepts beyond its named ones, from Trainer and generate(); positions are
 # ignored (the model has no positional embeddings).
 EXTRA_FORWARD_KWARGS = ("output_attentions", "position_ids", "cache_position")
 # The loss keywords of transformers' causal LMs (ForCausalLMLoss), passed on to the loss.
 LOSS_KWARGS = ("num_items_in_batch", "shift_labels", "ignore_index")
-_WARNED = set()
-
-
-def layer_state_shapes(config: LRNNConfig) -> List[Tuple[int, int]]:
-    """(N, D) of every layer's recurrent state: H-LRU (channels, m), BD-LRU (blocks, k)."""
-    shapes = []
-    for spec in config.layer_specs:
-        if spec["mixer"] == "hlru":
-            shapes.append((spec["recurrent_size"], spec["order"]))
-        else:
-            shapes.append((spec["recurrent_size"] // spec["block_size"], spec["block_size"]))
-    return shapes
-
-
-class LRNNCache(Cache):
-    """Recurrent state of every layer, for ``generate`` and step-by-step decoding: constant memory in length.
-
-    ``states[i]`` is layer i's float32 state buffer, allocated once (zeros: the empty history) and updated in
-    place, so that its address is fixed and a compiled decode step can be captured in a CUDA graph: H-LRU
-    (B, N, m) = [h_{t-1}, ..., h_{t-m}], BD-LRU (B, N, k) = h_{t-1}. ``seen_tokens`` is a 0-d int64 tensor
-    on the same device counting the positions processed (padding included), updated in place as well;
-    ``get_seq_length()`` reads it.
-
-    Args:
-        config: the model's :class:`LRNNConfig` (layer count and state shapes).
-        batch_size: rows of the states.
-        device: where the states live (the model's device).
-        compileable: ``generate()`` compiles the decode step on CUDA for a compileable cache (transformers'
-            auto-compile); ``cache_implementation="dynamic"`` makes a non-compileable one (eager decoding).
-    """
-
-    def __init__(self, config: LRNNConfig, batch_size: int, device: Union[str, torch.device, None] = None,
-                 compileable: bool = True):
-        if getattr(config, "model_type", None) != LRNNConfig.model_type:  # also a remote-code copy of the class
-            raise TypeError(f"LRNNCache(config, batch_size, device): config must be an LRNNConfig, got {type(config).__name__}")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"LRNNCache: batch_size must be a positive int, got {batch_size!r}")
-        super().__init__(layers=[])
-        self._compileable = compileable
-        self.states = [torch.zeros(batch_size, N, D, dtype=torch.float32, device=device) for N, D in layer_state_shapes(config)]
-        self.seen_tokens = torch.zeros((), dtype=torch.long, device=device)
-        if not torch.compiler.is_compiling():
-            for buffer in self.states + [self.seen_tokens]:
-                torch._dynamo.mark_static_address(buffer)
-
-    @property
-    def is_compileable(self) -> bool:
-        return self._compileable
-
-    @property
-    def is_croppable(self) -> bool:
-        return False  # a recurrent state cannot forget tokens
-
-    def __len__(self) -> int:
-        return len(self.states)
-
-    def __repr__(self) -> str:
-        return f"LRNNCache(layers={len(self.states)}, batch_size={self.batch_size}, seen_tokens={int(self.seen_tokens)})"
-
-    @property
-    def batch_size(self) -> int:
-        return self.states[0].shape[0]
-
-    def get_seq_length(self, layer_idx: int = 0) -> int:
-        return int(self.seen_tokens)
-
-    def get_max_length(self, layer_idx: Optional[int] = None) -> int:
-        return -1  # no length dimension (the base class would read attention layers)
-
-    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
-        """Beam search: keep the states of the selected beams, in order (in place)."""
-        for state in self.states:
-            state.copy_(state.index_select(0, beam_idx.to(state.device)))
-
-    def reset(self) -> None:
-        for state in self.states:
-            state.zero_()
-        self.seen_tokens.zero_()
-
-    def crop(self, max_length: int) -> None:
-        raise NotImplementedError(
-            "LRNNCache cannot be cropped: a recurrent state cannot forget tokens (assisted generation is unsupported)"
-        )
-
-    def check_compatible(self, num_layers: int, shapes: List[Tuple[int, int]], batch_size: int, device: torch.device) -> None:
-        """ValueError unless this cache fits a model of ``num_layers`` layers with state ``shapes`` for inputs of
-        ``batch_size`` rows on ``device`` (shapes and devices only: no values are read)."""
-        if len(self.states) != num_layers:
-            raise ValueError(f"the cache holds states for {len(self.states)} layers, but the model has {num_layers}")
-        if self.batch_size != batch_size:
-            raise ValueError(f"the cache holds states for batch size {self.batch_size}, but the input has batch size {batch_size}")
-        for i, (state, (N, D)) in enumerate(zip(self.states, shapes)):
-            if tuple(state.shape) != (batch_size, N, D):
-                raise ValueError(
-                    f"the cache's state of layer {i} has shape {tuple(state.shape)}, but this model and input need "
-                    f"(batch, N, D) = ({batch_size}, {N}, {D})"
-                )
-            if state.device != device or state.dtype != torch.float32:
-                raise ValueError(
-                    f"the cache's state of layer {i} is a {state.dtype} tensor on {state.device}; it must be float32 on "
-                    f"{device}, where the input is (move the cache or build it with LRNNCache(config, batch_size, device))"
-                )
+_WARNED_NORMALIZATIONS = set()  # gate normalisations whose warning was given (once per process)
 
 
 class LRNNRMSNorm(nn.Module):
@@ -190,7 +88,8 @@ def hlru_lagged_states(h: torch.Tensor, initial_state: torch.Tensor, mask: Optio
 
 
 class HLRUMixer(nn.Module):
-    """m-th order selective recurrence per channel with an L1-normalised gate (see module docstring).
+    """m-th order selective recurrence per channel, its m+1 gates normalised by ``gate_normalization`` (see
+    module docstring).
 
     ``value_proj`` makes v (N values), ``gate_logit_proj`` the N (m+1) gate logits, ``out_proj`` reads the
     m lagged states out.
@@ -257,7 +156,7 @@ class BDLRUMixer(nn.Module):
             v, self.gate_logits(x), initial_state=state, output_final_state=return_state,
             normalization=self.gate_normalization, mask=mask, backend=self.scan_backend,
         )
-        return self.out_proj(h.reshape(B, T, -1)), final_state
+        return self.out_proj(h.reshape(B, T, self.num_blocks * self.block_size)), final_state
 
 
 class LRNNDecoderLayer(GradientCheckpointingLayer):
@@ -281,10 +180,7 @@ class LRNNDecoderLayer(GradientCheckpointingLayer):
         state = layer_cache.states[self.layer_idx] if layer_cache is not None else None
         mixed, new_state = self.mixer(self.mixer_norm(hidden_states), mask, state, layer_cache is not None)
         if layer_cache is not None:
-            if torch.is_grad_enabled() and new_state.requires_grad:
-                layer_cache.states[self.layer_idx] = new_state  # keep the graph (the old state is saved for backward)
-            else:
-                layer_cache.states[self.layer_idx].copy_(new_state)  # in place: a fixed address for CUDA graphs
+            layer_cache.store_state(self.layer_idx, new_state)
         hidden_states = hidden_states + mixed
         return hidden_states + self.mlp(self.mlp_norm(hidden_states))
 
@@ -301,22 +197,22 @@ class LRNNPreTrainedModel(PreTrainedModel):
         config._validate()  # a config edited after construction fails here, naming the field
         super().__init__(config, *inputs, **kwargs)
 
-    @classmethod
-    def _supports_default_dynamic_cache(cls) -> bool:
-        return False  # generate() gets an LRNNCache from _prepare_cache_for_generation
+    def resize_token_embeddings(self, new_num_tokens: Optional[int] = None, pad_to_multiple_of: Optional[int] = None,
+                                mean_resizing: bool = True) -> nn.Embedding:
+        """transformers' resize, refused (before anything changes) where the config's special token ids would
+        lie outside the new vocabulary: such a config could be saved but not loaded again."""
+        if new_num_tokens is not None:
+            size = new_num_tokens if pad_to_multiple_of is None else -(-new_num_tokens // pad_to_multiple_of) * pad_to_multiple_of
+            for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
+                value = getattr(self.config, name, None)
+                for token_id in value if isinstance(value, list) else [value]:
+                    if token_id is not None and token_id >= size:
+                        raise ValueError(
+                            f"resize_token_embeddings({new_num_tokens}): config.{name}={value} would lie outside the new "
+                            f"vocabulary [0, {size}); set config.{name} to None or a smaller id first"
+                        )
+        return super().resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
 
-
-def _pick_cache(cache, past_key_values):
-    """The cache passed as ``cache`` (transformers >= 5.24) or ``past_key_values`` (earlier)."""
-    if cache is not None and past_key_values is not None:
-        raise ValueError("pass the recurrent cache as either `cache` or `past_key_values`, not both")
-    cache = cache if cache is not None else past_key_values
-    if cache is not None and not isinstance(cache, LRNNCache):
-        raise TypeError(
-            f"the cache must be an LRNNCache (from a previous forward or LRNNCache(config, batch_size, device)), "
-            f"got {type(cache).__name__}"
-        )
-    return cache
 
 
 def _check_extra_kwargs(kwargs) -> None:
@@ -336,10 +232,8 @@ class LRNNModel(LRNNPreTrainedModel):
         self.layers = nn.ModuleList([LRNNDecoderLayer(config, i) for i in range(config.num_hidden_layers)])
         self.norm = LRNNRMSNorm(config.hidden_size, config.rms_norm_eps)
         self.state_shapes = layer_state_shapes(config)
-        # Token ids need no range check while generate() feeds the model its own samples (it checks the prompt).
-        self.check_token_ids = True
-        if any(spec["gate_normalization"] == "none" for spec in config.layer_specs) and "none" not in _WARNED:
-            _WARNED.add("none")
+        if any(spec["gate_normalization"] == "none" for spec in config.layer_specs) and "none" not in _WARNED_NORMALIZATIONS:
+            _WARNED_NORMALIZATIONS.add("none")
             warnings.warn(
                 "gate_normalization='none' leaves the gates unnormalised (the paper's unstable ablation): the state can "
                 "grow without bound and overflow to inf after a few hundred steps", stacklevel=3,
@@ -360,7 +254,7 @@ class LRNNModel(LRNNPreTrainedModel):
         if input_ids is not None:
             if input_ids.dim() != 2 or input_ids.dtype.is_floating_point or input_ids.dtype.is_complex or input_ids.dtype == torch.bool:
                 raise ValueError(f"input_ids must be an integer tensor (batch, seq_len), got {input_ids.dtype} {tuple(input_ids.shape)}")
-            if self.check_token_ids and not torch.compiler.is_compiling():
+            if not torch.compiler.is_compiling() and not GENERATE_CHECKED_TOKEN_IDS.get():
                 check_token_ids(input_ids, self.config.vocab_size)
             B, T = input_ids.shape
             device = input_ids.device
@@ -400,7 +294,7 @@ class LRNNModel(LRNNPreTrainedModel):
         ``cache``: a cache passed in is always read and advanced in place, whatever ``use_cache`` says;
         ``use_cache`` decides whether a new cache is made when none is passed (and returned)."""
         _check_extra_kwargs(kwargs)
-        cache = _pick_cache(cache, past_key_values)
+        cache = pick_cache(cache, past_key_values)
         use_cache = use_cache if use_cache is not None else self.config.use_cache
         output_hidden_states = output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         return_dict = return_dict if return_dict is not None else self.config.return_dict
@@ -415,15 +309,12 @@ class LRNNModel(LRNNPreTrainedModel):
         if use_cache and cache is None and not checkpointing:
             cache = LRNNCache(self.config, batch_size=B, device=device)
 
-        mask = None
-        if attention_mask is not None:
-            mask = attention_mask[:, -T:]
-            # Eager prefill and training skip the masked scan when nothing is masked (one host sync); decode
-            # steps and compiled code always pass the mask: no data-dependent branch, no sync.
-            if T > LOOP_MAX_T and not torch.compiler.is_compiling() and bool(mask.all()):
-                mask = None
+        mask = drop_mask_if_all_ones(attention_mask[:, -T:]) if attention_mask is not None else None
 
-        hidden_states = self.embed_tokens(input_ids.long()) if inputs_embeds is None else inputs_embeds
+        if inputs_embeds is None:
+            hidden_states = self.embed_tokens(input_ids.long())
+        else:  # in the parameters' dtype, as Llama's first projection does (autocast still applies)
+            hidden_states = inputs_embeds.to(self.embed_tokens.weight.dtype)
         all_hidden_states = [hidden_states] if output_hidden_states else None
         for layer in self.layers:
             hidden_states = layer(hidden_states, mask, cache)
@@ -443,16 +334,7 @@ class LRNNModel(LRNNPreTrainedModel):
         )
 
 
-def check_token_ids(input_ids: torch.Tensor, vocab_size: int) -> None:
-    """ValueError unless every id lies in [0, vocab_size) (reads the values: one host sync on GPUs)."""
-    if input_ids.numel() == 0:
-        return
-    low, high = int(input_ids.min()), int(input_ids.max())
-    if low < 0 or high >= vocab_size:
-        raise ValueError(f"input_ids must lie in [0, vocab_size={vocab_size}), got values in [{low}, {high}]")
-
-
-class LRNNForCausalLM(LRNNPreTrainedModel, GenerationMixin):
+class LRNNForCausalLM(LRNNGenerationMixin, LRNNPreTrainedModel):
     """LRNNModel with a linear language-model head; labels are shifted inside (``-100`` ignored)."""
 
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
@@ -498,7 +380,7 @@ class LRNNForCausalLM(LRNNPreTrainedModel, GenerationMixin):
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
-            cache=_pick_cache(cache, past_key_values),
+            cache=pick_cache(cache, past_key_values),
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             output_hidden_states=output_hidden_states,
@@ -523,90 +405,3 @@ class LRNNForCausalLM(LRNNPreTrainedModel, GenerationMixin):
         return CausalLMOutputWithPast(
             loss=loss, logits=logits, hidden_states=outputs.hidden_states, **{CACHE_FIELD: cache_out}
         )
-
-    # ------------------------------------------------------------------------------------ generation hooks
-    def _prepare_cache_for_generation(self, generation_config, model_kwargs, generation_mode, batch_size, max_cache_length):
-        """generate(): an LRNNCache made before the prefill, so that transformers' auto-compile sees a
-        compileable cache (``cache_implementation`` None or "static"; "dynamic" decodes eagerly)."""
-        user_cache = model_kwargs.get(CACHE_FIELD)
-        if user_cache is not None:
-            _pick_cache(user_cache, None)
-            if generation_config.cache_implementation is not None:
-                raise ValueError("pass either a cache or cache_implementation to generate(), not both")
-            return
-        if generation_config.use_cache is False:
-            return
-        implementation = generation_config.cache_implementation
-        if implementation not in (None, "static", "dynamic"):
-            raise ValueError(
-                f"cache_implementation={implementation!r} does not apply to a recurrent model: use None or 'static' "
-                "(a fixed-size state, compiled decode step on CUDA) or 'dynamic' (eager decode steps)"
-            )
-        rows = max(generation_config.num_beams or 1, generation_config.num_return_sequences or 1) * batch_size
-        model_kwargs[CACHE_FIELD] = LRNNCache(self.config, batch_size=rows, device=self.device,
-                                              compileable=implementation != "dynamic")
-
-    def prepare_inputs_for_generation(self, input_ids, next_sequence_length=None, attention_mask=None,
-                                      inputs_embeds=None, is_first_iteration=False, **kwargs):
-        """Feed only what the cache has not seen: the new token in decode steps; on the first call with a
-        cache that already holds a history (continuing a generation with the full ids or embeddings), the
-        positions past ``cache.get_seq_length()``."""
-        cache = kwargs.pop(CACHE_FIELD, None)
-        kwargs.pop("cache_position", None)
-        kwargs.pop("position_ids", None)
-        seen = cache.get_seq_length() if cache is not None and next_sequence_length is None else 0
-        model_inputs = {"attention_mask": attention_mask, CACHE_FIELD: cache, "use_cache": kwargs.pop("use_cache", True)}
-        if inputs_embeds is not None and is_first_iteration:
-            model_inputs["inputs_embeds"] = inputs_embeds[:, seen:] if next_sequence_length is None else inputs_embeds[:, -next_sequence_length:]
-            model_inputs["input_ids"] = None
-        else:
-            new = input_ids[:, seen:] if next_sequence_length is None else input_ids[:, -next_sequence_length:]
-            # A copy with its own strides: a slice of the growing sequence has a new row stride every step, which
-            # a compiled decode step would take as a new input layout (a recompile or CUDA-graph recording per token);
-            # .contiguous() does not copy a (B, 1) slice.
-            model_inputs["input_ids"] = new.clone(memory_format=torch.contiguous_format)
-        fed = model_inputs["input_ids"] if model_inputs["input_ids"] is not None else model_inputs["inputs_embeds"]
-        if fed.shape[1] == 0:
-            raise ValueError(f"generate(): the cache has already seen all {seen} positions of the input; pass at least one new token")
-        if attention_mask is not None:  # only the new positions' columns: a fixed shape and strides for the compiled step
-            model_inputs["attention_mask"] = attention_mask[:, -fed.shape[1]:].clone(memory_format=torch.contiguous_format)
-        for key in ("logits_to_keep", "output_hidden_states"):
-            if key in kwargs:
-                model_inputs[key] = kwargs.pop(key)
-        return model_inputs
-
-    def get_compiled_call(self, compile_config):
-        """generate()'s compiled decode step: the forward from token ids to the last logits, compiled with
-        ``compile_config`` (CUDA graphs under transformers' default "reduce-overhead"), and the output object
-        built outside the compiled region. Steps with other inputs (embeddings, hidden states) run eagerly."""
-        compile_config = compile_config or self._default_compile_config()
-        if getattr(self, "_compiled_decode_config", None) != compile_config:
-            self._compiled_decode_config = compile_config
-            self._compiled_decode = torch.compile(self._decode_logits, **compile_config.to_dict())
-
-        def decode_step(input_ids=None, attention_mask=None, use_cache=True, return_dict=True, logits_to_keep=1, **rest):
-            cache = rest.pop(CACHE_FIELD, None)
-            if input_ids is None or cache is None or rest or not use_cache or logits_to_keep != 1:
-                return self(input_ids=input_ids, attention_mask=attention_mask, use_cache=use_cache,
-                            return_dict=return_dict, logits_to_keep=logits_to_keep, **{CACHE_FIELD: cache}, **rest)
-            if compile_config.mode == "reduce-overhead":
-                torch.compiler.cudagraph_mark_step_begin()
-            logits = self._compiled_decode(input_ids, attention_mask, cache).clone()  # the graph reuses its output
-            return CausalLMOutputWithPast(logits=logits, **{CACHE_FIELD: cache})
-
-        return decode_step
-
-    def _decode_logits(self, input_ids, attention_mask, cache):
-        return self(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=1, **{CACHE_FIELD: cache}).logits
-
-    @torch.no_grad()
-    def generate(self, *args, **kwargs):
-        """transformers' generate(), with the prompt's token ids checked once here instead of at every step."""
-        input_ids = kwargs.get("input_ids", args[0] if args and isinstance(args[0], torch.Tensor) else None)
-        if input_ids is not None and not input_ids.dtype.is_floating_point:
-            check_token_ids(input_ids, self.config.vocab_size)
-        previous, self.model.check_token_ids = self.model.check_token_ids, False
-        try:
-            return super().generate(*args, **kwargs)
-        finally:
-            self.model.check_token_ids = previous

@@ -22,8 +22,8 @@ from typing import Dict, List, Optional
 
 import torch
 
-from .gates import normalize_gates
-from .scan_chunked import companion_matrices, identity_where_masked
+from .gates_lrnn import normalize_gates
+from .scan_chunked_lrnn import companion_matrices, identity_where_masked
 from .modeling_lrnn import BDLRUMixer, HLRUMixer, LRNNForCausalLM, LRNNModel
 
 

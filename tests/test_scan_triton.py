@@ -10,40 +10,23 @@ import torch
 
 pytest.importorskip("triton")
 
-from hf_lrnn import ops  # noqa: E402
-from hf_lrnn import scan_triton  # noqa: E402
-from hf_lrnn.gates import GATE_NORMALIZATIONS  # noqa: E402
-from hf_lrnn.scan_reference import bdlru_scan_reference, hlru_scan_reference  # noqa: E402
+from hf_lrnn import ops_lrnn as ops  # noqa: E402
+from hf_lrnn import scan_triton_lrnn as scan_triton  # noqa: E402
+from hf_lrnn.gates_lrnn import GATE_NORMALIZATIONS  # noqa: E402
+from hf_lrnn.scan_reference_lrnn import bdlru_scan_reference, hlru_scan_reference  # noqa: E402
+from helpers import F64, relative_error, scan_inputs  # noqa: E402
 
-F64 = torch.float64
 KERNELS = {
     "hlru": (scan_triton.hlru_scan_triton, hlru_scan_reference),
     "bdlru": (scan_triton.bdlru_scan_triton, bdlru_scan_reference),
 }
 
 
-def _inputs(kind, B, T, N, D, normalization, with_state, with_mask, seed):
-    g = torch.Generator().manual_seed(seed)
-    tail = (N,) if kind == "hlru" else (N, D)
-    v = torch.randn(B, T, *tail, generator=g)
-    scale = 0.3 if normalization == "none" else 2.0  # raw gates: keep the recurrence from blowing up
-    logits = scale * torch.randn(B, T, *tail, D + 1, generator=g)
-    state = torch.randn(B, N, D, generator=g) if with_state else None
-    mask = None
-    if with_mask:
-        mask = torch.rand(B, T, generator=g) > 0.3
-        mask[0] = True  # one sequence unmasked, the others with masked steps
-    return v, logits, state, mask
-
-
-def _rel(x, ref):
-    return ((x.double() - ref).norm() / ref.norm().clamp_min(1e-30)).item()
-
-
 def _errors(kind, D, T, N, normalization, with_state, with_mask, chunk_size=None, dtype=torch.float32, B=2, seed=0):
     """Relative errors of h, the final state and the gradients of v, gate_logits (and initial_state)."""
     triton_fn, reference_fn = KERNELS[kind]
-    v, logits, state, mask = _inputs(kind, B, T, N, D, normalization, with_state, with_mask, seed)
+    v, logits, state, mask = scan_inputs(kind, B, T, N, D, normalization=normalization, with_state=with_state,
+                                         with_mask=with_mask, seed=seed)
     inputs = [x.to(dtype) for x in (v, logits)] + ([state] if with_state else [])
     for x in inputs:
         x.requires_grad_(True)
@@ -59,7 +42,7 @@ def _errors(kind, D, T, N, normalization, with_state, with_mask, chunk_size=None
                                     output_final_state=True, normalization=normalization, mask=mask)
     ref_grads = torch.autograd.grad((h_ref * dh.to(F64)).sum() + (final_ref * dfinal.to(F64)).sum(), ref_inputs)
     names = ["h", "final", "dv", "dgate_logits", "dinitial_state"]
-    errors = [_rel(h, h_ref), _rel(final, final_ref)] + [_rel(a, b) for a, b in zip(grads, ref_grads)]
+    errors = [relative_error(h, h_ref), relative_error(final, final_ref)] + [relative_error(a, b) for a, b in zip(grads, ref_grads)]
     assert all(torch.isfinite(x).all() for x in (h, final, *grads))
     return dict(zip(names, errors))
 
@@ -112,11 +95,11 @@ def test_half_precision(kind, dtype):
 def test_through_ops(kind, size):
     """ops.hlru_scan / bdlru_scan with backend='triton' reach these kernels and agree with 'reference'."""
     fn = ops.hlru_scan if kind == "hlru" else ops.bdlru_scan
-    v, logits, state, mask = _inputs(kind, 2, 5, 3, size, "softmax", True, True, seed=3)
+    v, logits, state, mask = scan_inputs(kind, 2, 5, 3, size, normalization="softmax", with_state=True, with_mask=True, seed=3)
     h, final = fn(v, logits, initial_state=state, output_final_state=True, backend="triton", mask=mask)
     h_ref, final_ref = fn(v.double(), logits.double(), initial_state=state.double(), output_final_state=True,
                           backend="reference", mask=mask)
-    assert _rel(h, h_ref) < 1e-5 and _rel(final, final_ref) < 1e-5
+    assert relative_error(h, h_ref) < 1e-5 and relative_error(final, final_ref) < 1e-5
     h, final = fn(v, logits, output_final_state=False, backend="triton")
     assert final is None and h.shape == v.shape
 
@@ -130,7 +113,7 @@ def test_unsupported_reasons():
 
 
 def test_errors(monkeypatch):
-    v, logits, _, _ = _inputs("hlru", 1, 3, 2, 1, "softmax", False, False, seed=0)
+    v, logits, _, _ = scan_inputs("hlru", 1, 3, 2, 1, normalization="softmax", with_state=False, with_mask=False, seed=0)
     with pytest.raises(TypeError, match="float64"):
         scan_triton.hlru_scan_triton(v.double(), logits.double())
     with pytest.raises(ValueError, match="1..16"):
@@ -145,7 +128,7 @@ def test_errors(monkeypatch):
 @pytest.mark.parametrize("kind", ["hlru", "bdlru"])
 def test_chunking_refused_above_size_8(kind):
     """State sizes above 8 run unchunked; asking for chunks is an error, not a silent fallback."""
-    v, logits, _, _ = _inputs(kind, 1, 9, 2, 16, "softmax", False, False, seed=0)
+    v, logits, _, _ = scan_inputs(kind, 1, 9, 2, 16, normalization="softmax", with_state=False, with_mask=False, seed=0)
     fn = KERNELS[kind][0]
     with pytest.raises(ValueError, match="chunking supports state sizes up to 8"):
         fn(v, logits, chunk_size=4)
@@ -154,7 +137,7 @@ def test_chunking_refused_above_size_8(kind):
 
 
 def test_empty_sequence():
-    v, logits, state, _ = _inputs("bdlru", 2, 0, 3, 2, "softmax", True, False, seed=0)
+    v, logits, state, _ = scan_inputs("bdlru", 2, 0, 3, 2, normalization="softmax", with_state=True, with_mask=False, seed=0)
     h, final = scan_triton.bdlru_scan_triton(v, logits, initial_state=state, output_final_state=True)
     assert h.shape == v.shape and torch.equal(final, state)
 

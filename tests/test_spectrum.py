@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from hf_lrnn import LRNNConfig, LRNNForCausalLM
-from hf_lrnn.gates import normalize_gates
-from hf_lrnn.scan_reference import bdlru_scan_reference, hlru_scan_reference
+from hf_lrnn.gates_lrnn import normalize_gates
+from hf_lrnn.scan_reference_lrnn import bdlru_scan_reference, hlru_scan_reference
 from hf_lrnn.spectrum import companion_matrices, transition_matrices, window_products
 
 

@@ -70,7 +70,7 @@ def run(corpus, tmp_path_factory):
 def test_train_saves_everything(run):
     out, metrics, _ = run
     for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "README.md",
-                 "modeling_lrnn.py", "configuration_lrnn.py", "ops.py", "gates.py", "scan_reference.py", "scan_chunked.py",
+                 "modeling_lrnn.py", "configuration_lrnn.py", "ops_lrnn.py", "gates_lrnn.py", "scan_reference_lrnn.py", "scan_chunked_lrnn.py",
                  "metrics.json", "run_args.json", "loss_curve.png"):
         assert (out / name).is_file(), name
     assert metrics["steps"] == 6 and metrics["eval_loss"] < 6.0  # below ln(300) = 5.7 after a few steps

@@ -7,7 +7,7 @@ chunked H-LRU scan's fwd+bwd scales with T.
         # chunked H-LRU fwd+bwd, B = 1, N = 64, m = 2, best of 3 per T: linear scaling doubles per row
 
 Each case of the table is timed once after a warm-up run (the sizes are large enough that the spread is small).
-The loop and the chunked scan are called directly (hf_lrnn.scan_reference, hf_lrnn.scan_chunked): the torch
+The loop and the chunked scan are called directly (hf_lrnn.scan_reference_lrnn, hf_lrnn.scan_chunked_lrnn): the torch
 backend of hf_lrnn.ops picks one of them by size, and this is the comparison behind that rule.
 """
 import argparse
@@ -18,8 +18,8 @@ from datetime import date
 
 import torch
 
-from hf_lrnn.scan_chunked import bdlru_scan_chunked, hlru_scan_chunked
-from hf_lrnn.scan_reference import bdlru_scan_reference, hlru_scan_reference
+from hf_lrnn.scan_chunked_lrnn import bdlru_scan_chunked, hlru_scan_chunked
+from hf_lrnn.scan_reference_lrnn import bdlru_scan_reference, hlru_scan_reference
 
 from .scan_setup import scan_inputs
 

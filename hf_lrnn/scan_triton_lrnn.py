@@ -1,7 +1,7 @@
 """Triton scans for H-LRU and BD-LRU: launch planning, drivers, autograd and the entry points
-``hlru_scan_triton`` / ``bdlru_scan_triton`` (the kernels are in ``triton_hlru`` and ``triton_bdlru``).
+``hlru_scan_triton`` / ``bdlru_scan_triton`` (the kernels are in ``triton_hlru_lrnn`` and ``triton_bdlru_lrnn``).
 
-Shapes (B batch, T time, N channels or blocks, m order, k block size), as in ``scan_reference``:
+Shapes (B batch, T time, N channels or blocks, m order, k block size), as in ``scan_reference_lrnn``:
 - H-LRU: v (B, T, N), gate_logits (B, T, N, m+1), state (B, N, m) = [h_{t-1}, ..., h_{t-m}].
 - BD-LRU: v (B, T, N, k), gate_logits (B, T, N, k, k+1), state (B, N, k).
 
@@ -13,11 +13,12 @@ Time chunking (sequential kernels, state size <= 8), so that small batches fill 
 chunk is affine, ``s_end = P s_start + e``. A summary pass runs every chunk from zero (with the inputs)
 and from the unit states (without) to get [e | P], a small sequential kernel passes the true start
 states along the chunks, and the main pass reruns every chunk from its start state. The backward pass
-does the same in reverse time. Only h is saved for backward. Masked steps (mask == 0) are the identity
-on the state; h there repeats the most recent state entry.
+does the same in reverse time. Forward saves its inputs and h for backward (no chunk summaries or start
+states: backward recomputes them). Masked steps (mask == 0) are the identity on the state; h there
+repeats the most recent state entry.
 
 The state and all accumulations are float32; inputs may be float32, bfloat16 or float16 (float64 is
-refused with a TypeError); h is returned in v's dtype, the final state in float32. Offsets are int64.
+refused with a ScanUnsupportedError); h is returned in v's dtype, the final state in float32. Offsets are int64.
 The launch constants below are fixed numbers tuned on one H200 (``benchmarks/kernels/tune_scan.py``),
 not derived from the GPU at run time.
 """
@@ -34,15 +35,16 @@ try:  # inside try/except so that transformers' remote-code import check does no
 except ImportError as err:
     raise ImportError("hf_lrnn's Triton kernels need the 'triton' package (pip install triton)") from err
 
-from .gates import GATE_NORMALIZATIONS, L1_EPS
-from .triton_bdlru import (
+from .constants_lrnn import ScanUnsupportedError
+from .gates_lrnn import GATE_NORMALIZATIONS, L1_EPS
+from .triton_bdlru_lrnn import (
     _bdlru_seq_bwd_kernel,
     _bdlru_seq_fwd_kernel,
     _bdlru_step_bwd_kernel,
     _bdlru_step_fwd_kernel,
 )
-from .triton_helpers import _chunk_combine_kernel
-from .triton_hlru import _hlru_bwd_kernel, _hlru_fwd_kernel
+from .triton_helpers_lrnn import _chunk_combine_kernel
+from .triton_hlru_lrnn import _hlru_bwd_kernel, _hlru_fwd_kernel
 
 MAX_HLRU_ORDER = 16  # largest supported m
 MAX_BDLRU_BLOCK = 16  # largest supported k
@@ -96,7 +98,7 @@ def _sequential_config(kind: str, size: int, backward: bool) -> Tuple[int, int, 
     return tables[kind][backward].get(size, (2 if size <= 4 else 1, 128, 4))
 
 
-def _plan_chunks(T: int, D: int, want: int, chunk_size: Optional[int]) -> Tuple[int, int]:
+def _chunk_length_and_count(T: int, D: int, want: int, chunk_size: Optional[int]) -> Tuple[int, int]:
     """(chunk length L, number of chunks C): ``chunk_size`` if given, else ``want`` chunks of at least
     MIN_CHUNK_LEN steps; one chunk for state sizes D > MAX_CHUNKED_SIZE."""
     if chunk_size is not None:
@@ -107,7 +109,7 @@ def _plan_chunks(T: int, D: int, want: int, chunk_size: Optional[int]) -> Tuple[
         L = T
     C = triton.cdiv(T, L)
     if C > 1 and D > MAX_CHUNKED_SIZE:
-        raise ValueError(f"time chunking supports state sizes up to {MAX_CHUNKED_SIZE}, got {D}")
+        raise ScanUnsupportedError(f"time chunking supports state sizes up to {MAX_CHUNKED_SIZE}, got {D}")
     return L, C
 
 
@@ -148,7 +150,7 @@ def _chunk_plan(kind: str, v: torch.Tensor, D: int, chunk_size: Optional[int]) -
         want = triton.cdiv(HLRU_TARGET_WORK, B * N * (D + 1))
     else:
         want = triton.cdiv(BDLRU_TARGET_THREADS, B * N)
-    return _plan_chunks(T, D, want, chunk_size)
+    return _chunk_length_and_count(T, D, want, chunk_size)
 
 
 def _sequential_forward(kind, v, g, init, mask, norm, L):
@@ -238,7 +240,7 @@ def _step_backward(v, g, init, mask, h, dh, dfinal, norm):
 
 # A copy of this file loaded as remote code (transformers_modules...) registers its operators under its own
 # namespace, so that it can live in one process with an installed hf_lrnn.
-OP_NAMESPACE = "hf_lrnn" if __name__ == "hf_lrnn.scan_triton" else "hf_lrnn_" + re.sub(r"\W", "_", __name__)
+OP_NAMESPACE = "hf_lrnn" if __name__ == "hf_lrnn.scan_triton_lrnn" else "hf_lrnn_" + re.sub(r"\W", "_", __name__)
 
 
 def _scan_forward(kind, v, g, init, mask, normalization, chunk_size):
@@ -306,15 +308,15 @@ def _prepare(name, kind, v, gate_logits, initial_state, mask, normalization, D):
     """Check what the kernels need beyond ops' shape checks; make the inputs contiguous."""
     reason = triton_unsupported_reason(kind, D)
     if reason is not None:
-        raise ValueError(f"{name}: {reason}")
+        raise ScanUnsupportedError(f"{name}: {reason}")
     for label, x in (("v", v), ("gate_logits", gate_logits), ("initial_state", initial_state)):
         if x is not None and x.dtype not in _KERNEL_DTYPES:
-            raise TypeError(f"{name}: the Triton kernels take float32, bfloat16 or float16 {label}, got {x.dtype}; "
+            raise ScanUnsupportedError(f"{name}: the Triton kernels take float32, bfloat16 or float16 {label}, got {x.dtype}; "
                             "use backend='torch' or 'reference' for float64")
     if normalization not in GATE_NORMALIZATIONS:
         raise ValueError(f"{name}: normalization must be one of {GATE_NORMALIZATIONS}, got {normalization!r}")
     if not v.is_cuda and not _interpreting():
-        raise RuntimeError(f"{name}: the Triton backend needs CUDA tensors (or TRITON_INTERPRET=1 for the "
+        raise ScanUnsupportedError(f"{name}: the Triton backend needs CUDA tensors (or TRITON_INTERPRET=1 for the "
                            f"interpreter), got tensors on {v.device}")
     init = initial_state.contiguous() if initial_state is not None else None
     mask = (mask != 0).to(torch.int8).contiguous() if mask is not None else None
@@ -352,7 +354,7 @@ def hlru_scan_triton(
     v (B, T, N); gate_logits (B, T, N, m+1) (index 0 the input gate, j the weight of h_{t-j});
     initial_state (B, N, m) = [h_{-1}, ..., h_{-m}] or None (zeros); mask (B, T) or None (0: identity step).
     Returns h (B, T, N) in v's dtype and, if output_final_state, the final lags (B, N, m) in float32.
-    ``chunk_size`` forces the time-chunk length (default: ``_plan_chunks``).
+    ``chunk_size`` forces the time-chunk length (default: ``_chunk_plan``).
     """
     B, T, N = v.shape
     m = gate_logits.shape[-1] - 1

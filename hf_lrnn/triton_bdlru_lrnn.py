@@ -1,5 +1,5 @@
 """Triton kernels of the BD-LRU scan, forward and backward (the planner and autograd live in
-``scan_triton``).
+``scan_triton_lrnn``).
 
 Shapes: v (B, T, N, k), gate_logits (B, T, N, k, k+1) ([..., i, 0] row i's input gate,
 [..., i, 1+j] = A[i, j]), state (B, N, k). Forward ``h_t = A_t h_{t-1} + a_0 * v_t``; backward
@@ -21,7 +21,7 @@ try:  # inside try/except so that transformers' remote-code import check does no
 except ImportError as err:
     raise ImportError("hf_lrnn's Triton kernels need the 'triton' package (pip install triton)") from err
 
-from .triton_helpers import (
+from .triton_helpers_lrnn import (
     _chunk_bounds,
     _chunk_start,
     _load_values,

@@ -1,5 +1,5 @@
 """Triton kernels of the H-LRU scan: sequential kernels, one channel per thread, U steps loaded per loop
-iteration, forward and backward (the planner and autograd live in ``scan_triton``).
+iteration, forward and backward (the planner and autograd live in ``scan_triton_lrnn``).
 
 Shapes: v (B, T, N), gate_logits (B, T, N, m+1), state (B, N, m) = [h_{t-1}, ..., h_{t-m}].
 Forward ``h_t = sum_j a_{t,j} h_{t-j} + a_{t,0} v_t``; the backward pass runs the adjoint of the lags in
@@ -14,7 +14,7 @@ try:  # inside try/except so that transformers' remote-code import check does no
 except ImportError as err:
     raise ImportError("hf_lrnn's Triton kernels need the 'triton' package (pip install triton)") from err
 
-from .triton_helpers import (
+from .triton_helpers_lrnn import (
     _chunk_bounds,
     _chunk_start,
     _load_values,

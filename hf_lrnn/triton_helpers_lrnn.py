@@ -2,7 +2,9 @@
 loads and stores of small per-thread vectors, and the kernel that passes states along time chunks.
 
 Values that belong together (the m+1 gates of a channel, the lags, the state copies of a chunk summary)
-are tuples of equally shaped tensors, indexed with compile-time constants.
+are tuples of equally shaped tensors, indexed with compile-time constants. In the kernels, ``n * 0 + x``
+(n a block of channel or block indices) is the scalar x broadcast to n's shape, so that a per-step
+condition or address combines lane by lane with the per-channel ones.
 """
 from __future__ import annotations
 

@@ -1,6 +1,8 @@
-"""LRNNForCausalLM: forward/backward, cache, generation, padding, Trainer, save/load, remote code, errors."""
+"""LRNNForCausalLM and LRNNModel: forward and backward, the loss, padding, training, save and load (also as
+remote code), input checks."""
 import json
 import textwrap
+import warnings
 
 import pytest
 import torch
@@ -8,31 +10,11 @@ import torch.nn.functional as F
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, DynamicCache, Trainer, TrainingArguments
 from transformers.dynamic_module_utils import get_imports
 
-from hf_lrnn import LRNNCache, LRNNConfig, LRNNForCausalLM, LRNNModel
-from hf_lrnn.modeling_lrnn import CACHE_FIELD, hlru_lagged_states
+from hf_lrnn import LRNNConfig, LRNNForCausalLM, LRNNModel
+from hf_lrnn.generation_lrnn import CACHE_FIELD
+from hf_lrnn.modeling_lrnn import hlru_lagged_states
+from helpers import MIXERS, ids, tiny_model
 from script_loader import run_without_hf_lrnn
-
-MIXERS = {
-    "hlru": dict(mixer="hlru", order=3),
-    "bdlru": dict(mixer="bdlru", block_size=4),
-    "hybrid": dict(mixer=["hlru", {"mixer": "bdlru", "block_size": 2, "gate_normalization": "tanh_l1"}]),
-}
-
-
-def tiny_config(mixer="hlru", **overrides):
-    kwargs = dict(vocab_size=37, hidden_size=24, num_hidden_layers=2, intermediate_size=40, pad_token_id=0)
-    kwargs.update(MIXERS[mixer])
-    kwargs.update(overrides)
-    return LRNNConfig(**kwargs)
-
-
-def tiny_model(mixer="hlru", seed=0, **overrides):
-    torch.manual_seed(seed)
-    return LRNNForCausalLM(tiny_config(mixer, **overrides)).eval()
-
-
-def ids(B, T, seed=0, low=2):
-    return torch.randint(low, 37, (B, T), generator=torch.Generator().manual_seed(seed))
 
 
 @pytest.mark.parametrize("mixer", MIXERS)
@@ -67,98 +49,6 @@ def test_logits_to_keep_and_hidden_states():
     assert last.shape == (2, 1, 37) and torch.allclose(last, full[:, -1:], atol=1e-6)
     out = model(x, output_hidden_states=True)
     assert len(out.hidden_states) == 1 + model.config.num_hidden_layers
-
-
-@pytest.mark.parametrize("mixer", MIXERS)
-def test_cached_step_by_step_logits_equal_full_forward(mixer):
-    model = tiny_model(mixer)
-    x = ids(2, 20)
-    with torch.no_grad():
-        full = model(x).logits
-        out = model(x[:, :7], use_cache=True)
-        cache = getattr(out, CACHE_FIELD)
-        assert isinstance(cache, LRNNCache) and cache.get_seq_length() == 7
-        pieces = [out.logits]
-        for t in range(7, 20):
-            out = model(x[:, t : t + 1], use_cache=True, **{CACHE_FIELD: cache})
-            pieces.append(out.logits)
-    assert cache.get_seq_length() == 20
-    torch.testing.assert_close(torch.cat(pieces, 1), full, atol=1e-5, rtol=1e-5)
-
-
-def test_cache_memory_is_constant_in_sequence_length():
-    model = tiny_model("hybrid")
-    sizes = []
-    for T in (5, 50):
-        with torch.no_grad():
-            cache = getattr(model(ids(2, T), use_cache=True), CACHE_FIELD)
-        sizes.append([tuple(s.shape) for s in cache.states])
-        assert all(s.dtype == torch.float32 for s in cache.states)
-    assert sizes[0] == sizes[1] == [(2, 24, 2), (2, 12, 2)]  # H-LRU lags (B, N, m); BD-LRU (B, N, k)
-
-
-@pytest.mark.parametrize("mixer", MIXERS)
-def test_generate_with_and_without_cache_agree(mixer):
-    model = tiny_model(mixer)
-    prompt = ids(2, 6)
-    greedy = model.generate(prompt, max_new_tokens=10, do_sample=False)
-    greedy_nocache = model.generate(prompt, max_new_tokens=10, do_sample=False, use_cache=False)
-    assert greedy.shape == (2, 16)
-    assert torch.equal(greedy, greedy_nocache)
-    torch.manual_seed(5)
-    sampled = model.generate(prompt, max_new_tokens=10, do_sample=True, top_k=10, temperature=0.9)
-    torch.manual_seed(5)
-    sampled_nocache = model.generate(prompt, max_new_tokens=10, do_sample=True, top_k=10, temperature=0.9, use_cache=False)
-    assert torch.equal(sampled, sampled_nocache)
-
-
-@pytest.mark.parametrize("mixer", ["hlru", "bdlru"])
-def test_beam_search_reorders_the_cache(mixer):
-    model = tiny_model(mixer, seed=1)
-    prompt = ids(2, 5, seed=3)
-    beams = model.generate(prompt, max_new_tokens=8, num_beams=4, do_sample=False)
-    beams_nocache = model.generate(prompt, max_new_tokens=8, num_beams=4, do_sample=False, use_cache=False)
-    assert torch.equal(beams, beams_nocache)
-    several = model.generate(prompt, max_new_tokens=4, num_beams=3, num_return_sequences=3, do_sample=False)
-    assert several.shape == (6, 9)
-
-
-@pytest.mark.parametrize("mixer", MIXERS)
-def test_left_padded_batch_generates_what_each_prompt_generates_alone(mixer):
-    model = tiny_model(mixer, seed=2)
-    prompts = [ids(1, 9, seed=10)[0], ids(1, 4, seed=11)[0], ids(1, 6, seed=12)[0]]
-    width = max(len(p) for p in prompts)
-    batch = torch.zeros(len(prompts), width, dtype=torch.long)
-    mask = torch.zeros(len(prompts), width, dtype=torch.long)
-    for i, p in enumerate(prompts):
-        batch[i, width - len(p) :] = p
-        mask[i, width - len(p) :] = 1
-    together = model.generate(batch, attention_mask=mask, max_new_tokens=8, do_sample=False)
-    with torch.no_grad():
-        padded_logits = model(batch, attention_mask=mask).logits
-    for i, p in enumerate(prompts):
-        alone = model.generate(p[None], max_new_tokens=8, do_sample=False)
-        assert torch.equal(together[i, width:], alone[0, len(p) :]), f"prompt {i}"
-        with torch.no_grad():
-            torch.testing.assert_close(padded_logits[i, width - len(p) :], model(p[None]).logits[0], atol=1e-5, rtol=1e-5)
-
-
-@pytest.mark.parametrize("mixer", ["hlru", "bdlru"])
-def test_masked_steps_leave_a_nonzero_state_untouched(mixer):
-    """With a cache, a chunk whose first steps are masked continues exactly like the unmasked tokens alone."""
-    model = tiny_model(mixer, seed=3)
-    x = ids(1, 12, seed=4)
-    with torch.no_grad():
-        cache_a = getattr(model(x[:, :6], use_cache=True), CACHE_FIELD)
-        cache_b = getattr(model(x[:, :6], use_cache=True), CACHE_FIELD)
-        noise = ids(1, 3, seed=9)
-        padded = torch.cat([noise, x[:, 6:]], 1)
-        mask = torch.cat([torch.zeros(1, 3, dtype=torch.long), torch.ones(1, 6, dtype=torch.long)], 1)
-        logits_padded = model(padded, attention_mask=mask, use_cache=True, **{CACHE_FIELD: cache_a}).logits
-        logits_plain = model(x[:, 6:], use_cache=True, **{CACHE_FIELD: cache_b}).logits
-    torch.testing.assert_close(logits_padded[:, 3:], logits_plain, atol=1e-5, rtol=1e-5)
-    for sa, sb in zip(cache_a.states, cache_b.states):
-        torch.testing.assert_close(sa, sb, atol=1e-6, rtol=1e-6)
 
 
 def test_lagged_states_skip_masked_steps():
@@ -216,12 +106,12 @@ def test_save_and_load_round_trip(tmp_path, tie):
     model = tiny_model("hybrid", tie_word_embeddings=tie)
     model.save_pretrained(tmp_path)
     assert (tmp_path / "model.safetensors").exists()
-    for name in ("modeling_lrnn.py", "configuration_lrnn.py", "ops.py", "gates.py", "scan_reference.py", "scan_chunked.py"):
+    for name in ("modeling_lrnn.py", "configuration_lrnn.py", "ops_lrnn.py", "gates_lrnn.py", "scan_reference_lrnn.py", "scan_chunked_lrnn.py"):
         assert (tmp_path / name).exists(), name
     # transformers refuses remote code whose top-level imports are not installed: only torch and
     # transformers (and the standard library) may be required; triton sits in a try block.
     for code in tmp_path.glob("*.py"):
-        assert set(get_imports(code)) <= {"__future__", "math", "os", "re", "typing", "warnings", "torch", "transformers"}, code
+        assert set(get_imports(code)) <= {"__future__", "contextvars", "math", "os", "re", "typing", "warnings", "torch", "transformers"}, code
     auto_map = json.loads((tmp_path / "config.json").read_text())["auto_map"]
     assert auto_map["AutoModelForCausalLM"] == "modeling_lrnn.LRNNForCausalLM"
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
@@ -255,8 +145,12 @@ def test_remote_code_loads_where_hf_lrnn_is_not_importable(tmp_path):
             pass
         else:
             raise SystemExit("hf_lrnn is importable")
+        import sys
         import torch
-        from transformers import AutoModelForCausalLM
+        from transformers import AutoConfig, AutoModelForCausalLM
+        config = AutoConfig.from_pretrained({str(tmp_path / "ckpt")!r}, trust_remote_code=True)
+        loaded = [name for name in sys.modules if "transformers_modules" in name]
+        assert loaded and not [name for name in loaded if "ops_lrnn" in name or "scan_" in name], loaded
         model = AutoModelForCausalLM.from_pretrained({str(tmp_path / "ckpt")!r}, trust_remote_code=True).eval()
         assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
         ref = torch.load({str(tmp_path / "expected.pt")!r})
@@ -269,48 +163,6 @@ def test_remote_code_loads_where_hf_lrnn_is_not_importable(tmp_path):
     )
     result = run_without_hf_lrnn(script, tmp_path)
     assert "REMOTE_OK" in result.stdout, result.stdout + result.stderr
-
-
-CONFIG_ERRORS = [
-    (dict(mixer="lstm"), "mixer must be one of"),
-    (dict(order=0), "order must be a positive int"),
-    (dict(block_size=0), "block_size must be a positive int"),
-    (dict(hidden_size=-1), "hidden_size must be a positive int"),
-    (dict(vocab_size=0), "vocab_size must be a positive int"),
-    (dict(num_hidden_layers=0), "num_hidden_layers must be a positive int"),
-    (dict(intermediate_size=0), "intermediate_size must be a positive int"),
-    (dict(recurrent_size=0), "recurrent_size must be a positive int"),
-    (dict(mixer="bdlru", block_size=5, recurrent_size=24), r"recurrent_size \(24\) must be a multiple of block_size \(5\)"),
-    (dict(gate_normalization="l2"), "gate_normalization must be one of"),
-    (dict(scan_backend="cuda"), "scan_backend must be one of"),
-    (dict(rms_norm_eps=0), "rms_norm_eps must be a finite number > 0"),
-    (dict(initializer_range=-1.0), "initializer_range must be a finite number >= 0"),
-    (dict(pad_token_id=99), r"pad_token_id must be None or an id in \[0, vocab_size"),
-    (dict(bos_token_id=-1), r"bos_token_id must be None or an id in \[0, vocab_size"),
-    (dict(eos_token_id=[1, 200]), "eos_token_id must be None"),
-    (dict(mixer=["hlru"]), "mixer is a list of 1 layer specs but num_hidden_layers is 2"),
-    (dict(mixer=["hlru", {"block_size": 2}]), r"mixer\[1\] must name its 'mixer'"),
-    (dict(mixer=["hlru", {"mixer": "bdlru", "blocksize": 2}]), r"mixer\[1\] has unknown keys \['blocksize'\]"),
-    (dict(mixer=["hlru", {"mixer": "bdlru", "order": 0}]), r"mixer\[1\].order must be a positive int"),
-    (dict(mixer=["hlru", 3]), r"mixer\[1\] must be a mixer name"),
-    (dict(mixer=7), "mixer must be one of"),
-]
-
-
-@pytest.mark.parametrize("kwargs,message", CONFIG_ERRORS, ids=[m for _, m in CONFIG_ERRORS])
-def test_config_errors_name_the_field(kwargs, message):
-    base = dict(vocab_size=37, hidden_size=24, num_hidden_layers=2)
-    base.update(kwargs)
-    with pytest.raises(ValueError, match=message):
-        LRNNConfig(**base)
-
-
-def test_config_defaults_and_layer_specs():
-    config = LRNNConfig(hidden_size=128, mixer=["hlru", {"mixer": "bdlru", "block_size": 8}], order=2)
-    assert config.recurrent_size == 128 and config.intermediate_size == 352  # 8d/3 rounded up to 32
-    assert config.layer_specs[1] == dict(mixer="bdlru", order=2, block_size=8, recurrent_size=128, gate_normalization="softmax")
-    round_trip = LRNNConfig.from_dict(config.to_dict())
-    assert round_trip.layer_specs == config.layer_specs
 
 
 def test_bad_inputs_give_clear_errors():
@@ -369,3 +221,104 @@ def test_from_pretrained_in_bf16_keeps_the_state_in_fp32(tmp_path):
     assert all(s.dtype == torch.float32 for s in getattr(out, CACHE_FIELD).states)
     generated = model.generate(ids(2, 4), max_new_tokens=5, do_sample=False)
     assert generated.shape == (2, 9)
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64])
+def test_every_integer_dtype_of_input_ids_works(dtype):
+    model = tiny_model()
+    x = ids(2, 5)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x.to(dtype)).logits, model(x).logits)
+    with pytest.raises(ValueError, match="input_ids must be an integer tensor"):
+        model(x.float())
+
+
+def test_shift_labels_reach_the_loss():
+    model = tiny_model()
+    x = ids(2, 8)
+    shifted = torch.cat([x[:, 1:], torch.full((2, 1), -100)], dim=1)
+    a = model(x, labels=x).loss
+    b = model(x, shift_labels=shifted).loss
+    torch.testing.assert_close(a, b)
+
+
+def test_unnormalised_gates_warn_once():
+    from hf_lrnn import modeling_lrnn
+
+    modeling_lrnn._WARNED_NORMALIZATIONS.discard("none")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        tiny_model(gate_normalization="none")
+        tiny_model(gate_normalization="none")
+    assert sum("gate_normalization='none'" in str(w.message) for w in caught) == 1
+
+
+@pytest.mark.parametrize("mixer", ["hlru", "bdlru"])
+def test_an_empty_batch_and_an_empty_sequence_give_empty_logits(mixer):
+    model = tiny_model(mixer)
+    with torch.no_grad():
+        assert model(ids(0, 5), use_cache=False).logits.shape == (0, 5, 37)
+        assert model(ids(2, 0), use_cache=False).logits.shape == (2, 0, 37)
+
+
+def test_a_float64_model_with_gradients_keeps_the_cache_float32():
+    model = tiny_model().double()
+    x = ids(2, 8)
+    cache = getattr(model(x[:, :5], use_cache=True), CACHE_FIELD)
+    assert all(s.dtype == torch.float32 and s.requires_grad for s in cache.states)
+    out = model(x[:, 5:], use_cache=True, **{CACHE_FIELD: cache})
+    out.logits.sum().backward()
+    with torch.no_grad():
+        torch.testing.assert_close(out.logits, model(x).logits[:, 5:], rtol=1e-5, atol=1e-6)
+
+
+def test_low_precision_inputs_embeds_are_cast_to_the_parameters_dtype():
+    """As in Llama: an fp32 model given bf16 embeddings computes in fp32 (on the rounded embeddings)."""
+    model = tiny_model()
+    embeds = model.get_input_embeddings()(ids(2, 6)).detach().to(torch.bfloat16)
+    with torch.no_grad():
+        logits = model(inputs_embeds=embeds).logits
+        torch.testing.assert_close(logits, model(inputs_embeds=embeds.float()).logits, rtol=0, atol=0)
+    assert logits.dtype == torch.float32
+
+
+def test_resize_below_a_special_token_id_is_refused_before_anything_changes():
+    model = tiny_model(pad_token_id=30)
+    with pytest.raises(ValueError, match=r"config.pad_token_id=30 would lie outside the new vocabulary \[0, 20\)"):
+        model.resize_token_embeddings(20)
+    assert model.config.vocab_size == 37 and model.get_input_embeddings().weight.shape[0] == 37
+    with pytest.raises(ValueError, match=r"config.pad_token_id=30 would lie outside the new vocabulary \[0, 24\)"):
+        model.resize_token_embeddings(17, pad_to_multiple_of=8)
+    model.config.pad_token_id = None
+    model.resize_token_embeddings(20)
+    assert model.config.vocab_size == 20
+
+
+def test_config_use_cache_false_only_changes_what_a_plain_forward_returns():
+    """Trainer writes TrainingArguments.use_cache (False by default) into config.use_cache, as it does for
+    every model; a saved model then returns no cache from a plain forward, like Llama; generate() and
+    use_cache=True still use one."""
+    model = tiny_model()
+    model.config.use_cache = False  # what Trainer(model, TrainingArguments(...)) does
+    x = ids(1, 4)
+    with torch.no_grad():
+        assert getattr(model(x), CACHE_FIELD) is None
+        assert getattr(model(x, use_cache=True), CACHE_FIELD).get_seq_length() == 4
+    out = model.generate(x, max_new_tokens=3, do_sample=False, return_dict_in_generate=True)
+    assert getattr(out, CACHE_FIELD).get_seq_length() == 6
+
+
+def test_save_pretrained_leaves_a_users_files_alone(tmp_path):
+    """The modeling code is written as <module>_lrnn.py files, so a user's own ops.py (or any other short
+    module name) in the folder survives save_pretrained, byte for byte."""
+    short_names = ["ops", "gates", "constants", "cache", "generation", "scan_reference", "scan_chunked",
+                   "scan_triton", "triton_hlru", "triton_bdlru", "triton_helpers", "utils", "model", "config",
+                   "configuration", "modeling", "tokenizer", "train", "spectrum"]
+    for name in short_names:
+        (tmp_path / f"{name}.py").write_text(f"# the user's own {name}.py\n")
+    tiny_model("hybrid").save_pretrained(tmp_path)
+    for name in short_names:
+        assert (tmp_path / f"{name}.py").read_text() == f"# the user's own {name}.py\n", name
+    written = {p.name for p in tmp_path.glob("*.py")} - {f"{name}.py" for name in short_names}
+    assert written and all(name.endswith("_lrnn.py") for name in written), written
+    assert "ops_lrnn.py" in written and "cache_lrnn.py" in written

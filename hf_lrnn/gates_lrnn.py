@@ -1,8 +1,9 @@
 """Gate normalisations: how the m+1 (H-LRU) or k+1 (BD-LRU) logits of a channel or block row become the
 recurrence's coefficients, along the last dimension.
 
-With n_j the numerator of logit g_j and S = sum_j |n_j|, every variant is ``a_j = n_j / S`` (plus eps in
-the denominators that can be zero), so ``sum_j |a_j| <= 1`` and the state stays bounded by the inputs:
+With n_j the numerator of logit g_j and S = sum_j |n_j|, every variant but ``none`` is ``a_j = n_j / S``
+(plus eps in the denominators that can be zero), so ``sum_j |a_j| <= 1`` and the state stays bounded by the
+inputs; ``none`` leaves the logits as they are, and the state can grow without bound:
 
 - ``softmax``: n = exp(g - max g), the paper's default;
 - ``sigmoid_l1``: n = sigmoid(g); for rows whose logits are all negative it is computed as
@@ -13,14 +14,14 @@ the denominators that can be zero), so ``sum_j |a_j| <= 1`` and the state stays 
 - ``l1``: n = g, S + eps (signed);
 - ``none``: a = g, unnormalised (the paper's unstable ablation).
 
-The Triton kernels implement the same formulas (``triton_helpers``); all arithmetic is float32 (float64
+The Triton kernels implement the same formulas (``triton_helpers_lrnn``); all arithmetic is float32 (float64
 for float64 inputs).
 """
 from __future__ import annotations
 
 import torch
 
-GATE_NORMALIZATIONS = ("softmax", "sigmoid_l1", "relu_l1", "tanh_l1", "l1", "none")
+from .constants_lrnn import GATE_NORMALIZATIONS
 # Added to the denominators of relu_l1 / tanh_l1 / l1, which can be zero: an all-zero row gives zero gates.
 L1_EPS = 1e-6
 

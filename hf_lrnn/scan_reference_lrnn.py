@@ -13,7 +13,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from .gates import compute_dtype, normalize_gates
+from .gates_lrnn import compute_dtype, normalize_gates
 
 
 def hlru_scan_reference(

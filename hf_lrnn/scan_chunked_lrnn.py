@@ -1,7 +1,7 @@
 """Chunked PyTorch scans for H-LRU and BD-LRU: O(L + T/L) Python steps for chunks of L steps instead of
 T, differentiable by autograd (the torch backend for sequences longer than a few steps).
 
-Shapes as in ``scan_reference``. Both recurrences are affine maps of a D-dimensional state per channel
+Shapes as in ``scan_reference_lrnn``. Both recurrences are affine maps of a D-dimensional state per channel
 (D = m or k): ``s_t = M_t s_{t-1} + u_t``. H-LRU uses the companion matrix (first row a_{t,1..m}, ones
 below the diagonal) and ``u_t = a_{t,0} v_t e_1``; BD-LRU uses ``M_t = A_t`` and ``u_t = a_{t,0} * v_t``.
 Where ``mask`` is 0 the step is the identity (M = I, u = 0). ``benchmarks/kernels/bench_torch_scan.py``
@@ -16,7 +16,7 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from .gates import compute_dtype, normalize_gates
+from .gates_lrnn import compute_dtype, normalize_gates
 
 
 def _apply_dense(M: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
@@ -81,7 +81,7 @@ def identity_where_masked(M: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.where(keep, M, torch.eye(M.shape[-1], dtype=M.dtype, device=M.device))
 
 
-def _identity_where_masked(M, u, mask):
+def _identity_map_where_masked(M, u, mask):
     """Replace masked steps (mask == 0) by the identity map: M = I, u = 0."""
     keep = mask.bool().view(*mask.shape, *([1] * (u.dim() - 2)))
     return identity_where_masked(M, mask), torch.where(keep, u, torch.zeros_like(u))
@@ -156,7 +156,7 @@ def hlru_scan_chunked(
         return h.to(v.dtype), (final if output_final_state else None)
     # A masked step is the identity on the lags, which no gate values give: scan the companion form,
     # s_t = C_t s_{t-1} + (u_t, 0, ..., 0), with C_t = I at masked steps.
-    M, u = _identity_where_masked(companion_matrices(a[..., 1:]), F.pad(u[..., None], (0, m - 1)), mask)
+    M, u = _identity_map_where_masked(companion_matrices(a[..., 1:]), F.pad(u[..., None], (0, m - 1)), mask)
     states, final = _chunked_affine_scan(M, u, s0, chunk_size)
     return states[..., 0].to(v.dtype), (final if output_final_state else None)
 
@@ -177,7 +177,7 @@ def bdlru_scan_chunked(
     a = normalize_gates(gate_logits.to(cd), normalization)
     M, u = a[..., 1:], a[..., 0] * v.to(cd)
     if mask is not None:
-        M, u = _identity_where_masked(M, u, mask)
+        M, u = _identity_map_where_masked(M, u, mask)
     s0 = initial_state.to(cd) if initial_state is not None else v.new_zeros(B, N, k, dtype=cd)
     states, final = _chunked_affine_scan(M, u, s0, chunk_size)
     return states.to(v.dtype), (final if output_final_state else None)
