@@ -145,15 +145,15 @@ def test_torch_extreme_logits(name, kind, D, normalization):
     assert_below(errors, 1e-10)
 
 
-def _scan_outputs(scan, kind, D, resets, **kwargs):
-    """h, final state and the gradients of v, gate_logits, initial_state of one scan call."""
-    v, logits, state, mask, _ = _packed_inputs(kind, D, ROW_SPLITS, 3, "softmax", True, True, False, seed=5)
-    dtype = kwargs.pop("dtype", F64)
+def _scan_outputs(scan, kind, D, T, resets, dtype=F64, **kwargs):
+    """h, final state and the gradients of v, gate_logits, initial_state of one scan call (B = 2, T, N = 2)."""
+    v, logits, state, mask, _ = _packed_inputs(kind, D, ([T], [T]), 2, "softmax", True, True, False, seed=5)
     leaves = [x.to(dtype).requires_grad_() for x in (v, logits, state)]
     h, final = scan(leaves[0], leaves[1], initial_state=leaves[2], output_final_state=True, mask=mask,
                     resets=resets, **kwargs)
     g = torch.Generator().manual_seed(6)
-    loss = (h * torch.randn(h.shape, generator=g, dtype=F64).to(h.dtype)).sum() + (final * torch.randn(final.shape, generator=g, dtype=F64).to(final.dtype)).sum()
+    dh, dfinal = torch.randn(h.shape, generator=g, dtype=F64), torch.randn(final.shape, generator=g, dtype=F64)
+    loss = (h * dh.to(h.dtype)).sum() + (final * dfinal.to(final.dtype)).sum()
     return (h, final) + torch.autograd.grad(loss, leaves)
 
 
@@ -163,11 +163,11 @@ def test_torch_resets_without_starts_change_nothing(name, kind, D):
     """resets all False, or True only at t = 0, give bit for bit what resets=None gives."""
     scan, kwargs = _torch_scan(name, kind)
     T = sum(ROW_SPLITS[0])
-    baseline = _scan_outputs(scan, kind, D, None, **kwargs)
+    baseline = _scan_outputs(scan, kind, D, T, None, **kwargs)
     only_first = torch.zeros(2, T, dtype=torch.bool)
     only_first[:, 0] = True
     for resets in (torch.zeros(2, T, dtype=torch.bool), only_first):
-        for a, b in zip(_scan_outputs(scan, kind, D, resets, **kwargs), baseline):
+        for a, b in zip(_scan_outputs(scan, kind, D, T, resets, **kwargs), baseline):
             assert torch.equal(a, b)
 
 
@@ -188,3 +188,101 @@ def test_torch_bad_resets_raise_naming_resets(scan):
     for resets, error, message in _bad_resets_cases(3):
         with pytest.raises(error, match=message):
             scan(v, logits, resets=resets)
+
+
+# ---------------------------------------------------------------------------------------------
+# Triton kernels (float32, interpreter): sequential kernels (H-LRU; BD-LRU k = 1 through H-LRU m = 1,
+# k <= 8), step kernels (BD-LRU k = 9), and the chunked path (summary, combine, rescan) forced by chunk_size.
+# ---------------------------------------------------------------------------------------------
+
+TRITON_MIXERS = MIXERS + [("bdlru", 9)]
+# 13 steps; with chunks of 4, starts on a chunk's last step (3, 11), on chunk edges (4, 8) and inside (1, 7, 9).
+TRITON_SPLITS = ([3, 1, 5, 4], [1, 6, 2, 3, 1])
+TRITON_EDGE_SPLITS = ([4, 4, 1, 3, 1], [8, 4, 1])
+
+
+def _triton_scan(kind):
+    scan_triton = pytest.importorskip("hf_lrnn.scan_triton")
+    return scan_triton.hlru_scan_triton if kind == "hlru" else scan_triton.bdlru_scan_triton
+
+
+@pytest.mark.parametrize("kind,D", TRITON_MIXERS)
+@pytest.mark.parametrize("normalization", GATE_NORMALIZATIONS)
+def test_triton_packed_equals_documents_alone(kind, D, normalization):
+    with_state, with_mask = GATE_NORMALIZATIONS.index(normalization) % 2 == 0, normalization in ("softmax", "l1")
+    errors = packed_errors(_triton_scan(kind), kind, D, TRITON_SPLITS, normalization, with_state, with_mask,
+                           dtype=torch.float32, N=2)
+    assert_below(errors, 1e-5)
+
+
+@pytest.mark.parametrize("kind,D", [m for m in MIXERS if m != ("bdlru", 1)])
+@pytest.mark.parametrize("with_mask", [False, True])
+def test_triton_chunked_with_starts_on_chunk_edges(kind, D, with_mask):
+    """Chunks of 4 steps: the chunk summaries, the combine kernel and the rescan, forward and backward."""
+    for splits in (TRITON_EDGE_SPLITS, TRITON_SPLITS):
+        errors = packed_errors(_triton_scan(kind), kind, D, splits, "softmax", True, with_mask, dtype=torch.float32,
+                               N=2, chunk_size=4)
+        assert_below(errors, 1e-5)
+
+
+@pytest.mark.parametrize("kind,D", [("hlru", 3), ("bdlru", 1), ("bdlru", 4), ("bdlru", 9)])
+def test_triton_single_step_rows(kind, D):
+    errors = packed_errors(_triton_scan(kind), kind, D, ([1], [1]), "softmax", True, True, dtype=torch.float32, N=2)
+    assert_below(errors, 1e-5)
+
+
+@pytest.mark.parametrize("kind,D", [("hlru", 2), ("bdlru", 2), ("bdlru", 9)])
+@pytest.mark.parametrize("normalization", [n for n in GATE_NORMALIZATIONS if n != "none"])
+def test_triton_extreme_logits(kind, D, normalization):
+    errors = packed_errors(_triton_scan(kind), kind, D, TRITON_SPLITS, normalization, True, True, extreme=True,
+                           dtype=torch.float32, N=2)
+    assert_below(errors, 1e-5)
+
+
+@pytest.mark.parametrize("kind,D,chunk_size", [("hlru", 2, None), ("hlru", 3, 4), ("bdlru", 1, 4), ("bdlru", 2, 4),
+                                               ("bdlru", 9, None)])
+def test_triton_resets_without_starts_change_nothing(kind, D, chunk_size):
+    """resets all False, or True only at t = 0, give bit for bit what resets=None gives."""
+    scan = _triton_scan(kind)
+    T = sum(TRITON_SPLITS[0])
+    kwargs = dict(normalization="softmax", chunk_size=chunk_size, dtype=torch.float32)
+    baseline = _scan_outputs(scan, kind, D, T, None, **kwargs)
+    only_first = torch.zeros(2, T, dtype=torch.bool)
+    only_first[:, 0] = True
+    for resets in (torch.zeros(2, T, dtype=torch.bool), only_first):
+        for a, b in zip(_scan_outputs(scan, kind, D, T, resets, **kwargs), baseline):
+            assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("kind", ["hlru", "bdlru"])
+def test_triton_bad_resets_raise_naming_resets(kind):
+    v, logits, _, _, _ = _packed_inputs(kind, 2, ([3], [3]), 2, "softmax", False, False, False, seed=0)
+    for resets, error, message in _bad_resets_cases(3):
+        with pytest.raises(error, match=message):
+            _triton_scan(kind)(v.float(), logits.float(), resets=resets)
+
+
+@pytest.mark.parametrize("kind,D", [("hlru", 2), ("bdlru", 2), ("bdlru", 9)])
+def test_triton_custom_ops_with_resets_pass_opcheck(kind, D):
+    """The operators' schema, fake implementations and autograd formula with the kernels' int8 resets."""
+    scan_triton = pytest.importorskip("hf_lrnn.scan_triton")
+    op = scan_triton.hlru_scan_op if kind == "hlru" else scan_triton.bdlru_scan_op
+    v, logits, state, mask, resets = _packed_inputs(kind, D, ([2, 1, 2], [1, 4]), 2, "softmax", True, True, False,
+                                                    seed=1)
+    v, logits, state = (x.float().requires_grad_() for x in (v, logits, state))
+    starts = resets.to(torch.int8)
+    starts[:, 0] = 0
+    torch.library.opcheck(op, (v, logits, state, mask.to(torch.int8), "softmax", None, starts))
+
+
+@pytest.mark.parametrize("kind,D", [("hlru", 2), ("bdlru", 3)])
+def test_triton_inference_path_equals_the_operator_with_resets(kind, D):
+    """Without autograd the scan runs its implementation directly; with resets it equals the operator's result."""
+    scan = _triton_scan(kind)
+    v, logits, state, mask, resets = _packed_inputs(kind, D, TRITON_SPLITS, 2, "softmax", True, True, False, seed=2)
+    kwargs = dict(initial_state=state.float(), output_final_state=True, mask=mask, resets=resets, chunk_size=4)
+    with torch.no_grad():
+        h_direct, final_direct = scan(v.float(), logits.float(), **kwargs)
+    h_op, final_op = scan(v.float().requires_grad_(), logits.float(), **kwargs)
+    assert h_op.requires_grad
+    assert torch.equal(h_direct, h_op.detach()) and torch.equal(final_direct, final_op.detach())
