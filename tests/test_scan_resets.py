@@ -40,14 +40,14 @@ def _packed_inputs(kind, D, splits, N, normalization, with_state, with_mask, ext
     else:
         logits = (0.3 if normalization == "none" else 2.0) * logits  # raw gates: keep the recurrence bounded
     state = torch.randn(B, N, D, dtype=F64, generator=g) if with_state else None
-    mask = None
-    if with_mask:
-        mask = torch.rand(B, T, generator=g) > 0.3
-        mask[0, 7 % T] = False  # a padding step on a document start
     resets = torch.zeros(B, T, dtype=torch.bool)
     for b, lengths in enumerate(splits):
         assert sum(lengths) == T
         resets[b, torch.tensor([0] + lengths[:-1]).cumsum(0)] = True
+    mask = None
+    if with_mask:
+        mask = torch.rand(B, T, generator=g) > 0.3
+        mask[0, resets[0].nonzero()[-1]] = False  # a padding step on a document start (row 0's last)
     return v, logits, state, mask, resets
 
 
