@@ -89,7 +89,7 @@ def _identity_where_masked(M, u, mask):
     return identity_where_masked(M, mask), torch.where(keep, u, torch.zeros_like(u))
 
 
-def document_starts(resets: torch.Tensor) -> torch.Tensor:
+def _document_starts(resets: torch.Tensor) -> torch.Tensor:
     """The steps (B, T) whose entering state is zeroed: ``resets`` without t = 0, where the initial state applies."""
     return resets & (torch.arange(resets.shape[1], device=resets.device) > 0)
 
@@ -171,7 +171,7 @@ def hlru_scan_chunked(
 ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     """Same result as :func:`hlru_scan_reference`, via a chunked scan."""
     check_resets("hlru_scan_chunked", resets, v)
-    starts = document_starts(resets) if resets is not None else None
+    starts = _document_starts(resets) if resets is not None else None
     cd = compute_dtype(v.dtype)
     B, T, N = v.shape
     m = gate_logits.shape[-1] - 1
@@ -210,7 +210,7 @@ def bdlru_scan_chunked(
     if mask is not None:
         M, u = _identity_where_masked(M, u, mask)
     if resets is not None:
-        M = _zero_where_starts(M, document_starts(resets))
+        M = _zero_where_starts(M, _document_starts(resets))
     s0 = initial_state.to(cd) if initial_state is not None else v.new_zeros(B, N, k, dtype=cd)
     states, final = _chunked_affine_scan(M, u, s0, chunk_size)
     return states.to(v.dtype), (final if output_final_state else None)
