@@ -15,7 +15,9 @@ and from the unit states (without) to get [e | P], a small sequential kernel pas
 states along the chunks, and the main pass reruns every chunk from its start state. The backward pass
 does the same in reverse time. Forward saves its inputs and h for backward (no chunk summaries or start
 states: backward recomputes them). Masked steps (mask == 0) are the identity on the state; h there
-repeats the most recent state entry.
+repeats the most recent state entry. Document starts (``resets`` True at t > 0)
+zero the state entering the step inside the same kernels (a flag load per step, no extra pass), so a
+chunk that holds one has P = 0 in its summary.
 
 The state and all accumulations are float32; inputs may be float32, bfloat16 or float16 (float64 is
 refused with a ScanUnsupportedError); h is returned in v's dtype, the final state in float32. Offsets are int64.
@@ -37,6 +39,7 @@ except ImportError as err:
 
 from .constants_lrnn import ScanUnsupportedError
 from .gates_lrnn import GATE_NORMALIZATIONS, L1_EPS
+from .scan_reference_lrnn import check_resets
 from .triton_bdlru_lrnn import (
     _bdlru_seq_bwd_kernel,
     _bdlru_seq_fwd_kernel,
@@ -123,10 +126,11 @@ def _combine(summary: torch.Tensor, x0: Optional[torch.Tensor], reverse: bool) -
     return out
 
 
-def _lag_sources(mask: torch.Tensor, m: int) -> torch.Tensor:
+def _lag_sources(mask: torch.Tensor, m: int, resets: Optional[torch.Tensor] = None) -> torch.Tensor:
     """For H-LRU with a mask: where lag j = 1..m of each step was written, (B, T, m) int32. With c the
     unmasked steps before t: the time of unmasked step number c - j if c >= j, else c - j < 0, meaning
-    initial_state[..., j - c - 1] (entry -src - 1)."""
+    initial_state[..., j - c - 1] (entry -src - 1); -(m + 1) (a zero lag) where a document start
+    (``resets`` (B, T) int8, 0 at t = 0) lies after the source, at or before t."""
     B, T = mask.shape
     keep = mask != 0
     before = torch.cumsum(keep, 1, dtype=torch.int64) - keep.long()
@@ -135,6 +139,9 @@ def _lag_sources(mask: torch.Tensor, m: int) -> torch.Tensor:
     pos.scatter_(1, torch.where(keep, before, T), times)
     count = before[..., None] - torch.arange(1, m + 1, device=mask.device)
     src = torch.where(count >= 0, pos.gather(1, count.clamp(min=0).reshape(B, T * m)).reshape(B, T, m), count)
+    if resets is not None:  # the latest document start at or before t; initial-state sources lie before any
+        last_start = torch.cummax(torch.where(resets != 0, times, -(m + 1)), 1).values
+        src = torch.where(src < last_start[..., None], -(m + 1), src)
     return src.to(torch.int32).contiguous()
 
 
@@ -153,7 +160,7 @@ def _chunk_plan(kind: str, v: torch.Tensor, D: int, chunk_size: Optional[int]) -
     return _chunk_length_and_count(T, D, want, chunk_size)
 
 
-def _sequential_forward(kind, v, g, init, mask, norm, L):
+def _sequential_forward(kind, v, g, init, mask, norm, L, resets=None):
     """h and the final state of a sequential scan (H-LRU, or BD-LRU with k <= 8) in chunks of L steps."""
     B, T, N = v.shape[:3]
     D = g.shape[-1] - 1
@@ -163,20 +170,23 @@ def _sequential_forward(kind, v, g, init, mask, norm, L):
     h = torch.empty_like(v)
     ends = torch.empty(B, C, N, D, dtype=torch.float32, device=v.device)
     mask_arg = mask if mask is not None else v
-    common = dict(NORM=norm, EPS=L1_EPS, HAS_MASK=mask is not None, U=U, BLOCK_N=block,
-                  num_warps=warps, **{"M" if kind == "hlru" else "K": D})
+    resets_arg = resets if resets is not None else v
+    common = dict(NORM=norm, EPS=L1_EPS, HAS_MASK=mask is not None, HAS_RESETS=resets is not None, U=U,
+                  BLOCK_N=block, num_warps=warps, **{"M" if kind == "hlru" else "K": D})
     grid = (triton.cdiv(N, block), C, B)
     if C > 1:
         summary = torch.empty(B, C, N, D, D + 1, dtype=torch.float32, device=v.device)
-        kernel[grid](v, g, mask_arg, v, v, summary, T, N, L, 0, 0, HAS_START=False, SUMMARY=True, **common)
+        kernel[grid](v, g, mask_arg, resets_arg, v, v, summary, T, N, L, 0, 0, HAS_START=False, SUMMARY=True,
+                     **common)
         start, has_start, strides = _combine(summary, init, reverse=False), True, (C * N * D, N * D)
     else:
         start, has_start, strides = (init if init is not None else v), init is not None, (N * D, 0)
-    kernel[grid](v, g, mask_arg, start, h, ends, T, N, L, *strides, HAS_START=has_start, SUMMARY=False, **common)
+    kernel[grid](v, g, mask_arg, resets_arg, start, h, ends, T, N, L, *strides, HAS_START=has_start, SUMMARY=False,
+                 **common)
     return h, ends[:, -1].contiguous()
 
 
-def _sequential_backward(kind, v, g, init, mask, h, L, dh, dfinal, norm):
+def _sequential_backward(kind, v, g, init, mask, h, L, dh, dfinal, norm, resets=None):
     """dv, dgate_logits and the initial state's gradient (float32) of a sequential scan."""
     B, T, N = v.shape[:3]
     D = g.shape[-1] - 1
@@ -185,12 +195,14 @@ def _sequential_backward(kind, v, g, init, mask, h, L, dh, dfinal, norm):
     kernel = _SEQUENTIAL_KERNELS[kind][1]
     dv, dg = torch.empty_like(v), torch.empty_like(g)
     d_init = torch.empty(B, N, D, dtype=torch.float32, device=v.device)
-    head = (v, g, mask if mask is not None else v, init if init is not None else v, h)
+    head = (v, g, mask if mask is not None else v, resets if resets is not None else v,
+            init if init is not None else v, h)
     if kind == "hlru":  # where the lags of each step were written
-        head += (_lag_sources(mask, D) if mask is not None else v,)
+        head += (_lag_sources(mask, D, resets) if mask is not None else v,)
     head += (dh,)
     common = dict(NORM=norm, EPS=L1_EPS, HAS_INIT=init is not None, HAS_MASK=mask is not None,
-                  U=U, BLOCK_N=block, num_warps=warps, **{"M" if kind == "hlru" else "K": D})
+                  HAS_RESETS=resets is not None, U=U, BLOCK_N=block, num_warps=warps,
+                  **{"M" if kind == "hlru" else "K": D})
     grid = (triton.cdiv(N, block), C, B)
     if C > 1:
         summary = torch.empty(B, C, N, D, D + 1, dtype=torch.float32, device=v.device)
@@ -208,28 +220,28 @@ def _step_geometry(N: int, K: int) -> Tuple[int, int]:
     return KP, max(1, min(triton.next_power_of_2(N), _STEP_TILE // (KP * KP)))
 
 
-def _step_forward(v, g, init, mask, norm):
+def _step_forward(v, g, init, mask, norm, resets=None):
     B, T, N, K = v.shape
     KP, block = _step_geometry(N, K)
     h = torch.empty_like(v)
     final = torch.empty(B, N, K, dtype=torch.float32, device=v.device)
     _bdlru_step_fwd_kernel[(triton.cdiv(N, block), B)](
-        v, g, mask if mask is not None else v, init if init is not None else v, h, final, T, N, K=K, KP=KP,
-        NORM=norm, EPS=L1_EPS, HAS_INIT=init is not None, HAS_MASK=mask is not None, BLOCK_N=block,
-        NUM_STAGES=NUM_STAGES, num_warps=_NUM_WARPS)
+        v, g, mask if mask is not None else v, resets if resets is not None else v, init if init is not None else v,
+        h, final, T, N, K=K, KP=KP, NORM=norm, EPS=L1_EPS, HAS_INIT=init is not None, HAS_MASK=mask is not None,
+        HAS_RESETS=resets is not None, BLOCK_N=block, NUM_STAGES=NUM_STAGES, num_warps=_NUM_WARPS)
     return h, final
 
 
-def _step_backward(v, g, init, mask, h, dh, dfinal, norm):
+def _step_backward(v, g, init, mask, h, dh, dfinal, norm, resets=None):
     B, T, N, K = v.shape
     KP, block = _step_geometry(N, K)
     dv, dg = torch.empty_like(v), torch.empty_like(g)
     d_init = torch.empty(B, N, K, dtype=torch.float32, device=v.device)
     _bdlru_step_bwd_kernel[(triton.cdiv(N, block), B)](
-        v, g, mask if mask is not None else v, init if init is not None else v, h, dh,
-        dfinal if dfinal is not None else v, dv, dg, d_init, T, N, K=K, KP=KP, NORM=norm, EPS=L1_EPS,
-        HAS_INIT=init is not None, HAS_LAM=dfinal is not None, HAS_MASK=mask is not None, BLOCK_N=block,
-        NUM_STAGES=NUM_STAGES, num_warps=_NUM_WARPS)
+        v, g, mask if mask is not None else v, resets if resets is not None else v, init if init is not None else v,
+        h, dh, dfinal if dfinal is not None else v, dv, dg, d_init, T, N, K=K, KP=KP, NORM=norm, EPS=L1_EPS,
+        HAS_INIT=init is not None, HAS_LAM=dfinal is not None, HAS_MASK=mask is not None,
+        HAS_RESETS=resets is not None, BLOCK_N=block, NUM_STAGES=NUM_STAGES, num_warps=_NUM_WARPS)
     return dv, dg, d_init
 
 
@@ -243,58 +255,62 @@ def _step_backward(v, g, init, mask, h, dh, dfinal, norm):
 OP_NAMESPACE = "hf_lrnn" if __name__ == "hf_lrnn.scan_triton_lrnn" else "hf_lrnn_" + re.sub(r"\W", "_", __name__)
 
 
-def _scan_forward(kind, v, g, init, mask, normalization, chunk_size):
+def _scan_forward(kind, v, g, init, mask, normalization, chunk_size, resets=None):
     D = g.shape[-1] - 1
     L, _ = _chunk_plan(kind, v, D, chunk_size)  # also refuses a chunk_size that would split time for D > 8
     if kind == "bdlru" and D > MAX_SEQUENTIAL_BLOCK:
-        return _step_forward(v, g, init, mask, normalization)
-    return _sequential_forward(kind, v, g, init, mask, normalization, L)
+        return _step_forward(v, g, init, mask, normalization, resets)
+    return _sequential_forward(kind, v, g, init, mask, normalization, L, resets)
 
 
-def _scan_backward(kind, v, g, init, mask, h, dh, dfinal, normalization, chunk_size):
+def _scan_backward(kind, v, g, init, mask, h, dh, dfinal, normalization, chunk_size, resets=None):
     D = g.shape[-1] - 1
     if kind == "bdlru" and D > MAX_SEQUENTIAL_BLOCK:
-        return _step_backward(v, g, init, mask, h, dh, dfinal, normalization)
+        return _step_backward(v, g, init, mask, h, dh, dfinal, normalization, resets)
     L, _ = _chunk_plan(kind, v, D, chunk_size)
-    return _sequential_backward(kind, v, g, init, mask, h, L, dh, dfinal, normalization)
+    return _sequential_backward(kind, v, g, init, mask, h, L, dh, dfinal, normalization, resets)
 
 
 def _register_scan_ops(kind: str):
-    """``{kind}_scan(v, gate_logits, initial_state, mask, normalization, chunk_size) -> (h, final_state)`` and
-    its backward as custom operators ``OP_NAMESPACE::{kind}_scan[_backward]``; returns the forward op."""
+    """``{kind}_scan(v, gate_logits, initial_state, mask, normalization, chunk_size, resets=None) -> (h,
+    final_state)`` and its backward as custom operators ``OP_NAMESPACE::{kind}_scan[_backward]``; returns the
+    forward op. ``resets`` is the kernels' int8 (B, T) form (``_prepare``)."""
 
     @torch.library.custom_op(f"{OP_NAMESPACE}::{kind}_scan", mutates_args=())
     def scan_op(v: torch.Tensor, gate_logits: torch.Tensor, initial_state: Optional[torch.Tensor],
-                mask: Optional[torch.Tensor], normalization: str, chunk_size: Optional[int]) -> Tuple[torch.Tensor, torch.Tensor]:
-        return _scan_forward(kind, v, gate_logits, initial_state, mask, normalization, chunk_size)
+                mask: Optional[torch.Tensor], normalization: str, chunk_size: Optional[int],
+                resets: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        return _scan_forward(kind, v, gate_logits, initial_state, mask, normalization, chunk_size, resets)
 
     @scan_op.register_fake
-    def _(v, gate_logits, initial_state, mask, normalization, chunk_size):
+    def _(v, gate_logits, initial_state, mask, normalization, chunk_size, resets=None):
         B, N, D = v.shape[0], v.shape[2], gate_logits.shape[-1] - 1
         return torch.empty_like(v), v.new_empty(B, N, D, dtype=torch.float32)
 
     @torch.library.custom_op(f"{OP_NAMESPACE}::{kind}_scan_backward", mutates_args=())
     def backward_op(v: torch.Tensor, gate_logits: torch.Tensor, initial_state: Optional[torch.Tensor],
                     mask: Optional[torch.Tensor], h: torch.Tensor, dh: torch.Tensor, dfinal: Optional[torch.Tensor],
-                    normalization: str, chunk_size: Optional[int]) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return _scan_backward(kind, v, gate_logits, initial_state, mask, h, dh, dfinal, normalization, chunk_size)
+                    normalization: str, chunk_size: Optional[int],
+                    resets: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return _scan_backward(kind, v, gate_logits, initial_state, mask, h, dh, dfinal, normalization, chunk_size,
+                              resets)
 
     @backward_op.register_fake
-    def _(v, gate_logits, initial_state, mask, h, dh, dfinal, normalization, chunk_size):
+    def _(v, gate_logits, initial_state, mask, h, dh, dfinal, normalization, chunk_size, resets=None):
         B, N, D = v.shape[0], v.shape[2], gate_logits.shape[-1] - 1
         return torch.empty_like(v), torch.empty_like(gate_logits), v.new_empty(B, N, D, dtype=torch.float32)
 
     def setup_context(ctx, inputs, output):
-        v, gate_logits, initial_state, mask, normalization, chunk_size = inputs
-        ctx.save_for_backward(v, gate_logits, initial_state, mask, output[0])
+        v, gate_logits, initial_state, mask, normalization, chunk_size, resets = inputs
+        ctx.save_for_backward(v, gate_logits, initial_state, mask, resets, output[0])
         ctx.normalization, ctx.chunk_size = normalization, chunk_size
 
     def backward(ctx, dh, dfinal):
-        v, g, init, mask, h = ctx.saved_tensors
+        v, g, init, mask, resets, h = ctx.saved_tensors
         dh = torch.zeros_like(h) if dh is None else dh.contiguous()
         dfinal = None if dfinal is None else dfinal.float().contiguous()  # None: the kernels start from zero
-        dv, dg, d_init = backward_op(v, g, init, mask, h, dh, dfinal, ctx.normalization, ctx.chunk_size)
-        return dv, dg, (d_init.to(init.dtype) if init is not None else None), None, None, None
+        dv, dg, d_init = backward_op(v, g, init, mask, h, dh, dfinal, ctx.normalization, ctx.chunk_size, resets)
+        return dv, dg, (d_init.to(init.dtype) if init is not None else None), None, None, None, None
 
     scan_op.register_autograd(backward, setup_context=setup_context)
     return scan_op
@@ -304,8 +320,10 @@ hlru_scan_op = _register_scan_ops("hlru")
 bdlru_scan_op = _register_scan_ops("bdlru")
 
 
-def _prepare(name, kind, v, gate_logits, initial_state, mask, normalization, D):
-    """Check what the kernels need beyond ops' shape checks; make the inputs contiguous."""
+def _prepare(name, kind, v, gate_logits, initial_state, mask, resets, normalization, D):
+    """Check what the kernels need beyond ops' shape checks (and ``resets``); make the inputs contiguous.
+    ``resets`` becomes int8 (B, T) with column 0 cleared (the initial state applies at t = 0)."""
+    check_resets(name, resets, v)
     reason = triton_unsupported_reason(kind, D)
     if reason is not None:
         raise ScanUnsupportedError(f"{name}: {reason}")
@@ -320,18 +338,21 @@ def _prepare(name, kind, v, gate_logits, initial_state, mask, normalization, D):
                            f"interpreter), got tensors on {v.device}")
     init = initial_state.contiguous() if initial_state is not None else None
     mask = (mask != 0).to(torch.int8).contiguous() if mask is not None else None
-    return v.contiguous(), gate_logits.contiguous(), init, mask
+    if resets is not None:
+        resets = resets.to(torch.int8).contiguous()
+        resets[:, :1] = 0
+    return v.contiguous(), gate_logits.contiguous(), init, mask, resets
 
 
-def _run_scan(kind, v, g, init, mask, normalization, chunk_size):
+def _run_scan(kind, v, g, init, mask, normalization, chunk_size, resets=None):
     """The scan's custom operator where autograd or torch.compile needs it; in eager code that records no
     graph (prefill, eager decoding) its implementation directly, since the operator's Python dispatch cost
     about 0.3 ms per call on the H200 (``benchmarks/model/profile_prefill.py``), paid once per layer."""
     needs_grad = torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in (v, g, init))
     if needs_grad or torch.compiler.is_compiling():
         op = hlru_scan_op if kind == "hlru" else bdlru_scan_op
-        return op(v, g, init, mask, normalization, chunk_size)
-    return _scan_forward(kind, v, g, init, mask, normalization, chunk_size)
+        return op(v, g, init, mask, normalization, chunk_size, resets)
+    return _scan_forward(kind, v, g, init, mask, normalization, chunk_size, resets)
 
 
 def _empty_scan(v, initial_state, B, N, D):
@@ -348,21 +369,24 @@ def hlru_scan_triton(
     normalization: str = "softmax",
     mask: Optional[torch.Tensor] = None,
     chunk_size: Optional[int] = None,
+    resets: Optional[torch.Tensor] = None,
 ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     """H-LRU scan ``h_t = sum_{j=1..m} a_{t,j} h_{t-j} + a_{t,0} v_t``, ``a_t = normalize(gate_logits[:, t])``.
 
     v (B, T, N); gate_logits (B, T, N, m+1) (index 0 the input gate, j the weight of h_{t-j});
-    initial_state (B, N, m) = [h_{-1}, ..., h_{-m}] or None (zeros); mask (B, T) or None (0: identity step).
+    initial_state (B, N, m) = [h_{-1}, ..., h_{-m}] or None (zeros); mask (B, T) or None (0: identity step);
+    resets (B, T) bool or None (True: a document starts, all m lags entering step t > 0 are zero).
     Returns h (B, T, N) in v's dtype and, if output_final_state, the final lags (B, N, m) in float32.
     ``chunk_size`` forces the time-chunk length (default: ``_chunk_plan``).
     """
     B, T, N = v.shape
     m = gate_logits.shape[-1] - 1
-    v, g, init, mask = _prepare("hlru_scan_triton", "hlru", v, gate_logits, initial_state, mask, normalization, m)
+    v, g, init, mask, resets = _prepare("hlru_scan_triton", "hlru", v, gate_logits, initial_state, mask, resets,
+                                        normalization, m)
     if T == 0:
         h, final = _empty_scan(v, init, B, N, m)
     else:
-        h, final = _run_scan("hlru", v, g, init, mask, normalization, chunk_size)
+        h, final = _run_scan("hlru", v, g, init, mask, normalization, chunk_size, resets)
     return h, (final if output_final_state else None)
 
 
@@ -375,20 +399,24 @@ def bdlru_scan_triton(
     normalization: str = "softmax",
     mask: Optional[torch.Tensor] = None,
     chunk_size: Optional[int] = None,
+    resets: Optional[torch.Tensor] = None,
 ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     """BD-LRU scan ``h_t = A_t h_{t-1} + a_{t,0} * v_t`` per block, rows of [a_0 | A] normalised.
 
     v (B, T, N, k); gate_logits (B, T, N, k, k+1) ([..., i, 0] row i's input gate, [..., i, 1+j] = A[i, j]);
-    initial_state (B, N, k) or None; mask (B, T) or None. Returns h (B, T, N, k) in v's dtype and, if
-    output_final_state, the final state (B, N, k) in float32.
+    initial_state (B, N, k) or None; mask (B, T) or None; resets (B, T) bool or None (True: the state
+    entering step t > 0 is zero). Returns h (B, T, N, k) in v's dtype and, if output_final_state, the final
+    state (B, N, k) in float32.
     """
     B, T, N, k = v.shape
-    v, g, init, mask = _prepare("bdlru_scan_triton", "bdlru", v, gate_logits, initial_state, mask, normalization, k)
+    v, g, init, mask, resets = _prepare("bdlru_scan_triton", "bdlru", v, gate_logits, initial_state, mask, resets,
+                                        normalization, k)
     if T == 0:
         h, final = _empty_scan(v, init, B, N, k)
     elif k == 1:  # the same recurrence as H-LRU with m = 1: logits [a_0, A]
-        h, final = _run_scan("hlru", v.view(B, T, N), g.view(B, T, N, 2), init, mask, normalization, chunk_size)
+        h, final = _run_scan("hlru", v.view(B, T, N), g.view(B, T, N, 2), init, mask, normalization, chunk_size,
+                             resets)
         h = h.view(B, T, N, 1)
     else:
-        h, final = _run_scan("bdlru", v, g, init, mask, normalization, chunk_size)
+        h, final = _run_scan("bdlru", v, g, init, mask, normalization, chunk_size, resets)
     return h, (final if output_final_state else None)

@@ -12,6 +12,10 @@ Shapes: v (B, T, N, k), gate_logits (B, T, N, k, k+1) ([..., i, 0] row i's input
   (blocks, KP rows i, KP columns c) tile of gates, KP = next power of two >= k+1: column c < k holds
   A[i, c] (logit 1 + c), column k the input gate a_0[i] (logit 0); one step per loop iteration, no time
   chunking; the gate normalisation runs along the tile's last axis.
+
+Document starts (``resets``, int8 (B, T), 0 at t = 0): the state entering a start step is zeroed in
+registers before the step (forward); backward, h_{t-1} counts as zero there and lam is zeroed after the
+step (the adjoint of that zeroing).
 """
 from __future__ import annotations
 
@@ -33,6 +37,7 @@ from .triton_helpers_lrnn import (
     _store_copies,
     _store_rows,
     _store_state,
+    _zero_where,
 )
 
 
@@ -52,16 +57,16 @@ def _block_gates(gs, start: tl.constexpr, K: tl.constexpr, NORM: tl.constexpr, E
 
 @triton.jit
 def _bdlru_seq_fwd_kernel(
-    v_ptr, g_ptr, mask_ptr, start_ptr, h_ptr, out_ptr,
+    v_ptr, g_ptr, mask_ptr, resets_ptr, start_ptr, h_ptr, out_ptr,
     T, N, L, start_stride_b, start_stride_c,
     K: tl.constexpr, NORM: tl.constexpr, EPS: tl.constexpr, HAS_START: tl.constexpr, HAS_MASK: tl.constexpr,
-    SUMMARY: tl.constexpr, U: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_RESETS: tl.constexpr, SUMMARY: tl.constexpr, U: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """h_t = A_t h_{t-1} + a_0 * v_t for one (block tile, time chunk, sequence), a block per thread.
 
     Main mode: start from start (B, C, N, K) (or zeros), write h (B, T, N, K) and the chunk-end state to
     out (B, C, N, K). SUMMARY: K + 1 copies of the state (0: zero with the input, 1 + j: e_j without input)
-    give the chunk's [e | P] in out (B, C, N, K, K+1).
+    give the chunk's [e | P] in out (B, C, N, K, K+1). A document start zeroes every copy before its step.
     """
     pid_c, b, t0, t1 = _chunk_bounds(T, L)
     n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -78,6 +83,8 @@ def _bdlru_seq_fwd_kernel(
             gs = gs + _load_values(g_ptr + off * (K * (K + 1)), ok, K * (K + 1))
         for u in tl.static_range(U):
             keep = n * 0 + tb + u < t1
+            if HAS_RESETS:
+                s = _zero_where(tl.load(resets_ptr + b * T + tb + u + n * 0, mask=keep, other=0) != 0, s)
             if HAS_MASK:
                 keep = keep & (tl.load(mask_ptr + b * T + tb + u + n * 0, mask=keep, other=0) != 0)
             a = _block_gates(gs, u * K * (K + 1), K, NORM, EPS)
@@ -102,15 +109,17 @@ def _bdlru_seq_fwd_kernel(
 
 @triton.jit
 def _bdlru_seq_bwd_kernel(
-    v_ptr, g_ptr, mask_ptr, init_ptr, h_ptr, dh_ptr, lam_ptr, dv_ptr, dg_ptr, out_ptr,
+    v_ptr, g_ptr, mask_ptr, resets_ptr, init_ptr, h_ptr, dh_ptr, lam_ptr, dv_ptr, dg_ptr, out_ptr,
     T, N, L, lam_stride_b, lam_stride_c,
     K: tl.constexpr, NORM: tl.constexpr, EPS: tl.constexpr, HAS_INIT: tl.constexpr, HAS_LAM: tl.constexpr,
-    HAS_MASK: tl.constexpr, SUMMARY: tl.constexpr, U: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_MASK: tl.constexpr, HAS_RESETS: tl.constexpr, SUMMARY: tl.constexpr, U: tl.constexpr,
+    BLOCK_N: tl.constexpr,
 ):
     """Reverse-time adjoint scan of one chunk, a block per thread. lam = dL/d(state after step t) from
     the later steps (dh_t not included). Step t: g = lam + dh_t = dL/dh_t; unmasked lam <- A_t^T g,
     masked lam <- g; dA_t = g h_{t-1}^T, da_{t,0} = g * v_t, dv_t = g * a_{t,0}, with h_{-1} the initial
-    state (h_{t-1} is read back from h: a masked step repeats the state there).
+    state (h_{t-1} is read back from h: a masked step repeats the state there; zero at a document start,
+    which also zeroes lam after its step).
 
     Main mode: lam at the chunk end from lam_ptr (B, C, N, K) (or zeros); writes dv, dgate_logits and,
     for chunk 0, lam after step 0 (the initial state's gradient) to out (B, N, K). SUMMARY: K + 1 copies
@@ -127,9 +136,12 @@ def _bdlru_seq_bwd_kernel(
         gs = ()
         vs = ()
         prev = ()
+        starts = ()
         for u in tl.static_range(U):
             ok = n_ok & (n * 0 + tb - u >= t0)
             off = (b * T + tb - u) * N + n
+            if HAS_RESETS:  # a document starts at step tb - u (false outside this chunk)
+                starts = starts + (tl.load(resets_ptr + b * T + tb - u + n * 0, mask=ok, other=0) != 0,)
             dhs = dhs + _load_values(dh_ptr + off * K, ok, K)
             gs = gs + _load_values(g_ptr + off * (K * (K + 1)), ok, K * (K + 1))
             if not SUMMARY:
@@ -140,6 +152,8 @@ def _bdlru_seq_bwd_kernel(
                     x = x.to(tl.float32)
                     if HAS_INIT:
                         x += tl.load(init_ptr + (b * N + n) * K + i, mask=ok & first, other=0.0).to(tl.float32)
+                    if HAS_RESETS:
+                        x = tl.where(starts[u], 0.0, x)
                     prev = prev + (x,)
         for u in tl.static_range(U):
             t = tb - u
@@ -162,6 +176,8 @@ def _bdlru_seq_bwd_kernel(
                         x += a[i * (K + 1) + 1 + j] * g[i]
                     new = new + (tl.where(keep, x, g[j]),)
             lam = new
+            if HAS_RESETS:
+                lam = _zero_where(starts[u], lam)
             if not SUMMARY:
                 off = (b * T + t) * N + n
                 ok = n_ok & (n * 0 + t >= t0)
@@ -189,12 +205,12 @@ def _bdlru_seq_bwd_kernel(
 
 @triton.jit
 def _bdlru_step_fwd_kernel(
-    v_ptr, g_ptr, mask_ptr, init_ptr, h_ptr, final_ptr, T, N,
+    v_ptr, g_ptr, mask_ptr, resets_ptr, init_ptr, h_ptr, final_ptr, T, N,
     K: tl.constexpr, KP: tl.constexpr, NORM: tl.constexpr, EPS: tl.constexpr, HAS_INIT: tl.constexpr,
-    HAS_MASK: tl.constexpr, BLOCK_N: tl.constexpr, NUM_STAGES: tl.constexpr,
+    HAS_MASK: tl.constexpr, HAS_RESETS: tl.constexpr, BLOCK_N: tl.constexpr, NUM_STAGES: tl.constexpr,
 ):
     """h_t = A_t h_{t-1} + a_0 * v_t for one (block tile, sequence): writes h (B, T, N, K) and the final
-    state (B, N, K); the state starts from init (or zeros)."""
+    state (B, N, K); the state starts from init (or zeros), and from zero at a document start."""
     b = tl.program_id(1).to(tl.int64)
     n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = n < N
@@ -213,6 +229,8 @@ def _bdlru_step_fwd_kernel(
         v = tl.load(v_ptr + bt * (N * K) + v_offs, mask=vec_ok, other=0.0).to(tl.float32)
         g = tl.load(g_ptr + bt * (N * K * (K + 1)) + g_offs, mask=valid, other=0.0)
         a = _normalize_axis(g.to(tl.float32), valid, NORM, 2, EPS)
+        if HAS_RESETS:
+            h = tl.where(tl.load(resets_ptr + bt) != 0, 0.0, h)
         x = tl.where((col < K)[None, None, :], h[:, None, :], tl.where((col == K)[None, None, :], v[:, :, None], 0.0))
         h_new = tl.sum(a * x, axis=2)
         if HAS_MASK:
@@ -225,14 +243,14 @@ def _bdlru_step_fwd_kernel(
 
 @triton.jit
 def _bdlru_step_bwd_kernel(
-    v_ptr, g_ptr, mask_ptr, init_ptr, h_ptr, dh_ptr, lam_ptr, dv_ptr, dg_ptr, d_init_ptr, T, N,
+    v_ptr, g_ptr, mask_ptr, resets_ptr, init_ptr, h_ptr, dh_ptr, lam_ptr, dv_ptr, dg_ptr, d_init_ptr, T, N,
     K: tl.constexpr, KP: tl.constexpr, NORM: tl.constexpr, EPS: tl.constexpr,
-    HAS_INIT: tl.constexpr, HAS_LAM: tl.constexpr, HAS_MASK: tl.constexpr, BLOCK_N: tl.constexpr,
-    NUM_STAGES: tl.constexpr,
+    HAS_INIT: tl.constexpr, HAS_LAM: tl.constexpr, HAS_MASK: tl.constexpr, HAS_RESETS: tl.constexpr,
+    BLOCK_N: tl.constexpr, NUM_STAGES: tl.constexpr,
 ):
     """Reverse-time adjoint scan, lam = dL/dh, from the final state's gradient lam_ptr (B, N, K) (or
-    zeros); writes dv, dgate_logits (h_{t-1} read from h, or the initial state at t = 0) and the initial
-    state's gradient (B, N, K)."""
+    zeros); writes dv, dgate_logits (h_{t-1} read from h, or the initial state at t = 0, or zero at a
+    document start, which also zeroes lam after its step) and the initial state's gradient (B, N, K)."""
     b = tl.program_id(1).to(tl.int64)
     n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = n < N
@@ -264,6 +282,9 @@ def _bdlru_step_bwd_kernel(
         if HAS_INIT:
             h_prev += tl.load(init_ptr + b * (N * K) + col_offs, mask=tl.where(t == 0, col_ok, False),
                               other=0.0).to(tl.float32)
+        if HAS_RESETS:
+            doc_start = tl.load(resets_ptr + bt) != 0
+            h_prev = tl.where(doc_start, 0.0, h_prev)
         x = tl.where((col < K)[None, None, :], h_prev[:, None, :], tl.where((col == K)[None, None, :], v[:, :, None], 0.0))
         dg = _normalize_axis_bwd(g, a, lam[:, :, None] * x, valid, NORM, 2, EPS)
         a0 = tl.sum(tl.where((col == K)[None, None, :], a, 0.0), axis=2)
@@ -271,4 +292,6 @@ def _bdlru_step_bwd_kernel(
         tl.store(dg_ptr + bt * (N * K * (K + 1)) + g_offs, tl.where(keep, dg, 0.0).to(dg_ptr.dtype.element_ty), mask=valid)
         lam_prev = tl.sum(a * lam[:, :, None], axis=1)  # A^T lam, indexed by column
         lam = tl.where(keep, tl.where((col < K)[None, :], lam_prev, 0.0), lam)
+        if HAS_RESETS:
+            lam = tl.where(doc_start, 0.0, lam)
     tl.store(d_init_ptr + b * (N * K) + v_offs, lam, mask=vec_ok)

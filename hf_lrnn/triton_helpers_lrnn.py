@@ -210,6 +210,15 @@ def _chunk_start(ptr, stride_b, stride_c, b, pid_c, n, n_ok, zero, D: tl.constex
 
 
 @triton.jit
+def _zero_where(cond, x):
+    """The tuple x with every entry set to zero where cond (a document starts: no state crosses it)."""
+    out = ()
+    for i in tl.static_range(len(x)):
+        out = out + (tl.where(cond, 0.0, x[i]),)
+    return out
+
+
+@triton.jit
 def _store_state(ptr, x, ok, D: tl.constexpr):
     for i in tl.static_range(D):
         tl.store(ptr + i, x[i], mask=ok)

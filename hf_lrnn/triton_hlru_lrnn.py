@@ -5,6 +5,9 @@ Shapes: v (B, T, N), gate_logits (B, T, N, m+1), state (B, N, m) = [h_{t-1}, ...
 Forward ``h_t = sum_j a_{t,j} h_{t-j} + a_{t,0} v_t``; the backward pass runs the adjoint of the lags in
 reverse time, ``g = lam[0] + dh_t; lam <- (lam[1] + a_1 g, ..., lam[m-1] + a_{m-1} g, a_m g)`` with
 g = dL/dh_t, ``da_{t,0} = g v_t``, ``da_{t,j} = g h_{t-j}``, ``dv_t = g a_{t,0}`` (h_{t-j} read back from h).
+Document starts (``resets``, int8 (B, T), 0 at t = 0): the lags entering a start step are zeroed in
+registers before the step (forward), and lam is zeroed after it (backward, the adjoint of that zeroing);
+a lag h_{t-j} read back from h counts as zero when a document starts in (t - j, t].
 """
 from __future__ import annotations
 
@@ -23,21 +26,23 @@ from .triton_helpers_lrnn import (
     _slice,
     _store_copies,
     _store_state,
+    _zero_where,
 )
 
 
 @triton.jit
 def _hlru_fwd_kernel(
-    v_ptr, g_ptr, mask_ptr, start_ptr, h_ptr, out_ptr,
+    v_ptr, g_ptr, mask_ptr, resets_ptr, start_ptr, h_ptr, out_ptr,
     T, N, L, start_stride_b, start_stride_c,
     M: tl.constexpr, NORM: tl.constexpr, EPS: tl.constexpr, HAS_START: tl.constexpr, HAS_MASK: tl.constexpr,
-    SUMMARY: tl.constexpr, U: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_RESETS: tl.constexpr, SUMMARY: tl.constexpr, U: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """One (channel tile, time chunk, sequence); lags = (h_{t-1}, ..., h_{t-m}).
 
     Main mode: start from the lags at start (B, C, N, M) (or zeros), write h (B, T, N) and the chunk's end
     lags to out (B, C, N, M). SUMMARY: M + 1 copies of the lags, copy 0 from zero with the input (gives
     e), copy 1 + j from lag j = 1 without input (column j of P); writes [e | P] to out (B, C, N, M, M+1).
+    A document start zeroes every copy's lags before its step.
     """
     pid_c, b, t0, t1 = _chunk_bounds(T, L)
     n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -54,6 +59,8 @@ def _hlru_fwd_kernel(
             gs = gs + _load_values(g_ptr + off * (M + 1), ok, M + 1)
         for u in tl.static_range(U):
             keep = n * 0 + tb + u < t1
+            if HAS_RESETS:
+                lags = _zero_where(tl.load(resets_ptr + b * T + tb + u + n * 0, mask=keep, other=0) != 0, lags)
             if HAS_MASK:
                 keep = keep & (tl.load(mask_ptr + b * T + tb + u + n * 0, mask=keep, other=0) != 0)
             a = _normalize(_slice(gs, u * (M + 1), M + 1), NORM, EPS)
@@ -79,10 +86,11 @@ def _hlru_fwd_kernel(
 
 @triton.jit
 def _hlru_bwd_kernel(
-    v_ptr, g_ptr, mask_ptr, init_ptr, h_ptr, src_ptr, dh_ptr, lam_ptr, dv_ptr, dg_ptr, out_ptr,
+    v_ptr, g_ptr, mask_ptr, resets_ptr, init_ptr, h_ptr, src_ptr, dh_ptr, lam_ptr, dv_ptr, dg_ptr, out_ptr,
     T, N, L, lam_stride_b, lam_stride_c,
     M: tl.constexpr, NORM: tl.constexpr, EPS: tl.constexpr, HAS_INIT: tl.constexpr, HAS_LAM: tl.constexpr,
-    HAS_MASK: tl.constexpr, SUMMARY: tl.constexpr, U: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_MASK: tl.constexpr, HAS_RESETS: tl.constexpr, SUMMARY: tl.constexpr, U: tl.constexpr,
+    BLOCK_N: tl.constexpr,
 ):
     """Reverse-time adjoint scan of one chunk. lam = dL/d(lags after step t) from the later steps
     (dh_t not included). Step t: g = lam[0] + dh_t; unmasked lam <- (lam[1] + a_1 g, ..., a_m g), masked
@@ -91,9 +99,10 @@ def _hlru_bwd_kernel(
     Main mode: lam at the chunk end from lam_ptr (B, C, N, M) (or zeros); writes dv, dgate_logits and, for
     chunk 0, lam after step 0 (the initial state's gradient) to out (B, N, M). The lag h_{t-j} is h at
     time t - j, or at src (B, T, M) with a mask (the j-th most recent unmasked step), or
-    initial_state[..., -src - 1] where src < 0. SUMMARY: M + 1 copies (0: zero start with dh; 1 + j: unit
-    lam[j], no dh) give the chunk's adjoint map [e | P] (lam at the chunk start = P lam at its end + e)
-    in out (B, C, N, M, M+1).
+    initial_state[..., -src - 1] where -M <= src < 0, or zero where src < -M (cut by a document start).
+    A document start at step t zeroes lam after the step (every copy). SUMMARY: M + 1 copies (0: zero start
+    with dh; 1 + j: unit lam[j], no dh) give the chunk's adjoint map [e | P] (lam at the chunk start = P lam at
+    its end + e) in out (B, C, N, M, M+1).
     """
     pid_c, b, t0, t1 = _chunk_bounds(T, L)
     n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -106,6 +115,11 @@ def _hlru_bwd_kernel(
         gs = ()
         vs = ()
         lagged = ()
+        starts = ()  # document starts at steps tb, tb - 1, ..., tb - U - M + 2 (the lags' cuts reach M - 1 back)
+        if HAS_RESETS:
+            for w in tl.static_range(U + M - 1):
+                step = n * 0 + tb - w
+                starts = starts + (tl.load(resets_ptr + b * T + step, mask=n_ok & (step >= 0), other=0) != 0,)
         for u in tl.static_range(U):
             ok = n_ok & (n * 0 + tb - u >= t0)
             off = (b * T + tb - u) * N + n
@@ -145,19 +159,25 @@ def _hlru_bwd_kernel(
                     else:
                         new = new + (tl.where(keep, x, lam[c * M + j]),)
             lam = new
+            if HAS_RESETS:
+                lam = _zero_where(starts[u] & (n * 0 + t >= t0), lam)
             if not SUMMARY:
                 off = (b * T + t) * N + n
                 da = (grad_h * vs[u],)
+                cut = n * 0 != 0  # a document starts between h_{t-j} and step t
                 for j in tl.static_range(1, M + 1):
                     if HAS_MASK:
                         src = tl.load(src_ptr + (b * T + t) * M + (j - 1) + n * 0, mask=ok, other=0).to(tl.int64)
                         x = tl.load(h_ptr + (b * T + tl.maximum(src, 0)) * N + n, mask=ok & (src >= 0), other=0.0)
                         x = x.to(tl.float32)
                         if HAS_INIT:
-                            x += tl.load(init_ptr + (b * N + n) * M + tl.maximum(-src - 1, 0), mask=ok & (src < 0),
-                                         other=0.0).to(tl.float32)
+                            x += tl.load(init_ptr + (b * N + n) * M + tl.maximum(-src - 1, 0),
+                                         mask=ok & (src < 0) & (src >= -M), other=0.0).to(tl.float32)
                     else:
                         x = lagged[u + j - 1]
+                        if HAS_RESETS:
+                            cut = cut | starts[u + j - 1]
+                            x = tl.where(cut, 0.0, x)
                     da = da + (grad_h * x,)
                 dg = _normalize_bwd(gu, a, da, NORM, EPS)
                 for j in tl.static_range(M + 1):
