@@ -191,7 +191,8 @@ def load_tokenizer(args, vocab_size: int):
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=args.trust_remote_code)
     except (OSError, ValueError) as error:
-        fail(f"no tokenizer could be loaded from {source}: {error}")
+        what = "--tokenizer" if args.tokenizer else "the model folder"
+        fail(f"{what} {source}: no tokenizer could be loaded: {' '.join(str(error).split())}")
     if len(tokenizer) > vocab_size:
         fail(f"the tokenizer of {source} has {len(tokenizer)} tokens, more than the {vocab_size} of the model "
                  f"{args.model}: give the tokenizer the model was trained with (--tokenizer)")
@@ -228,12 +229,12 @@ def main(argv=None):
     set_seed(args.seed)
     config = load_config(args)
     tokenizer = load_tokenizer(args, config.vocab_size)
-    model = load_model(args, config, device)
     tokenizer.padding_side = "left"  # batched generation continues every prompt from its last token
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token
     if tokenizer.pad_token is None and len(args.prompt) > 1:
         fail("the tokenizer has no padding or end-of-text token, so prompts cannot be batched: give one --prompt")
+    model = load_model(args, config, device)
 
     inputs = tokenizer(args.prompt, return_tensors="pt", padding=len(args.prompt) > 1).to(device)
     stream = len(args.prompt) == 1 and not args.no_stream
