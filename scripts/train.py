@@ -255,8 +255,9 @@ def check_run(args) -> str | None:
         fail(f"--output-dir {out} is a file, not a folder")
     if not args.resume:
         if out.is_dir() and any(out.iterdir()) and not args.overwrite:
+            names = sorted(p.name for p in out.iterdir())
             what = ("holds another run (run_args.json)" if (out / "run_args.json").is_file() else
-                    f"is not empty ({', '.join(sorted(p.name for p in out.iterdir())[:5])}, ...)")
+                    f"is not empty ({', '.join(names[:5])}{', ...' if len(names) > 5 else ''})")
             fail(f"--output-dir {out} {what}: give a new folder, --resume to continue that run, or --overwrite to "
                  "replace it")
         return None

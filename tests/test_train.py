@@ -342,7 +342,7 @@ def test_an_occupied_output_dir_is_refused_and_left_alone(run, tmp_path):
     notes = tmp_path / "notes"
     notes.mkdir()
     (notes / "README.md").write_text("mine")
-    assert "is not empty (README.md, ...)" in usage_error(["--output-dir", str(notes)])
+    assert "is not empty (README.md)" in usage_error(["--output-dir", str(notes)])
     assert (notes / "README.md").read_text() == "mine"
     (tmp_path / "a-file").write_text("x")
     assert "is a file, not a folder" in usage_error(["--output-dir", str(tmp_path / "a-file")])
