@@ -1,8 +1,12 @@
 """scripts/train.py end to end on a tiny model: train, save, model card, loss curve, reload in a clean process
 (trust_remote_code, hf_lrnn not importable) with the card's own usage code, generate; resume continues the
-same run and leaves a finished run alone; --report-to; argument errors."""
+same run, leaves a finished run alone and refuses an incompatible one; an occupied --output-dir is refused
+unless --overwrite; --packing (the batches the Trainer sees); a small corpus; --report-to; every argument
+error found before any work, as one line with status 2."""
 import hashlib
 import json
+import math
+import os
 import re
 import shutil
 import subprocess
@@ -76,8 +80,10 @@ def test_train_saves_everything(run):
     assert metrics["steps"] == 6 and metrics["eval_loss"] < 6.0  # below ln(300) = 5.7 after a few steps
     assert abs(metrics["eval_perplexity"] - 2.718281828 ** metrics["eval_loss"]) < 1e-6 * metrics["eval_perplexity"]
     assert metrics["sample"].startswith("ROMEO:")
+    assert metrics["train_real_tokens_per_second"] > 0 and metrics["padding_tokens_per_step"] == 0 and not metrics["packing"]
     config = json.loads((out / "config.json").read_text())
     assert config["model_type"] == "lrnn" and "AutoModelForCausalLM" in config["auto_map"]
+    assert config["use_cache"] is True  # Trainer trains with use_cache=False; the saved model caches again
     assert json.loads((out / "tokenizer_config.json").read_text())["tokenizer_class"] in ("TokenizersBackend",
                                                                                         "PreTrainedTokenizerFast")
     assert (out / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -104,8 +110,26 @@ def test_model_card_fields(run):
     assert "{{" not in card and "{%" not in card
     for text in ("# tester/lrnn-tiny", "H-LRU (order m=2)", '"hidden_size": 32', f"{metrics['eval_loss']:.4f}",
                  f"{metrics['eval_perplexity']:.2f}", "trust_remote_code=True", 'from_pretrained("tester/lrnn-tiny"',
-                 "--hidden-size 32", str(metrics["train_tokens"]), "Training data", metrics["sample"].splitlines()[0]):
+                 "--hidden-size 32", str(metrics["train_tokens"]), "Training data", metrics["sample"].splitlines()[0],
+                 "blocks of 32 tokens of the concatenated corpus", "source repository"):
         assert text in body, text
+    assert "pip install hf_lrnn" not in card  # no package index serves it
+
+
+def test_model_card_config_omits_the_defaults(run):
+    """The card's config block holds exactly the fields that differ from LRNNConfig's defaults (derived ones such
+    as recurrent_size = hidden_size count as defaults)."""
+    from hf_lrnn import LRNNConfig
+
+    out, _, _ = run
+    shown = json.loads(re.search(r"```json\n(.*?)```", (out / "README.md").read_text(), re.S).group(1))
+    assert shown["hidden_size"] == 32 and shown["vocab_size"] == 300
+    for default in ("use_cache", "rms_norm_eps", "mixer", "order", "recurrent_size", "intermediate_size", "auto_map"):
+        assert default not in shown, default
+    rebuilt = LRNNConfig(**shown).to_dict()
+    saved = json.loads((out / "config.json").read_text())
+    for key in ("hidden_size", "num_hidden_layers", "mixer", "order", "recurrent_size", "intermediate_size", "vocab_size"):
+        assert rebuilt[key] == saved[key], key
 
 
 def test_model_card_usage_runs_silently_without_hf_lrnn(run, tmp_path):
@@ -166,8 +190,8 @@ def test_resume_from_a_folder_that_is_no_checkpoint(run, tmp_path):
     out, _, _ = run
     (tmp_path / "not_a_checkpoint").mkdir()
     shutil.copy(out / "run_args.json", tmp_path / "run_args.json")
-    with pytest.raises(SystemExit, match="--resume: no checkpoint .*not_a_checkpoint .*trainer_state.json"):
-        train.main(["--resume", str(tmp_path / "not_a_checkpoint"), "--output-dir", str(tmp_path), "--no-push-to-hub"])
+    message = usage_error(["--resume", str(tmp_path / "not_a_checkpoint"), "--output-dir", str(tmp_path), "--no-push-to-hub"])
+    assert re.search("--resume: no checkpoint .*not_a_checkpoint .*trainer_state.json", message), message
 
 
 def folder_digest(folder):
@@ -197,30 +221,103 @@ def test_report_to_reaches_training_arguments(report_to, expected, tmp_path):
     assert train.training_arguments(args, per_device=4).report_to == expected
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--data", "no/such/file.txt"], "--data no/such/file.txt: no such file"),
+def usage_error(argv, after_work=False):
+    """train.main(argv) must stop with status 2 and one line, error: ...; returns that line. Before any work
+    that line is all of stderr; after_work (the data was read) progress bars may precede it."""
+    import contextlib
+    import io
+
+    stderr = io.StringIO()
+    with pytest.raises(SystemExit) as exit_info, contextlib.redirect_stderr(stderr):
+        train.main(argv)
+    lines = stderr.getvalue().splitlines()
+    if after_work:
+        lines = [line for line in lines if line.startswith("error:")] if lines[-1].startswith("error:") else lines
+    assert exit_info.value.code == 2 and len(lines) == 1 and lines[0].startswith("error: "), (exit_info.value.code, lines)
+    return lines[0]
+
+
+BAD_ARGUMENTS = [  # (argv, what the one-line error says); issue 21 items 3, 5 and 9
+    (["--data", "no/such/file.txt"], "--data no/such/file.txt: no such file or folder"),
     (["--preset", "huge"], "argument --preset: invalid choice: 'huge'"),
     (["--arch", "gpt"], "argument --arch: invalid choice: 'gpt'"),
     (["--bogus-flag"], "unrecognized arguments: --bogus-flag"),
     (["--max-steps", "0"], "--max-steps must be >= 1"),
     (["--vocab-size", "100"], "--vocab-size must be >= 257"),
     (["--batch-size", "6", "--grad-accum", "4"], "--batch-size 6 must be divisible"),
+    (["--report-to", "tensorbored"], "--report-to tensorbored: not an integration of transformers"),
+    (["--report-to", "none,wandb"], "--report-to none,wandb: give none, all, or comma-separated integration names"),
+    (["--sample-tokens", "-1"], "--sample-tokens must be >= 0"),
+    (["--prompt", ""], "--prompt is empty"),
+    (["--eval-batches", "-1"], "--eval-batches must be >= 0"),
+    (["--lr", "inf"], "--lr must be a finite number > 0, got inf"),
+    (["--lr", "nan"], "--lr must be a finite number > 0, got nan"),
+    (["--lr", "abc"], "argument --lr: invalid float value: 'abc'"),
+    (["--warmup-steps", "-5"], "--warmup-steps must be >= 0"),
+    (["--seq-len", "1"], "--seq-len must be >= 2 (a row needs a next-token target)"),
+    (["--hidden-size", "0"], "--hidden-size must be >= 1, got 0"),
+    (["--layers", "0"], "--layers must be >= 1, got 0"),
+    (["--weight-decay", "-1"], "--weight-decay must be a finite number >= 0"),
+    (["--save-interval", "-1"], "--save-interval must be >= 1"),
+    (["--max-time", "-1"], "--max-time must be a number of seconds > 0"),
+    (["--order", "0"], "--order must be >= 1"),
+    (["--block-size", "0"], "--block-size must be >= 1"),
+    (["--mixer", "bdlru", "--block-size", "3"], "LRNNConfig.recurrent_size (128) must be a multiple of block_size (3)"),
+    (["--hidden-size", "90", "--mixer", "bdlru"], "LRNNConfig.recurrent_size (90) must be a multiple of block_size (4)"),
+    (["--arch", "mamba", "--packing"], "--packing: Mamba takes no position_ids"),
+    (["--resume", "--overwrite"], "give one of them"),
     (["--resume", "--output-dir", "/nonexistent/run"], "--resume: no /nonexistent/run/run_args.json"),
-    (["--report-to", "tensorbored"], "--report-to tensorbored: give none, all, or names from"),
-    (["--report-to", "none,wandb"], "--report-to none,wandb: give none, all, or names from"),
-])
-def test_argument_errors(argv, message, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        train.parse_args(argv)
-    assert exit_info.value.code == 2
-    assert message in capsys.readouterr().err
+]
+
+
+@pytest.mark.parametrize("argv, message", BAD_ARGUMENTS, ids=[" ".join(argv) for argv, _ in BAD_ARGUMENTS])
+def test_argument_errors_before_any_work(argv, message, tmp_path, monkeypatch):
+    """Each bad argument ends the run at once: one error line, status 2, and nothing written (the output
+    folder is not even made) -- so nothing fails after training."""
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "out"
+    line = usage_error(argv + (["--output-dir", str(out)] if "--output-dir" not in argv else []))
+    assert message in line, line
+    assert not out.exists() and not list(tmp_path.iterdir())
+
+
+def test_report_to_an_integration_that_is_not_installed(tmp_path, monkeypatch):
+    """--report-to tensorboard (the README's example) where tensorboard is missing: named at start, with its package."""
+    monkeypatch.setattr(train, "get_available_reporting_integrations", lambda: ["wandb"])
+    line = usage_error(["--report-to", "tensorboard", "--output-dir", str(tmp_path / "out")])
+    assert "--report-to tensorboard: its package is not installed (pip install tensorboard)" in line
+
+
+def test_accelerate_launch_on_cpus_is_refused(tmp_path, monkeypatch):
+    """accelerate launch --cpu --num_processes 2 sets MASTER_ADDR but starts one process without WORLD_SIZE:
+    refused, naming torchrun (which does start the processes)."""
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "True")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    line = usage_error(["--output-dir", str(tmp_path / "out")])
+    assert "starts one process here" in line and "torchrun --nproc_per_node N" in line
 
 
 def test_cli_error_in_a_subprocess(tmp_path):
-    """The real command line: a missing file fails fast with usage and a one-line reason."""
+    """The real command line: a missing file fails with one line and status 2."""
     result = subprocess.run([sys.executable, str(ROOT / "scripts" / "train.py"), "--data", str(tmp_path / "missing.txt")],
                             capture_output=True, text=True, timeout=300)
-    assert result.returncode == 2 and "usage: train.py" in result.stderr and "missing.txt: no such file" in result.stderr
+    assert result.returncode == 2 and result.stderr.splitlines() == [
+        f"error: --data {tmp_path / 'missing.txt'}: no such file or folder"], result.stderr
+
+
+def test_help_parses_before_the_heavy_imports(tmp_path):
+    """--help and usage errors answer before torch, transformers or datasets are imported (they are blocked here),
+    and --help shows the defaults."""
+    block = "".join(f"sys.modules[{name!r}] = None\n" for name in ("torch", "transformers", "datasets"))
+    code = f"import runpy, sys\n{block}sys.argv = ['train.py', *sys.argv[1:]]\n" \
+           f"runpy.run_path({str(ROOT / 'scripts' / 'train.py')!r}, run_name='__main__')\n"
+    result = subprocess.run([sys.executable, "-c", code, "--help"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    for default in ("(default: 300)", "(default: tinyshakespeare)", "(default: 0.0)", "(default: runs/lrnn-shakespeare)"):
+        assert default in " ".join(result.stdout.split()), default
+    result = subprocess.run([sys.executable, "-c", code, "--seq-len", "1"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 2 and result.stderr.startswith("error: --seq-len must be >= 2"), result.stderr
 
 
 def test_cli_without_hf_lrnn_says_how_to_install(tmp_path):
@@ -232,11 +329,178 @@ runpy.run_path({str(ROOT / "scripts" / "train.py")!r}, run_name="__main__")
     assert result.returncode == 1 and 'pip install -e ".[train]"' in result.stderr, result.stderr[-2000:]
 
 
+def test_an_occupied_output_dir_is_refused_and_left_alone(run, tmp_path):
+    """A new run into a folder holding another run, or other files, stops at once unless --overwrite; nothing in
+    the folder changes (no checkpoint rotated away, no file rewritten)."""
+    out, _, _ = run
+    earlier = tmp_path / "earlier"
+    shutil.copytree(out, earlier)
+    before = folder_digest(earlier)
+    line = usage_error(["--output-dir", str(earlier), "--mixer", "bdlru"] + TINY[:-2])
+    assert f"--output-dir {earlier} holds another run (run_args.json)" in line and "--overwrite" in line
+    assert folder_digest(earlier) == before
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "README.md").write_text("mine")
+    assert "is not empty (README.md)" in usage_error(["--output-dir", str(notes)])
+    assert (notes / "README.md").read_text() == "mine"
+    (tmp_path / "a-file").write_text("x")
+    assert "is a file, not a folder" in usage_error(["--output-dir", str(tmp_path / "a-file")])
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--mixer", "bdlru"], "--mixer bdlru (the run has hlru)"),
+    (["--hidden-size", "64", "--seq-len", "16"], "--seq-len 16 (the run has 32), --hidden-size 64 (the run has 32)"),
+    (["--data", "tinyshakespeare"], "--data tinyshakespeare (the run has"),
+    (["--packing"], "--packing True (the run has False)"),
+])
+def test_resume_refuses_to_change_the_run(run, tmp_path, flags, message):
+    out, _, _ = run
+    resumed = tmp_path / "resumed"
+    shutil.copytree(out, resumed)
+    before = folder_digest(resumed)
+    line = usage_error(["--resume", "--output-dir", str(resumed), "--no-push-to-hub"] + flags)
+    assert message in line and "a resumed run keeps its data, tokenizer, model and batch" in line, line
+    assert folder_digest(resumed) == before
+
+
+def test_resume_refuses_a_checkpoint_of_another_model(run, tmp_path):
+    """--resume CHECKPOINT names the checkpoint's model fields that differ from the run's arguments."""
+    out, _, _ = run
+    resumed = tmp_path / "resumed"
+    shutil.copytree(out, resumed)
+    config_path = resumed / "checkpoint-3" / "config.json"
+    config_path.write_text(json.dumps({**json.loads(config_path.read_text()), "num_hidden_layers": 3}))
+    line = usage_error(["--resume", str(resumed / "checkpoint-3"), "--output-dir", str(resumed), "--no-push-to-hub"])
+    assert "is not the one of the arguments: num_hidden_layers 3 (the arguments give 2)" in line, line
+
+
+@pytest.fixture(scope="module")
+def packed_run(run, corpus, tmp_path_factory):
+    """--packing --overwrite into a copy of the first run's folder (whose checkpoints are at steps 3 and 6); the
+    batches the Trainer passes to compute_loss are recorded."""
+    out, _, _ = run
+    folder = tmp_path_factory.mktemp("packed") / "run"
+    shutil.copytree(out, folder)
+    batches = []
+    compute_loss = train.CardTrainer.compute_loss
+
+    def recording_compute_loss(self, model, inputs, *args, **kwargs):
+        if model.training:
+            batches.append({k: v.detach().clone() for k, v in inputs.items()})
+        return compute_loss(self, model, inputs, *args, **kwargs)
+
+    argv = ["--data", str(corpus), "--output-dir", str(folder), "--packing", "--overwrite", "--max-steps", "4",
+            "--eval-interval", "2", "--log-interval", "1", "--sample-tokens", "0"] + TINY[:TINY.index("--max-steps")] + ["--warmup-steps", "1",
+            "--scan-backend", "torch", "--seq-len", "64"]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(train.CardTrainer, "compute_loss", recording_compute_loss)
+        metrics = train.main(argv)
+    return folder, metrics, batches
+
+
+def test_packing_batches_restart_at_each_document(packed_run):
+    """What the Trainer sees with --packing: full rows of --seq-len tokens (no padding, no attention mask), position_ids
+    0 at each document start (where the previous token is end-of-text, or the row's start) and counting up inside a
+    document, labels -100 exactly there and the input ids elsewhere."""
+    folder, _, batches = packed_run
+    eos = json.loads((folder / "config.json").read_text())["eos_token_id"]
+    assert len(batches) == 4 and all(set(b) == {"input_ids", "labels", "position_ids"} for b in batches)
+    restarts_inside_rows = 0
+    for batch in batches:
+        ids, positions, labels = batch["input_ids"], batch["position_ids"], batch["labels"]
+        assert ids.shape == positions.shape == labels.shape == (4, 64)
+        starts = positions == 0
+        assert starts[:, 0].all()
+        assert ((positions[:, 1:] == positions[:, :-1] + 1) | starts[:, 1:]).all()
+        assert (ids[:, :-1][starts[:, 1:]] == eos).all()  # every document start inside a row follows an end-of-text
+        assert (labels[starts] == -100).all() and torch_equal(labels[~starts], ids[~starts])
+        restarts_inside_rows += int(starts[:, 1:].sum())
+    assert restarts_inside_rows > 10  # the corpus' paragraphs are short: rows hold several documents
+
+
+def torch_equal(a, b):
+    return bool((a == b).all())
+
+
+def test_packing_trains_saves_and_records_real_token_throughput(packed_run):
+    """The packed run trains, saves, and records its throughput of real tokens; --overwrite deleted the earlier
+    run's checkpoints (steps 3 and 6), which the rotation would otherwise have mixed with this run's."""
+    folder, metrics, _ = packed_run
+    assert metrics["packing"] is True and metrics["padding_tokens_per_step"] == 0 and metrics["train_real_tokens_per_second"] > 0
+    assert metrics["steps"] == 4 and metrics["eval_loss"] < 6.0
+    assert sorted(p.name for p in folder.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+    assert metrics["sample"] == "(no sample: --sample-tokens 0)"
+    assert json.loads((folder / "run_args.json").read_text())["packing"] is True
+    assert "whole documents packed into rows of 64 tokens" in (folder / "README.md").read_text()
+    losses_logged = losses(json.loads((folder / "metrics.json").read_text())["log_history"])
+    assert sorted(losses_logged) == [1, 2, 3, 4]
+
+
+def test_pack_rows_matches_data_collator_with_flattening():
+    """Rows of whole documents are what transformers' DataCollatorWithFlattening makes of those documents; a
+    document cut at a row's end continues in the next row as a new document; the tail is dropped."""
+    import torch
+    from transformers import DataCollatorWithFlattening
+
+    documents = [[1, 2, 3], [4], [5, 6], [7, 8, 9, 10], [11, 12, 13], [14]]  # 3 + 1 + 2 = 6, then 4 + 3 -> 6 + 1
+    rows = train.pack_rows(documents, seq_len=6)
+    flattened = DataCollatorWithFlattening()([{"input_ids": d} for d in documents[:3]])
+    for key in ("input_ids", "position_ids", "labels"):
+        assert torch.equal(torch.tensor(rows[key][0]), flattened[key][0]), key
+    assert rows["input_ids"][1] == [7, 8, 9, 10, 11, 12] and rows["position_ids"][1] == [0, 1, 2, 3, 0, 1]
+    assert rows["labels"][1] == [-100, 8, 9, 10, -100, 12]
+    assert len(rows["input_ids"]) == 2  # 13 and 14 do not fill a row
+
+
+def test_split_documents_on_blank_lines():
+    assert train.split_documents("A:\nhi\n\nB:\nho\n \n\n\nC\n") == ["A:\nhi", "B:\nho", "C"]
+
+
+def test_small_corpus_evaluates_and_saves(tmp_path):
+    """The README's first example on a ~51 KB file with the default batch: fewer validation rows than a batch
+    used to give no evaluation at all and a crash after training; now every evaluation runs and the model is
+    saved."""
+    small = tmp_path / "notes.txt"
+    small.write_text((ROOT / "scripts" / "data" / "tinyshakespeare.txt").read_text()[:51000])
+    out = tmp_path / "out"
+    metrics = train.main(["--data", str(small), "--output-dir", str(out), "--max-steps", "4", "--eval-interval", "2",
+                          "--log-interval", "1", "--sample-tokens", "4", "--scan-backend", "torch"])
+    evaluated = [e["step"] for e in metrics["log_history"] if "eval_loss" in e]
+    assert 2 in evaluated and 4 in evaluated and math.isfinite(metrics["eval_loss"])
+    assert (out / "model.safetensors").is_file() and (out / "README.md").is_file()
+
+
+def test_a_corpus_too_small_for_one_batch_is_named(tmp_path):
+    small = tmp_path / "tiny.txt"
+    small.write_text("To be, or not to be. " * 40)
+    line = usage_error(["--data", str(small), "--output-dir", str(tmp_path / "out"), "--vocab-size", "257"], after_work=True)
+    assert re.search(r"the corpus is too small: \d+ training / \d+ validation rows of 128 tokens \(need >= --batch-size 16", line)
+
+
+def test_non_utf8_data_is_named(tmp_path):
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes("caf\u00e9 cr\u00e8me\n".encode("latin-1") * 100)
+    line = usage_error(["--data", str(latin1), "--output-dir", str(tmp_path / "out")])
+    assert f"--data {latin1} is not UTF-8 text (byte 0xe9 at offset 3)" in line and "iconv" in line
+
+
+def test_a_missing_local_name_tried_on_the_hub_ends_in_one_line(tmp_path):
+    """--data notes (no such file, no suffix) may be a Hub dataset: tried there (offline here) and reported in one
+    line, no traceback."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf_home")}
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "train.py"), "--data", "notes", "--output-dir",
+                             str(tmp_path / "out")], capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert len(errors) == 1 and "--data notes: not a local file or folder; as a Hub dataset could not be loaded" in errors[0]
+
+
 def corpus_args(*argv):
     return train.parse_args(list(argv))
 
 
-def test_load_corpus_text_jsonl_and_dataset_folder(tmp_path):
+def test_load_corpus_text_jsonl_and_dataset_folder(tmp_path, capsys):
     text = tmp_path / "a.txt"
     text.write_text("x" * 90 + "y" * 10)
     ds = train.load_corpus(corpus_args("--data", str(text)))
@@ -246,8 +510,9 @@ def test_load_corpus_text_jsonl_and_dataset_folder(tmp_path):
     docs.write_text("".join(json.dumps({"body": f"doc {i}", "id": i}) + "\n" for i in range(20)))
     ds = train.load_corpus(corpus_args("--data", str(docs), "--text-field", "body"))
     assert ds["train"]["text"] == [f"doc {i}" for i in range(18)] and ds["validation"]["text"] == ["doc 18", "doc 19"]
-    with pytest.raises(SystemExit, match="--text-field 'text' is not a column"):
+    with pytest.raises(SystemExit) as exit_info:
         train.load_corpus(corpus_args("--data", str(docs)))
+    assert exit_info.value.code == 2 and "error: --text-field 'text' is not a column" in capsys.readouterr().err
 
     folder = tmp_path / "folder"  # a dataset folder (as from the Hub): a "test" split becomes the validation set
     folder.mkdir()
