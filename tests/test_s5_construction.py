@@ -1,0 +1,151 @@
+"""A hand-built BD-LRU (k = 5) that solves the S5 word problem exactly, through the public model API.
+
+Encoding (as in benchmarks/synthetic/tasks.py, rebuilt here): token g is the index of a permutation of
+{0..4} in ``itertools.permutations`` order, composition ``(g o p)(i) = g(p(i))``, and the target at t is
+the running product ``p_t = g_t o p_{t-1}``, ``p_0 = g_0``. With ``P(g) e_i = e_{g(i)}``,
+``P(g o p) = P(g) P(p)``, so five k = 5 blocks whose transition is ``A_t = P(g_t)`` carry the product:
+block j holds ``P(p_t) e_j`` once it has loaded ``P(g_0) e_j`` at t = 0.
+
+Two BD-LRU layers (k = 5, 5 blocks, d = 64), MLPs zero, no tied weights. Residual coordinates:
+``ONE`` (1 for every token), ``PERM`` (the 25 entries of the token's P(g)), ``MARK`` (layer 0 writes
+its position marker), ``STATE`` (layer 1 writes the 25 state entries H[i, j] = block j, row i).
+- Layer 0, block 0, row 0: gate logits (0, 0, -1e4, ...) from the bias: ``a_0 = A_00 = 1/2``, fed the
+  constant v = mu: ``h_t = mu (1 - 2^-(t+1))``, so h_0 = mu/2 and h_t >= 3 mu / 4 afterwards.
+- Layer 1, every block, row i: input-gate logit ``K (theta - MARK) / rms`` with theta = 5 mu / 8 (positive
+  only at t = 0) and ``A[i, l]`` logit ``L (2 P(g)[i, l] - 1) / rms``; with L = 1e4, K = 24 L / mu the
+  softmax saturates exactly in fp32: ``a_0 = 1, A = 0`` at t = 0 and ``a_0 = 0, A = P(g_t)`` afterwards.
+  Values: block j, row i reads ``P(g)[i, j]``. Every gate is a ratio of two linear functions of the same
+  RMS-normalised input, so the varying RMS never changes a sign.
+- Readout: ``lm_head`` scores permutation q by <P(q), H_t> = c * #{i : q(i) = p_t(i)}, which is 5c for
+  q = p_t and at most 3c otherwise (c > 0 the constant scale of the loaded state).
+"""
+import itertools
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from hf_lrnn import LRNNConfig, LRNNForCausalLM, ops
+
+PERMUTATIONS = list(itertools.permutations(range(5)))  # token id -> permutation (tuple of images)
+INDEX = {p: i for i, p in enumerate(PERMUTATIONS)}
+K = 5  # block size
+HIDDEN = 64
+ONE, PERM, MARK, STATE = 0, 1, 26, 27  # residual coordinates (PERM and STATE: 25 each, row-major i * 5 + j)
+GATE_SCALE = 1e4  # L: the A logits are +-L / rms
+LENGTH = 10_000
+CPU_BACKENDS = ["reference", "torch", "auto"]
+
+
+def permutation_matrix(p) -> torch.Tensor:
+    """P(p) (5, 5) with P e_i = e_{p(i)}, so that P(g o p) = P(g) P(p)."""
+    P = torch.zeros(K, K)
+    P[list(p), list(range(K))] = 1.0
+    return P
+
+
+def running_products(tokens: torch.Tensor) -> torch.Tensor:
+    """(B, T) token ids -> (B, T) ids of p_t = g_t o p_{t-1}, p_0 = g_0."""
+    table = np.array([[INDEX[tuple(g[i] for i in p)] for p in PERMUTATIONS] for g in PERMUTATIONS])  # [g, p] -> g o p
+    seq = tokens.numpy()
+    out = np.empty_like(seq)
+    out[:, 0] = seq[:, 0]
+    for t in range(1, seq.shape[1]):
+        out[:, t] = table[seq[:, t], out[:, t - 1]]
+    return torch.from_numpy(out)
+
+
+def s5_model(backend: str, wrong_token=None) -> LRNNForCausalLM:
+    """The construction of the module docstring, float32. ``wrong_token``: give that token the permutation
+    matrix of a different element (itself composed with the transposition (0 1)) to break the model."""
+    config = LRNNConfig(vocab_size=len(PERMUTATIONS), hidden_size=HIDDEN, num_hidden_layers=2, mixer="bdlru",
+                        block_size=K, recurrent_size=K * K, intermediate_size=32, scan_backend=backend,
+                        tie_word_embeddings=False)
+    model = LRNNForCausalLM(config).eval()
+    params = dict(model.named_parameters())
+    assert params["lm_head.weight"].data_ptr() != params["model.embed_tokens.weight"].data_ptr()
+    with torch.no_grad():
+        for name, p in params.items():
+            p.copy_(torch.ones_like(p) if name.endswith("norm.weight") else torch.zeros_like(p))
+
+        embed = params["model.embed_tokens.weight"]  # (120, d): [1, P(g) flattened, 0 ...]
+        embed[:, ONE] = 1.0
+        for token, p in enumerate(PERMUTATIONS):
+            if token == wrong_token:
+                p = tuple(p[i] for i in (1, 0, 2, 3, 4))
+            embed[token, PERM:PERM + K * K] = permutation_matrix(p).flatten()
+
+        # Layer 0: block 0, row 0 is h_t = (h_{t-1} + mu) / 2 with mu = 1 / rms(embedding row) = the value it reads.
+        mu = 1.0 / np.sqrt((1 + K) / HIDDEN + config.rms_norm_eps)
+        gate_bias = params["model.layers.0.mixer.gate_logit_proj.bias"].view(K, K, K + 1)
+        gate_bias[0, 0, 2:] = -GATE_SCALE
+        params["model.layers.0.mixer.value_proj.weight"][0, ONE] = 1.0
+        params["model.layers.0.mixer.out_proj.weight"][MARK, 0] = 1.0
+
+        # Layer 1: input gate open only where MARK < 5 mu / 8 (t = 0); A_t = P(g_t); block j loads column j of P(g_0).
+        gate = params["model.layers.1.mixer.gate_logit_proj.weight"].view(K, K, K + 1, HIDDEN)  # [block, row, 1 + col]
+        input_scale = 24 * GATE_SCALE / mu
+        gate[:, :, 0, ONE] = input_scale * 5 * mu / 8
+        gate[:, :, 0, MARK] = -input_scale
+        for i, col in itertools.product(range(K), range(K)):
+            gate[:, i, 1 + col, PERM + K * i + col] = 2 * GATE_SCALE
+            gate[:, i, 1 + col, ONE] = -GATE_SCALE
+        value = params["model.layers.1.mixer.value_proj.weight"].view(K, K, HIDDEN)  # [block j, row i]
+        out = params["model.layers.1.mixer.out_proj.weight"].view(HIDDEN, K, K)  # [:, block j, row i]
+        for j, i in itertools.product(range(K), range(K)):
+            value[j, i, PERM + K * i + j] = 1.0
+            out[STATE + K * i + j, j, i] = 1.0
+
+        params["lm_head.weight"][:, STATE:STATE + K * K] = torch.stack(
+            [permutation_matrix(p).flatten() for p in PERMUTATIONS])
+    return model
+
+
+def predictions(model: LRNNForCausalLM, tokens: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    device = "cuda" if model.config.scan_backend == "triton" and os.environ.get("TRITON_INTERPRET") != "1" else "cpu"
+    model = model.to(device=device, dtype=dtype)
+    with torch.no_grad():
+        return model(tokens.to(device), use_cache=False).logits.argmax(-1).cpu()
+
+
+def random_tokens(batch: int, length: int, seed: int) -> torch.Tensor:
+    return torch.randint(0, len(PERMUTATIONS), (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+def test_the_construction_encodes_a_homomorphism():
+    """P(g o p) = P(g) P(p) for every pair, and distinct elements have distinct matrices: the premise."""
+    matrices = torch.stack([permutation_matrix(p) for p in PERMUTATIONS])
+    for g, p in itertools.product(range(0, 120, 7), range(120)):
+        composed = INDEX[tuple(PERMUTATIONS[g][i] for i in PERMUTATIONS[p])]
+        assert torch.equal(matrices[g] @ matrices[p], matrices[composed])
+    assert len({tuple(m.flatten().tolist()) for m in matrices}) == 120
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_constructed_bdlru_tracks_s5_over_10000_tokens(backend, dtype):
+    tokens = random_tokens(2, LENGTH, seed=0)
+    assert torch.equal(predictions(s5_model(backend), tokens, dtype), running_products(tokens))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_constructed_bdlru_tracks_s5_on_the_triton_kernels(dtype):
+    """The same model through the Triton kernels (on the CPU through Triton's interpreter, set by conftest)."""
+    if ops.TRITON_IMPORT_ERROR is not None:
+        pytest.fail(f"the Triton backend is unavailable: {ops.TRITON_IMPORT_ERROR}")
+    tokens = random_tokens(1, LENGTH, seed=1)
+    assert torch.equal(predictions(s5_model("triton"), tokens, dtype), running_products(tokens))
+
+
+@pytest.mark.parametrize("backend", ["reference", "torch"])
+def test_one_wrong_permutation_matrix_breaks_the_construction(backend):
+    """Exact up to the first occurrence of the corrupted token, then mostly wrong."""
+    wrong = 37
+    tokens = random_tokens(2, 2_000, seed=2)
+    correct = predictions(s5_model(backend, wrong_token=wrong), tokens, torch.float32) == running_products(tokens)
+    for row, hits in zip(tokens, correct):
+        first = int((row == wrong).nonzero()[0])
+        assert hits[:first].all()
+        assert not hits[first]
+        assert hits[first:].float().mean() < 0.5
