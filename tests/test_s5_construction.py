@@ -151,3 +151,77 @@ def test_one_wrong_permutation_matrix_breaks_the_construction(backend):
         assert hits[:first].all()
         assert not hits[first]
         assert hits[first:].float().mean() < 0.5
+
+
+# ---------------------------------------------------------------------------------------------------------
+# k = 4 is enough without the norm bound: gate_normalization="none" and the 4-dimensional standard
+# representation of S5. Every normalised gate (sum_j |a_j| <= 1 per row) makes each block an infinity-norm
+# contraction, and the finite groups such blocks carry embed in the signed permutations of degree k, which
+# have no element of order 5 for k <= 4 (benchmarks/README.md); "none" has no such bound.
+
+def standard_representation(p) -> torch.Tensor:
+    """rho(p) (4, 4): P(p) on the sum-zero subspace of R^5 in the basis b_i = e_i - e_4 (integer entries)."""
+    basis = torch.eye(5, dtype=torch.float64)[:, :4] - torch.eye(5, dtype=torch.float64)[:, 4:]  # (5, 4)
+    return (torch.linalg.pinv(basis) @ permutation_matrix(p).double() @ basis).round().float()
+
+
+def s5_model_k4_unnormalised(backend: str) -> LRNNForCausalLM:
+    """Two BD-LRU layers of four k = 4 blocks: a softmax layer whose block 0 marks t = 0 exactly (row 1 holds
+    the constant 2, row 0 copies row 1's previous value: 0 at t = 0, 2 afterwards) and a gate_normalization
+    "none" layer with ``a_0 = 2 ONE - MARK`` (exactly 0 after t = 0) and ``A_t = c rho(g_t)``, c = 1 up to
+    rounding (a scalar, which no argmax sees). Embedding rows are [1, rho(g), ones padding the squared norm
+    to 16] so that the first norm divides by exactly 1/2 (d = 64, eps 1e-12). Readout: the character
+    ``tr(rho(q)^-1 H_t) = #fixed points of q^-1 p_t - 1``, 4 for q = p_t and at most 2 otherwise."""
+    k, one, perm, fill, mark, state = 4, 0, 1, 17, 28, 29
+    config = LRNNConfig(vocab_size=len(PERMUTATIONS), hidden_size=HIDDEN, num_hidden_layers=2, block_size=k,
+                        recurrent_size=k * k, intermediate_size=32, scan_backend=backend, rms_norm_eps=1e-12,
+                        tie_word_embeddings=False,
+                        mixer=[{"mixer": "bdlru", "gate_normalization": "softmax"},
+                               {"mixer": "bdlru", "gate_normalization": "none"}])
+    model = LRNNForCausalLM(config).eval()
+    params = dict(model.named_parameters())
+    rho = [standard_representation(p) for p in PERMUTATIONS]
+    with torch.no_grad():
+        for name, p in params.items():
+            p.copy_(torch.ones_like(p) if name.endswith("norm.weight") else torch.zeros_like(p))
+        embed = params["model.embed_tokens.weight"]
+        embed[:, one] = 1.0
+        for token, r in enumerate(rho):
+            embed[token, perm:perm + k * k] = r.flatten()
+            embed[token, fill:fill + 15 - int(r.count_nonzero())] = 1.0  # squared norm 1 + 15 = 16 = d / 4
+
+        bias = params["model.layers.0.mixer.gate_logit_proj.bias"].view(k, k, k + 1)
+        bias[0, 0] = torch.tensor([-1.0, -1.0, 1.0, -1.0, -1.0]) * GATE_SCALE  # h[0]_t = h[1]_{t-1}
+        bias[0, 1] = torch.tensor([1.0, -1.0, -1.0, -1.0, -1.0]) * GATE_SCALE  # h[1]_t = v = 2
+        params["model.layers.0.mixer.value_proj.weight"][1, one] = 1.0
+        params["model.layers.0.mixer.out_proj.weight"][mark, 0] = 1.0
+
+        after_first = 1.0 / np.sqrt((16 + 4) / HIDDEN + config.rms_norm_eps)  # the second norm's 1 / rms for t >= 1
+        gate = params["model.layers.1.mixer.gate_logit_proj.weight"].view(k, k, k + 1, HIDDEN)
+        gate[:, :, 0, one] = 2.0
+        gate[:, :, 0, mark] = -1.0
+        value = params["model.layers.1.mixer.value_proj.weight"].view(k, k, HIDDEN)
+        out = params["model.layers.1.mixer.out_proj.weight"].view(HIDDEN, k, k)
+        for i, j in itertools.product(range(k), range(k)):
+            gate[:, i, 1 + j, perm + k * i + j] = 1.0 / after_first
+            value[j, i, perm + k * i + j] = 1.0
+            out[state + k * i + j, j, i] = 1.0
+        inverse = [INDEX[tuple(sorted(range(5), key=lambda i: p[i]))] for p in PERMUTATIONS]
+        params["lm_head.weight"][:, state:state + k * k] = torch.stack([rho[inverse[q]].T.flatten() for q in range(120)])
+    return model
+
+
+def test_the_standard_representation_is_faithful_and_unbounded_in_infinity_norm():
+    rho = torch.stack([standard_representation(p) for p in PERMUTATIONS])
+    for g, p in itertools.product(range(0, 120, 11), range(120)):
+        assert torch.equal(rho[g] @ rho[p], rho[INDEX[tuple(PERMUTATIONS[g][i] for i in PERMUTATIONS[p])]])
+    assert len({tuple(r.flatten().tolist()) for r in rho}) == 120
+    assert rho.abs().sum(-1).amax() == 4  # rows with 4 nonzeros: no normalised gate (row L1 norm <= 1) gives them
+
+
+@pytest.mark.filterwarnings("ignore:gate_normalization='none'")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_unnormalised_k4_bdlru_tracks_s5_over_10000_tokens(backend, dtype):
+    tokens = random_tokens(2, LENGTH, seed=3)
+    assert torch.equal(predictions(s5_model_k4_unnormalised(backend), tokens, dtype), running_products(tokens))
