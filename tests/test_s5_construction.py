@@ -165,6 +165,27 @@ def standard_representation(p) -> torch.Tensor:
     return (torch.linalg.pinv(basis) @ permutation_matrix(p).double() @ basis).round().float()
 
 
+def signed_permutation_orders(k: int) -> dict:
+    """{order: count} over the 2^k k! signed permutation matrices of degree k (the infinity-norm isometries of R^k)."""
+    counts = {}
+    for p, signs in itertools.product(itertools.permutations(range(k)), itertools.product((1, -1), repeat=k)):
+        M = torch.zeros(k, k, dtype=torch.int64)
+        M[list(p), list(range(k))] = torch.tensor(signs)
+        power, order = M, 1
+        while not torch.equal(power, torch.eye(k, dtype=torch.int64)):
+            power, order = power @ M, order + 1
+        counts[order] = counts.get(order, 0) + 1
+    return counts
+
+
+def test_signed_permutations_have_an_element_of_order_5_only_from_degree_5():
+    """The group-theory step of the block-size bound: B_4 (order 384) has element orders 1, 2, 3, 4, 6, 8 only,
+    so neither S5 nor A5 (nor Z5) embeds in it; B_5 (order 3840) has 384 elements of order 5."""
+    degree_4, degree_5 = signed_permutation_orders(4), signed_permutation_orders(5)
+    assert sum(degree_4.values()) == 384 and sorted(degree_4) == [1, 2, 3, 4, 6, 8]
+    assert sum(degree_5.values()) == 3840 and degree_5[5] == 384
+
+
 def s5_model_k4_unnormalised(backend: str) -> LRNNForCausalLM:
     """Two BD-LRU layers of four k = 4 blocks: a softmax layer whose block 0 marks t = 0 exactly (row 1 holds
     the constant 2, row 0 copies row 1's previous value: 0 at t = 0, 2 afterwards) and a gate_normalization
