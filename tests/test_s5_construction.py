@@ -14,10 +14,14 @@ its position marker), ``STATE`` (layer 1 writes the 25 state entries H[i, j] = b
 - Layer 1, every block, row i: input-gate logit ``K (theta - MARK) / rms`` with theta = 5 mu / 8 (positive
   only at t = 0) and ``A[i, l]`` logit ``L (2 P(g)[i, l] - 1) / rms``; with L = 1e4, K = 24 L / mu the
   softmax saturates exactly in fp32: ``a_0 = 1, A = 0`` at t = 0 and ``a_0 = 0, A = P(g_t)`` afterwards.
-  Values: block j, row i reads ``P(g)[i, j]``. Every gate is a ratio of two linear functions of the same
-  RMS-normalised input, so the varying RMS never changes a sign.
+  Values: block j, row i reads ``P(g)[i, j]``. Every logit is linear in x / rms(x), so the RMS, which
+  varies with t, scales the logits but never changes a sign.
 - Readout: ``lm_head`` scores permutation q by <P(q), H_t> = c * #{i : q(i) = p_t(i)}, which is 5c for
   q = p_t and at most 3c otherwise (c > 0 the constant scale of the loaded state).
+
+Also here: a k = 4 construction with ``gate_normalization="none"`` (S5's 4-dimensional standard
+representation), which no normalised gate can give, and the enumeration of the signed permutation groups
+B_4 and B_5 behind the block-size bound (issue 18; the argument is in benchmarks/README.md).
 """
 import itertools
 import os
