@@ -5,9 +5,9 @@ there has read the whole sequence, and padded steps (attention_mask 0) leave the
 logits equal those of the unpadded sequence whether it is padded on the left or on the right.
 
 transformers' ``GenericForSequenceClassification`` / ``GenericForTokenClassification`` do not fit: they build
-the backbone with ``AutoModel.from_config``, which in a remote-code checkpoint (hf_lrnn not installed) asks
-again for ``trust_remote_code``, and the sequence head finds the last token from pad ids only (not from
-``attention_mask``, nor with ``inputs_embeds``). The heads here keep their layer names (``score``), their
+the backbone with ``AutoModel.from_config``, which fails when the checkpoint is loaded as remote code (hf_lrnn
+not installed: ``AutoModel`` does not know the remote config class), and the sequence head finds the last
+token from pad ids only (not from ``attention_mask``, nor with ``inputs_embeds``). The heads here keep their layer names (``score``), their
 dropout and bias settings, and transformers' losses (``self.loss_function`` by class-name suffix).
 """
 from __future__ import annotations
