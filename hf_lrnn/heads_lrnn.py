@@ -7,8 +7,9 @@ logits equal those of the unpadded sequence whether it is padded on the left or 
 transformers' ``GenericForSequenceClassification`` / ``GenericForTokenClassification`` do not fit: they build
 the backbone with ``AutoModel.from_config``, which fails when the checkpoint is loaded as remote code (hf_lrnn
 not installed: ``AutoModel`` does not know the remote config class), and the sequence head finds the last
-token from pad ids only (not from ``attention_mask``, nor with ``inputs_embeds``). The heads here keep their layer names (``score``), their
-dropout and bias settings, and transformers' losses (``self.loss_function`` by class-name suffix).
+token from pad ids only (not from ``attention_mask``, nor with ``inputs_embeds``). The heads here keep their
+layer names (``score``), their dropout and bias settings, and transformers' losses (``self.loss_function``
+by class-name suffix).
 """
 from __future__ import annotations
 
@@ -123,7 +124,8 @@ class LRNNForTokenClassification(LRNNPreTrainedModel):
         if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
             raise ValueError(f"LRNNConfig.classifier_dropout must be None or a number in [0, 1), got {dropout!r}")
         self.dropout = nn.Dropout(dropout)
-        self.score = nn.Linear(config.hidden_size, config.num_labels, bias=getattr(config, "token_classification_bias", True))
+        bias = getattr(config, "token_classification_bias", True)
+        self.score = nn.Linear(config.hidden_size, config.num_labels, bias=bias)
         self.post_init()
 
     def forward(
@@ -150,7 +152,9 @@ class LRNNForTokenClassification(LRNNPreTrainedModel):
         loss = None
         if labels is not None:
             if labels.shape != logits.shape[:2]:
-                raise ValueError(f"labels must have shape {tuple(logits.shape[:2])} (batch, seq_len), got {tuple(labels.shape)}")
+                raise ValueError(
+                    f"labels must have shape {tuple(logits.shape[:2])} (batch, seq_len), got {tuple(labels.shape)}"
+                )
             loss = self.loss_function(logits, labels, self.config)
         if not return_dict:
             return tuple(x for x in (loss, logits, outputs.hidden_states) if x is not None)

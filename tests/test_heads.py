@@ -13,6 +13,7 @@ from transformers import (
     AutoModelForSequenceClassification, AutoModelForTokenClassification, PreTrainedTokenizerFast, Trainer,
     TrainingArguments, pipeline,
 )
+from transformers.dynamic_module_utils import get_imports
 
 from hf_lrnn import LRNNForCausalLM, LRNNForSequenceClassification, LRNNForTokenClassification
 from helpers import MIXERS, VOCAB_SIZE, ids, tiny_config
@@ -212,6 +213,8 @@ def test_save_and_load_round_trip(head, tmp_path):
     auto_map = json.loads((tmp_path / "config.json").read_text())["auto_map"]
     assert auto_map[auto_class.__name__] == f"heads_lrnn.{head.__name__}"
     assert (tmp_path / "heads_lrnn.py").exists() and (tmp_path / "modeling_lrnn.py").exists()
+    # remote code may need only torch, transformers and the standard library (see test_modeling)
+    assert set(get_imports(tmp_path / "heads_lrnn.py")) <= {"__future__", "typing", "torch", "transformers"}
     loaded = auto_class.from_pretrained(tmp_path).eval()
     assert type(loaded) is head and loaded.config.id2label == LABELS
     x = ids(2, 9)
