@@ -387,9 +387,8 @@ def job_fields(run: dict) -> dict:
 
 
 def environment() -> dict:
-    """What produced a record: commit and whether the tree was dirty (from git; in a copy of the tree without
-    .git from the environment variables BENCH_COMMIT and BENCH_DIRTY ("yes"/"no"), else None), package
-    versions, the GPU, the process's exact command line and the date."""
+    """What produced a record: commit and dirty tree, package versions, GPU, command line and date. BENCH_COMMIT
+    (and BENCH_DIRTY, "yes"/"no") win over git where set: a tree copied to a GPU machine may carry a stale .git."""
     def git(*args):
         try:
             return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
@@ -402,9 +401,10 @@ def environment() -> dict:
         except metadata.PackageNotFoundError:
             return None
 
-    status, commit = git("status", "--porcelain"), git("rev-parse", "HEAD")
-    if commit is None and os.environ.get("BENCH_COMMIT"):  # a copy of the tree without .git: the caller says
+    if os.environ.get("BENCH_COMMIT"):
         commit, status = os.environ["BENCH_COMMIT"], os.environ.get("BENCH_DIRTY")
+    else:
+        commit, status = git("rev-parse", "HEAD"), git("status", "--porcelain")
     return {"commit": commit, "dirty": None if status is None else status not in ("", "0", "no", "false"),
             "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
             **{name: version(name) for name in ("torch", "triton", "transformers", "flash-linear-attention", "mamba-ssm")},
