@@ -1,27 +1,8 @@
-"""Models for the synthetic benchmarks, all as transformers ``PreTrainedModel`` causal LMs.
-
-- the LRNN labels of :data:`benchmarks.models.MODELS`: H-LRU (``mixer="hlru"``, order m) and BD-LRU
-  (``mixer="bdlru"``, block size k) from :class:`LRNNConfig`; m = 1 is the diagonal selective LRU.
-- ``lstm``: :class:`LSTMForCausalLM` below, the same skeleton as the LRNN models (residual
-  ``x + LSTM(RMSNorm(x))`` blocks alternating with SwiGLU blocks) with ``nn.LSTM`` as the mixer; its
-  RMSNorm is ``torch.nn.RMSNorm`` and the SwiGLU transformers' ``LlamaMLP``, the same maths as the LRNN model's.
-- ``llama``: a small ``LlamaForCausalLM`` (RoPE attention + SwiGLU, the same widths).
-- ``mamba``: ``MambaForCausalLM`` with 2 x num_layers Mamba blocks (a Mamba block has no separate MLP),
-  transformers' pure-PyTorch path unless the mamba-ssm kernels are installed.
-- ``mamba2``: ``Mamba2ForCausalLM`` with 2 x num_layers Mamba-2 blocks (state size 64, head dim 64, one
-  group). On CUDA it must run mamba-ssm's Triton SSD kernels (``mamba_chunk_scan_combined``), which need no
-  CUDA build (see :func:`_mamba2_kernels`); ``desc["kernel_path"]`` says ``"ssd_triton"``, and if
-  transformers would take its PyTorch path instead, :class:`BaselineUnavailable` says why. On the CPU it
-  runs transformers' PyTorch path, ``desc["kernel_path"] == "torch"``.
-- ``deltanet``: from flash-linear-attention (``fla``), imported lazily; its kernels are Triton and need a
-  GPU. :func:`build_model` raises :class:`BaselineUnavailable` saying why when they cannot run. (Gated
-  DeltaNet was dropped: fla 0.6.0 refuses its backward on Hopper with Triton < 3.7.1, fla #640, and with that
-  guard lifted it hit an illegal memory access on an H200, 2026-12-01; see the benchmarks README's history.)
-
-:func:`build_model` takes a model label and returns ``(model, description)``; :func:`last_hidden_state`
-gets the final (normalised) hidden states of any of them; :class:`ProbeHead` is the encoder probe used
-for compression (decode a whole sequence from the last position's hidden state).
-"""
+"""Models of the synthetic benchmarks, all transformers causal LMs, built by :func:`build_model` from a label of
+:data:`benchmarks.models.MODELS`: the LRNNs; ``lstm`` (:class:`LSTMForCausalLM`, the LRNN model's skeleton with
+``nn.LSTM`` as the mixer); ``llama``; ``mamba`` and ``mamba2`` (2 x num_layers blocks; Mamba-2 on CUDA must run
+mamba-ssm's Triton SSD kernels, :func:`_mamba2_kernels`); ``deltanet`` (fla, GPU only). A model that cannot run
+here raises :class:`BaselineUnavailable` saying why. :class:`ProbeHead` decodes compression's targets."""
 from __future__ import annotations
 
 import importlib.machinery
