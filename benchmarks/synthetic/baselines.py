@@ -19,8 +19,7 @@ from transformers import PreTrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutput, CausalLMOutput
 from transformers.models.llama.modeling_llama import LlamaMLP
 
-from hf_lrnn import LRNNConfig, LRNNForCausalLM
-from hf_lrnn.configuration_lrnn import swiglu_intermediate_size
+from hf_lrnn import LRNNConfig, LRNNForCausalLM, swiglu_intermediate_size
 
 from benchmarks.models import lrnn_fields, model_entry
 
@@ -124,13 +123,9 @@ class LSTMForCausalLM(LSTMPreTrainedModel):
 def build_model(label: str, vocab_size: int, hidden_size: int = 128, num_layers: int = 2,
                 device: Optional[torch.device] = None, scan_backend: str = "auto",
                 gate_normalization: str = "softmax") -> Tuple[PreTrainedModel, dict]:
-    """The causal LM of ``label`` (a key of :data:`benchmarks.models.MODELS`; see the module docstring) and a
-    dict describing its configuration; ``scan_backend`` and ``gate_normalization`` apply to the LRNN models only.
-
-    ``num_layers`` counts mixer blocks: the LRNN, LSTM and Llama models alternate them with as many
-    SwiGLU blocks (the paper's "two mixer blocks alternating with two SwiGLU blocks" is 2); Mamba and
-    Mamba-2 get 2 x num_layers blocks; DeltaNet and Gated DeltaNet blocks include their own SwiGLU.
-    """
+    """The causal LM of ``label`` and a dict describing it; ``scan_backend`` and ``gate_normalization``
+    apply to the LRNNs only. ``num_layers`` counts mixer blocks (alternating with as many SwiGLU blocks; Mamba and
+    Mamba-2 get 2 x num_layers blocks, DeltaNet blocks hold their own SwiGLU)."""
     d, inter, kind = hidden_size, swiglu_intermediate_size(hidden_size), model_entry(label)["kind"]
     desc = {"label": label, "hidden_size": d, "num_layers": num_layers}
     if gate_normalization != "softmax" and kind != "lrnn":
@@ -197,26 +192,12 @@ def _build_mamba2(vocab_size, d, num_layers, device):
 
 
 def _mamba2_kernels(cuda: bool) -> dict:
-    """Which kernels transformers' Mamba-2 mixer calls here, checked against the device (desc entries).
-
-    transformers (5.17 and 5.24 alike) binds each Mamba-2 op once, when ``modeling_mamba2`` is first
-    imported: mamba-ssm's function if ``import mamba_ssm`` succeeds, else its own PyTorch function. Between
-    a mamba-ssm wheel built with MAMBA_SKIP_CUDA_BUILD=TRUE and the Triton SSD kernels stand:
-
-    1. ``import mamba_ssm`` imports ``selective_scan_cuda``, Mamba-1's CUDA extension, which that wheel
-       lacks: on CUDA a placeholder takes its name (:class:`_UnbuiltExtension`, any use raises), so the
-       import succeeds; Mamba-2 never uses it.
-    2. In training the mixer first tries ``mamba_split_conv1d_scan_combined``, which calls causal-conv1d's
-       CUDA convolution. Without causal-conv1d, transformers' name is pointed back at its own fallback
-       (which returns None), so the mixer takes its unfused path: depthwise conv in PyTorch, then
-       mamba-ssm's ``mamba_chunk_scan_combined`` (the SSD kernels), gated RMSNorm and out_proj in PyTorch.
-    3. ``modeling_mamba2`` must not have been imported earlier in the process (it would keep its PyTorch
-       functions); that case raises.
-
-    Returns kernel_path ("ssd_triton" on CUDA, "torch" on the CPU), conv1d ("causal_conv1d" or "torch"),
-    training_path ("fused" or "unfused") and, on CUDA, mamba_ssm's version. Raises
-    :class:`BaselineUnavailable` when on CUDA the chunk scan is not mamba-ssm's, or on the CPU when it is.
-    """
+    """Which kernels transformers' Mamba-2 mixer calls here (desc entries kernel_path, conv1d,
+    training_path, mamba_ssm), checked against the device. transformers binds mamba-ssm's functions when
+    ``modeling_mamba2`` is first imported and ``import mamba_ssm`` succeeds: a wheel built without CUDA extensions
+    gets a placeholder for Mamba-1's ``selective_scan_cuda`` (:func:`_import_mamba_ssm`); without causal-conv1d the
+    fused training kernel is pointed back at transformers' fallback (the unfused path with mamba-ssm's SSD scan).
+    BaselineUnavailable where the chunk scan is not mamba-ssm's on CUDA, or is on the CPU."""
     if cuda:
         if not torch.cuda.is_available():
             raise BaselineUnavailable("mamba2: a CUDA device was asked for, but torch sees none")
@@ -279,9 +260,8 @@ def _causal_conv1d_kernels() -> bool:
 
 
 def _bound_module(fn) -> str:
-    """The module of the function that transformers' kernel wrapper ``fn`` calls (its
-    ``use_kernel_func_from_hub_with_fallback`` keeps it in its closure as ``implementation``), or ``fn``'s own
-    module when ``fn`` is a plain function."""
+    """The module of the function that transformers' kernel wrapper ``fn`` calls (its closure's
+    ``implementation``), or ``fn``'s own for a plain function."""
     if not hasattr(fn, "__wrapped__"):
         return fn.__module__
     implementation = inspect.getclosurevars(fn).nonlocals.get("implementation")
@@ -318,11 +298,7 @@ def last_hidden_state(model: PreTrainedModel, input_ids: torch.Tensor) -> torch.
 
 
 class ProbeHead(nn.Module):
-    """Encoder probe: decode ``num_targets`` tokens from one hidden state h (B, d).
-
-    ``logits[:, i] = W_2 gelu(W_1 LayerNorm(h + p_i))`` with a learned position embedding p_i; generic over
-    models.
-    """
+    """Decode ``num_targets`` tokens from one hidden state h (B, d): logits_i = W_2 gelu(W_1 LN(h + p_i))."""
 
     def __init__(self, hidden_size: int, num_targets: int, vocab_size: int, width: Optional[int] = None):
         super().__init__()
