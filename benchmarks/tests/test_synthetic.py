@@ -237,7 +237,6 @@ def test_lstm_baseline_matches_the_lrnn_widths():
     assert torch.equal(bias[96:192], torch.ones(96)) and not bias[:96].any() and not bias[192:].any()
 
 
-# ------------------------------------------------------------------------------------------ metrics
 def test_macro_accuracy_by_hand():
     """torchmetrics' macro average: per-class recall over the target positions; a class only predicted counts 0,
     a class neither predicted nor a target is left out; ignored positions count for nothing."""
@@ -265,7 +264,6 @@ def test_macro_accuracy_of_recall_halves_with_stray_key_predictions():
     assert macro_accuracy(counts, classes="target") == pytest.approx(0.75)
 
 
-# ------------------------------------------------------------------------------------------ one run
 def test_smoke_settings():
     run = synthetic_run.default_run(smoke=True, steps=7, task_overrides={"seq_len": 5})
     assert run["steps"] == 300 and run["hidden_size"] == 32 and run["recipe"] == "authors"
@@ -413,7 +411,6 @@ def test_environment_commit_from_bench_commit_wins_over_git(monkeypatch):
     assert synthetic_run.environment()["dirty"] is None
 
 
-# ------------------------------------------------------------------------------------------ the study
 def test_presets():
     runs = study.preset_runs("s5_blocks")
     assert len(runs) == 9 and {r["steps"] for r in runs} == {100_000} and {r["task"] for r in runs} == {"s5"}
