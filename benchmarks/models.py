@@ -1,15 +1,10 @@
 """The one model table of the benchmarks: a label for every model, what it is, and how to print it.
 
-``MODELS[label]`` holds ``kind`` ("lrnn" for this project's models, else the baseline's kind, built by
-``benchmarks.synthetic.baselines.build_model``) and, for "lrnn", the :class:`hf_lrnn.LRNNConfig` fields
-``mixer``, ``order`` / ``block_size`` and ``width_factor`` (the recurrent width N over the model width d, 1
-unless given). BD-LRU's recurrent width is ``blocks x k``: the multiple of k nearest to ``width_factor x d``
-(ties upwards), e.g. 26 x 5 = 130 and 21 x 6 = 126 at d = 128; see :func:`recurrent_size`.
+``MODELS[label]``: ``kind`` ("lrnn", else the baseline's kind for ``benchmarks.synthetic.baselines.build_model``)
+and, for "lrnn", the LRNNConfig fields ``mixer``, ``order`` / ``block_size`` and ``width_factor`` (N / d, default 1).
+BD-LRU's N is the multiple of k nearest ``width_factor x d`` (:func:`recurrent_size`; 130 for k = 5 at d = 128).
 
-    from benchmarks.models import MODELS, display_name, lrnn_fields
-    LRNNConfig(hidden_size=128, **lrnn_fields("bdlru_k5", 128))   # mixer="bdlru", block_size=5, recurrent_size=130
-    display_name("bdlru_k5_x4")                                  # "BD-LRU k=5 (N=510)"
-"""
+    LRNNConfig(hidden_size=128, **lrnn_fields("bdlru_k5", 128))   # mixer="bdlru", block_size=5, recurrent_size=130"""
 from __future__ import annotations
 
 MODELS = {

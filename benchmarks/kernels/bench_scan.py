@@ -1,20 +1,10 @@
-"""Benchmark the H-LRU / BD-LRU scans on a CUDA GPU; writes JSON (and a PNG plot) to --out.
+"""Time the H-LRU / BD-LRU Triton scans on a CUDA GPU (logits and v to h, normalisation included;
+triton.testing.do_bench median, fwd and fwd+bwd) at equal state width W; also the copy bandwidth, the torch
+backend, fla's HGRN kernels, a sweep over T, B = 1 at T = 32k and the one-token decode step. JSON and PNG to --out.
+Minimal forward bytes (bf16): H-LRU 2(m+3) per token and channel, BD-LRU 2(k+3) per token and unit of width.
 
-Times the whole path from gate logits and v to h (normalisation included) with
-triton.testing.do_bench (median), forward and forward+backward, at equal state width W:
-H-LRU N = W/m channels, BD-LRU N = W/k blocks of k. Minimal forward bytes (bf16 in/out, normalised
-gates never stored): H-LRU reads m+1 logits and v and writes h, 2(m+3) bytes per token and channel;
-BD-LRU reads k+1 logits and v and writes h per row, 2(k+3) bytes per token and unit of width.
-Also measures the device-to-device copy bandwidth (bytes read + written), the torch backend,
-flash-linear-attention's HGRN kernels (on their own inputs x, g of width W) if importable, a sweep
-over T, B = 1 with T = 32k, and the one-token decode step against the torch step.
-
-Usage (repository root):
     python -m benchmarks.kernels.bench_scan --out benchmarks/results [--quick]
-    TRITON_INTERPRET=1 python -m benchmarks.kernels.bench_scan --smoke --out /tmp/bench
-        (every section but fla's at tiny shapes, float32, each call timed once with a wall clock, on the CPU
-        through Triton's interpreter: a check of the script itself, not a measurement; no peak memory)
-"""
+    TRITON_INTERPRET=1 python -m benchmarks.kernels.bench_scan --smoke --out /tmp/bench   # checks the script, CPU"""
 import argparse
 import datetime
 import json

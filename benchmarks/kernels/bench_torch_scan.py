@@ -1,15 +1,8 @@
-"""Time the pure-PyTorch scans: the step-by-step loop against the chunked scan, fwd and fwd+bwd; and how the
-chunked H-LRU scan's fwd+bwd scales with T.
+"""Time the pure-PyTorch scans, the step-by-step loop against the chunked scan (fwd, fwd+bwd): the comparison
+behind the torch backend's choice between them (``hf_lrnn.ops.CHUNKED_MAX_CPU_WORK``).
 
-    python -m benchmarks.kernels.bench_torch_scan                  # CPU, T = 4096, prints a markdown table
-    python -m benchmarks.kernels.bench_torch_scan --json out.json  # also save the numbers
-    python -m benchmarks.kernels.bench_torch_scan --scaling 2048,4096,8192,16384,32768
-        # chunked H-LRU fwd+bwd, B = 1, N = 64, m = 2, best of 3 per T: linear scaling doubles per row
-
-Each case of the table is timed once after a warm-up run (the sizes are large enough that the spread is small).
-The loop and the chunked scan are called directly (hf_lrnn.scan_reference_lrnn, hf_lrnn.scan_chunked_lrnn): the torch
-backend of hf_lrnn.ops picks one of them by size, and this is the comparison behind that rule.
-"""
+    python -m benchmarks.kernels.bench_torch_scan --json out.json       # CPU, T = 4096, a markdown table
+    python -m benchmarks.kernels.bench_torch_scan --scaling 2048,4096,8192,16384,32768   # chunked H-LRU vs T"""
 import argparse
 import json
 import platform
@@ -18,8 +11,8 @@ from datetime import date
 
 import torch
 
-from hf_lrnn.scan_chunked_lrnn import bdlru_scan_chunked, hlru_scan_chunked
-from hf_lrnn.scan_reference_lrnn import bdlru_scan_reference, hlru_scan_reference
+from hf_lrnn import ops
+from hf_lrnn.scan_chunked_lrnn import bdlru_scan_chunked, hlru_scan_chunked  # hf_lrnn.ops has no forced-chunked call
 
 from .scan_setup import scan_inputs
 
@@ -74,7 +67,8 @@ def main(argv=None):
     rows = []
     for op, B, N, D in CASES:
         v, g = scan_inputs(op, B, args.T, N, D, args.device)
-        loop, chunked = (hlru_scan_reference, hlru_scan_chunked) if op == "hlru" else (bdlru_scan_reference, bdlru_scan_chunked)
+        scan, chunked = (ops.hlru_scan, hlru_scan_chunked) if op == "hlru" else (ops.bdlru_scan, bdlru_scan_chunked)
+        loop = lambda v, g, scan=scan: scan(v, g, backend="reference")  # noqa: E731 (the step-by-step loop)
         row = dict(op=op, B=B, T=args.T, N=N, D=D)
         for name, fn in (("loop", loop), ("chunked", chunked)):
             row[f"{name}_fwd_s"] = seconds(fn, v, g, backward=False)

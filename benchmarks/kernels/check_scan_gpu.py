@@ -1,18 +1,9 @@
-"""Large-shape correctness of the Triton scans on a CUDA GPU; writes relative errors to JSON.
+"""Large-shape errors of the Triton scans on a CUDA GPU (fp32 and bf16 inputs) against the float64 torch backend on
+the same rounded inputs, forward (h, final state) and backward (v, gate logits, initial state), through
+``hf_lrnn.ops``; relative errors to JSON.
 
-Compares the Triton backend (fp32 and bf16 inputs) with a float64 reference on the same (rounded)
-inputs, forward (h, final state) and backward (v, gate_logits, initial_state; the loss reads h and the
-final state), both through ``hf_lrnn.ops`` (``backend="triton"`` and ``backend="torch"``). On the GPU the
-float64 torch backend is the chunked scan (itself tested against the step-by-step loop), which keeps
-T = 65536 affordable. Small B*N makes the planner pick the chunked (summary, combine, rescan) kernels;
-B=8, W=2048 the plain one.
-
-Usage (repository root):
     python -m benchmarks.kernels.check_scan_gpu --out benchmarks/results/scan_gpu_errors.json
-    TRITON_INTERPRET=1 python -m benchmarks.kernels.check_scan_gpu --smoke --out /tmp/errors.json
-        (tiny shapes, float32 only, on the CPU through Triton's interpreter: a check of the script itself;
-        the chunked kernels are tested at small shapes by tests/test_scan_triton.py)
-"""
+    TRITON_INTERPRET=1 python -m benchmarks.kernels.check_scan_gpu --smoke --out /tmp/errors.json   # CPU"""
 import argparse
 import datetime
 import json

@@ -1,15 +1,10 @@
-"""Table and loss-curve plot of the language-model comparison (scripts/train.py runs; commands in
-benchmarks/README.md).
+"""Table and loss-curve plot of the language-model comparison (scripts/train.py runs; commands in the README).
 
     python -m benchmarks.lm_compare.report runs/hlru_m2 runs/bdlru_k4 ... --out benchmarks/results
-    python -m benchmarks.lm_compare.report benchmarks/results/lm_compare_10m_models_2gpu.json \
-        benchmarks/results/lm_compare_mamba_125m_2gpu.json
 
-Each input is a train.py output folder (its metrics.json, named by the folder: a model label of
-benchmarks.models such as ``hlru_m2``, or ``<label>_ddp2`` / ``<label>_fsdp2`` / ``hlru_125m[_ddp2]`` for the
-multi-GPU check) or a JSON file of several such runs (``{"env", "status", "runs": {name: metrics}}``). Later
-inputs' runs replace earlier ones of the same name. Writes ``lm_compare.md`` and ``lm_compare_loss.png`` to --out.
-"""
+Each input is a train.py output folder (metrics.json; the folder's name is a model label, or ``<label>_ddp2`` /
+``_fsdp2`` / ``hlru_125m[_ddp2]``) or a JSON file of runs (``{"env", "status", "runs": {name: metrics}}``); later
+inputs replace earlier runs of the same name. Writes ``lm_compare.md`` and ``lm_compare_loss.png`` to --out."""
 import argparse
 import json
 from pathlib import Path

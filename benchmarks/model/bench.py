@@ -1,31 +1,15 @@
-"""Model-level benchmark on one GPU, the LRNN language models side by side with a Llama of the same size:
-decode through generate() (eager and compiled), prefill latency, training throughput and peak memory.
+"""Model-level benchmark on one GPU: the LRNN language models beside a Llama of the H-LRU model's size (vocabulary
+32,000, d = 768, 12 layers, bf16): decode through generate(), prefill latency, training throughput and memory.
 
-    python -m benchmarks.model.bench --out benchmarks/results/model --deadline 540   # CUDA
+    python -m benchmarks.model.bench --out benchmarks/results/model                   # CUDA
     python -m benchmarks.model.bench --smoke --out /tmp/bench                         # tiny shapes, CPU, seconds
-    python -m benchmarks.model.plot benchmarks/results/model/model_bench.json         # the figure
 
-Models (vocabulary 32,000, d = 768, 12 layers, bf16): H-LRU m = 2, BD-LRU k = 4, and transformers' Llama
-(SDPA attention, 12 heads, untied head) with its SwiGLU width chosen so that it has as many parameters as
-the H-LRU model.
-
-Measurements, in the order given by ``--sections`` (then ``--models``), each written to
-<out>/model_bench.json as soon as it is done (a failed one records its error; with ``--deadline`` the ones
-that would start after it are recorded as not run), so a run cut short keeps what it measured:
-- decode: ms per token of generate(), greedy, as the difference of two calls with n1 and n2 new tokens
-  (min_new_tokens equal), which removes the prefill. Modes: "compiled" (LRNN: transformers' auto-compile of
-  the decode step with the model's static recurrent cache; Llama: ``cache_implementation="static"``, also
-  compiled) and "eager" (``disable_compile=True``; Llama with its dynamic cache). ``--repeats`` passes over the
-  whole grid, interleaved, so that drifts of the machine spread over every case; report the median.
-- prefill: ms for one forward of a (1, T) prompt with the cache (eager), median of ``--prefill-repeats``
-  calls; ``--repeats`` passes, interleaved as for decode.
-- train: tokens/s and peak memory of forward, backward and a fused AdamW step (bf16 autocast, fp32 weights,
-  65,536 tokens per step), eager, ``torch.compile(model)``, and for the LRNNs "compiled_fused_ce": the
-  compiled backbone with Liger-Kernel's fused linear + cross-entropy in place of the head and the loss
-  (recorded as not run where liger_kernel is not installed). MFU = model FLOPs x tokens/s over
-  ``--peak-tflops`` (790: the bf16 matrix rate measured on the H200 here); model FLOPs per token are
-  6 x parameters, plus the causal attention's 6 x layers x T x d for Llama.
-"""
+Every measurement goes to <out>/model_bench.json as soon as it is done (a failed one with its error). decode: ms
+per token as the difference of generate() calls with n1 and n2 new tokens, "compiled" (static cache) and "eager";
+prefill: median ms of one (1, T) forward with the cache; train: tokens/s, peak memory and MFU (6 x parameters
+FLOPs per token, plus attention's for Llama, over ``--peak-tflops``) of eager, compiled and, for the LRNNs,
+compiled with Liger's fused linear + cross-entropy. ``--repeats`` interleaves passes over the decode and prefill
+grids."""
 from __future__ import annotations
 
 import argparse
@@ -186,7 +170,6 @@ def main(argv=None):
     p.add_argument("--train-grid", help="sequence lengths T,... (default 2048,8192,32768)")
     p.add_argument("--train-modes", default="compiled,eager,compiled_fused_ce")
     p.add_argument("--peak-tflops", type=float, default=790.0)
-    p.add_argument("--deadline", type=float, default=None, help="seconds after which no measurement starts")
     args = p.parse_args(argv)
     device = torch.device("cpu" if args.smoke or not torch.cuda.is_available() else "cuda")
     preset = SMOKE if args.smoke else FULL
@@ -215,9 +198,7 @@ def main(argv=None):
         print(json.dumps(row), flush=True)
 
     def measure(fn, **key):
-        """Run one measurement ``fn() -> dict`` and record it, its error, or that the deadline passed."""
-        if args.deadline is not None and time.time() - start > args.deadline:
-            return record(**key, status="not_run", reason=f"deadline of {args.deadline:.0f} s passed")
+        """Run one measurement ``fn() -> dict`` and record it or its error."""
         try:
             record(**key, **fn())
         except Exception as err:  # noqa: BLE001 - recorded, the run goes on

@@ -1,10 +1,7 @@
-"""The model-level benchmark's figure and summary tables, from one or more model_bench.json files
-(benchmarks/model/bench.py; repeated decode measurements are reduced to their median).
+"""The model benchmark's figure and tables (medians of repeats) from model_bench.json files; ``FILE:decode,train``
+takes only those sections of a file.
 
-    python -m benchmarks.model.plot benchmarks/results/model/model_bench.json --out benchmarks/results/model
-
-A file may name the sections to take from it: ``FILE:decode,train`` (default: every section).
-"""
+    python -m benchmarks.model.plot benchmarks/results/model/model_bench.json --out benchmarks/results/model"""
 from __future__ import annotations
 
 import argparse

@@ -1,11 +1,6 @@
-"""Eigenvalues of the learned transitions and how close their products are to permutation matrices.
-
-The transition matrices M_t and their window products come from the library (:mod:`hf_lrnn.spectrum`). A model
-that solves a permutation word problem exactly can do so with blocks that are permutation matrices
-(eigenvalues at roots of unity, products again permutations); a positive diagonal (softmax, m = k = 1)
-cannot flip a sign, which parity needs. The CPU eigenvalue routine must not be handed NaN or infinity (it
-can corrupt the heap), so :func:`eigenvalues` refuses non-finite matrices, naming them.
-"""
+"""Eigenvalues of the learned transitions (M_t from :mod:`hf_lrnn.spectrum`) and how close their window products are
+to permutation matrices. :func:`eigenvalues` refuses non-finite matrices by name (the CPU eigenvalue routine can
+corrupt the heap on NaN)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -25,9 +20,8 @@ PERMUTATION_TOL = 0.25
 
 
 def eigenvalues(matrices: torch.Tensor, what: str = "matrices") -> torch.Tensor:
-    """Eigenvalues (..., D) complex128 of matrices (..., D, D), computed in float64; a ValueError naming
-    ``what`` (e.g. "layer 1 (hlru_m2, none), products over windows of 16 steps") if any entry is NaN or
-    infinite (a diverged checkpoint, or products that overflow)."""
+    """Eigenvalues (..., D) complex128 of matrices (..., D, D) in float64; ValueError naming ``what`` if any
+    entry is NaN or infinite."""
     M = matrices.double()
     bad = ~torch.isfinite(M).flatten(-2).all(-1)  # (...): matrices with a non-finite entry
     if bad.any():
@@ -40,15 +34,9 @@ def eigenvalues(matrices: torch.Tensor, what: str = "matrices") -> torch.Tensor:
 
 
 def permutation_distance(matrices: torch.Tensor, signed: bool = False) -> torch.Tensor:
-    """Distance (...) float64 of each matrix (..., D, D) from the nearest permutation matrix:
-    min_P ||M - P||_F over the D! permutation matrices P (with ``signed``, over signed permutations: each
-    1 may be -1, i.e. the orthogonal matrices with integer entries).
-
-    Since ||P||_F^2 = D, ||M - P||_F^2 = ||M||_F^2 + D - 2 sum_i M[i, sigma(i)], so the nearest P is the
-    maximum-weight assignment of rows to columns (weights |M| when signed), found exactly by dynamic
-    programming over the sets of used columns (O(2^D D) per matrix, D <= MAX_PERMUTATION_SIZE). It is 0
-    exactly for a (signed) permutation matrix.
-    """
+    """Distance (...) float64 of each matrix (..., D, D) from the nearest (``signed``: signed) permutation
+    matrix, min_P ||M - P||_F. As ||M - P||_F^2 = ||M||_F^2 + D - 2 sum_i M[i, sigma(i)], the nearest P is the
+    maximum-weight assignment (weights |M| when signed), found exactly in O(2^D D) per matrix, D <= 12."""
     D = matrices.shape[-1]
     if matrices.dim() < 2 or matrices.shape[-2] != D:
         raise ValueError(f"matrices must be (..., D, D), got shape {tuple(matrices.shape)}")
@@ -63,10 +51,8 @@ def permutation_distance(matrices: torch.Tensor, signed: bool = False) -> torch.
 
 
 def _max_assignment(weights: torch.Tensor) -> torch.Tensor:
-    """max over permutations sigma of sum_i weights[:, i, sigma(i)], weights (n, D, D) -> (n,).
-
-    best[S] is the best total weight of rows 0..|S|-1 assigned to the column set S; row |S| then extends S
-    by one unused column j. The edges (S -> S + j) of each row are handled in one scatter."""
+    """max over permutations sigma of sum_i weights[:, i, sigma(i)], (n, D, D) -> (n,), by dynamic programming
+    over the sets S of used columns (best[S]: rows 0..|S|-1 assigned to S)."""
     n, D, _ = weights.shape
     device = weights.device
     masks = torch.arange(1 << D, device=device)
@@ -98,16 +84,10 @@ def _quantiles(values: torch.Tensor) -> Dict[str, float]:
 
 
 def permutation_summary(products: torch.Tensor, permutation_tol: float = PERMUTATION_TOL) -> Dict:
-    """How close products (..., N, D, D) are to permutation matrices; N (dimension -3) indexes the blocks
-    or channels, the leading dimensions the samples (sequences, windows). For the unsigned and the signed
-    distance d of :func:`permutation_distance` (``signed_`` prefix):
-
-    - ``permutation_distance``: mean and quantiles of d over all products;
-    - ``fraction_near_permutation``: products with d <= permutation_tol;
-    - ``block_permutation_distance``: mean and quantiles over the N blocks of each block's median d over
-      the samples (q00: the most permutation-like block);
-    - ``fraction_permutation_blocks``: blocks whose median d <= permutation_tol.
-    """
+    """Closeness of products (..., N, D, D) (N blocks or channels) to permutations, unsigned and signed
+    (``signed_`` prefix): ``permutation_distance`` (quantiles), ``fraction_near_permutation`` (d <= tol),
+    ``block_permutation_distance`` (quantiles over blocks of each block's median d) and
+    ``fraction_permutation_blocks`` (blocks whose median d <= tol)."""
     if products.dim() < 3:
         raise ValueError(f"products must be (..., N, D, D), got shape {tuple(products.shape)}")
     summary = {}
@@ -124,17 +104,9 @@ def permutation_summary(products: torch.Tensor, permutation_tol: float = PERMUTA
 def spectrum_summary(
     eigs: torch.Tensor, products: Optional[torch.Tensor] = None, tol: float = 1e-6, unit_tol: float = 0.05
 ) -> Dict:
-    """Summary statistics of eigenvalues eigs (..., D) (one row of D per matrix), as plain floats:
-
-    - ``num_matrices``, ``size`` (D);
-    - ``spectral_radius``: mean and quantiles q00 ... q100 of max_i |lambda_i| per matrix;
-    - ``modulus``: the same for every |lambda|;
-    - ``fraction_negative_real``: eigenvalues with Re(lambda) < -tol;
-    - ``fraction_complex``: eigenvalues with |Im(lambda)| > tol;
-    - ``fraction_unit_modulus``: eigenvalues with | |lambda| - 1 | <= unit_tol;
-    - with ``products`` (..., N, D, D) (window products, see :func:`window_products`): the entries of
-      :func:`permutation_summary`.
-    """
+    """Summary of eigenvalues eigs (..., D) as plain floats: ``num_matrices``, ``size``, quantiles of
+    ``spectral_radius`` and ``modulus``, fractions ``negative_real`` (Re < -tol), ``complex`` (|Im| > tol),
+    ``unit_modulus`` (||lambda| - 1| <= unit_tol); with ``products``, :func:`permutation_summary`."""
     if eigs.numel() == 0:
         raise ValueError("spectrum_summary needs at least one eigenvalue")
     modulus = eigs.abs()
@@ -154,12 +126,8 @@ def spectrum_summary(
 
 @dataclass
 class LayerSpectrum:
-    """Eigenvalues and their summaries for one layer (see :func:`layer_spectra`).
-
-    ``step_eigenvalues`` (B, T, N, D) complex128 of the per-token M_t; ``window_eigenvalues[w]``
-    (B, floor(T / w), N, D) of the products over consecutive, non-overlapping windows of w steps;
-    ``summary`` = {"steps": spectrum_summary(...), "windows": {w: spectrum_summary(..., products)}}.
-    """
+    """One layer's ``step_eigenvalues`` (B, T, N, D), ``window_eigenvalues[w]`` (B, T // w, N, D) and
+    ``summary`` = {"steps": ..., "windows": {w: ...}} (:func:`spectrum_summary`)."""
 
     layer: int
     mixer: str

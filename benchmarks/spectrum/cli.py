@@ -1,26 +1,12 @@
-"""Eigenvalues of a trained LRNN's transition matrices, per layer: a PNG and a JSON summary.
+"""Eigenvalues of a trained LRNN's transition matrices, per layer, and of their products over windows of w steps:
+``layer{i}.png`` (complex plane, |lambda| and arg histograms) and ``spectrum.json``
+(:func:`benchmarks.spectrum.analysis.spectrum_summary` per layer and window) in --out.
 
-For a batch of input sequences, every layer's per-token transition matrices after gate normalisation
-(BD-LRU's k x k blocks A_t, H-LRU's m x m companion matrices: hf_lrnn.spectrum) and their products over
-non-overlapping windows of w steps (the map from the state before the window to the state at its end) are
-decomposed into eigenvalues. Written to --out:
-
-- ``layer{i}.png``: the eigenvalues in the complex plane with the unit circle, histograms of |lambda| and
-  arg(lambda); top row the single steps, further rows one per window;
-- ``spectrum.json``: per layer and window benchmarks.spectrum.analysis.spectrum_summary (spectral radius
-  quantiles, fractions with negative real part, complex, on the unit circle; for the window products the
-  Frobenius distance to the nearest permutation and signed permutation matrix).
-
-Examples (repository root):
     python -m benchmarks.spectrum.cli path/to/model --random-tokens 64 --out spectrum_out
     python -m benchmarks.spectrum.cli path/to/model --task s5 --window 4 16 --out spectrum_s5
 
-``--task`` draws the test split of a synthetic task (benchmarks.synthetic.tasks); ``--random-tokens T``
-uses uniform random ids of length T. Every argument is checked before any work: a bad one ends the run with
-one line ``error: ...`` and exit status 2. Matrices the eigenvalue routine cannot take (NaN or infinite: a
-diverged checkpoint, or window products that overflow) end it with ``error: ...`` naming the layer and the
-window, and exit status 1.
-"""
+A bad argument ends the run with one line ``error: ...`` and status 2 before any work; non-finite matrices (a
+diverged checkpoint, overflowing products) with ``error: ...`` naming layer and window, and status 1."""
 from __future__ import annotations
 
 import argparse

@@ -1,29 +1,13 @@
-"""The spectrum study: train small LRNNs on state-tracking tasks and analyse the spectra of their learned
-transitions.
+"""The spectrum study: train small LRNNs on state-tracking tasks, then analyse the spectra of their transitions.
 
     python -m benchmarks.spectrum.run --device cuda           # the full grid, one process
     python -m benchmarks.spectrum.run --smoke --out /tmp/sp   # 2 tiny models on the CPU, under a minute
     python -m benchmarks.spectrum.run --replot                # redraw the reports from --out's records
 
-The grid: tasks s3, s5, parity, mod_count x models (labels of benchmarks.models) BD-LRU k = 4, k = 8, H-LRU
-m = 2 and the diagonal LRU x gate normalisations softmax and tanh_l1 (signed), d = 128, two mixer layers (the
-paper's setting), each trained by the synthetic runner (``benchmarks.synthetic.run.fit``, the project's recipe:
-AdamW, lr 5e-4, 5% warm-up, clipping at 1, per-step cosine, batch 128, bf16 autocast and CUDA graphs on a GPU)
-for ``TASK_STEPS`` steps (``--steps`` for every task).
-
-After training, every model's transition matrices (hf_lrnn.spectrum) are analysed in float32 on the CPU
-(benchmarks.spectrum.analysis) for the first ``--analysis-batch`` test sequences, with their products over
-windows of ``--window`` steps and over the whole sequence. Written to ``--out`` (default
-benchmarks/results/spectrum/):
-
-- ``jobs.jsonl``: one record per job as it finishes (accuracy, steps, timing, per-layer spectrum summaries; a
-  job that fails is recorded with its error and the grid goes on);
-- ``samples/<job>.npz``: a random subset of each layer's eigenvalues (for the plots, ``--replot``);
-- ``spectrum.json``: the run's settings and all records; ``summary.md``: one table row per job;
-- ``eigenvalues_<task>.png``: per model and normalisation, both layers' eigenvalues of single steps and of
-  whole-sequence products in the complex plane; ``summary.png``: heat maps of accuracy, fraction of
-  negative and complex eigenvalues, distance of the products from (signed) permutation matrices.
-"""
+Grid: TASKS x MODELS x NORMALIZATIONS, d = 128, two mixer layers, each trained by ``benchmarks.synthetic.run.fit``
+(project recipe) for ``TASK_STEPS``. Written to ``--out`` (default benchmarks/results/spectrum/): ``jobs.jsonl``
+(a record per job, failures included), ``samples/<job>.npz`` (eigenvalue samples), ``spectrum.json``,
+``summary.md``, ``eigenvalues_<task>.png`` and ``summary.png`` (heat maps)."""
 from __future__ import annotations
 
 import argparse

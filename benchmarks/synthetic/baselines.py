@@ -1,27 +1,8 @@
-"""Models for the synthetic benchmarks, all as transformers ``PreTrainedModel`` causal LMs.
-
-- the LRNN labels of :data:`benchmarks.models.MODELS`: H-LRU (``mixer="hlru"``, order m) and BD-LRU
-  (``mixer="bdlru"``, block size k) from :class:`LRNNConfig`; m = 1 is the diagonal selective LRU.
-- ``lstm``: :class:`LSTMForCausalLM` below, the same skeleton as the LRNN models (residual
-  ``x + LSTM(RMSNorm(x))`` blocks alternating with SwiGLU blocks) with ``nn.LSTM`` as the mixer; its
-  RMSNorm is ``torch.nn.RMSNorm`` and the SwiGLU transformers' ``LlamaMLP``, the same maths as the LRNN model's.
-- ``llama``: a small ``LlamaForCausalLM`` (RoPE attention + SwiGLU, the same widths).
-- ``mamba``: ``MambaForCausalLM`` with 2 x num_layers Mamba blocks (a Mamba block has no separate MLP),
-  transformers' pure-PyTorch path unless the mamba-ssm kernels are installed.
-- ``mamba2``: ``Mamba2ForCausalLM`` with 2 x num_layers Mamba-2 blocks (state size 64, head dim 64, one
-  group). On CUDA it must run mamba-ssm's Triton SSD kernels (``mamba_chunk_scan_combined``), which need no
-  CUDA build (see :func:`_mamba2_kernels`); ``desc["kernel_path"]`` says ``"ssd_triton"``, and if
-  transformers would take its PyTorch path instead, :class:`BaselineUnavailable` says why. On the CPU it
-  runs transformers' PyTorch path, ``desc["kernel_path"] == "torch"``.
-- ``deltanet``: from flash-linear-attention (``fla``), imported lazily; its kernels are Triton and need a
-  GPU. :func:`build_model` raises :class:`BaselineUnavailable` saying why when they cannot run. (Gated
-  DeltaNet was dropped: fla 0.6.0 refuses its backward on Hopper with Triton < 3.7.1, fla #640, and with that
-  guard lifted it hit an illegal memory access on an H200, 2026-12-01; see the benchmarks README's history.)
-
-:func:`build_model` takes a model label and returns ``(model, description)``; :func:`last_hidden_state`
-gets the final (normalised) hidden states of any of them; :class:`ProbeHead` is the encoder probe used
-for compression (decode a whole sequence from the last position's hidden state).
-"""
+"""Models of the synthetic benchmarks, all transformers causal LMs, built by :func:`build_model` from a label of
+:data:`benchmarks.models.MODELS`: the LRNNs; ``lstm`` (:class:`LSTMForCausalLM`, the LRNN model's skeleton with
+``nn.LSTM`` as the mixer); ``llama``; ``mamba`` and ``mamba2`` (2 x num_layers blocks; Mamba-2 on CUDA must run
+mamba-ssm's Triton SSD kernels, :func:`_mamba2_kernels`); ``deltanet`` (fla, GPU only). A model that cannot run
+here raises :class:`BaselineUnavailable` saying why. :class:`ProbeHead` decodes compression's targets."""
 from __future__ import annotations
 
 import importlib.machinery
@@ -38,8 +19,7 @@ from transformers import PreTrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutput, CausalLMOutput
 from transformers.models.llama.modeling_llama import LlamaMLP
 
-from hf_lrnn import LRNNConfig, LRNNForCausalLM
-from hf_lrnn.configuration_lrnn import swiglu_intermediate_size
+from hf_lrnn import LRNNConfig, LRNNForCausalLM, swiglu_intermediate_size
 
 from benchmarks.models import lrnn_fields, model_entry
 
@@ -143,13 +123,9 @@ class LSTMForCausalLM(LSTMPreTrainedModel):
 def build_model(label: str, vocab_size: int, hidden_size: int = 128, num_layers: int = 2,
                 device: Optional[torch.device] = None, scan_backend: str = "auto",
                 gate_normalization: str = "softmax") -> Tuple[PreTrainedModel, dict]:
-    """The causal LM of ``label`` (a key of :data:`benchmarks.models.MODELS`; see the module docstring) and a
-    dict describing its configuration; ``scan_backend`` and ``gate_normalization`` apply to the LRNN models only.
-
-    ``num_layers`` counts mixer blocks: the LRNN, LSTM and Llama models alternate them with as many
-    SwiGLU blocks (the paper's "two mixer blocks alternating with two SwiGLU blocks" is 2); Mamba and
-    Mamba-2 get 2 x num_layers blocks; DeltaNet and Gated DeltaNet blocks include their own SwiGLU.
-    """
+    """The causal LM of ``label`` and a dict describing it; ``scan_backend`` and ``gate_normalization``
+    apply to the LRNNs only. ``num_layers`` counts mixer blocks (alternating with as many SwiGLU blocks; Mamba and
+    Mamba-2 get 2 x num_layers blocks, DeltaNet blocks hold their own SwiGLU)."""
     d, inter, kind = hidden_size, swiglu_intermediate_size(hidden_size), model_entry(label)["kind"]
     desc = {"label": label, "hidden_size": d, "num_layers": num_layers}
     if gate_normalization != "softmax" and kind != "lrnn":
@@ -216,26 +192,12 @@ def _build_mamba2(vocab_size, d, num_layers, device):
 
 
 def _mamba2_kernels(cuda: bool) -> dict:
-    """Which kernels transformers' Mamba-2 mixer calls here, checked against the device (desc entries).
-
-    transformers (5.17 and 5.24 alike) binds each Mamba-2 op once, when ``modeling_mamba2`` is first
-    imported: mamba-ssm's function if ``import mamba_ssm`` succeeds, else its own PyTorch function. Between
-    a mamba-ssm wheel built with MAMBA_SKIP_CUDA_BUILD=TRUE and the Triton SSD kernels stand:
-
-    1. ``import mamba_ssm`` imports ``selective_scan_cuda``, Mamba-1's CUDA extension, which that wheel
-       lacks: on CUDA a placeholder takes its name (:class:`_UnbuiltExtension`, any use raises), so the
-       import succeeds; Mamba-2 never uses it.
-    2. In training the mixer first tries ``mamba_split_conv1d_scan_combined``, which calls causal-conv1d's
-       CUDA convolution. Without causal-conv1d, transformers' name is pointed back at its own fallback
-       (which returns None), so the mixer takes its unfused path: depthwise conv in PyTorch, then
-       mamba-ssm's ``mamba_chunk_scan_combined`` (the SSD kernels), gated RMSNorm and out_proj in PyTorch.
-    3. ``modeling_mamba2`` must not have been imported earlier in the process (it would keep its PyTorch
-       functions); that case raises.
-
-    Returns kernel_path ("ssd_triton" on CUDA, "torch" on the CPU), conv1d ("causal_conv1d" or "torch"),
-    training_path ("fused" or "unfused") and, on CUDA, mamba_ssm's version. Raises
-    :class:`BaselineUnavailable` when on CUDA the chunk scan is not mamba-ssm's, or on the CPU when it is.
-    """
+    """Which kernels transformers' Mamba-2 mixer calls here (desc entries kernel_path, conv1d,
+    training_path, mamba_ssm), checked against the device. transformers binds mamba-ssm's functions when
+    ``modeling_mamba2`` is first imported and ``import mamba_ssm`` succeeds: a wheel built without CUDA extensions
+    gets a placeholder for Mamba-1's ``selective_scan_cuda`` (:func:`_import_mamba_ssm`); without causal-conv1d the
+    fused training kernel is pointed back at transformers' fallback (the unfused path with mamba-ssm's SSD scan).
+    BaselineUnavailable where the chunk scan is not mamba-ssm's on CUDA, or is on the CPU."""
     if cuda:
         if not torch.cuda.is_available():
             raise BaselineUnavailable("mamba2: a CUDA device was asked for, but torch sees none")
@@ -298,9 +260,8 @@ def _causal_conv1d_kernels() -> bool:
 
 
 def _bound_module(fn) -> str:
-    """The module of the function that transformers' kernel wrapper ``fn`` calls (its
-    ``use_kernel_func_from_hub_with_fallback`` keeps it in its closure as ``implementation``), or ``fn``'s own
-    module when ``fn`` is a plain function."""
+    """The module of the function that transformers' kernel wrapper ``fn`` calls (its closure's
+    ``implementation``), or ``fn``'s own for a plain function."""
     if not hasattr(fn, "__wrapped__"):
         return fn.__module__
     implementation = inspect.getclosurevars(fn).nonlocals.get("implementation")
@@ -337,11 +298,7 @@ def last_hidden_state(model: PreTrainedModel, input_ids: torch.Tensor) -> torch.
 
 
 class ProbeHead(nn.Module):
-    """Encoder probe: decode ``num_targets`` tokens from one hidden state h (B, d).
-
-    ``logits[:, i] = W_2 gelu(W_1 LayerNorm(h + p_i))`` with a learned position embedding p_i; generic over
-    models.
-    """
+    """Decode ``num_targets`` tokens from one hidden state h (B, d): logits_i = W_2 gelu(W_1 LN(h + p_i))."""
 
     def __init__(self, hidden_size: int, num_targets: int, vocab_size: int, width: Optional[int] = None):
         super().__init__()

@@ -1,16 +1,9 @@
-"""Self-check of the real-kernel baselines (mamba2, deltanet) on the GPU, in one call.
-
-For each model: build it (:func:`benchmarks.synthetic.baselines.build_model`, whose description records the kernel
-path), then compare its kernels' outputs and gradients, at the model's head shapes, with a PyTorch reference:
-transformers' own Mamba-2 chunk scan, fla's naive delta-rule recurrences. The relative error is
-||kernel - reference|| / ||reference||, in float32 (where the kernel takes it) and in bfloat16 (reference in
-float32 from the same values). Exceptions are recorded with their traceback. The JSON goes to ``--out`` after each
-model, so a run cut short keeps what finished. (Training and evaluation of these models at the study's sizes is
-the synthetic study itself: ``python -m benchmarks.synthetic.study --preset perm_common ...``.)
+"""Self-check of the real-kernel baselines (mamba2, deltanet) on the GPU: build each, then compare its kernels'
+outputs and gradients at the model's head shapes with a PyTorch reference (transformers' Mamba-2 chunk scan, fla's
+naive delta rule), relative errors in float32 and bfloat16. The JSON is rewritten after each model.
 
     python -m benchmarks.synthetic.check_baselines --out check.json          # CUDA: d=128, T=16, 256
-    python -m benchmarks.synthetic.check_baselines --smoke --out smoke.json  # CPU: builds; CUDA kinds unavailable
-"""
+    python -m benchmarks.synthetic.check_baselines --smoke --out smoke.json  # CPU: builds only"""
 from __future__ import annotations
 
 import argparse

@@ -3,34 +3,13 @@
     python -m benchmarks.synthetic.run --task s5 --model bdlru_k5 --steps 100000 --seeds 0 1 2 --lengths 16 32 64 128 256
     python -m benchmarks.synthetic.run --task s3 --model bdlru_k4 --smoke          # CPU, seconds
 
-Models are the labels of :data:`benchmarks.models.MODELS`. Recipes (:data:`RECIPES`), both AdamW (betas 0.9 /
-0.999, weight decay 0), lr 5e-4, batch 128, bf16 autocast on GPU, cross-entropy on the target positions:
-
-- ``authors`` (the default; MAD's train.py): no warm-up, no gradient clipping, the learning rate a cosine from lr
-  to min_lr = 1e-6 stepped once per epoch (``CosineAnnealingLR(T_max=epochs)``: epoch e of E has
-  ``min_lr + (lr - min_lr)(1 + cos(pi e / E)) / 2``);
-- ``project``: a 5 % linear warm-up, clipping at norm 1, a cosine stepped every step.
-
-The step budget (``--steps``, or ``--epochs`` x num_train / batch rounded up) is honoured exactly, and the schedule
-follows it. Batches are successive random permutations of the training set laid end to end (a batch may span two
-epochs); an epoch is num_train / batch steps.
-
-After every epoch the test loss at the training length is computed on the device, and a device copy of the weights
-of the lowest test loss so far is kept (the authors' checkpoint rule; no host synchronisation). At the end, both the
-final weights (record block ``final``) and that copy (``best_epoch``) are evaluated at every ``--lengths`` length:
-the test set at the training length, fresh sequences of the same generator at the others. Each length gives
-``accuracy`` (per token), ``macro_accuracy`` (see :func:`benchmarks.synthetic.tasks.macro_accuracy`), ``loss`` and
-``per_position`` accuracy. ``train_eval`` evaluates the final weights on the first ``train_eval_num`` training
-sequences through the same evaluation path, and ``step_check`` gives the training step's loss on the first training
-batch (the CUDA graph's, with graphs) beside the evaluation forward's loss on the same batch, weights unchanged.
-
-CUDA graphs (``cuda_graph``: "auto" = on CUDA): after ``compile_steps`` eager steps on the run's own stream, one
-whole training step (forward, backward, optional clipping, fused AdamW with the learning rate in a device tensor)
-is captured and replayed; a step then costs a learning-rate fill, one gather of the batch into the static buffer
-and one graph launch. :func:`train_concurrently` trains several runs in one process, each on its own stream,
-stepping them in turn so that their graphs overlap on the GPU. The token ids go into every model as embeddings
-(``inputs_embeds``), their range checked once per data set here.
-"""
+Recipes (:data:`RECIPES`; AdamW betas 0.9 / 0.999, no weight decay, lr 5e-4, batch 128, bf16 autocast on GPU):
+``authors`` (MAD's: no warm-up or clipping, cosine to 1e-6 stepped once per epoch) and ``project`` (5 % warm-up,
+clipping at 1, cosine stepped every step). The step budget is honoured exactly; batches are successive random
+permutations of the training set. After every epoch the test loss picks a device copy of the best weights; at the
+end the final (``final``) and best-epoch (``best_epoch``) weights are evaluated at every ``--lengths`` length. On
+CUDA one training step is captured in a CUDA graph after ``compile_steps`` eager steps; :func:`train_concurrently`
+steps several runs in turn, each on its own stream. Record fields: benchmarks/README.md."""
 from __future__ import annotations
 
 import argparse
@@ -387,9 +366,8 @@ def job_fields(run: dict) -> dict:
 
 
 def environment() -> dict:
-    """What produced a record: commit and whether the tree was dirty (from git; in a copy of the tree without
-    .git from the environment variables BENCH_COMMIT and BENCH_DIRTY ("yes"/"no"), else None), package
-    versions, the GPU, the process's exact command line and the date."""
+    """What produced a record: commit and dirty tree, package versions, GPU, command line and date. BENCH_COMMIT
+    (and BENCH_DIRTY, "yes"/"no") win over git where set: a tree copied to a GPU machine may carry a stale .git."""
     def git(*args):
         try:
             return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
@@ -402,9 +380,10 @@ def environment() -> dict:
         except metadata.PackageNotFoundError:
             return None
 
-    status, commit = git("status", "--porcelain"), git("rev-parse", "HEAD")
-    if commit is None and os.environ.get("BENCH_COMMIT"):  # a copy of the tree without .git: the caller says
+    if os.environ.get("BENCH_COMMIT"):
         commit, status = os.environ["BENCH_COMMIT"], os.environ.get("BENCH_DIRTY")
+    else:
+        commit, status = git("rev-parse", "HEAD"), git("status", "--porcelain")
     return {"commit": commit, "dirty": None if status is None else status not in ("", "0", "no", "false"),
             "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
             **{name: version(name) for name in ("torch", "triton", "transformers", "flash-linear-attention", "mamba-ssm")},

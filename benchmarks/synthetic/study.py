@@ -1,27 +1,12 @@
-"""Run the synthetic studies: presets of runs, trained concurrently in one process (CUDA graphs on one GPU).
+"""Run the synthetic studies: presets of runs (:data:`PRESETS`), trained concurrently in one process.
 
     python -m benchmarks.synthetic.study --preset s5_blocks --out s5_blocks.jsonl > s5_blocks.log
     python -m benchmarks.synthetic.study --preset perm_common --steps 10000 --out perm_common.jsonl
     python -m benchmarks.synthetic.study --preset perm_common --steps 20 --smoke --out /tmp/t.jsonl   # tiny, CPU
 
-Every run uses the recipe ``--recipe`` (default the authors', :data:`benchmarks.synthetic.run.RECIPES`), its step
-budget exactly, and is evaluated at ``LENGTHS`` (final and best-epoch weights; see benchmarks.synthetic.run).
-Presets (:data:`PRESETS`; seeds 0, 1, 2 unless ``--seeds``; ``--steps`` replaces a preset's budget):
-
-- ``s5_blocks``: S5, BD-LRU k = 4, 5, 8 at recurrent width ~128, 100,000 steps;
-- ``s5_more_blocks``: S5, the diagonal LRU, BD-LRU k = 2, 3, 6 and H-LRU m = 2, 100,000 steps;
-- ``s5_widths``: S5, BD-LRU k = 4, 5 at 4x the recurrent width (N = 512, 510), 100,000 steps;
-- ``a5_blocks``: A5, BD-LRU k = 4, 5, 6, 100,000 steps;
-- ``perm_common``: S3, S4, S5 x BD-LRU k = 4, 5, the diagonal LRU, H-LRU m = 2, LSTM, Mamba-2, DeltaNet, Llama at
-  ONE budget, ``--steps`` (required);
-- ``recall_ladder``: MAD's in-context recall ladder (:data:`RECALL_LADDER`), diagonal LRU and BD-LRU k = 4, at
-  ``--steps`` (required); ``mad_tasks``: selective copying, compression, recall, same models as perm_common.
-
-Each record (one JSON line in ``--out``) carries ``env``: commit, whether the tree was dirty, GPU, versions, the
-exact command line and date. Runs already finished in ``--out`` are skipped (resume by running the same command
-again). A baseline that cannot run here gets a ``"status": "not_run"`` record with the reason; a run whose CUDA
-graph capture fails runs again eagerly. ``--smoke`` runs a preset tiny on a CPU (20 steps, one seed, d = 32).
-"""
+Seeds 0, 1, 2 unless ``--seeds``; ``--steps`` replaces a preset's budget (perm_common, recall_ladder and mad_tasks
+need it). Runs already in ``--out`` are skipped (resume: the same command again); a baseline that cannot run here
+gets a ``not_run`` record with the reason; a run whose CUDA graph capture fails runs again eagerly."""
 from __future__ import annotations
 
 import argparse

@@ -2,13 +2,9 @@
 
     python -m benchmarks.synthetic.table benchmarks/results/synthetic_s5_blocks.jsonl ... --out study.md
 
-Rows of a block are models; a cell is the mean +- std over seeds of the accuracy (per token, ``--metric``) at each
-evaluation length, for the final weights and, separately, for the best-epoch weights (the authors' rule: the
-epoch of lowest test loss at the training length). "solved" counts the seeds at >= 0.99 at the training length,
-"generalises" those at >= 0.99 at 4x the training length. A block holds only runs of its own budget and recipe:
-a model run for the task at another budget is listed as "not run at this budget", never mixed in. Two records of
-the same run (task, model, width, seed, budget, recipe) are refused.
-"""
+A cell is the mean +- std over seeds of the accuracy (``--metric``) at one evaluation length; "solved" counts seeds
+at >= 0.99 at the training length, "generalises" at 4x it. Runs of another budget or recipe are never mixed into a
+block ("not run at this budget"); two records of the same run are refused."""
 from __future__ import annotations
 
 import argparse

@@ -1,41 +1,18 @@
-"""Synthetic benchmark tasks of the H-LRU / BD-LRU paper (MAD-style), deterministic by seed.
+"""Synthetic tasks of the H-LRU / BD-LRU paper (MAD-style), deterministic by seed.
 
-Every task produces a :class:`TaskData` with
+Every task gives :class:`TaskData`: ``inputs`` (n, T) int64 ids in [0, vocab_size) and ``targets`` (n, T'), IGNORE
+(-100) where no target is set. Sequence tasks: T' = T, the target at t is the output after reading inputs[:, :t+1].
+Compression (``probe``): the T' targets are decoded from the last hidden state by a probe head.
 
-- ``inputs``  (n, T) int64 token ids, in ``[0, vocab_size)``; T = ``seq_len`` (``seq_len - 1`` for recall);
-- ``targets`` (n, T') int64, ``IGNORE`` (-100) where a position carries no target (the target mask is
-  ``targets != IGNORE``). For the sequence tasks T' = T and the target at position t is what the
-  model must output *at* position t (after reading ``inputs[:, :t+1]``; no shift). For compression
-  (``probe=True``) T' is the number of tokens to reconstruct and the targets are decoded from the
-  last position's hidden state by a probe head, not read position by position.
-
-Metrics, over the target positions of the test set, both from :func:`class_counts`: per-token accuracy
-(true positives over target positions) and macro accuracy (:func:`macro_accuracy`, the paper's metric:
-torchmetrics' ``MulticlassAccuracy`` with its default ``average="macro"``).
-
-Tasks and defaults (the paper follows MAD for the first three and the word-problem setting for the
-permutation groups; where the paper gives no number we use MAD's):
-
-- ``selective_copy``: vocab 16 (0 blank, 1 copy marker, 2..15 data), length 128: 16 data tokens at
-  random positions among the first 112 (the rest blank), then 16 copy markers at which the data tokens
-  must be output in order. 12,800 train / 1,280 test.
-- ``compression``: vocab 16 (0 the compression token, 1..15 data), 31 random data tokens then the
-  compression token; all 31 tokens are decoded from the last hidden state. 12,800 / 1,280.
-- ``recall`` (MAD's multi-query in-context recall, ``in-context-recall`` with ``multi_query=True``): keys
-  ``0 .. V/2-1``, values ``V/2 .. V-1``; ``seq_len / 2`` (key, value) pairs, the key -> value map random per
-  sequence and fixed within it; the last pair repeats a key seen before. As in MAD the inputs are the
-  first ``seq_len - 1`` tokens (127 for length 128), the *training* targets are the next tokens at every
-  position (MAD trains a plain language model), and the *test* targets are set only where a key that
-  was seen earlier must be answered with its value. Length 128, vocab 16, 12,800 / 1,280, disjoint. MAD's
-  difficulty ladder changes one of vocab (32, 64, 128), length (256, 512, 1024) or training examples
-  (6,400, 3,200, 1,600, 800) at a time (``benchmarks.synthetic.study.RECALL_LADDER``).
-- ``s3``, ``s4``, ``s5``, ``a5``: word problem. Tokens are group elements (index into the sorted list
-  of permutations; vocab n! or 60); the target at every position is the prefix product
-  ``p_t = g_t o p_{t-1}`` (``(g o p)(i) = g(p(i))``). Length 16, 100,000 train / 1,280 test, disjoint.
-- ``parity``, ``mod_count`` (extensions): binary inputs, target at every position the number of ones
-  so far mod n (2 for parity, 5 for mod_count). Length 32, 100,000 / 1,280, disjoint. Output tokens
-  are 0..n-1 in the same vocabulary (size max(2, n)).
-"""
+- ``selective_copy``: vocab 16 (0 blank, 1 copy marker), length 128: 16 data tokens among the first 112, then 16
+  markers at which they are output in order. 12,800 train / 1,280 test.
+- ``compression``: 31 data tokens (1..15) and the compression token 0; all 31 decoded. 12,800 / 1,280.
+- ``recall`` (MAD's multi-query recall): keys 0..V/2-1, values V/2..V-1, a random map per sequence; inputs the
+  first seq_len - 1 tokens; training targets the next token everywhere, test targets the value at every key
+  seen before (the last pair repeats one). Length 128, vocab 16, 12,800 / 1,280, disjoint.
+- ``s3``, ``s4``, ``s5``, ``a5``: word problems; the target is the prefix product p_t = g_t o p_{t-1}, with
+  (g o p)(i) = g(p(i)). Length 16, 100,000 / 1,280, disjoint.
+- ``parity``, ``mod_count``: binary inputs, target the count of ones so far mod 2 or 5. Length 32, 100,000 / 1,280."""
 from __future__ import annotations
 
 import itertools

@@ -32,8 +32,3 @@ def test_bench_smoke_and_plot(tmp_path):
     table = (tmp_path / "model_bench.md").read_text()
     assert "Llama" in table and "| H-LRU m=2 | compiled | 1 x 16 |" in table
 
-
-def test_bench_deadline_records_not_run(tmp_path):
-    bench.main(["--smoke", "--out", str(tmp_path), "--sections", "prefill", "--models", "hlru_m2", "--deadline", "-1"])
-    rows = json.loads((tmp_path / "model_bench.json").read_text())["rows"]
-    assert rows and all(r["status"] == "not_run" and "deadline" in r["reason"] for r in rows)

@@ -1,6 +1,4 @@
-"""The spectrum experiment: benchmarks.spectrum.analysis on hand-built matrices with known spectra and on tiny
-models (non-finite matrices refused by name), the CLI (benchmarks.spectrum.cli) end to end and its argument
-checks, and the experiment's smoke mode."""
+"""benchmarks.spectrum: the analysis on matrices of known spectra and tiny models, the CLI, the study's smoke mode."""
 import cmath
 import itertools
 import json
@@ -47,8 +45,6 @@ def assert_same_multiset(actual, expected, atol=1e-6):
         remaining.pop(nearest)
 
 
-# ------------------------------------------------------------------------------- hand-built spectra
-
 
 @pytest.mark.parametrize("cycle", [2, 3, 5])
 def test_cyclic_permutation_has_roots_of_unity(cycle):
@@ -62,13 +58,6 @@ def test_cyclic_permutation_has_roots_of_unity(cycle):
     assert summary["fraction_complex"] == pytest.approx((cycle - real_roots) / cycle)
     negative = sum(math.cos(2 * math.pi * r / cycle) < 0 for r in range(cycle))
     assert summary["fraction_negative_real"] == pytest.approx(negative / cycle)
-
-
-def test_block_of_permutation_cycles():
-    # a 4 x 4 block made of a 3-cycle and a fixed point: eigenvalues 1, 1, exp(+-2 pi i / 3)
-    P = torch.eye(4)[[1, 2, 0, 3]]
-    w = cmath.exp(2j * math.pi / 3)
-    assert_same_multiset(eigenvalues(P), [1, 1, w, w.conjugate()])
 
 
 @pytest.mark.parametrize("theta", [0.3, 2.0, math.pi / 2])
@@ -99,13 +88,10 @@ def test_products_of_permutations_stay_permutations():
     assert permutation_distance(products).abs().max() < 1e-12
 
 
-# ------------------------------------------------------------------------------- permutation distance
-
 
 def test_permutation_distance():
-    for perm in itertools.permutations(range(4)):
-        assert float(permutation_distance(torch.eye(4)[list(perm)])) == pytest.approx(0.0, abs=1e-12)
     P = torch.eye(4)[[3, 0, 1, 2]]
+    assert float(permutation_distance(P)) == pytest.approx(0.0, abs=1e-12)
     assert float(permutation_distance(-P)) > 1.0
     assert float(permutation_distance(-P, signed=True)) == pytest.approx(0.0, abs=1e-12)
     E = 0.01 * torch.ones(4, 4)
@@ -169,8 +155,6 @@ def test_layer_spectra_on_tiny_model_accepts_base_model():
         layer_spectra(model, input_ids, windows=[9])
 
 
-# ------------------------------------------------------------------------------- non-finite matrices
-
 
 def test_eigenvalues_refuse_non_finite_matrices():
     M = torch.eye(3).repeat(2, 4, 1, 1)
@@ -201,8 +185,6 @@ def test_layer_spectra_names_the_window_whose_products_overflow():
     with pytest.raises(ValueError, match=r"layer 0 \(bdlru_k4, none\), products over windows of 16 steps"):
         layer_spectra(model, torch.randint(0, 11, (1, 16)), windows=[2, 16])
 
-
-# ------------------------------------------------------------------------------- the CLI
 
 
 def saved_model(tmp_path, mixer="hlru", size=2, **kwargs):
@@ -276,8 +258,6 @@ def test_cli_refuses_a_diverged_checkpoint_without_crashing(tmp_path):
     assert last_line.startswith("error: layer 0 (hlru_m2, softmax), single steps: 4,096 of 4,096 matrices have NaN")
     assert not (tmp_path / "out").exists()
 
-
-# ------------------------------------------------------------------------------- the experiment's smoke mode
 
 
 def test_experiment_smoke_refuses_grid_options(capsys):
