@@ -16,6 +16,8 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
+
 # At most this many eigenvalues are drawn per scatter plot (a random subset; the histograms use all).
 MAX_SCATTER_POINTS = 40_000
 
@@ -118,6 +120,15 @@ def input_ids_of(a):
     return ids, {"random_tokens": a.random_tokens}
 
 
+def complex_plane(ax, limit: float) -> None:
+    """Set ``ax`` up as the complex plane on [-limit, limit]^2, with the unit circle and both axes drawn."""
+    circle = np.linspace(0, 2 * np.pi, 361)
+    ax.plot(np.cos(circle), np.sin(circle), color="0.6", lw=0.7)
+    ax.axhline(0, color="0.88", lw=0.5)
+    ax.axvline(0, color="0.88", lw=0.5)
+    ax.set(aspect="equal", xlim=(-limit, limit), ylim=(-limit, limit))
+
+
 def draw_eigenvalues(axes, eigs, title: str, generator) -> None:
     """Three panels on ``axes``: complex plane with the unit circle, histogram of |lambda|, of arg(lambda)."""
     import torch
@@ -128,13 +139,10 @@ def draw_eigenvalues(axes, eigs, title: str, generator) -> None:
     else:
         shown = flat
     plane, modulus, angle = axes
-    circle = torch.linspace(0, 2 * math.pi, 361)
-    plane.plot(torch.cos(circle), torch.sin(circle), color="0.6", lw=0.8)
-    plane.axhline(0, color="0.85", lw=0.5)
-    plane.axvline(0, color="0.85", lw=0.5)
-    plane.scatter(shown.real, shown.imag, s=2, alpha=0.25, color="C0", linewidths=0)
     limit = max(1.1, float(flat.abs().max()) * 1.05)
-    plane.set(aspect="equal", xlim=(-limit, limit), ylim=(-limit, limit), xlabel="Re(lambda)", ylabel="Im(lambda)")
+    complex_plane(plane, limit)
+    plane.scatter(shown.real, shown.imag, s=2, alpha=0.25, color="C0", linewidths=0)
+    plane.set(xlabel="Re(lambda)", ylabel="Im(lambda)")
     plane.set_title(title, fontsize=9)
     modulus.hist(flat.abs().numpy(), bins=60, range=(0.0, limit), color="C1")
     modulus.axvline(1.0, color="0.4", lw=0.8, ls="--")

@@ -2,12 +2,11 @@
 
     python -m benchmarks.spectrum.run --device cuda           # the full grid, one process
     python -m benchmarks.spectrum.run --smoke --out /tmp/sp   # 2 tiny models on the CPU, under a minute
-    python -m benchmarks.spectrum.run --replot                # redraw the reports from --out's records
 
 Grid: TASKS x MODELS x NORMALIZATIONS, d = 128, two mixer layers, each trained by ``benchmarks.synthetic.run.fit``
 (project recipe) for ``TASK_STEPS``. Written to ``--out`` (default benchmarks/results/spectrum/): ``jobs.jsonl``
 (a record per job, failures included), ``samples/<job>.npz`` (eigenvalue samples), ``spectrum.json``,
-``summary.md``, ``eigenvalues_<task>.png`` and ``summary.png`` (heat maps)."""
+``summary.md`` and ``eigenvalues_<task>.png``."""
 from __future__ import annotations
 
 import argparse
@@ -24,6 +23,7 @@ import torch
 
 from benchmarks.models import display_name
 from benchmarks.spectrum.analysis import layer_spectra
+from benchmarks.spectrum.cli import complex_plane
 from benchmarks.synthetic.run import default_run, fit
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -199,18 +199,12 @@ def plot_task(plt, task: str, records: list, out: Path) -> None:
     norms = [n for n in NORMALIZATIONS if any(key[1] == n for key in by_key)]
     fig, axes = plt.subplots(len(models), 2 * len(norms), figsize=(2.9 * 2 * len(norms), 2.9 * len(models)),
                              squeeze=False)
-    circle = np.linspace(0, 2 * np.pi, 361)
     for row, model in enumerate(models):
         for col_group, norm in enumerate(norms):
             record = by_key.get((model, norm))
             for offset, kind in enumerate(("steps", "sequence")):
                 ax = axes[row, 2 * col_group + offset]
-                ax.plot(np.cos(circle), np.sin(circle), color="0.6", lw=0.7)
-                ax.axhline(0, color="0.88", lw=0.5)
-                ax.axvline(0, color="0.88", lw=0.5)
-                ax.set_aspect("equal")
-                ax.set_xlim(-1.15, 1.15)
-                ax.set_ylim(-1.15, 1.15)
+                complex_plane(ax, 1.15)
                 ax.tick_params(labelsize=6)
                 if record is None:
                     ax.set_title(f"{display_name(model)} {norm}: not run", fontsize=7)
@@ -231,41 +225,6 @@ def plot_task(plt, task: str, records: list, out: Path) -> None:
     plt.close(fig)
 
 
-def plot_summary(plt, records: list, out: Path) -> None:
-    """summary.png: heat maps (rows model x normalisation, columns tasks), means over seeds."""
-    rows = summary_rows(records)
-    tasks = [t for t in TASKS if any(r["task"] == t for r in rows)]
-    labels = [(m, n) for m in MODELS for n in NORMALIZATIONS if any(r["model"] == m and r["normalization"] == n for r in rows)]
-    panels = [("accuracy", "test accuracy", 1.0), ("negative_real", "fraction Re(lambda) < 0 (M_t)", 1.0),
-              ("complex", "fraction complex (M_t)", 1.0),
-              ("sequence_unit_modulus", "fraction |lambda| ~ 1 (sequence product)", 1.0),
-              ("permutation_distance", "best block: perm. distance (seq.)", None),
-              ("signed_permutation_distance", "best block: signed perm. distance (seq.)", None)]
-    fig, axes = plt.subplots(2, 3, figsize=(3.6 * 3, 2 * (0.45 * len(labels) + 1.6)), squeeze=False)
-    for ax, (key, title, vmax) in zip(axes.flat, panels):
-        grid = np.full((len(labels), len(tasks)), np.nan)
-        for i, (m, n) in enumerate(labels):
-            for j, t in enumerate(tasks):
-                values = [r[key] for r in rows if (r["model"], r["normalization"], r["task"]) == (m, n, t)
-                          and r[key] is not None]
-                if values:
-                    grid[i, j] = float(np.mean(values))
-        top = vmax if vmax is not None else max(float(np.nanmax(grid)) if not np.isnan(grid).all() else 1.0, 1e-6)
-        image = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=0.0, vmax=top)
-        for i in range(len(labels)):
-            for j in range(len(tasks)):
-                if not np.isnan(grid[i, j]):
-                    ax.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center", fontsize=6,
-                            color="k" if grid[i, j] > 0.6 * top else "w")
-        ax.set_xticks(range(len(tasks)), tasks, fontsize=7)
-        ax.set_yticks(range(len(labels)), [f"{display_name(m)} {n}" for m, n in labels], fontsize=7)
-        ax.set_title(title, fontsize=8)
-        fig.colorbar(image, ax=ax, fraction=0.046)
-    fig.tight_layout()
-    fig.savefig(out / "summary.png", dpi=120)
-    plt.close(fig)
-
-
 def write_reports(records: list, settings: dict, out: Path) -> None:
     plt = import_pyplot()
     with open(out / "spectrum.json", "w") as f:
@@ -275,8 +234,6 @@ def write_reports(records: list, settings: dict, out: Path) -> None:
     for task in TASKS:
         if any(r["task"] == task for r in finished):
             plot_task(plt, task, finished, out)
-    if finished:
-        plot_summary(plt, finished, out)
 
 
 # ------------------------------------------------------------------------------------------ CLI
@@ -296,7 +253,6 @@ def parse_args(argv=None):
                    help="output folder (default benchmarks/results/spectrum/; with --smoke a new temporary folder)")
     p.add_argument("--smoke", action="store_true",
                    help=f"{len(SMOKE_JOBS)} tiny models (d = 32, length 8, {SMOKE_STEPS} steps) on the CPU")
-    p.add_argument("--replot", action="store_true", help="redraw the reports from --out's jobs.jsonl and samples")
     a = p.parse_args(argv)
     grid_options = {"--tasks": a.tasks, "--models": a.models, "--normalizations": a.normalizations,
                     "--hidden-size": a.hidden_size, "--steps": a.steps}
@@ -315,8 +271,6 @@ def parse_args(argv=None):
         a.out = tempfile.mkdtemp(prefix="spectrum_smoke_") if a.smoke else str(ROOT / "benchmarks" / "results" / "spectrum")
     if Path(a.out).is_file():
         p.error(f"--out {a.out} is a file; give a folder")
-    if a.replot and not (Path(a.out) / "jobs.jsonl").is_file():
-        p.error(f"--replot: {a.out} has no jobs.jsonl")
     return a
 
 
@@ -324,13 +278,6 @@ def main(argv=None) -> int:
     a = parse_args(argv)
     out = Path(a.out)
     import_pyplot()  # fail before training if the plots cannot be drawn
-    if a.replot:
-        records = [json.loads(line) for line in (out / "jobs.jsonl").read_text().splitlines() if line.strip()]
-        settings = json.loads((out / "spectrum.json").read_text()) if (out / "spectrum.json").exists() else {}
-        settings.pop("jobs", None)
-        write_reports(records, settings, out)
-        print(f"redrew the reports of {len(records)} jobs in {out}")
-        return 0
     if a.smoke:
         jobs = [{"task": t, "model": m, "normalization": n, "seed": a.seeds[0]} for t, m, n in SMOKE_JOBS]
     else:

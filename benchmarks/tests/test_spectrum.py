@@ -290,13 +290,9 @@ def test_experiment_smoke(tmp_path):
     report = json.loads((tmp_path / "spectrum.json").read_text())
     assert len(report["jobs"]) == 2 and report["options"]["smoke"] is True
     assert "| parity | diag | tanh_l1 | 0 |" in (tmp_path / "summary.md").read_text()
-    for png in ("eigenvalues_parity.png", "summary.png"):
-        assert (tmp_path / png).stat().st_size > 10_000
+    assert (tmp_path / "eigenvalues_parity.png").stat().st_size > 10_000
     samples = np.load(tmp_path / "samples" / "parity_bdlru_k4_softmax_s0.npz")
     assert set(samples.files) == {"layer0_steps", "layer0_sequence", "layer1_steps", "layer1_sequence"}
-    (tmp_path / "summary.png").unlink()
-    assert experiment.main(["--replot", "--out", str(tmp_path)]) == 0
-    assert (tmp_path / "summary.png").stat().st_size > 10_000
 
 
 def test_experiment_records_a_failing_job_and_goes_on(tmp_path, monkeypatch):
