@@ -12,8 +12,7 @@ import multiprocessing as mp
 import os
 import platform
 import time
-from dataclasses import dataclass
-from typing import Callable, Tuple
+from typing import Callable
 
 import torch
 import triton
@@ -23,35 +22,19 @@ from hf_lrnn import ops
 from .scan_setup import require_device, scan_inputs
 
 
-@dataclass
-class Settings:
-    """Shapes, sizes and timer of one benchmark run (``GPU`` or ``SMOKE``)."""
-
-    device: str
-    dtype: torch.dtype
-    B: int
-    T: int
-    W: int
-    hlru_sizes: Tuple[int, ...]
-    bdlru_sizes: Tuple[int, ...]
-    torch_cases: Tuple[Tuple[str, int], ...]
-    sweep_cases: Tuple[Tuple[str, int], ...]
-    sweep_T: Tuple[int, ...]
-    b1_T: int
-    b1_hlru_sizes: Tuple[int, ...]
-    b1_bdlru_sizes: Tuple[int, ...]
-    decode_cases: Tuple[Tuple[str, int], ...]
-    copy_bytes: int
-    timer: str
-
-
-GPU = Settings("cuda", torch.bfloat16, 8, 4096, 2048, (1, 2, 3, 4, 8), (1, 2, 4, 8, 16),
-               (("hlru", 1), ("hlru", 2), ("hlru", 4), ("bdlru", 4)), (("hlru", 1), ("hlru", 2), ("bdlru", 4)),
-               (1024, 4096, 16384, 65536), 32768, (1, 2, 4, 8), (1, 4, 8, 16), (("hlru", 2), ("bdlru", 4)), 2 << 30,
-               "triton.testing.do_bench median")
-SMOKE = Settings("cpu", torch.float32, 2, 16, 16, (1, 2), (2, 16), (("hlru", 2), ("bdlru", 2)), (("hlru", 2),),
-                 (8, 16), 32, (2,), (2,), (("hlru", 2), ("bdlru", 2)), 1 << 20,
-                 "one wall-clock run (smoke: a check of the script, not a measurement)")
+# The run's shapes, timer and cases (kind, size) per section, on the GPU and in the smoke mode (``--smoke``).
+GPU = dict(device="cuda", dtype=torch.bfloat16, B=8, T=4096, W=2048, copy_bytes=2 << 30,
+           timer="triton.testing.do_bench median",
+           main=[("hlru", m) for m in (1, 2, 3, 4, 8)] + [("bdlru", k) for k in (1, 2, 4, 8, 16)],
+           torch_backend=[("hlru", 1), ("hlru", 2), ("hlru", 4), ("bdlru", 4)],
+           sweep=[("hlru", 1), ("hlru", 2), ("bdlru", 4)], sweep_T=(1024, 4096, 16384, 65536), b1_T=32768,
+           b1=[("hlru", m) for m in (1, 2, 4, 8)] + [("bdlru", k) for k in (1, 4, 8, 16)],
+           decode=[("hlru", 2), ("bdlru", 4)])
+SMOKE = dict(device="cpu", dtype=torch.float32, B=2, T=16, W=16, copy_bytes=1 << 20,
+             timer="one wall-clock run (smoke: a check of the script, not a measurement)",
+             main=[("hlru", 1), ("hlru", 2), ("bdlru", 2), ("bdlru", 16)], torch_backend=[("hlru", 2), ("bdlru", 2)],
+             sweep=[("hlru", 2)], sweep_T=(8, 16), b1_T=32, b1=[("hlru", 2), ("bdlru", 2)],
+             decode=[("hlru", 2), ("bdlru", 2)])
 
 
 def gpu_short_name() -> str:
@@ -60,9 +43,9 @@ def gpu_short_name() -> str:
     return (words[1] if words[0] == "NVIDIA" and len(words) > 1 else words[0]).lower()
 
 
-def make_bench(settings: Settings) -> Callable[..., float]:
+def make_bench(s: dict) -> Callable[..., float]:
     """``bench(fn, warmup, rep) -> ms``: do_bench's median on the GPU, one timed call otherwise."""
-    if settings.device == "cuda":
+    if s["device"] == "cuda":
         from triton.testing import do_bench
 
         return lambda fn, warmup, rep: do_bench(fn, warmup=warmup, rep=rep, return_mode="median")
@@ -75,17 +58,17 @@ def make_bench(settings: Settings) -> Callable[..., float]:
     return once
 
 
-def copy_bandwidth(s: Settings, bench):
-    """Bytes read + written per second by a device-to-device copy of ``s.copy_bytes`` bytes."""
-    src = torch.randn(s.copy_bytes // 4, device=s.device)
+def copy_bandwidth(s: dict, bench):
+    """Bytes read + written per second by a device-to-device copy of ``s["copy_bytes"]`` bytes."""
+    src = torch.randn(s["copy_bytes"] // 4, device=s["device"])
     dst = torch.empty_like(src)
     ms = bench(lambda: dst.copy_(src), 50, 300)
     return 2 * src.numel() * 4 / (ms * 1e-3)
 
 
-def make_inputs(s: Settings, kind, B, T, D, grad=False):
-    """v and gate logits (2 x standard normal) of width W = s.W: N = W / D channels or blocks."""
-    v, g = scan_inputs(kind, B, T, s.W // D, D, s.device, s.dtype, logit_scale=2.0)
+def make_inputs(s: dict, kind, B, T, D, grad=False):
+    """v and gate logits (2 x standard normal) of width W = s["W"]: N = W / D channels or blocks."""
+    v, g = scan_inputs(kind, B, T, s["W"] // D, D, s["device"], s["dtype"], logit_scale=2.0)
     return v.requires_grad_(grad), g.requires_grad_(grad)
 
 
@@ -94,7 +77,7 @@ def scan_fn(kind, backend):
     return lambda v, g: fn(v, g, backend=backend)[0]
 
 
-def time_scan(s: Settings, bench, kind, D, B, T, backend="triton", rep=200):
+def time_scan(s: dict, bench, kind, D, B, T, backend="triton", rep=200):
     """fwd ms, fwd+bwd ms and (on the GPU) the peak memory of fwd+bwd beyond inputs and output gradient (bytes)."""
     fn = scan_fn(kind, backend)
     v, g = make_inputs(s, kind, B, T, D)
@@ -109,7 +92,7 @@ def time_scan(s: Settings, bench, kind, D, B, T, backend="triton", rep=200):
         h = fn(v, g)
         return torch.autograd.grad(h, (v, g), dh)
 
-    if s.device == "cuda":
+    if s["device"] == "cuda":
         step()
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -119,7 +102,7 @@ def time_scan(s: Settings, bench, kind, D, B, T, backend="triton", rep=200):
         out["peak_extra_bytes"] = torch.cuda.max_memory_allocated() - base
     out["fwdbwd_ms"] = bench(step, 25, rep)
     del v, g
-    if s.device == "cuda":
+    if s["device"] == "cuda":
         torch.cuda.empty_cache()
     return out
 
@@ -136,7 +119,7 @@ def derive(row, kind, D, B, T, W, copy_bw):
     return row
 
 
-def bench_fla(s: Settings, bench):
+def bench_fla(s: dict, bench):
     """flash-linear-attention's HGRN kernels at (B, T, W), or the reason they could not run."""
     try:
         from fla.ops.hgrn import chunk_hgrn, fused_recurrent_hgrn
@@ -145,8 +128,8 @@ def bench_fla(s: Settings, bench):
     out = {}
     for name, fn in (("chunk_hgrn", chunk_hgrn), ("fused_recurrent_hgrn", fused_recurrent_hgrn)):
         try:
-            x = torch.randn(s.B, s.T, s.W, device=s.device, dtype=s.dtype)
-            g = torch.nn.functional.logsigmoid(torch.randn(s.B, s.T, s.W, device=s.device, dtype=s.dtype))
+            x = torch.randn(s["B"], s["T"], s["W"], device=s["device"], dtype=s["dtype"])
+            g = torch.nn.functional.logsigmoid(torch.randn(s["B"], s["T"], s["W"], device=s["device"], dtype=s["dtype"]))
             with torch.no_grad():
                 fwd = bench(lambda: fn(x, g), 25, 200)
             x.requires_grad_(True)
@@ -162,11 +145,11 @@ def bench_fla(s: Settings, bench):
     return out
 
 
-def bench_decode(s: Settings, bench, kind, D):
+def bench_decode(s: dict, bench, kind, D):
     """One token per step (T = 1) with a carried state: the Triton launch against the torch step (us)."""
     fn = ops.hlru_scan if kind == "hlru" else ops.bdlru_scan
-    v, g = make_inputs(s, kind, s.B, 1, D)
-    state = torch.randn(s.B, s.W // D, D, device=s.device)
+    v, g = make_inputs(s, kind, s["B"], 1, D)
+    state = torch.randn(s["B"], s["W"] // D, D, device=s["device"])
     out = {}
     with torch.no_grad():
         for backend in ("triton", "torch"):
@@ -209,7 +192,7 @@ def compile_kernels(job):
     h = fn(v, g, backend="triton")[0]
     torch.autograd.grad(h, (v, g), torch.randn_like(h))
     with torch.no_grad():
-        state = torch.randn(1, GPU.W // D, D, device="cuda")
+        state = torch.randn(1, GPU["W"] // D, D, device="cuda")
         fn(v[:, :1], g[:, :1], initial_state=state, output_final_state=True, backend="triton")
     torch.cuda.synchronize()
     return job
@@ -240,56 +223,43 @@ def main(argv=None):
     name = args.name or ("bench_scan_smoke" if args.smoke else f"bench_scan_{gpu_short_name()}")
     bench = make_bench(s)
     os.makedirs(args.out, exist_ok=True)
-    B, T, W = s.B, s.T, s.W
+    B, T, W = s["B"], s["T"], s["W"]
     res = dict(
-        gpu=torch.cuda.get_device_name() if s.device == "cuda" else f"cpu ({platform.machine()}, Triton interpreter)",
+        gpu=torch.cuda.get_device_name() if s["device"] == "cuda" else f"cpu ({platform.machine()}, Triton interpreter)",
         date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         versions=dict(torch=torch.__version__, triton=triton.__version__, python=platform.python_version(),
                       cuda=torch.version.cuda),
-        config=dict(B=B, T=T, W=W, dtype=str(s.dtype).replace("torch.", ""), timer=s.timer),
+        config=dict(B=B, T=T, W=W, dtype=str(s["dtype"]).replace("torch.", ""), timer=s["timer"]),
         bytes_formula="H-LRU fwd 2(m+3) B per token-channel (m+1 logits + v read, h written); "
                       "BD-LRU fwd 2(k+3) B per token-unit of width",
     )
-    if s.device == "cuda":
-        compile_all([("hlru", D) for D in s.hlru_sizes] + [("bdlru", D) for D in s.bdlru_sizes])
+    if s["device"] == "cuda":
+        compile_all(s["main"])
     copy_bw = copy_bandwidth(s, bench)
     res["copy_bw_TBps"] = copy_bw / 1e12
     print(f"copy bandwidth {copy_bw / 1e12:.2f} TB/s", flush=True)
-
-    res["main"] = []
-    for kind, sizes in (("hlru", s.hlru_sizes), ("bdlru", s.bdlru_sizes)):
-        for D in sizes:
-            row = dict(kind=kind, size=D, backend="triton", **time_scan(s, bench, kind, D, B, T))
-            res["main"].append(derive(row, kind, D, B, T, W, copy_bw))
+    # (section, cases (kind, size, B, T), backend, repetitions); B1_T32k: B = 1 and T = 32768 on the GPU
+    sections = [("main", [(kind, D, B, T) for kind, D in s["main"]], "triton", 200)]
+    if not args.quick:
+        sections += [("torch_backend", [(kind, D, B, T) for kind, D in s["torch_backend"]], "torch", 50),
+                     ("sweep_T", [(kind, D, B, t) for kind, D in s["sweep"] for t in s["sweep_T"]], "triton", 100),
+                     ("B1_T32k", [(kind, D, 1, s["b1_T"]) for kind, D in s["b1"]], "triton", 100)]
+    for section, cases, backend, rep in sections:
+        res[section] = []
+        for kind, D, b, t in cases:
+            row = dict(kind=kind, size=D, backend=backend, B=b, T=t, **time_scan(s, bench, kind, D, b, t, backend, rep))
+            res[section].append(derive(row, kind, D, b, t, W, copy_bw))
             print(row, flush=True)
     for row in res["main"]:
         base = next((r for r in res["main"] if r["kind"] == row["kind"] and r["size"] == 1), None)
         if base is not None:
             row["fwd_ratio_to_size1"] = row["fwd_ms"] / base["fwd_ms"]
             row["fwdbwd_ratio_to_size1"] = row["fwdbwd_ms"] / base["fwdbwd_ms"]
-    if s.device == "cuda":
+    if s["device"] == "cuda":
         res["fla"] = bench_fla(s, bench)
         print("fla", res["fla"], flush=True)
-
     if not args.quick:
-        res["torch_backend"] = []
-        for kind, D in s.torch_cases:
-            row = dict(kind=kind, size=D, backend="torch", **time_scan(s, bench, kind, D, B, T, "torch", rep=50))
-            res["torch_backend"].append(derive(row, kind, D, B, T, W, copy_bw))
-            print(row, flush=True)
-        res["sweep_T"] = []
-        for kind, D in s.sweep_cases:
-            for t in s.sweep_T:
-                row = dict(kind=kind, size=D, B=B, T=t, **time_scan(s, bench, kind, D, B, t, rep=100))
-                res["sweep_T"].append(derive(row, kind, D, B, t, W, copy_bw))
-                print(row, flush=True)
-        res["B1_T32k"] = []  # B = 1 and a long sequence (T = 32768 on the GPU)
-        for kind, sizes in (("hlru", s.b1_hlru_sizes), ("bdlru", s.b1_bdlru_sizes)):
-            for D in sizes:
-                row = dict(kind=kind, size=D, B=1, T=s.b1_T, **time_scan(s, bench, kind, D, 1, s.b1_T, rep=100))
-                res["B1_T32k"].append(derive(row, kind, D, 1, s.b1_T, W, copy_bw))
-                print(row, flush=True)
-        res["decode_T1_B8"] = {f"{kind}{D}": bench_decode(s, bench, kind, D) for kind, D in s.decode_cases}
+        res["decode_T1_B8"] = {f"{kind}{D}": bench_decode(s, bench, kind, D) for kind, D in s["decode"]}
         print("decode", res["decode_T1_B8"], flush=True)
 
     with open(os.path.join(args.out, f"{name}.json"), "w") as f:

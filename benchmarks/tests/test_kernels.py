@@ -26,13 +26,13 @@ def test_bench_scan_smoke(tmp_path, capsys):
     result = json.loads((tmp_path / "bench_scan_smoke.json").read_text())
     assert (tmp_path / "bench_scan_smoke.png").stat().st_size > 0
     s = bench_scan.SMOKE
-    assert [(r["kind"], r["size"]) for r in result["main"]] == (
-        [("hlru", D) for D in s.hlru_sizes] + [("bdlru", D) for D in s.bdlru_sizes])
+    assert [(r["kind"], r["size"]) for r in result["main"]] == s["main"]
     assert all(r["fwd_ms"] > 0 and r["fwdbwd_ms"] > 0 for r in result["main"])
-    assert len(result["torch_backend"]) == len(s.torch_cases)
-    assert len(result["sweep_T"]) == len(s.sweep_cases) * len(s.sweep_T)
-    assert len(result["B1_T32k"]) == len(s.b1_hlru_sizes) + len(s.b1_bdlru_sizes)
-    assert set(result["decode_T1_B8"]) == {f"{kind}{D}" for kind, D in s.decode_cases}
+    assert [(r["kind"], r["size"], r["backend"]) for r in result["torch_backend"]] == [
+        (kind, D, "torch") for kind, D in s["torch_backend"]]
+    assert [(r["size"], r["T"]) for r in result["sweep_T"]] == [(D, t) for _, D in s["sweep"] for t in s["sweep_T"]]
+    assert [(r["kind"], r["B"], r["T"]) for r in result["B1_T32k"]] == [(kind, 1, s["b1_T"]) for kind, _ in s["b1"]]
+    assert set(result["decode_T1_B8"]) == {f"{kind}{D}" for kind, D in s["decode"]}
     assert "kind  size  fwd_ms" in capsys.readouterr().out
 
 
