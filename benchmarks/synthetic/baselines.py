@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedConfig, PreTrainedModel
-from transformers.modeling_outputs import BaseModelOutput, CausalLMOutput
+from transformers.modeling_outputs import CausalLMOutput
 from transformers.models.llama.modeling_llama import LlamaMLP
 
 from hf_lrnn import LRNNConfig, LRNNForCausalLM, swiglu_intermediate_size
@@ -58,9 +58,18 @@ class LSTMBlock(nn.Module):
         return x + self.mlp(self.mlp_norm(x))
 
 
-class LSTMPreTrainedModel(PreTrainedModel):
+class LSTMForCausalLM(PreTrainedModel):
+    """Embedding, residual LSTM/SwiGLU blocks, RMSNorm, linear head; ``labels`` are shifted inside."""
+
     config_class = LSTMConfig
-    base_model_prefix = "model"
+
+    def __init__(self, config: LSTMConfig):
+        super().__init__(config)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList([LSTMBlock(config) for _ in range(config.num_hidden_layers)])
+        self.norm = nn.RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
 
     def _init_weights(self, module):
         std = self.config.initializer_range
@@ -79,44 +88,21 @@ class LSTMPreTrainedModel(PreTrainedModel):
         elif isinstance(module, nn.RMSNorm):
             nn.init.ones_(module.weight)
 
-
-class LSTMModel(LSTMPreTrainedModel):
-    def __init__(self, config: LSTMConfig):
-        super().__init__(config)
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.layers = nn.ModuleList([LSTMBlock(config) for _ in range(config.num_hidden_layers)])
-        self.norm = nn.RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.post_init()
-
-    def forward(self, input_ids=None, inputs_embeds=None, output_hidden_states=None, return_dict=None, **kwargs):
-        x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
-        states = [x]
+    def final_hidden_state(self, inputs_embeds: torch.Tensor) -> torch.Tensor:
+        """The normed output (B, T, d) of the last block, from the embeddings (B, T, d)."""
+        x = inputs_embeds
         for layer in self.layers:
             x = layer(x)
-            states.append(x)
-        x = self.norm(x)
-        states[-1] = x
-        return BaseModelOutput(last_hidden_state=x, hidden_states=tuple(states) if output_hidden_states else None)
+        return self.norm(x)
 
-
-class LSTMForCausalLM(LSTMPreTrainedModel):
-    """Embedding, residual LSTM/SwiGLU blocks, RMSNorm, linear head; ``labels`` are shifted inside."""
-
-    def __init__(self, config: LSTMConfig):
-        super().__init__(config)
-        self.model = LSTMModel(config)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-        self.post_init()
-
-    def forward(self, input_ids=None, inputs_embeds=None, labels=None, output_hidden_states=None, return_dict=None,
-                **kwargs):
-        out = self.model(input_ids=input_ids, inputs_embeds=inputs_embeds, output_hidden_states=output_hidden_states)
-        logits = self.lm_head(out.last_hidden_state)
+    def forward(self, input_ids=None, inputs_embeds=None, labels=None, **kwargs):
+        x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
+        logits = self.lm_head(self.final_hidden_state(x))
         loss = None
         if labels is not None:
             loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
                                    labels[:, 1:].reshape(-1), ignore_index=-100)
-        return CausalLMOutput(loss=loss, logits=logits, hidden_states=out.hidden_states)
+        return CausalLMOutput(loss=loss, logits=logits)
 
 
 # ------------------------------------------------------------------------------------- builders
@@ -291,9 +277,10 @@ def last_hidden_state(model: PreTrainedModel, input_ids: torch.Tensor) -> torch.
     """The final (normed) hidden states (B, T, d) of any model from :func:`build_model`. The ids go in as
     their embeddings (``inputs_embeds``), so that no model reads their values on the host (a synchronisation
     that a CUDA graph cannot capture); the caller checks their range once."""
-    base = model.base_model
-    kwargs = {} if isinstance(model, LSTMForCausalLM) else {"use_cache": False}
-    out = base(inputs_embeds=model.get_input_embeddings()(input_ids), **kwargs)
+    inputs_embeds = model.get_input_embeddings()(input_ids)
+    if isinstance(model, LSTMForCausalLM):
+        return model.final_hidden_state(inputs_embeds)
+    out = model.base_model(inputs_embeds=inputs_embeds, use_cache=False)
     return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
 
 

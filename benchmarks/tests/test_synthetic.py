@@ -231,7 +231,7 @@ def test_lstm_baseline_matches_the_lrnn_widths():
     lstm, _ = build_model("lstm", 10, 96, 2)
     lrnn, _ = build_model("hlru_m2", 10, 96, 2)
     assert lstm.config.intermediate_size == lrnn.config.intermediate_size == 256
-    block = lstm.model.layers[0]
+    block = lstm.layers[0]
     assert block.mlp.gate_proj.weight.shape == (256, 96) and block.mixer_norm.weight.shape == (96,)
     bias = block.lstm.bias_ih_l0 + block.lstm.bias_hh_l0
     assert torch.equal(bias[96:192], torch.ones(96)) and not bias[:96].any() and not bias[192:].any()
