@@ -76,17 +76,8 @@ def permutation_group(name: str) -> Tuple[np.ndarray, np.ndarray]:
 
 
 def permutation_sign(p) -> int:
-    p = list(p)
-    sign, seen = 1, [False] * len(p)
-    for i in range(len(p)):
-        if seen[i]:
-            continue
-        j, length = i, 0
-        while not seen[j]:
-            seen[j], j, length = True, p[j], length + 1
-        if length % 2 == 0:
-            sign = -sign
-    return sign
+    """+1 for an even permutation (an even number of inversions i < j, p[i] > p[j]), -1 for an odd one."""
+    return -1 if sum(p[i] > p[j] for i, j in itertools.combinations(range(len(p)), 2)) % 2 else 1
 
 
 def prefix_products(seq: np.ndarray, table: np.ndarray) -> np.ndarray:
