@@ -113,7 +113,7 @@ def run_all(jobs: list, options: dict, log=print) -> list:
 
 
 # ------------------------------------------------------------------------------------------ reports
-def layer_stat(record: dict, path: tuple, reduce=max):
+def layer_stat(record: dict, path: tuple, reduce):
     """reduce over the layers of record['layers'][i][path...] (None if any is missing)."""
     values = []
     for layer in record["layers"]:
@@ -126,44 +126,36 @@ def layer_stat(record: dict, path: tuple, reduce=max):
     return reduce(values)
 
 
-def sequence_key(record: dict) -> str:
-    return str(record["windows"][-1])
+# summary.md's columns: a record field, or (path into each layer's summary, reduction over the layers), where
+# "seq" stands for the window of the whole sequence.
+SUMMARY_COLUMNS = {
+    "task": "task", "model": "model", "norm": "normalization", "seed": "seed", "accuracy": "accuracy",
+    "steps": "steps", "stopped": "stopped", "median rho(M_t)": (("steps", "spectral_radius", "q50"), max),
+    "Re<0": (("steps", "fraction_negative_real"), max), "complex": (("steps", "fraction_complex"), max),
+    "abs~1": (("steps", "fraction_unit_modulus"), max), "abs~1 (seq)": (("seq", "fraction_unit_modulus"), max),
+    "perm dist": (("seq", "block_permutation_distance", "q00"), min),
+    "perm blocks": (("seq", "fraction_permutation_blocks"), max),
+    "signed perm dist": (("seq", "block_signed_permutation_distance", "q00"), min),
+    "signed perm blocks": (("seq", "fraction_signed_permutation_blocks"), max),
+}
 
 
-def summary_rows(records: list) -> list:
-    """One dict per finished job with the headline numbers (see summary.md)."""
-    rows = []
-    for r in records:
-        if r["status"] != "ok":
-            continue
-        seq = ("windows", sequence_key(r))
-        rows.append({
-            "task": r["task"], "model": r["model"], "normalization": r["normalization"], "seed": r["seed"],
-            "accuracy": r["accuracy"], "steps": r["steps"], "stopped": r["stopped"],
-            "radius_median": layer_stat(r, ("steps", "spectral_radius", "q50")),
-            "negative_real": layer_stat(r, ("steps", "fraction_negative_real")),
-            "complex": layer_stat(r, ("steps", "fraction_complex")),
-            "unit_modulus": layer_stat(r, ("steps", "fraction_unit_modulus")),
-            "sequence_unit_modulus": layer_stat(r, seq + ("fraction_unit_modulus",)),
-            "permutation_distance": layer_stat(r, seq + ("block_permutation_distance", "q00"), min),
-            "permutation_blocks": layer_stat(r, seq + ("fraction_permutation_blocks",)),
-            "signed_permutation_distance": layer_stat(r, seq + ("block_signed_permutation_distance", "q00"), min),
-            "signed_permutation_blocks": layer_stat(r, seq + ("fraction_signed_permutation_blocks",)),
-        })
-    return rows
+def summary_cell(record: dict, column) -> str:
+    """One cell of summary.md: a column of SUMMARY_COLUMNS for a finished job, floats to 3 decimals."""
+    if isinstance(column, str):
+        value = record[column]
+    else:
+        path, reduce = column
+        path = ("windows", str(record["windows"][-1])) + path[1:] if path[0] == "seq" else path
+        value = layer_stat(record, path, reduce)
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
 def write_summary_md(records: list, path: Path) -> None:
-    columns = [("task", "task"), ("model", "model"), ("normalization", "norm"), ("seed", "seed"),
-               ("accuracy", "accuracy"), ("steps", "steps"), ("stopped", "stopped"),
-               ("radius_median", "median rho(M_t)"), ("negative_real", "Re<0"), ("complex", "complex"),
-               ("unit_modulus", "abs~1"), ("sequence_unit_modulus", "abs~1 (seq)"),
-               ("permutation_distance", "perm dist"), ("permutation_blocks", "perm blocks"),
-               ("signed_permutation_distance", "signed perm dist"), ("signed_permutation_blocks", "signed perm blocks")]
-    lines = ["| " + " | ".join(title for _, title in columns) + " |", "|" + "---|" * len(columns)]
-    for row in summary_rows(records):
-        cells = [f"{row[key]:.3f}" if isinstance(row[key], float) else str(row[key]) for key, _ in columns]
-        lines.append("| " + " | ".join(cells) + " |")
+    lines = ["| " + " | ".join(SUMMARY_COLUMNS) + " |", "|" + "---|" * len(SUMMARY_COLUMNS)]
+    for r in records:
+        if r["status"] == "ok":
+            lines.append("| " + " | ".join(summary_cell(r, column) for column in SUMMARY_COLUMNS.values()) + " |")
     not_run = [job_name(r) + f" ({r['status']}: {r['reason']})" for r in records if r["status"] != "ok"]
     notes = [
         "", "Per job: median spectral radius of the single-step matrices M_t (max over layers); fractions of "
@@ -214,7 +206,7 @@ def plot_task(plt, task: str, records: list, out: Path) -> None:
                     eigs = samples[f"layer{layer}_{kind}"]
                     ax.scatter(eigs.real, eigs.imag, s=3, alpha=0.3, linewidths=0, color=f"C{layer}",
                                label=f"layer {layer}")
-                what = "M_t" if kind == "steps" else f"product over {sequence_key(record)}"
+                what = "M_t" if kind == "steps" else f"product over {record['windows'][-1]}"
                 ax.set_title(f"{display_name(model, record['hidden_size'])} {norm}, acc {record['accuracy']:.2f}\n{what}",
                              fontsize=7)
     axes[0, 0].legend(fontsize=6, markerscale=3, loc="lower left")
