@@ -17,9 +17,7 @@ from typing import Callable
 import torch
 import triton
 
-from hf_lrnn import ops
-
-from .scan_setup import require_device, scan_inputs
+from .scan_setup import SCANS, require_device, scan_inputs
 
 
 # The run's shapes, timer and cases (kind, size) per section, on the GPU and in the smoke mode (``--smoke``).
@@ -72,14 +70,9 @@ def make_inputs(s: dict, kind, B, T, D, grad=False):
     return v.requires_grad_(grad), g.requires_grad_(grad)
 
 
-def scan_fn(kind, backend):
-    fn = ops.hlru_scan if kind == "hlru" else ops.bdlru_scan
-    return lambda v, g: fn(v, g, backend=backend)[0]
-
-
 def time_scan(s: dict, bench, kind, D, B, T, backend="triton", rep=200):
     """fwd ms, fwd+bwd ms and (on the GPU) the peak memory of fwd+bwd beyond inputs and output gradient (bytes)."""
-    fn = scan_fn(kind, backend)
+    fn = lambda v, g: SCANS[kind](v, g, backend=backend)[0]  # noqa: E731
     v, g = make_inputs(s, kind, B, T, D)
     with torch.no_grad():
         fwd = bench(lambda: fn(v, g), 25, rep)
@@ -147,7 +140,7 @@ def bench_fla(s: dict, bench):
 
 def bench_decode(s: dict, bench, kind, D):
     """One token per step (T = 1) with a carried state: the Triton launch against the torch step (us)."""
-    fn = ops.hlru_scan if kind == "hlru" else ops.bdlru_scan
+    fn = SCANS[kind]
     v, g = make_inputs(s, kind, s["B"], 1, D)
     state = torch.randn(s["B"], s["W"] // D, D, device=s["device"])
     out = {}
@@ -187,7 +180,7 @@ def compile_kernels(job):
     """Compile (in a worker process) the kernels one (kind, size) uses on the GPU: forward and backward,
     chunked and not, and the one-token decode step with a state."""
     kind, D = job
-    fn = ops.hlru_scan if kind == "hlru" else ops.bdlru_scan
+    fn = SCANS[kind]
     v, g = make_inputs(GPU, kind, 1, 256, D, grad=True)
     h = fn(v, g, backend="triton")[0]
     torch.autograd.grad(h, (v, g), torch.randn_like(h))

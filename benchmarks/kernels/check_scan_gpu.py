@@ -12,9 +12,7 @@ import os
 import torch
 import triton
 
-from hf_lrnn import ops
-
-from .scan_setup import require_device, scan_inputs
+from .scan_setup import SCANS, require_device, scan_inputs
 
 CASES = [
     # kind, D, B, T, N, normalization, with_state, with_mask
@@ -51,7 +49,7 @@ def check(kind, D, B, T, N, normalization, with_state, with_mask, dtype, device=
     inputs = [v, g] + ([s0] if with_state else [])
     for x in inputs:
         x.requires_grad_(True)
-    scan = ops.hlru_scan if kind == "hlru" else ops.bdlru_scan
+    scan = SCANS[kind]
     h_out = torch.full_like(v, float("nan"))  # poison: every element must be written
     h, final = scan(v, g, initial_state=s0, output_final_state=True, normalization=normalization, mask=mask,
                     backend="triton")
