@@ -183,6 +183,9 @@ def main(argv=None):
     llama_grid = parse_grid(args.llama_decode_grid) if args.llama_decode_grid else decode_grid
     prefill_grid = [int(t) for t in args.prefill_grid.split(",")] if args.prefill_grid else preset["prefill_grid"]
     train_grid = [int(t) for t in args.train_grid.split(",")] if args.train_grid else preset["train_grid"]
+    unknown = set(args.sections.split(",")) - {"decode", "prefill", "train"}
+    if unknown:
+        p.error(f"--sections: unknown {sorted(unknown)}; known: decode, prefill, train")
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -190,6 +193,7 @@ def main(argv=None):
     results = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "torch": torch.__version__,
                "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "size": size, "params": {}, "argv": argv,
                "rows": []}
+    eval_models = {}
 
     def record(**row):
         row["t_s"] = round(time.time() - start, 1)
@@ -197,68 +201,57 @@ def main(argv=None):
         (out / "model_bench.json").write_text(json.dumps(results, indent=1))
         print(json.dumps(row), flush=True)
 
-    def measure(fn, **key):
-        """Run one measurement ``fn() -> dict`` and record it or its error."""
-        try:
-            record(**key, **fn())
-        except Exception as err:  # noqa: BLE001 - recorded, the run goes on
-            record(**key, status="error", error=f"{type(err).__name__}: {err}"[:2000], trace=traceback.format_exc()[-3000:])
-
-    eval_models = {}
-
     def model_of(name):
         if name not in eval_models:
             eval_models[name] = build(name, device=device, dtype=dtype, **size)
             results["params"][name] = sum(p.numel() for p in eval_models[name].parameters())
         return eval_models[name]
 
+    def decode(model, mode, batch, context, **_):
+        ms = decode_ms_per_token(model_of(model), batch, context, mode == "compiled", preset["n1"], preset["n2"], device)
+        return dict(ms_per_token=ms, tokens_per_s=1e3 * batch / ms)
+
+    def prefill(model, context, **_):
+        ms, samples = prefill_ms(model_of(model), context, device, args.prefill_repeats)
+        return dict(ms=ms, samples_ms=samples)
+
+    def train(model, mode, seq_len, **_):
+        if mode == "compiled_fused_ce" and importlib.util.find_spec("liger_kernel") is None:
+            return dict(status="not_run", reason="liger_kernel is not installed")
+        net = build(model, device=device, dtype=torch.float32, **size)
+        params = sum(p.numel() for p in net.parameters())
+        try:
+            tps, peak, loss = train_tokens_per_s(net, seq_len, preset["tokens_per_step"], mode, device,
+                                                 preset["train_steps"])
+        finally:
+            del net
+            torch._dynamo.reset()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+        flops = 6 * params + (6 * size["layers"] * seq_len * size["hidden"] if model == "llama" else 0)
+        return dict(tokens_per_s=tps, peak_gib=peak, first_loss=loss, params=params,
+                    mfu=flops * tps / (args.peak_tflops * 1e12))
+
+    cases = {  # section -> (measurement, the keys of its rows)
+        "decode": (decode, [dict(model=name, section="decode", mode=mode, batch=batch, context=context, repeat=repeat)
+                            for repeat in range(args.repeats) for name in models for mode in args.decode_modes.split(",")
+                            for batch, context in (llama_grid if name == "llama" else decode_grid)]),
+        "prefill": (prefill, [dict(model=name, section="prefill", context=context, repeat=repeat)
+                              for repeat in range(args.repeats) for name in models for context in prefill_grid]),
+        "train": (train, [dict(model=name, section="train", mode=mode, seq_len=seq_len) for seq_len in train_grid
+                          for name in models for mode in args.train_modes.split(",")
+                          if not (mode == "compiled_fused_ce" and name == "llama")]),
+    }
     for section in args.sections.split(","):
-        if section == "decode":
-            for repeat in range(args.repeats):
-                for name in models:
-                    for mode in args.decode_modes.split(","):
-                        for batch, context in (llama_grid if name == "llama" else decode_grid):
-                            def decode(name=name, mode=mode, batch=batch, context=context):
-                                ms = decode_ms_per_token(model_of(name), batch, context, mode == "compiled",
-                                                         preset["n1"], preset["n2"], device)
-                                return dict(ms_per_token=ms, tokens_per_s=1e3 * batch / ms)
-                            measure(decode, model=name, section="decode", mode=mode, batch=batch, context=context, repeat=repeat)
-        elif section == "prefill":
-            for repeat in range(args.repeats):
-                for name in models:
-                    for context in prefill_grid:
-                        def prefill(name=name, context=context):
-                            ms, samples = prefill_ms(model_of(name), context, device, args.prefill_repeats)
-                            return dict(ms=ms, samples_ms=samples)
-                        measure(prefill, model=name, section="prefill", context=context, repeat=repeat)
-        elif section == "train":
+        if section == "train":
             eval_models.clear()  # the evaluation models' memory goes back before training
-            for seq_len in train_grid:
-                for name in models:
-                    for mode in args.train_modes.split(","):
-                        if mode == "compiled_fused_ce" and name == "llama":
-                            continue
-                        if mode == "compiled_fused_ce" and importlib.util.find_spec("liger_kernel") is None:
-                            record(model=name, section="train", mode=mode, seq_len=seq_len, status="not_run",
-                                   reason="liger_kernel is not installed")
-                            continue
-                        def train(name=name, mode=mode, seq_len=seq_len):
-                            model = build(name, device=device, dtype=torch.float32, **size)
-                            params = sum(p.numel() for p in model.parameters())
-                            try:
-                                tps, peak, loss = train_tokens_per_s(model, seq_len, preset["tokens_per_step"], mode,
-                                                                     device, preset["train_steps"])
-                            finally:
-                                del model
-                                torch._dynamo.reset()
-                                if device.type == "cuda":
-                                    torch.cuda.empty_cache()
-                            flops = 6 * params + (6 * size["layers"] * seq_len * size["hidden"] if name == "llama" else 0)
-                            return dict(tokens_per_s=tps, peak_gib=peak, first_loss=loss, params=params,
-                                        mfu=flops * tps / (args.peak_tflops * 1e12))
-                        measure(train, model=name, section="train", mode=mode, seq_len=seq_len)
-        else:
-            p.error(f"--sections: unknown section {section!r}; known: decode, prefill, train")
+        measure, keys = cases[section]
+        for key in keys:
+            try:
+                record(**key, **measure(**key))
+            except Exception as err:  # noqa: BLE001 - recorded, the run goes on
+                record(**key, status="error", error=f"{type(err).__name__}: {err}"[:2000],
+                       trace=traceback.format_exc()[-3000:])
     return results
 
 
