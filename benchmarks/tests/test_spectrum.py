@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from benchmarks.spectrum import cli
+from benchmarks.spectrum import run as experiment
 from benchmarks.spectrum.analysis import (
     eigenvalues,
     layer_spectra,
@@ -43,7 +44,6 @@ def assert_same_multiset(actual, expected, atol=1e-6):
         nearest = min(range(len(remaining)), key=lambda i: abs(remaining[i] - complex(value)))
         assert abs(remaining[nearest] - complex(value)) < atol, (value, remaining)
         remaining.pop(nearest)
-
 
 
 @pytest.mark.parametrize("cycle", [2, 3, 5])
@@ -86,7 +86,6 @@ def test_products_of_permutations_stay_permutations():
     M = P.expand(1, 6, 1, 3, 3)
     products = window_products(M, 3)  # a 3-cycle cubed is the identity
     assert permutation_distance(products).abs().max() < 1e-12
-
 
 
 def test_permutation_distance():
@@ -155,7 +154,6 @@ def test_layer_spectra_on_tiny_model_accepts_base_model():
         layer_spectra(model, input_ids, windows=[9])
 
 
-
 def test_eigenvalues_refuse_non_finite_matrices():
     M = torch.eye(3).repeat(2, 4, 1, 1)
     M[1, 2, 0, 1] = float("nan")
@@ -184,7 +182,6 @@ def test_layer_spectra_names_the_window_whose_products_overflow():
     assert torch.isfinite(spectra[1].window_eigenvalues[2]).all()
     with pytest.raises(ValueError, match=r"layer 0 \(bdlru_k4, none\), products over windows of 16 steps"):
         layer_spectra(model, torch.randint(0, 11, (1, 16)), windows=[2, 16])
-
 
 
 def saved_model(tmp_path, mixer="hlru", size=2, **kwargs):
@@ -259,10 +256,7 @@ def test_cli_refuses_a_diverged_checkpoint_without_crashing(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-
 def test_experiment_smoke_refuses_grid_options(capsys):
-    from benchmarks.spectrum import run as experiment
-
     with pytest.raises(SystemExit):
         experiment.parse_args(["--smoke", "--tasks", "s5"])
     err = capsys.readouterr().err
@@ -270,8 +264,6 @@ def test_experiment_smoke_refuses_grid_options(capsys):
 
 
 def test_experiment_smoke(tmp_path):
-    from benchmarks.spectrum import run as experiment
-
     assert experiment.main(["--smoke", "--out", str(tmp_path)]) == 0
     records = [json.loads(line) for line in (tmp_path / "jobs.jsonl").read_text().splitlines()]
     assert sorted((r["model"], r["normalization"], r["status"]) for r in records) == [
@@ -296,8 +288,6 @@ def test_experiment_smoke(tmp_path):
 
 
 def test_experiment_records_a_failing_job_and_goes_on(tmp_path, monkeypatch):
-    from benchmarks.spectrum import run as experiment
-
     def fail(job, options):
         raise RuntimeError(f"no kernel for {job['model']}")
 
