@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 from benchmarks.models import display_name
@@ -40,11 +40,9 @@ def medians(rows, section, key, value):
 def tables(rows) -> str:
     """Markdown tables: decode (ms per token and tokens/s), prefill (ms), training (tokens/s, MFU, peak GiB)."""
     lines, names = [], {r["model"]: r["name"] for r in rows}
-    decode = medians(rows, "decode", lambda r: (r["model"], r["mode"], r["batch"], r["context"]), "ms_per_token")
-    counts = defaultdict(int)
-    for r in rows:
-        if r["section"] == "decode":
-            counts[(r["model"], r["mode"], r["batch"], r["context"])] += 1
+    decode_key = lambda r: (r["model"], r["mode"], r["batch"], r["context"])  # noqa: E731
+    decode = medians(rows, "decode", decode_key, "ms_per_token")
+    counts = Counter(decode_key(r) for r in rows if r["section"] == "decode")
     if decode:
         lines += ["| model | mode | batch x context | ms per token (median) | tokens/s | runs |", "|---|---|---|---|---|---|"]
         for (model, mode, batch, context), ms in sorted(decode.items()):

@@ -167,11 +167,6 @@ def recall_targets(tokens):
     return tokens[:, :-1], tokens[:, 1:], test
 
 
-def gen_mod_count(rng, n, seq_len=32):
-    """Random binary inputs (n, seq_len) of parity and modular counting."""
-    return rng.integers(0, 2, size=(n, seq_len)).astype(np.int64)
-
-
 # ----------------------------------------------------------------------------------------- tasks
 PERMUTATION_TASKS = ("s3", "s4", "s5", "a5")
 TASKS = ("selective_copy", "compression", "recall", "s3", "s4", "s5", "a5", "parity", "mod_count")
@@ -239,7 +234,7 @@ def make_task(task: str, seed: int = 0, **overrides) -> TaskData:
         ytr, yte = prefix_products(xtr, table), prefix_products(xte, table)
     else:  # parity, mod_count
         mod = spec.params["modulus"]
-        sample = lambda r, n: gen_mod_count(r, n, T)
+        sample = lambda r, n: r.integers(0, 2, size=(n, T)).astype(np.int64)  # random binary inputs
         xtr, xte = _disjoint_split(sample, rng, n_tr, n_te)
         ytr, yte = np.cumsum(xtr, axis=1) % mod, np.cumsum(xte, axis=1) % mod
     as_t = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.int64))
