@@ -353,7 +353,7 @@ def test_ops_refuse_bad_resets_naming_the_op():
 @pytest.mark.parametrize("mixer", ["hlru", "bdlru"])
 def test_compiled_packed_batch_equals_eager(mixer):
     """torch.compile(fullgraph=True) on packed batches: the training step with position_ids (logits and
-    gradients) and a forward with the collator's flash-attention keywords."""
+    gradients) and a forward with the collator's flash-attention keywords and an attention mask of ones."""
     model = tiny_model(mixer).double().train()
     documents = _documents(DOCUMENTS)
     batch = _collate(documents)
@@ -365,8 +365,9 @@ def test_compiled_packed_batch_equals_eager(mixer):
     torch.testing.assert_close(logits, eager, **TOL64)
     for name, grad in _grads(model).items():
         torch.testing.assert_close(grad, eager_grads[name], **TOL64, msg=name)
-    flash = _collate(documents, return_flash_attn_kwargs=True)
+    flash = _collate(documents, return_flash_attn_kwargs=True)  # and a mask of ones: compiled code keeps masks
     flash.pop("position_ids")
+    flash["attention_mask"] = torch.ones_like(flash["input_ids"])
     with torch.no_grad():
         torch.testing.assert_close(compiled(**flash).logits, eager, **TOL64)
 
