@@ -139,6 +139,8 @@ def document_starts(
         position_ids = position_ids.expand(B, T)
         starts["position_ids"] = _starts_from_positions(position_ids, kept)
     any_start = next(iter(starts.values()))
+    if T == 0:  # no steps, no starts
+        return None
     if torch.compiler.is_compiling():
         return any_start
 

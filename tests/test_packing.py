@@ -185,7 +185,7 @@ def test_without_boundaries_the_state_leaks(mixer):
 # ---------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("mixer", ["hlru", "bdlru"])
-@pytest.mark.parametrize("normalization", ["softmax", "tanh_l1"])
+@pytest.mark.parametrize("normalization", GATE_NORMALIZATIONS)
 def test_triton_collated_documents_equal_each_alone(mixer, normalization):
     pytest.importorskip("triton")
     model = tiny_model(mixer, gate_normalization=normalization, scan_backend="triton", num_hidden_layers=1)
