@@ -27,10 +27,10 @@ from .cache_lrnn import LRNNCache, layer_state_shapes
 from .configuration_lrnn import LRNNConfig
 from .generation_lrnn import CACHE_FIELD, GENERATE_CHECKED_TOKEN_IDS, LRNNGenerationMixin, check_token_ids, pick_cache
 from .ops_lrnn import bdlru_scan, drop_mask_if_all_ones, hlru_scan
+from .packing_lrnn import document_starts
 
-# Keyword arguments forward() accepts beyond its named ones, from Trainer and generate(); positions are
-# ignored (the model has no positional embeddings).
-EXTRA_FORWARD_KWARGS = ("output_attentions", "position_ids", "cache_position")
+# Keyword arguments forward() accepts beyond its named ones, from Trainer and generate(); ignored.
+EXTRA_FORWARD_KWARGS = ("output_attentions", "cache_position")
 # The loss keywords of transformers' causal LMs (ForCausalLMLoss), passed on to the loss.
 LOSS_KWARGS = ("num_items_in_batch", "shift_labels", "ignore_index")
 _WARNED_NORMALIZATIONS = set()  # gate normalisations whose warning was given (once per process)
@@ -63,19 +63,23 @@ class LRNNMLP(nn.Module):
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
-def hlru_lagged_states(h: torch.Tensor, initial_state: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+def hlru_lagged_states(h: torch.Tensor, initial_state: torch.Tensor, mask: Optional[torch.Tensor],
+                       resets: Optional[torch.Tensor] = None) -> torch.Tensor:
     """The H-LRU readout's states s_t = [h_t, h_{t-1}, ..., h_{t-m+1}]: (B, T, N) -> (B, T, N, m).
 
     Before t = 0 the lags come from ``initial_state`` (B, N, m) = [h_{-1}, ..., h_{-m}].
     Masked steps (mask == 0) do not shift the lags (the scan keeps the state there), so lag j is the
     j-th most recent unmasked step; at a masked step s_t equals the state at the last unmasked one.
+    After a document start (``resets`` (B, T) True at t > 0) the lags from before it read zero, as in the scan.
     """
     B, T, N = h.shape
     m = initial_state.shape[-1]
     past = initial_state.flip(-1).transpose(1, 2).to(h.dtype)  # (B, m, N) = h_{-m}, ..., h_{-1}
     ext = torch.cat([past, h], dim=1)  # ext[:, m + t] = h_t
     if mask is None:
-        return torch.stack([ext[:, m - j : m - j + T] for j in range(m)], dim=-1)
+        lagged = torch.stack([ext[:, m - j : m - j + T] for j in range(m)], dim=-1)
+        source_times = torch.arange(T, device=h.device)[:, None] - torch.arange(m, device=h.device)  # (T, m)
+        return lagged if resets is None else _zero_lags_before_starts(lagged, source_times, resets)
     keep = torch.cat([mask.new_ones(B, m), mask], dim=1).bool()  # the initial lags count as kept steps
     rank = keep.long().cumsum(1) - 1  # index of the latest kept step at or before each position
     slots = torch.where(keep, rank, torch.full_like(rank, m + T))  # unkept positions go to a spare slot
@@ -83,8 +87,16 @@ def hlru_lagged_states(h: torch.Tensor, initial_state: torch.Tensor, mask: Optio
     position_of_rank.scatter_(1, slots, torch.arange(m + T, device=h.device).expand(B, -1))
     lag_ranks = rank[:, m:, None] - torch.arange(m, device=h.device)  # (B, T, m), all >= 0
     positions = position_of_rank.gather(1, lag_ranks.reshape(B, T * m))  # (B, T*m)
-    lagged = ext.gather(1, positions[..., None].expand(B, T * m, N))
-    return lagged.view(B, T, m, N).transpose(2, 3)
+    lagged = ext.gather(1, positions[..., None].expand(B, T * m, N)).view(B, T, m, N).transpose(2, 3)
+    return lagged if resets is None else _zero_lags_before_starts(lagged, positions.view(B, T, m) - m, resets)
+
+
+def _zero_lags_before_starts(lagged: torch.Tensor, source_times: torch.Tensor, resets: torch.Tensor) -> torch.Tensor:
+    """``lagged`` (B, T, N, m) with zero where its lag's step (``source_times`` (T, m) or (B, T, m); < 0: from
+    the initial state) lies before the latest document start at or before t (resets True at t > 0)."""
+    m, times = lagged.shape[-1], torch.arange(resets.shape[1], device=resets.device)
+    last_start = torch.where(resets & (times > 0), times, -m - 1).cummax(1).values  # (B, T)
+    return torch.where((source_times >= last_start[..., None])[:, :, None, :], lagged, 0.0)
 
 
 class HLRUMixer(nn.Module):
@@ -109,19 +121,22 @@ class HLRUMixer(nn.Module):
         return self.gate_logit_proj(x).view(B, T, self.num_channels, self.order + 1)
 
     def forward(
-        self, x: torch.Tensor, mask: Optional[torch.Tensor], state: Optional[torch.Tensor], return_state: bool
+        self, x: torch.Tensor, mask: Optional[torch.Tensor], state: Optional[torch.Tensor], return_state: bool,
+        resets: Optional[torch.Tensor] = None,
     ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """x (B, T, d), mask (B, T) or None, state (B, N, m) or None -> y (B, T, d), new state or None."""
+        """x (B, T, d), mask (B, T) or None, state (B, N, m) or None, resets (B, T) bool or None (document
+        starts, see ``hf_lrnn.ops``) -> y (B, T, d), new state or None."""
         B, T, _ = x.shape
         N, m = self.num_channels, self.order
         h, final_state = hlru_scan(
             self.value_proj(x), self.gate_logits(x), initial_state=state, output_final_state=return_state,
-            normalization=self.gate_normalization, mask=mask, backend=self.scan_backend,
+            normalization=self.gate_normalization, mask=mask, resets=resets, backend=self.scan_backend,
         )
-        if T == 1 and final_state is not None:  # a decode step: the lags after it are the final state
+        if T == 1 and final_state is not None:  # a decode step (resets apply from t = 1): the lags are the final state
             lagged = final_state.to(h.dtype)[:, None]
         else:
-            lagged = hlru_lagged_states(h, state if state is not None else h.new_zeros(B, N, m), mask)  # (B, T, N, m)
+            initial = state if state is not None else h.new_zeros(B, N, m)
+            lagged = hlru_lagged_states(h, initial, mask, resets)  # (B, T, N, m)
         return self.out_proj(lagged.reshape(B, T, N * m)), final_state
 
 
@@ -147,14 +162,16 @@ class BDLRUMixer(nn.Module):
         return self.gate_logit_proj(x).view(B, T, self.num_blocks, k, k + 1)
 
     def forward(
-        self, x: torch.Tensor, mask: Optional[torch.Tensor], state: Optional[torch.Tensor], return_state: bool
+        self, x: torch.Tensor, mask: Optional[torch.Tensor], state: Optional[torch.Tensor], return_state: bool,
+        resets: Optional[torch.Tensor] = None,
     ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """x (B, T, d), mask (B, T) or None, state (B, N, k) or None -> y (B, T, d), new state or None."""
+        """x (B, T, d), mask (B, T) or None, state (B, N, k) or None, resets (B, T) bool or None (document
+        starts) -> y (B, T, d), new state or None."""
         B, T, _ = x.shape
         v = self.value_proj(x).view(B, T, self.num_blocks, self.block_size)
         h, final_state = bdlru_scan(
             v, self.gate_logits(x), initial_state=state, output_final_state=return_state,
-            normalization=self.gate_normalization, mask=mask, backend=self.scan_backend,
+            normalization=self.gate_normalization, mask=mask, resets=resets, backend=self.scan_backend,
         )
         return self.out_proj(h.reshape(B, T, self.num_blocks * self.block_size)), final_state
 
@@ -175,10 +192,11 @@ class LRNNDecoderLayer(GradientCheckpointingLayer):
         self.mlp = LRNNMLP(config.hidden_size, config.intermediate_size)
 
     def forward(
-        self, hidden_states: torch.Tensor, mask: Optional[torch.Tensor] = None, layer_cache: Optional[LRNNCache] = None
+        self, hidden_states: torch.Tensor, mask: Optional[torch.Tensor] = None, layer_cache: Optional[LRNNCache] = None,
+        resets: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         state = layer_cache.states[self.layer_idx] if layer_cache is not None else None
-        mixed, new_state = self.mixer(self.mixer_norm(hidden_states), mask, state, layer_cache is not None)
+        mixed, new_state = self.mixer(self.mixer_norm(hidden_states), mask, state, layer_cache is not None, resets)
         if layer_cache is not None:
             layer_cache.store_state(self.layer_idx, new_state)
         hidden_states = hidden_states + mixed
@@ -286,13 +304,25 @@ class LRNNModel(LRNNPreTrainedModel):
         output_hidden_states: Optional[bool] = None,
         return_dict: Optional[bool] = None,
         past_key_values: Optional[LRNNCache] = None,
+        position_ids: Optional[torch.LongTensor] = None,
+        cu_seq_lens_q: Optional[torch.Tensor] = None,
+        cu_seq_lens_k: Optional[torch.Tensor] = None,
+        max_length_q: Optional[int] = None,
+        max_length_k: Optional[int] = None,
+        seq_idx: Optional[torch.Tensor] = None,
         **kwargs,
     ) -> Union[Tuple, BaseModelOutputWithPast]:
         """input_ids (B, T) of any integer dtype, or inputs_embeds (B, T, d); attention_mask (B, T) or (B, past + T)
         with 0 at padding (padded steps leave the recurrent state untouched; only its last T columns are read).
 
         ``cache``: a cache passed in is always read and advanced in place, whatever ``use_cache`` says;
-        ``use_cache`` decides whether a new cache is made when none is passed (and returned)."""
+        ``use_cache`` decides whether a new cache is made when none is passed (and returned).
+
+        Packed rows (padding-free, e.g. ``DataCollatorWithFlattening``): ``position_ids`` restarting at 0,
+        ``cu_seq_lens_q``/``_k`` (with ``max_length_q``/``_k``) or ``seq_idx`` mark where documents start, and
+        each document starts from a fresh (zero) state, as if run alone; position ids that count up by one
+        change nothing (the model has no positional embeddings). The table of rules and refusals is in
+        ``packing_lrnn``; passing any of them costs one host sync in eager mode (none under torch.compile)."""
         _check_extra_kwargs(kwargs)
         cache = pick_cache(cache, past_key_values)
         use_cache = use_cache if use_cache is not None else self.config.use_cache
@@ -306,10 +336,14 @@ class LRNNModel(LRNNPreTrainedModel):
                 "gradient checkpointing recomputes layers, which would advance the recurrent cache twice: "
                 "pass no cache in training with gradient checkpointing"
             )
+        mask = attention_mask[:, -T:] if attention_mask is not None else None
+        resets = document_starts(B, T, device, mask, cache is not None, position_ids=position_ids, seq_idx=seq_idx,
+                                 cu_seq_lens_q=cu_seq_lens_q, cu_seq_lens_k=cu_seq_lens_k,
+                                 max_length_q=max_length_q, max_length_k=max_length_k)
         if use_cache and cache is None and not checkpointing:
             cache = LRNNCache(self.config, batch_size=B, device=device)
 
-        mask = drop_mask_if_all_ones(attention_mask[:, -T:]) if attention_mask is not None else None
+        mask = drop_mask_if_all_ones(mask)
 
         if inputs_embeds is None:
             hidden_states = self.embed_tokens(input_ids.long())
@@ -317,7 +351,7 @@ class LRNNModel(LRNNPreTrainedModel):
             hidden_states = inputs_embeds.to(self.embed_tokens.weight.dtype)
         all_hidden_states = [hidden_states] if output_hidden_states else None
         for layer in self.layers:
-            hidden_states = layer(hidden_states, mask, cache)
+            hidden_states = layer(hidden_states, mask, cache, resets)
             if output_hidden_states:
                 all_hidden_states.append(hidden_states)
         hidden_states = self.norm(hidden_states)
@@ -369,6 +403,12 @@ class LRNNForCausalLM(LRNNGenerationMixin, LRNNPreTrainedModel):
         return_dict: Optional[bool] = None,
         logits_to_keep: Union[int, torch.Tensor] = 0,
         past_key_values: Optional[LRNNCache] = None,
+        position_ids: Optional[torch.LongTensor] = None,
+        cu_seq_lens_q: Optional[torch.Tensor] = None,
+        cu_seq_lens_k: Optional[torch.Tensor] = None,
+        max_length_q: Optional[int] = None,
+        max_length_k: Optional[int] = None,
+        seq_idx: Optional[torch.Tensor] = None,
         **kwargs,
     ) -> Union[Tuple, CausalLMOutputWithPast]:
         """As :meth:`LRNNModel.forward`, plus ``labels`` (B, T) for the next-token loss (shifted here) and the
@@ -385,6 +425,8 @@ class LRNNForCausalLM(LRNNGenerationMixin, LRNNPreTrainedModel):
             use_cache=use_cache,
             output_hidden_states=output_hidden_states,
             return_dict=True,
+            position_ids=position_ids, seq_idx=seq_idx, cu_seq_lens_q=cu_seq_lens_q, cu_seq_lens_k=cu_seq_lens_k,
+            max_length_q=max_length_q, max_length_k=max_length_k,
         )
         hidden_states = outputs.last_hidden_state
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep

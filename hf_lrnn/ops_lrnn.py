@@ -2,14 +2,27 @@
 by the implementation that one function picks (``select_scan``; its docstring tables the rules).
 
 Every implementation has one signature, called by keyword: ``(v, gate_logits, *, initial_state=None,
-output_final_state=False, normalization="softmax", mask=None) -> (h, final_state or None)``; the ops
-add ``backend``:
+output_final_state=False, normalization="softmax", mask=None, resets=None) -> (h, final_state or None)``;
+the ops add ``backend``:
 - ``"torch"``: PyTorch, differentiable by autograd: the chunked scan (``scan_chunked_lrnn``) or the plain loop
   (``scan_reference_lrnn``), whichever is cheaper for the shape.
 - ``"reference"``: the step-by-step loop (``scan_reference_lrnn``), for tests and benchmarks.
 - ``"triton"``: the fused Triton kernels (``scan_triton_lrnn``), CUDA tensors (or ``TRITON_INTERPRET=1``).
 - ``"auto"``: ``"triton"`` where it runs well, else ``"torch"``.
 A refusal of the chosen implementation raises :class:`ScanUnsupportedError`.
+
+What enters and leaves step t of row b (every implementation, every backend):
+
+=================================  ==========================================================================
+``resets[b, t]`` (document start)  the state entering step t
+=================================  ==========================================================================
+None or False                      the state after step t-1; ``initial_state`` (zeros if None) at t = 0
+True, t > 0                        zero (H-LRU: all m lags): no state or lag reaches across the boundary
+True, t = 0                        ``initial_state``: a row's first document starts from it
+=================================  ==========================================================================
+
+then the step: where ``mask[b, t]`` is 0 it is the identity (the state is kept and h_t repeats its newest
+entry, which is zero on a masked document start), else the recurrence.
 """
 from __future__ import annotations
 
@@ -20,7 +33,7 @@ import torch
 
 from .constants_lrnn import GATE_NORMALIZATIONS, SCAN_BACKENDS, ScanUnsupportedError
 from .scan_chunked_lrnn import bdlru_scan_chunked, hlru_scan_chunked
-from .scan_reference_lrnn import bdlru_scan_reference, hlru_scan_reference
+from .scan_reference_lrnn import bdlru_scan_reference, check_resets, hlru_scan_reference
 
 BACKENDS = SCAN_BACKENDS
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -106,9 +119,10 @@ def drop_mask_if_all_ones(mask: Optional[torch.Tensor]) -> Optional[torch.Tensor
     return None if bool(mask.all()) else mask
 
 
-def check_scan_inputs(kind: str, v, gate_logits, initial_state, mask, normalization: str) -> int:
-    """Every check of a scan's inputs (shapes, dtypes, devices, names); ValueError or TypeError naming the
-    tensor. Returns the order m (H-LRU) or block size k (BD-LRU)."""
+def check_scan_inputs(kind: str, v, gate_logits, initial_state, mask, normalization: str, resets=None) -> int:
+    """Every check of a scan's inputs (shapes, dtypes, devices, names; no values read, so no host sync);
+    ValueError or TypeError naming the tensor. Returns the order m (H-LRU) or block size k (BD-LRU). The
+    implementations check ``resets`` again (``check_resets``), as they are also called directly."""
     name = f"{kind}_scan"
     if not isinstance(v, torch.Tensor) or not isinstance(gate_logits, torch.Tensor):
         raise TypeError(f"{name}: v and gate_logits must be torch.Tensors")
@@ -150,6 +164,7 @@ def check_scan_inputs(kind: str, v, gate_logits, initial_state, mask, normalizat
             raise ValueError(f"{name}: mask must have shape (B, T) = {(B, T)}, got {tuple(mask.shape)}")
         if mask.device != v.device:
             raise ValueError(f"{name}: mask is on {mask.device}, v on {v.device}")
+    check_resets(name, resets, v)
     return size
 
 
@@ -161,6 +176,7 @@ def hlru_scan(
     output_final_state: bool = False,
     normalization: str = "softmax",
     mask: Optional[torch.Tensor] = None,
+    resets: Optional[torch.Tensor] = None,
     backend: str = "auto",
 ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     """m-th order selective linear recurrence per channel.
@@ -175,11 +191,13 @@ def hlru_scan(
         output_final_state: also return the state after the last step, (B, N, m).
         normalization: one of ``GATE_NORMALIZATIONS``.
         mask: optional (B, T); where 0 the state is left untouched and h repeats the last h.
+        resets: optional bool (B, T); True where a document starts: the state entering step t > 0 is zero,
+            all m lags (module docstring's table; packed rows, e.g. from ``DataCollatorWithFlattening``).
         backend: one of ``BACKENDS`` (see :func:`select_scan`).
     Returns:
         h (B, T, N) in v's dtype, final_state (B, N, m) in float32 (float64 for float64 inputs) or None.
     """
-    return _scan("hlru", v, gate_logits, initial_state, output_final_state, normalization, mask, backend)
+    return _scan("hlru", v, gate_logits, initial_state, output_final_state, normalization, mask, resets, backend)
 
 
 def bdlru_scan(
@@ -190,6 +208,7 @@ def bdlru_scan(
     output_final_state: bool = False,
     normalization: str = "softmax",
     mask: Optional[torch.Tensor] = None,
+    resets: Optional[torch.Tensor] = None,
     backend: str = "auto",
 ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     """Block-diagonal selective linear recurrence with dense k x k blocks.
@@ -202,14 +221,15 @@ def bdlru_scan(
         gate_logits: (B, T, N, k, k+1); ``[..., i, 0]`` is row i's input gate, ``[..., i, 1+j] = A[i, j]``.
         initial_state: optional (B, N, k); zeros if None.
         output_final_state, normalization, mask, backend: as in :func:`hlru_scan`.
+        resets: optional bool (B, T); True where a document starts: the state entering step t > 0 is zero.
     Returns:
         h (B, T, N, k) in v's dtype, final_state (B, N, k) in float32 (float64 for float64 inputs) or None.
     """
-    return _scan("bdlru", v, gate_logits, initial_state, output_final_state, normalization, mask, backend)
+    return _scan("bdlru", v, gate_logits, initial_state, output_final_state, normalization, mask, resets, backend)
 
 
-def _scan(kind, v, gate_logits, initial_state, output_final_state, normalization, mask, backend):
-    size = check_scan_inputs(kind, v, gate_logits, initial_state, mask, normalization)
+def _scan(kind, v, gate_logits, initial_state, output_final_state, normalization, mask, resets, backend):
+    size = check_scan_inputs(kind, v, gate_logits, initial_state, mask, normalization, resets)
     scan = select_scan(kind, size, v, backend)
     return scan(v, gate_logits, initial_state=initial_state, output_final_state=output_final_state,
-                normalization=normalization, mask=mask)
+                normalization=normalization, mask=mask, resets=resets)

@@ -524,7 +524,6 @@ def training_arguments(args, per_device: int) -> TrainingArguments:
         torch_compile=args.compile, seed=args.seed, eval_strategy="steps", eval_steps=args.eval_interval,
         logging_steps=args.log_interval, save_steps=args.save_interval or args.eval_interval, save_total_limit=2,
         dataloader_drop_last=False, dataloader_pin_memory=torch.cuda.is_available(), ddp_find_unused_parameters=False,
-        remove_unused_columns=False,  # keep position_ids (--packing): the model takes them through **kwargs
         use_cpu=not torch.cuda.is_available(),  # also what makes torchrun distribute on CPUs
         report_to=report_to_names(args.report_to),
         push_to_hub=args.push_to_hub, hub_model_id=args.hub_model_id, hub_strategy="end",
