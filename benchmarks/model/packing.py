@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.models import lrnn_fields
+from benchmarks.synthetic.run import environment
 from hf_lrnn import LRNNConfig, LRNNForCausalLM
 
 FULL = dict(vocab=32000, hidden=768, layers=12, batch=8, seq_len=4096, check_batch=2, check_len=1024, check_layers=2)
@@ -106,9 +107,7 @@ def main(argv=None) -> int:
     if not a.smoke and not torch.cuda.is_available():
         p.error("no CUDA device: run with --smoke on a CPU")
     low, high = (1, 12) if a.smoke else (a.min_doc, a.max_doc)
-    record = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "size": size,
-              "doc_lengths": [low, high], "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-              "models": {}}
+    record = {"env": environment(), "size": size, "doc_lengths": [low, high], "models": {}}
     for label in a.models:
         gen = torch.Generator().manual_seed(0)
         config = dict(vocab_size=size["vocab"], hidden_size=size["hidden"], scan_backend="torch" if a.smoke else "triton",

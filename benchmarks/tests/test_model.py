@@ -32,3 +32,17 @@ def test_bench_smoke_and_plot(tmp_path):
     table = (tmp_path / "model_bench.md").read_text()
     assert "Llama" in table and "| H-LRU m=2 | compiled | 1 x 16 |" in table
 
+
+
+def test_packing_smoke_packed_rows_equal_documents_alone(tmp_path):
+    """The packing benchmark's smoke mode: float64 packed rows give each document's logits and gradients."""
+    from benchmarks.model import packing
+
+    out = tmp_path / "packing.json"
+    assert packing.main(["--smoke", "--repeats", "1", "--out", str(out)]) == 0
+    record = json.loads(out.read_text())
+    assert set(record["models"]) == {"hlru_m2", "bdlru_k4"}
+    for result in record["models"].values():
+        assert result["equality"]["logits_max_rel_error"] < 1e-10
+        assert result["equality"]["grads_max_rel_error"] < 1e-10
+        assert result["speed"]["packed_tokens_per_s"] > 0 and result["speed"]["documents"] > 2
