@@ -87,9 +87,9 @@ def test_compiled_generate_gives_the_eager_greedy_tokens(mixer, batch):
     # One graph for every step: the inputs keep their layout (a new layout would recompile, or re-record the
     # CUDA graph, at every token).
     assert counters["stats"]["unique_graphs"] == 1
-    assert model._compiled_decode_config == compile_config
+    assert model._last_compile_config == compile_config
     calls = []
-    model._compiled_decode = lambda *args, real=model._compiled_decode: calls.append(1) or real(*args)
+    model._compiled_call = lambda *args, real=model._compiled_call: calls.append(1) or real(*args)
     assert torch.equal(model.generate(prompt, generation_config=config), eager)
     assert len(calls) == 11  # every decode step after the (eager) prefill went through the compiled call
 
