@@ -1,5 +1,5 @@
 """transformers' own model and generation tests (ModelTesterMixin, GenerationTesterMixin, ConfigTester) run
-against LRNNModel and LRNNForCausalLM, once with every layer H-LRU and once with every layer BD-LRU.
+against LRNNModel, LRNNForCausalLM and the two classification heads, once with every layer H-LRU and once with every layer BD-LRU.
 
 How to run: these tests import transformers' test modules (``tests.test_modeling_common``,
 ``tests.generation.test_utils``, ``tests.test_configuration_common``), which are not part of the installed
@@ -12,6 +12,7 @@ transformers' ``utils/test_module`` next to ``tests/``), then run from the repos
 ``-k HLRU`` or ``-k BDLRU`` runs one mixer; ``RUN_SLOW=1`` adds transformers' slow tests (torch.export).
 Without transformers' test modules the whole module is skipped, with the reason shown by ``pytest -rs``.
 """
+import contextlib
 import unittest
 from unittest import mock
 
@@ -33,7 +34,9 @@ except ImportError as error:  # the default test run: transformers' test modules
 from transformers.models.auto import modeling_auto
 from transformers.testing_utils import torch_device
 
-from hf_lrnn import LRNNCache, LRNNConfig, LRNNForCausalLM, LRNNModel
+from hf_lrnn import (
+    LRNNCache, LRNNConfig, LRNNForCausalLM, LRNNForSequenceClassification, LRNNForTokenClassification, LRNNModel,
+)
 from hf_lrnn.cache_lrnn import layer_state_shapes
 from hf_lrnn.generation_lrnn import CACHE_FIELD
 
@@ -78,8 +81,15 @@ class LRNNModelTester:
 def lrnn_in_transformers_model_name_tables():
     """transformers' tests tell a base model from a causal LM by its class name in the auto tables (the base
     model gets no labels and is left out of the training tests); list LRNN's there while a test runs."""
-    with mock.patch.dict(modeling_auto.MODEL_MAPPING_NAMES, {"lrnn": "LRNNModel"}), \
-            mock.patch.dict(modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, {"lrnn": "LRNNForCausalLM"}):
+    tables = {
+        "MODEL_MAPPING_NAMES": "LRNNModel",
+        "MODEL_FOR_CAUSAL_LM_MAPPING_NAMES": "LRNNForCausalLM",
+        "MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES": "LRNNForSequenceClassification",
+        "MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES": "LRNNForTokenClassification",
+    }
+    with contextlib.ExitStack() as stack:
+        for table, class_name in tables.items():
+            stack.enter_context(mock.patch.dict(getattr(modeling_auto, table), {"lrnn": class_name}))
         yield
 
 
@@ -87,7 +97,7 @@ class LRNNTransformersSuiteBase(ModelTesterMixin, GenerationTesterMixin):
     """transformers' model and generation tests for one mixer (``mixer``, set by the subclasses)."""
 
     mixer = None
-    all_model_classes = (LRNNModel, LRNNForCausalLM)
+    all_model_classes = (LRNNModel, LRNNForCausalLM, LRNNForSequenceClassification, LRNNForTokenClassification)
     has_attentions = False  # a recurrent model: no attention weights, as for Mamba/Mamba2
     # transformers runs its weight-initialisation test only for models it dates to 2023 or later (by the
     # config file's copyright line, which hf_lrnn's files do not have): run it.
