@@ -1,5 +1,6 @@
 """transformers' own model and generation tests (ModelTesterMixin, GenerationTesterMixin, ConfigTester) run
-against LRNNModel, LRNNForCausalLM and the two classification heads, once with every layer H-LRU and once with every layer BD-LRU.
+against LRNNModel, LRNNForCausalLM and the two classification heads, once with every layer H-LRU and once
+with every layer BD-LRU.
 
 How to run: these tests import transformers' test modules (``tests.test_modeling_common``,
 ``tests.generation.test_utils``, ``tests.test_configuration_common``), which are not part of the installed
@@ -11,6 +12,12 @@ transformers' ``utils/test_module`` next to ``tests/``), then run from the repos
 
 ``-k HLRU`` or ``-k BDLRU`` runs one mixer; ``RUN_SLOW=1`` adds transformers' slow tests (torch.export).
 Without transformers' test modules the whole module is skipped, with the reason shown by ``pytest -rs``.
+(transformers' source distribution, ``pip download transformers==VERSION --no-binary :all: --no-deps``, holds
+``tests/test_*_common.py`` but not ``tests/generation`` or ``tests/exporters``: those come from its repository.)
+
+PipelineTesterMixin is not used: its tests run only architectures listed in transformers' tiny-model summary
+(random checkpoints on the Hub), so for LRNN every one of them would skip; tests/test_heads.py runs the
+pipelines on LRNN models.
 """
 import contextlib
 import unittest
