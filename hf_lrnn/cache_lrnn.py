@@ -42,7 +42,8 @@ class LRNNCache(Cache):
                  compileable: bool = True):
         if getattr(config, "model_type", None) != LRNNConfig.model_type:  # also a remote-code copy of the class
             raise TypeError(f"LRNNCache(config, batch_size, device): config must be an LRNNConfig, got {type(config).__name__}")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 0:
+        # A torch.SymInt is the batch size of a forward traced with a dynamic batch (torch.export).
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, torch.SymInt)) or batch_size < 0:
             raise ValueError(f"LRNNCache: batch_size must be a non-negative int, got {batch_size!r}")
         super().__init__(layers=[])
         self._compileable = compileable

@@ -121,11 +121,13 @@ class LRNNGenerationMixin(GenerationMixin):
     def get_compiled_call(self, compile_config):
         """generate()'s compiled decode step: the forward from token ids to the last logits, compiled with
         ``compile_config`` (CUDA graphs under transformers' default "reduce-overhead"), and the output object
-        built outside the compiled region. Steps with other inputs (embeddings, hidden states) run eagerly."""
+        built outside the compiled region. Steps with other inputs (embeddings, hidden states) run eagerly.
+        The compiled function and its config are kept where transformers keeps them (``_compiled_call``,
+        ``_last_compile_config``), which its tests read as the record that generate() compiled the model."""
         compile_config = compile_config or self._default_compile_config()
-        if getattr(self, "_compiled_decode_config", None) != compile_config:
-            self._compiled_decode_config = compile_config
-            self._compiled_decode = torch.compile(self._decode_logits, **compile_config.to_dict())
+        if getattr(self, "_last_compile_config", None) != compile_config:
+            self._last_compile_config = compile_config
+            self._compiled_call = torch.compile(self._decode_logits, **compile_config.to_dict())
 
         def decode_step(input_ids=None, attention_mask=None, use_cache=True, return_dict=True, logits_to_keep=1, **rest):
             cache = rest.pop(CACHE_FIELD, None)
@@ -134,7 +136,7 @@ class LRNNGenerationMixin(GenerationMixin):
                             return_dict=return_dict, logits_to_keep=logits_to_keep, **{CACHE_FIELD: cache}, **rest)
             if compile_config.mode == "reduce-overhead":
                 torch.compiler.cudagraph_mark_step_begin()
-            logits = self._compiled_decode(input_ids, attention_mask, cache).clone()  # the graph reuses its output
+            logits = self._compiled_call(input_ids, attention_mask, cache).clone()  # the graph reuses its output
             return CausalLMOutputWithPast(logits=logits, **{CACHE_FIELD: cache})
 
         return decode_step

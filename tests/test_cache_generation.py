@@ -212,3 +212,9 @@ def test_an_empty_batch_with_the_default_use_cache_gives_an_empty_cache(mixer):
     out = tiny_model(mixer)(ids(0, 5))
     assert out.logits.shape == (0, 5, 37)
     assert getattr(out, CACHE_FIELD).batch_size == 0 and getattr(out, CACHE_FIELD).get_seq_length() == 5
+
+
+@pytest.mark.parametrize("batch_size", [-1, 2.0, True, "2"])
+def test_cache_refuses_a_batch_size_that_is_not_a_non_negative_int(batch_size):
+    with pytest.raises(ValueError, match=r"LRNNCache: batch_size must be a non-negative int, got"):
+        LRNNCache(tiny_model("hlru").config, batch_size=batch_size)

@@ -1,7 +1,8 @@
 """torch.compile readiness, on the CPU: no graph break in the forward, a training step and a
 cached decode step for both mixers; compiled gradients equal eager ones; the static in-place cache gives
 what fresh per-step states give; compiled generate() gives eager generate()'s greedy tokens; the Triton
-scans are custom operators that pass torch.library.opcheck (through Triton's interpreter).
+scans are custom operators that pass torch.library.opcheck (through Triton's interpreter); torch.export with
+a dynamic batch gives eager's outputs.
 
 The compiled runs use the "aot_eager" backend: dynamo and AOTAutograd trace exactly as with inductor, but
 no C++ compiler is needed, which keeps the tests fast and the CI machine's toolchain out of them.
@@ -87,9 +88,9 @@ def test_compiled_generate_gives_the_eager_greedy_tokens(mixer, batch):
     # One graph for every step: the inputs keep their layout (a new layout would recompile, or re-record the
     # CUDA graph, at every token).
     assert counters["stats"]["unique_graphs"] == 1
-    assert model._compiled_decode_config == compile_config
+    assert model._last_compile_config == compile_config
     calls = []
-    model._compiled_decode = lambda *args, real=model._compiled_decode: calls.append(1) or real(*args)
+    model._compiled_call = lambda *args, real=model._compiled_call: calls.append(1) or real(*args)
     assert torch.equal(model.generate(prompt, generation_config=config), eager)
     assert len(calls) == 11  # every decode step after the (eager) prefill went through the compiled call
 
@@ -126,3 +127,28 @@ def test_training_step_through_the_triton_custom_ops_compiles_whole(mixer):
     torch.compile(model, backend="aot_eager", fullgraph=True)(input_ids=x, labels=x, use_cache=False).loss.backward()
     for name, p in model.named_parameters():
         torch.testing.assert_close(p.grad, eager[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+class LogitsAndStates(torch.nn.Module):
+    """A model's forward with a fresh cache, returning the logits and every layer's final state (torch.export
+    needs plain tensors out)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids):
+        out = self.model(input_ids=input_ids, use_cache=True)
+        return (out.logits, *getattr(out, CACHE_FIELD).states)
+
+
+@pytest.mark.parametrize("mixer", ["hlru", "bdlru"])
+def test_export_with_a_dynamic_batch_makes_its_cache_and_matches_eager(mixer):
+    """torch.export with a symbolic batch size: the forward makes its LRNNCache from a torch.SymInt batch, and
+    the exported program gives eager's logits and final states at another batch size."""
+    module = LogitsAndStates(tiny_model(mixer).eval())
+    batch = torch.export.Dim("batch", min=1, max=8)
+    program = torch.export.export(module, (ids(2, 6),), dynamic_shapes=({0: batch},))
+    x = ids(3, 6, seed=1)
+    with torch.no_grad():
+        torch.testing.assert_close(program.module()(x), module(x))
