@@ -153,7 +153,7 @@ def usage_error(argv):
     return lines[0]
 
 
-BAD_ARGUMENTS = [  # issue 21 items 9 and 14
+BAD_ARGUMENTS = [  # (argv, what the one-line error says)
     (["CKPT", "--temperature", "0", "--prompt", "x"], "--temperature must be a finite number > 0"),
     (["CKPT", "--temperature", "nan", "--prompt", "x"], "--temperature must be a finite number > 0 (or use --greedy), got nan"),
     (["CKPT", "--top-p", "1.5", "--prompt", "x"], "--top-p must be in (0, 1]"),

@@ -21,7 +21,7 @@ its position marker), ``STATE`` (layer 1 writes the 25 state entries H[i, j] = b
 
 Also here: a k = 4 construction with ``gate_normalization="none"`` (S5's 4-dimensional standard
 representation), which no normalised gate can give, and the enumeration of the signed permutation groups
-B_4 and B_5 behind the block-size bound (issue 18; the argument is in benchmarks/README.md).
+B_4 and B_5 behind the block-size bound (the argument is in benchmarks/README.md).
 """
 import itertools
 import os

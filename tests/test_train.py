@@ -237,7 +237,7 @@ def usage_error(argv, after_work=False):
     return lines[0]
 
 
-BAD_ARGUMENTS = [  # (argv, what the one-line error says); issue 21 items 3, 5 and 9
+BAD_ARGUMENTS = [  # (argv, what the one-line error says): values that used to fail after training or run uselessly
     (["--data", "no/such/file.txt"], "--data no/such/file.txt: no such file or folder"),
     (["--preset", "huge"], "argument --preset: invalid choice: 'huge'"),
     (["--arch", "gpt"], "argument --arch: invalid choice: 'gpt'"),
