@@ -5,6 +5,7 @@
     python scripts/train.py --data notes.txt --preset 10m --mixer bdlru --block-size 4 --bf16
     python scripts/train.py --data corpus.jsonl --text-field body --tokenizer gpt2
     python scripts/train.py --data roneneldan/TinyStories --preset 10m --max-steps 5000 --packing
+    python scripts/train.py --data roneneldan/TinyStories --preset 10m --max-steps 5000 --layout padded  # its baseline
     python scripts/train.py --resume --output-dir runs/lrnn   # continue that run from its last checkpoint
     python scripts/train.py --report-to tensorboard           # log to TensorBoard (pip install tensorboard) as well
     torchrun --nproc_per_node 2 scripts/train.py ...          # DDP: 2 processes (GPUs, or CPUs without a GPU)
@@ -43,9 +44,10 @@ PRESETS = {  # name: (hidden_size, layers)
 MAMBA_LAYERS_PER_BLOCK = 2.2  # a Mamba block (~6.3 d^2) has no MLP; an H-LRU block is ~14 d^2
 # The arguments that make a run what it is: --resume refuses to change them (its checkpoint holds that model,
 # tokenizer and data position). The others (steps, intervals, learning rate, output, sampling) may change.
-RUN_DEFINING_ARGUMENTS = ("data", "text_field", "val_fraction", "packing", "tokenizer", "vocab_size", "seq_len", "arch",
+RUN_DEFINING_ARGUMENTS = ("data", "text_field", "val_fraction", "layout", "tokenizer", "vocab_size", "seq_len", "arch",
                           "preset", "hidden_size", "layers", "mixer", "order", "block_size", "batch_size", "grad_accum",
                           "seed")
+LAYOUTS = ("stream", "packed", "padded")  # --layout: see its help
 PACKAGE_OF_INTEGRATION = {"tensorboard": "tensorboard", "comet_ml": "comet_ml", "azure_ml": "azureml-core",
                           "flyte": "flytekit"}  # --report-to names whose pip package has another name get it here
 
@@ -86,10 +88,15 @@ def build_parser() -> ArgumentParser:
                    f"Hub dataset name (name or name:config); '{EMBEDDED_CORPUS}' is scripts/data/tinyshakespeare.txt")
     g.add_argument("--text-field", default="text", help="column holding the text (JSONL and Hub datasets)")
     g.add_argument("--val-fraction", type=float, default=0.1, help="held-out tail when there is no validation split")
-    g.add_argument("--packing", action="store_true", help="train on whole documents (a text file's paragraphs between "
-                   "blank lines, or a dataset's records) packed into rows of --seq-len tokens without padding: "
-                   "position_ids restart at 0 at each document and no loss spans two documents. Without it: the "
-                   "corpus is one token stream cut into blocks of --seq-len (no padding either)")
+    layout = g.add_mutually_exclusive_group()
+    layout.add_argument("--layout", choices=LAYOUTS, default="stream", help="the training rows. stream: the corpus as "
+                        "one token stream cut into blocks of --seq-len (no padding; the state runs from one document "
+                        "into the next). packed: whole documents (a text file's paragraphs between blank lines, or a "
+                        "dataset's records) packed into rows of --seq-len tokens without padding; position_ids restart "
+                        "at 0 at each document and no loss spans two documents. padded: one document per row (one "
+                        "longer than --seq-len is cut into pieces that each start fresh), each batch padded to its "
+                        "longest row (attention_mask 0, labels -100 on the padding)")
+    layout.add_argument("--packing", action="store_const", dest="layout", const="packed", help="--layout packed")
     g.add_argument("--tokenizer", default="bpe", help="'bpe': train a byte-level BPE of --vocab-size on the corpus "
                    "(--vocab-size 257 is plain bytes); or a local folder / Hub id for AutoTokenizer")
     g.add_argument("--vocab-size", type=int, default=1024, help="vocabulary of the trained BPE (>= 257)")
@@ -150,6 +157,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         if not saved_path.is_file():
             fail(f"--resume: no {saved_path} (is --output-dir the folder of an earlier run?)")
         saved = json.loads(saved_path.read_text())
+        if "layout" not in saved:  # a run saved before --layout: its --packing flag was the layout
+            saved["layout"] = "packed" if saved.pop("packing", False) else "stream"
         p.set_defaults(**{k: v for k, v in saved.items() if k not in ("resume", "overwrite")})
         args = p.parse_args(argv)
         changed = [f"--{k.replace('_', '-')} {getattr(args, k)} (the run has {saved.get(k)})"
@@ -180,9 +189,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         fail(f"--vocab-size must be >= 257 (256 bytes + end-of-text) for --tokenizer bpe, got {args.vocab_size}")
     if args.sample_tokens and not args.prompt:
         fail("--prompt is empty: the sample needs a prompt (or give --sample-tokens 0 for no sample)")
-    if args.packing and args.arch == "mamba":
-        fail("--packing: Mamba takes no position_ids, so its state would run from one document into the next; "
-             "use --arch lrnn or llama, or train Mamba without --packing")
+    if args.layout == "packed" and args.arch == "mamba":
+        fail("--packing (--layout packed): Mamba takes no position_ids, so its state would run from one document into "
+             "the next; use --arch lrnn or llama, or train Mamba with --layout stream or padded")
     reporters = report_to_names(args.report_to)
     if not all(reporters) or len(reporters) > 1 and ("none" in reporters or "all" in reporters):
         fail(f"--report-to {args.report_to}: give none, all, or comma-separated integration names")
@@ -297,7 +306,7 @@ def read_text_file(path: Path) -> str:
 
 
 def split_documents(text: str) -> list[str]:
-    """A text file's documents for --packing: its paragraphs, separated by blank lines."""
+    """A text file's documents for --layout packed or padded: its paragraphs, separated by blank lines."""
     return [doc.strip("\n") for doc in re.split(r"\n[ \t]*\n", text) if doc.strip()]
 
 
@@ -306,7 +315,7 @@ def load_corpus(args) -> datasets.DatasetDict:
     path = Path(args.data).expanduser()
     if args.data == EMBEDDED_CORPUS or path.suffix not in (".jsonl", ".json") and path.is_file():
         text = read_text_file(EMBEDDED_CORPUS_PATH if args.data == EMBEDDED_CORPUS else path)
-        if args.packing:  # documents: the last --val-fraction of them is the validation set
+        if args.layout != "stream":  # documents: the last --val-fraction of them is the validation set
             docs = split_documents(text)
             cut = min(int(len(docs) * (1 - args.val_fraction)), len(docs) - 1)
             train, validation = docs[:cut], docs[cut:]
@@ -413,6 +422,40 @@ def tokenize_into_packed_rows(ds: datasets.DatasetDict, tokenizer, seq_len: int)
                                                  batch_size=1000, remove_columns=["ids"], desc=f"packed rows of {seq_len}")
 
 
+def document_rows(documents: list[list[int]], seq_len: int) -> dict[str, list[list[int]]]:
+    """--layout padded: one document (token ids ending in end-of-text) per row, unpadded; a document longer than
+    seq_len is cut into pieces of seq_len tokens (the last one shorter), each a row that starts fresh. Pieces of
+    one token (no next-token target) are dropped. Rows have lengths 2..seq_len; pad_batch pads each batch."""
+    rows = [ids[i:i + seq_len] for ids in documents for i in range(0, len(ids), seq_len)]
+    return {"input_ids": [row for row in rows if len(row) >= 2]}
+
+
+def tokenize_into_document_rows(ds: datasets.DatasetDict, tokenizer, seq_len: int) -> datasets.DatasetDict:
+    """Tokenize each document (+ end-of-text) into rows of one document each (document_rows)."""
+    return tokenize_documents(ds, tokenizer).map(lambda batch: document_rows(batch["ids"], seq_len), batched=True,
+                                                 batch_size=1000, remove_columns=["ids"], desc=f"documents of <= {seq_len}")
+
+
+class PadBatch:
+    """The collator of --layout padded: rows of token ids (lengths L_i) to a batch of (B, max L_i) tensors,
+    padded on the right with pad_token_id: input_ids, attention_mask (1 on the tokens, 0 on the padding) and
+    labels (the tokens, -100 on the padding; the model shifts them). The LRNN leaves its state untouched where
+    the mask is 0, and the loss never reads the padding."""
+
+    def __init__(self, pad_token_id: int):
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
+        rows = [list(f["input_ids"]) for f in features]
+        longest = max(len(row) for row in rows)
+        mask = torch.tensor([[1] * len(row) + [0] * (longest - len(row)) for row in rows])
+        input_ids = torch.tensor([row + [self.pad_token_id] * (longest - len(row)) for row in rows])
+        return {"input_ids": input_ids, "attention_mask": mask, "labels": input_ids.masked_fill(mask == 0, -100)}
+
+
+TOKENIZE_INTO = {"stream": tokenize_into_blocks, "packed": tokenize_into_packed_rows, "padded": tokenize_into_document_rows}
+
+
 # ------------------------------------------------------------------------------------------ model
 def describe(config) -> str:
     if config.model_type == "lrnn":
@@ -446,12 +489,30 @@ def non_default_config(config) -> dict:
 
 # ---------------------------------------------------------------------------------------- trainer
 class Throughput(TrainerCallback):
-    """Training tokens/s over the optimizer steps after the first few warm-up ones (evaluation and saving excluded);
-    with --max-time, stops training once that many seconds have passed."""
+    """Training tokens/s of real (non-padding) tokens over the optimizer steps after the first few warm-up ones
+    (evaluation and saving excluded); with --max-time, stops training once that many seconds have passed. The
+    trainer passes it every training micro-batch (count_batch); the counts are this process's until
+    sum_over_processes."""
 
-    def __init__(self, tokens_per_step: int, max_time=None, skip: int = 3):
-        self.tokens_per_step, self.max_time, self.skip = tokens_per_step, max_time, skip
+    def __init__(self, max_time=None, skip: int = 3):
+        self.max_time, self.skip = max_time, skip
         self.seconds, self.all_seconds, self.steps, self.start = 0.0, 0.0, 0, time.time()
+        self.real_tokens = self.padding_tokens = self.timed_real_tokens = self.step_real_tokens = 0
+
+    def count_batch(self, inputs: dict) -> None:
+        """Adds a micro-batch's real tokens (attention_mask 1, or all of input_ids without a mask) and padding."""
+        mask = inputs.get("attention_mask")
+        real = int(mask.sum()) if mask is not None else inputs["input_ids"].numel()
+        self.step_real_tokens += real
+        self.padding_tokens += inputs["input_ids"].numel() - real
+
+    def sum_over_processes(self) -> None:
+        """Every process's token counts summed (call on every process of a distributed run, after training)."""
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            counts = torch.tensor([self.real_tokens, self.padding_tokens, self.timed_real_tokens], dtype=torch.float64,
+                                  device="cuda" if torch.distributed.get_backend() == "nccl" else "cpu")
+            torch.distributed.all_reduce(counts)
+            self.real_tokens, self.padding_tokens, self.timed_real_tokens = (int(c) for c in counts.tolist())
 
     def _sync(self):
         if torch.cuda.is_available():
@@ -466,22 +527,39 @@ class Throughput(TrainerCallback):
         self.steps += 1
         seconds = time.perf_counter() - self.t0
         self.all_seconds += seconds
+        self.real_tokens += self.step_real_tokens
         if self.steps > self.skip:
             self.seconds += seconds
+            self.timed_real_tokens += self.step_real_tokens
+        self.step_real_tokens = 0
         if self.max_time and time.time() - self.start > self.max_time:
             control.should_training_stop = True
 
     @property
     def tokens_per_second(self) -> float:
+        """Real tokens per second, after the warm-up steps (over all steps in a run of no more than those)."""
         if self.steps > self.skip:
-            return self.tokens_per_step * (self.steps - self.skip) / self.seconds
-        return self.tokens_per_step * self.steps / self.all_seconds if self.steps else float("nan")  # a very short run
+            return self.timed_real_tokens / self.seconds
+        return self.real_tokens / self.all_seconds if self.steps else float("nan")
+
+    @property
+    def padding_share(self) -> float:
+        """The fraction of the training batches' tokens that is padding."""
+        total = self.real_tokens + self.padding_tokens
+        return self.padding_tokens / total if total else float("nan")
 
 
 class CardTrainer(Trainer):
-    """Trainer whose model card (README.md, also what push_to_hub uploads) is ours."""
+    """Trainer whose model card (README.md, also what push_to_hub uploads) is ours, and which shows every training
+    micro-batch to its Throughput callback (the real tokens of a padded batch are known only there)."""
 
     card_fields: dict = {}
+    throughput: Throughput | None = None
+
+    def training_step(self, model, inputs, *args, **kwargs):
+        if self.throughput is not None:
+            self.throughput.count_batch(inputs)
+        return super().training_step(model, inputs, *args, **kwargs)
 
     def create_model_card(self, **kwargs):
         if self.is_world_process_zero() and self.card_fields:
@@ -550,14 +628,15 @@ def main(argv=None):
                  None if args.tokenizer == "bpe" else load_pretrained_tokenizer(args.tokenizer))
     corpus = load_corpus(args)
     tokenizer = tokenizer or train_bpe_tokenizer(corpus["train"], args.vocab_size)
-    data = (tokenize_into_packed_rows if args.packing else tokenize_into_blocks)(corpus, tokenizer, args.seq_len)
+    data = TOKENIZE_INTO[args.layout](corpus, tokenizer, args.seq_len)
     val_chars = sum(len(t) for t in corpus["validation"]["text"])
-    val_targets = (sum(sum(p != 0 for p in row) for row in data["validation"]["position_ids"]) if args.packing
-                   else len(data["validation"]) * args.seq_len)
+    val_targets = {"stream": lambda rows: len(rows) * args.seq_len,
+                   "packed": lambda rows: sum(sum(p != 0 for p in row) for row in rows["position_ids"]),
+                   "padded": lambda rows: sum(len(row) - 1 for row in rows["input_ids"])}[args.layout](data["validation"])
     val_tokens_per_char = val_targets / max(val_chars, 1)
     if len(data["train"]) < args.batch_size or len(data["validation"]) == 0:
         fail(f"the corpus is too small: {len(data['train'])} training / {len(data['validation'])} validation rows of "
-             f"{args.seq_len} tokens (need >= --batch-size {args.batch_size} and >= 1): give more data, a smaller "
+             f"{'<= ' if args.layout == 'padded' else ''}{args.seq_len} tokens (need >= --batch-size {args.batch_size} and >= 1): give more data, a smaller "
              f"--seq-len or --batch-size, or a larger --val-fraction")
     train_data = data["train"].select(range(len(data["train"]) // args.batch_size * args.batch_size))  # whole batches
     eval_data = data["validation"]
@@ -573,30 +652,35 @@ def main(argv=None):
     if args.gradient_checkpointing:  # transformers 5.24 renamed it activation checkpointing
         getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)()
     if is_main:
-        layout = "packed rows of whole documents" if args.packing else "blocks of the token stream"
+        rows = {"stream": "blocks of the token stream", "packed": "packed rows of whole documents",
+                "padded": "rows of one document each (padded per batch), at most"}[args.layout]
         print(f"{describe(config)}: {n_params / 1e6:.2f}M parameters, {config.num_hidden_layers} layers, d={config.hidden_size}, "
-              f"vocab {len(tokenizer)}; {len(train_data)} training / {len(eval_data)} validation {layout} of {args.seq_len} tokens")
+              f"vocab {len(tokenizer)}; {len(train_data)} training / {len(eval_data)} validation {rows} of {args.seq_len} tokens")
         out.mkdir(parents=True, exist_ok=True)
         if args.overwrite:
             remove_earlier_checkpoints(out)
         (out / "run_args.json").write_text(json.dumps({k: v for k, v in vars(args).items() if k not in ("resume", "overwrite")}, indent=1))
 
     training_args = training_arguments(args, per_device)
-    tokens_per_step = args.batch_size * args.seq_len  # every token is real: neither layout pads
-    throughput = Throughput(tokens_per_step, args.max_time)
+    throughput = Throughput(args.max_time)
+    collator = PadBatch(tokenizer.pad_token_id) if args.layout == "padded" else transformers.default_data_collator
     trainer = CardTrainer(model=model, args=training_args, train_dataset=train_data, eval_dataset=eval_data,
-                          processing_class=tokenizer, callbacks=[throughput],
-                          data_collator=transformers.default_data_collator)
+                          processing_class=tokenizer, callbacks=[throughput], data_collator=collator)
+    trainer.throughput = throughput
     train_output = trainer.train(resume_from_checkpoint=checkpoint)
+    throughput.sum_over_processes()
 
     # Validation loss / perplexity, then the model folder, before anything optional.
     eval_loss = trainer.evaluate()["eval_loss"]
     model.config.use_cache = type(model.config)().use_cache  # Trainer switched the cache off for training
     metrics = {
         "model": describe(config), "parameters": n_params, "steps": trainer.state.global_step,
-        "train_tokens": trainer.state.global_step * tokens_per_step, "eval_loss": eval_loss,
+        # stream and packed rows are all real tokens; padded rows are counted (this session's steps only)
+        "train_tokens": (trainer.state.global_step * args.batch_size * args.seq_len if args.layout != "padded"
+                         else throughput.real_tokens), "eval_loss": eval_loss,
         "eval_perplexity": math.exp(eval_loss), "eval_bits_per_char": eval_loss * val_tokens_per_char / math.log(2),
-        "packing": args.packing, "padding_tokens_per_step": 0, "train_real_tokens_per_second": throughput.tokens_per_second,
+        "layout": args.layout, "packing": args.layout == "packed", "train_real_tokens_per_second": throughput.tokens_per_second,
+        "padding_tokens_per_step": throughput.padding_tokens / max(throughput.steps, 1), "padding_share": throughput.padding_share,
         "train_runtime_s": train_output.metrics["train_runtime"],
         "world_size": world, "fsdp": trainer.is_fsdp_enabled, "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
         "scan_backend": getattr(config, "scan_backend", None), "torch": torch.__version__, "transformers": transformers.__version__,
@@ -638,8 +722,11 @@ def main(argv=None):
             if args.data == EMBEDDED_CORPUS else f"`{args.data}`") + (
             f", the last {args.val_fraction:.0%} held out for validation" if args.data == EMBEDDED_CORPUS or Path(args.data).suffix == ".txt" else ""),
         dataset_id=None if Path(args.data).exists() or args.data == EMBEDDED_CORPUS else args.data,
-        layout=(f"whole documents packed into rows of {args.seq_len} tokens (no padding; position_ids restart at each "
-                "document, no loss across documents)") if args.packing else f"blocks of {args.seq_len} tokens of the concatenated corpus",
+        layout={"stream": f"blocks of {args.seq_len} tokens of the concatenated corpus",
+                "packed": f"whole documents packed into rows of {args.seq_len} tokens (no padding; position_ids restart "
+                          "at each document, no loss across documents)",
+                "padded": f"one document per row (longer ones cut into pieces of {args.seq_len} tokens), each batch "
+                          "padded to its longest row (attention_mask 0, no loss on the padding)"}[args.layout],
         tokenizer=(f"byte-level BPE, {len(tokenizer)} tokens, trained on the training split" if args.tokenizer == "bpe" else args.tokenizer),
         seq_len=args.seq_len, steps=metrics["steps"], batch_size=args.batch_size, train_tokens=metrics["train_tokens"],
         lr=args.lr, lr_scheduler=args.lr_scheduler, precision="bf16" if args.bf16 else "fp32", world_size=world,

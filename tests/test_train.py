@@ -1,7 +1,7 @@
 """scripts/train.py end to end on a tiny model: train, save, model card, loss curve, reload in a clean process
 (trust_remote_code, hf_lrnn not importable) with the card's own usage code, generate; resume continues the
 same run, leaves a finished run alone and refuses an incompatible one; an occupied --output-dir is refused
-unless --overwrite; --packing (the batches the Trainer sees); a small corpus; --report-to; every argument
+unless --overwrite; --layout packed and padded (the batches the Trainer sees, the real-token throughput); a small corpus; --report-to; every argument
 error found before any work, as one line with status 2."""
 import hashlib
 import json
@@ -264,7 +264,10 @@ BAD_ARGUMENTS = [  # (argv, what the one-line error says): values that used to f
     (["--block-size", "0"], "--block-size must be >= 1"),
     (["--mixer", "bdlru", "--block-size", "3"], "LRNNConfig.recurrent_size (128) must be a multiple of block_size (3)"),
     (["--hidden-size", "90", "--mixer", "bdlru"], "LRNNConfig.recurrent_size (90) must be a multiple of block_size (4)"),
-    (["--arch", "mamba", "--packing"], "--packing: Mamba takes no position_ids"),
+    (["--arch", "mamba", "--packing"], "--packing (--layout packed): Mamba takes no position_ids"),
+    (["--arch", "mamba", "--layout", "packed"], "--packing (--layout packed): Mamba takes no position_ids"),
+    (["--layout", "padded", "--packing"], "argument --packing: not allowed with argument --layout"),
+    (["--layout", "ragged"], "argument --layout: invalid choice: 'ragged'"),
     (["--resume", "--overwrite"], "give one of them"),
     (["--resume", "--output-dir", "/nonexistent/run"], "--resume: no /nonexistent/run/run_args.json"),
 ]
@@ -352,7 +355,8 @@ def test_an_occupied_output_dir_is_refused_and_left_alone(run, tmp_path):
     (["--mixer", "bdlru"], "--mixer bdlru (the run has hlru)"),
     (["--hidden-size", "64", "--seq-len", "16"], "--seq-len 16 (the run has 32), --hidden-size 64 (the run has 32)"),
     (["--data", "tinyshakespeare"], "--data tinyshakespeare (the run has"),
-    (["--packing"], "--packing True (the run has False)"),
+    (["--packing"], "--layout packed (the run has stream)"),
+    (["--layout", "padded"], "--layout padded (the run has stream)"),
 ])
 def test_resume_refuses_to_change_the_run(run, tmp_path, flags, message):
     out, _, _ = run
@@ -431,7 +435,7 @@ def test_packing_trains_saves_and_records_real_token_throughput(packed_run):
     assert metrics["steps"] == 4 and metrics["eval_loss"] < 6.0
     assert sorted(p.name for p in folder.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
     assert metrics["sample"] == "(no sample: --sample-tokens 0)"
-    assert json.loads((folder / "run_args.json").read_text())["packing"] is True
+    assert json.loads((folder / "run_args.json").read_text())["layout"] == "packed"
     assert "whole documents packed into rows of 64 tokens" in (folder / "README.md").read_text()
     losses_logged = losses(json.loads((folder / "metrics.json").read_text())["log_history"])
     assert sorted(losses_logged) == [1, 2, 3, 4]
@@ -451,6 +455,109 @@ def test_pack_rows_matches_data_collator_with_flattening():
     assert rows["input_ids"][1] == [7, 8, 9, 10, 11, 12] and rows["position_ids"][1] == [0, 1, 2, 3, 0, 1]
     assert rows["labels"][1] == [-100, 8, 9, 10, -100, 12]
     assert len(rows["input_ids"]) == 2  # 13 and 14 do not fill a row
+
+
+@pytest.fixture(scope="module")
+def padded_run(corpus, tmp_path_factory):
+    """--layout padded on the packed run's settings; the batches the Trainer passes to compute_loss are recorded."""
+    folder = tmp_path_factory.mktemp("padded") / "run"
+    batches = []
+    compute_loss = train.CardTrainer.compute_loss
+
+    def recording_compute_loss(self, model, inputs, *args, **kwargs):
+        if model.training:
+            batches.append({k: v.detach().clone() for k, v in inputs.items()})
+        return compute_loss(self, model, inputs, *args, **kwargs)
+
+    argv = ["--data", str(corpus), "--output-dir", str(folder), "--layout", "padded", "--max-steps", "4",
+            "--eval-interval", "2", "--log-interval", "1", "--sample-tokens", "0"] + TINY[:TINY.index("--max-steps")] + [
+            "--warmup-steps", "1", "--scan-backend", "torch", "--seq-len", "64"]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(train.CardTrainer, "compute_loss", recording_compute_loss)
+        metrics = train.main(argv)
+    return folder, metrics, batches
+
+
+def test_padded_batches_hold_one_document_per_row(padded_run):
+    """What the Trainer sees with --layout padded: each row one document (end-of-text only as its last real token;
+    a row of --seq-len tokens may be a piece of a longer one), right-padded to the batch's longest row with
+    attention_mask 0, labels -100 and the pad id there, labels = input ids on the tokens; no position_ids."""
+    folder, _, batches = padded_run
+    config = json.loads((folder / "config.json").read_text())
+    eos, pad = config["eos_token_id"], config["pad_token_id"]
+    assert len(batches) == 4 and all(set(b) == {"input_ids", "attention_mask", "labels"} for b in batches)
+    padded_rows = 0
+    for batch in batches:
+        ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
+        assert ids.shape == mask.shape == labels.shape and ids.shape[0] == 4 and ids.shape[1] <= 64
+        lengths = mask.sum(1)
+        assert int(lengths.max()) == ids.shape[1] and int(lengths.min()) >= 2  # padded to the longest row, no more
+        for row_ids, row_mask, row_labels, length in zip(ids, mask, labels, lengths.tolist()):
+            assert row_mask[:length].all() and not row_mask[length:].any()  # padding on the right only
+            assert (row_ids[length:] == pad).all() and (row_labels[length:] == -100).all()
+            assert torch_equal(row_labels[:length], row_ids[:length])
+            assert not (row_ids[:length - 1] == eos).any()  # one document: no end-of-text before the last token
+            assert row_ids[length - 1] == eos or length == 64  # a shorter row is a whole document
+            padded_rows += length < ids.shape[1]
+    assert padded_rows > 0
+
+
+def test_padded_run_counts_real_tokens_and_padding(padded_run):
+    """The padded run trains and saves; metrics.json's real tokens and padding are those of the batches the
+    Trainer saw (attention_mask 1 and 0), its real-token throughput is positive, and the model card says the layout."""
+    folder, metrics, batches = padded_run
+    real = sum(int(b["attention_mask"].sum()) for b in batches)
+    padding = sum(int((b["attention_mask"] == 0).sum()) for b in batches)
+    assert metrics["layout"] == "padded" and metrics["packing"] is False and metrics["steps"] == 4
+    assert metrics["train_tokens"] == real and metrics["padding_tokens_per_step"] == padding / 4
+    assert metrics["padding_share"] == pytest.approx(padding / (real + padding)) and 0 < metrics["padding_share"] < 1
+    assert metrics["train_real_tokens_per_second"] > 0 and metrics["eval_loss"] < 6.0
+    assert (folder / "model.safetensors").is_file()
+    assert json.loads((folder / "metrics.json").read_text())["padding_share"] == metrics["padding_share"]
+    assert json.loads((folder / "run_args.json").read_text())["layout"] == "padded"
+    assert "one document per row (longer ones cut into pieces of 64 tokens)" in (folder / "README.md").read_text()
+
+
+@pytest.mark.parametrize("which, layout", [("run", "stream"), ("packed_run", "packed"), ("padded_run", "padded")])
+def test_each_layout_records_real_token_throughput_and_padding_share(request, which, layout):
+    """metrics.json of a tiny run of each layout: the layout, its real-token throughput and its padding share
+    (none for stream and packed rows, which are full)."""
+    folder = request.getfixturevalue(which)[0]
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["layout"] == layout and metrics["train_real_tokens_per_second"] > 0
+    assert (metrics["padding_share"] > 0) == (layout == "padded") and (metrics["padding_tokens_per_step"] > 0) == (layout == "padded")
+
+
+def test_resume_of_a_run_saved_before_layout_reads_its_packing_flag(run, tmp_path):
+    """A run_args.json written before --layout holds "packing": its value becomes the layout, so such a run
+    resumes as it was and still refuses a layout change."""
+    out, _, _ = run
+    saved = json.loads((out / "run_args.json").read_text())
+    for packing, layout in ((True, "packed"), (False, "stream")):
+        old = {k: v for k, v in saved.items() if k != "layout"} | {"packing": packing}
+        (tmp_path / "run_args.json").write_text(json.dumps(old))
+        args = train.parse_args(["--resume", "--output-dir", str(tmp_path)])
+        assert args.layout == layout and not hasattr(args, "packing")
+    line = usage_error(["--resume", "--output-dir", str(tmp_path), "--layout", "padded"])
+    assert "--layout padded (the run has stream)" in line, line
+
+
+def test_document_rows_cut_long_documents_into_fresh_rows():
+    """One document per row; a document longer than seq_len becomes pieces of seq_len tokens, each its own row;
+    a piece of one token (no next-token target) is dropped."""
+    documents = [[1, 2, 3], [4, 5, 6, 7, 8, 9, 10], [11], [12, 13, 14, 15, 16]]
+    assert train.document_rows(documents, seq_len=4)["input_ids"] == [
+        [1, 2, 3], [4, 5, 6, 7], [8, 9, 10], [12, 13, 14, 15]]
+
+
+def test_pad_batch_pads_right_with_mask_and_ignored_labels():
+    import torch
+
+    batch = train.PadBatch(pad_token_id=0)([{"input_ids": [5, 6, 7]}, {"input_ids": [8, 9]}])
+    assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 9, 0]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
+    assert batch["labels"].tolist() == [[5, 6, 7], [8, 9, -100]]
+    assert batch["input_ids"].dtype == batch["attention_mask"].dtype == torch.int64
 
 
 def test_split_documents_on_blank_lines():
