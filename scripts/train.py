@@ -652,10 +652,10 @@ def main(argv=None):
     if args.gradient_checkpointing:  # transformers 5.24 renamed it activation checkpointing
         getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)()
     if is_main:
-        rows = {"stream": "blocks of the token stream", "packed": "packed rows of whole documents",
-                "padded": "rows of one document each (padded per batch), at most"}[args.layout]
+        rows = {"stream": "blocks of the token stream of", "packed": "packed rows of whole documents of",
+                "padded": "rows of one document each (padded per batch) of at most"}[args.layout]
         print(f"{describe(config)}: {n_params / 1e6:.2f}M parameters, {config.num_hidden_layers} layers, d={config.hidden_size}, "
-              f"vocab {len(tokenizer)}; {len(train_data)} training / {len(eval_data)} validation {rows} of {args.seq_len} tokens")
+              f"vocab {len(tokenizer)}; {len(train_data)} training / {len(eval_data)} validation {rows} {args.seq_len} tokens")
         out.mkdir(parents=True, exist_ok=True)
         if args.overwrite:
             remove_earlier_checkpoints(out)
