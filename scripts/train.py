@@ -636,7 +636,8 @@ def main(argv=None):
     val_tokens_per_char = val_targets / max(val_chars, 1)
     if len(data["train"]) < args.batch_size or len(data["validation"]) == 0:
         fail(f"the corpus is too small: {len(data['train'])} training / {len(data['validation'])} validation rows of "
-             f"{'<= ' if args.layout == 'padded' else ''}{args.seq_len} tokens (need >= --batch-size {args.batch_size} and >= 1): give more data, a smaller "
+             f"{'<= ' if args.layout == 'padded' else ''}{args.seq_len} tokens (need >= --batch-size {args.batch_size} "
+             f"and >= 1): give more data, a smaller "
              f"--seq-len or --batch-size, or a larger --val-fraction")
     train_data = data["train"].select(range(len(data["train"]) // args.batch_size * args.batch_size))  # whole batches
     eval_data = data["validation"]
@@ -679,8 +680,9 @@ def main(argv=None):
         "train_tokens": (trainer.state.global_step * args.batch_size * args.seq_len if args.layout != "padded"
                          else throughput.real_tokens), "eval_loss": eval_loss,
         "eval_perplexity": math.exp(eval_loss), "eval_bits_per_char": eval_loss * val_tokens_per_char / math.log(2),
-        "layout": args.layout, "packing": args.layout == "packed", "train_real_tokens_per_second": throughput.tokens_per_second,
-        "padding_tokens_per_step": throughput.padding_tokens / max(throughput.steps, 1), "padding_share": throughput.padding_share,
+        "layout": args.layout, "packing": args.layout == "packed",
+        "train_real_tokens_per_second": throughput.tokens_per_second, "padding_share": throughput.padding_share,
+        "padding_tokens_per_step": throughput.padding_tokens / max(throughput.steps, 1),
         "train_runtime_s": train_output.metrics["train_runtime"],
         "world_size": world, "fsdp": trainer.is_fsdp_enabled, "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
         "scan_backend": getattr(config, "scan_backend", None), "torch": torch.__version__, "transformers": transformers.__version__,

@@ -1,8 +1,8 @@
 """scripts/train.py end to end on a tiny model: train, save, model card, loss curve, reload in a clean process
 (trust_remote_code, hf_lrnn not importable) with the card's own usage code, generate; resume continues the
 same run, leaves a finished run alone and refuses an incompatible one; an occupied --output-dir is refused
-unless --overwrite; --layout packed and padded (the batches the Trainer sees, the real-token throughput); a small corpus; --report-to; every argument
-error found before any work, as one line with status 2."""
+unless --overwrite; --layout packed and padded (the batches the Trainer sees, the real-token throughput); a small
+corpus; --report-to; every argument error found before any work, as one line with status 2."""
 import hashlib
 import json
 import math
@@ -525,7 +525,8 @@ def test_each_layout_records_real_token_throughput_and_padding_share(request, wh
     folder = request.getfixturevalue(which)[0]
     metrics = json.loads((folder / "metrics.json").read_text())
     assert metrics["layout"] == layout and metrics["train_real_tokens_per_second"] > 0
-    assert (metrics["padding_share"] > 0) == (layout == "padded") and (metrics["padding_tokens_per_step"] > 0) == (layout == "padded")
+    padded = layout == "padded"
+    assert (metrics["padding_share"] > 0) == padded and (metrics["padding_tokens_per_step"] > 0) == padded
 
 
 def test_resume_of_a_run_saved_before_layout_reads_its_packing_flag(run, tmp_path):
