@@ -21,8 +21,8 @@ chunk that holds one has P = 0 in its summary.
 
 The state and all accumulations are float32; inputs may be float32, bfloat16 or float16 (float64 is
 refused with a ScanUnsupportedError); h is returned in v's dtype, the final state in float32. Offsets are int64.
-The launch constants below are fixed numbers tuned on one H200 (``benchmarks/kernels/tune_scan.py``),
-not derived from the GPU at run time.
+The launch constants below are fixed numbers tuned on one H200 (``benchmarks/kernels/tune_scan.py`` at commit
+320b203, since removed; its results and logs: benchmarks/README.md, "Tuning"), not derived from the GPU at run time.
 """
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ MAX_HLRU_ORDER = 16  # largest supported m
 MAX_BDLRU_BLOCK = 16  # largest supported k
 MAX_CHUNKED_SIZE = 8  # time chunking for m <= 8 and k <= 8 (the summaries carry (D + 1) * D numbers)
 MAX_SEQUENTIAL_BLOCK = 8  # BD-LRU block sizes run by the sequential kernels; larger ones by the step kernels
-# Time chunking of the sequential kernels (H200 sweeps, benchmarks/kernels/tune_scan.py, at B = 8, T = 4096 and
+# Time chunking of the sequential kernels (H200 sweeps of tune_scan.py at commit 320b203, at B = 8, T = 4096 and
 # B = 1, T = 32k): chunks of at least MIN_CHUNK_LEN steps, as many as bring H-LRU to about
 # HLRU_TARGET_WORK = B * N * (m + 1) * chunks and BD-LRU to BDLRU_TARGET_THREADS = B * N * chunks.
 MIN_CHUNK_LEN = 128
@@ -78,7 +78,6 @@ def triton_unsupported_reason(kind: str, size: int) -> Optional[str]:
     if not 1 <= size <= limit:
         return f"the Triton {kind} kernels support {name} in 1..{limit}, got {size}"
     return None
-
 
 
 # ---------------------------------------------------------------------------------------------
