@@ -346,7 +346,8 @@ def _prepare(name, kind, v, gate_logits, initial_state, mask, resets, normalizat
 def _run_scan(kind, v, g, init, mask, normalization, chunk_size, resets=None):
     """The scan's custom operator where autograd or torch.compile needs it; in eager code that records no
     graph (prefill, eager decoding) its implementation directly, since the operator's Python dispatch cost
-    about 0.3 ms per call on the H200 (``benchmarks/model/profile_prefill.py``), paid once per layer."""
+    about 0.3 ms per call on the H200 (``benchmarks.model.profile_prefill``, removed after commit ad1448b; its
+    profile: benchmarks/README.md), paid once per layer."""
     needs_grad = torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in (v, g, init))
     if needs_grad or torch.compiler.is_compiling():
         op = hlru_scan_op if kind == "hlru" else bdlru_scan_op
