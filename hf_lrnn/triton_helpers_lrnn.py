@@ -16,7 +16,7 @@ except ImportError as err:
 
 
 # ---------------------------------------------------------------------------------------------
-# Gate normalisations: the formulas of ``gates.normalize_gates``, a = n(g) / (sum |n(g)| [+ eps]).
+# Gate normalisations: the formulas of ``gates_lrnn.normalize_gates``, a = n(g) / (sum |n(g)| [+ eps]).
 # Each normalisation is written once, elementwise (_gate_numerator, _gate_inverse, _gate_grad); the tuple
 # form (_normalize) serves the sequential kernels, the tile form (_normalize_axis) the step kernels.
 # ---------------------------------------------------------------------------------------------
