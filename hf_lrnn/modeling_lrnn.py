@@ -232,7 +232,6 @@ class LRNNPreTrainedModel(PreTrainedModel):
         return super().resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
 
 
-
 def _check_extra_kwargs(kwargs) -> None:
     unknown = sorted(set(kwargs) - set(EXTRA_FORWARD_KWARGS) - set(LOSS_KWARGS))
     if unknown:
