@@ -313,7 +313,7 @@ def test_save_pretrained_leaves_a_users_files_alone(tmp_path):
     module name) in the folder survives save_pretrained, byte for byte."""
     short_names = ["ops", "gates", "constants", "cache", "generation", "scan_reference", "scan_chunked",
                    "scan_triton", "triton_hlru", "triton_bdlru", "triton_helpers", "utils", "model", "config",
-                   "configuration", "modeling", "tokenizer", "train", "spectrum"]
+                   "configuration", "modeling", "tokenizer", "train", "spectrum", "heads", "packing"]
     for name in short_names:
         (tmp_path / f"{name}.py").write_text(f"# the user's own {name}.py\n")
     tiny_model("hybrid").save_pretrained(tmp_path)
