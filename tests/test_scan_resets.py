@@ -14,8 +14,8 @@ import torch
 from hf_lrnn.gates_lrnn import GATE_NORMALIZATIONS
 from hf_lrnn.scan_chunked_lrnn import bdlru_scan_chunked, hlru_scan_chunked
 from hf_lrnn.scan_reference_lrnn import bdlru_scan_reference, hlru_scan_reference
+from helpers import F64, relative_error
 
-F64 = torch.float64
 MIXERS = [("hlru", 1), ("hlru", 2), ("hlru", 3), ("bdlru", 1), ("bdlru", 2), ("bdlru", 4)]  # (kind, m or k)
 # Two rows of 42 steps split differently; documents of one token; with chunks of 4 steps, starts fall on chunk
 # edges (8), on a chunk's last step (7, 41) and inside chunks.
@@ -72,10 +72,6 @@ def _documents_alone(kind, v, logits, state, mask, splits, normalization):
     return torch.cat(hs), torch.cat(finals)
 
 
-def _rel(x, ref):
-    return ((x.to(F64) - ref).norm() / ref.norm().clamp_min(1e-30)).item()
-
-
 def packed_errors(scan, kind, D, splits, normalization, with_state=True, with_mask=False, extreme=False,
                   dtype=F64, N=3, seed=0, **scan_kwargs):
     """Relative errors of the packed scan ``scan`` (inputs in ``dtype``) against the documents alone."""
@@ -95,7 +91,8 @@ def packed_errors(scan, kind, D, splits, normalization, with_state=True, with_ma
     ref_grads = torch.autograd.grad((h_ref * dh).sum() + (final_ref * dfinal).sum(), ref_leaves)
     assert all(torch.isfinite(x).all() for x in (h, final, *grads))
     names = ["h", "final", "dv", "dgate_logits", "dinitial_state"]
-    errors = [_rel(h, h_ref), _rel(final, final_ref)] + [_rel(a, b) for a, b in zip(grads, ref_grads)]
+    errors = [relative_error(h, h_ref), relative_error(final, final_ref)] + [
+        relative_error(a, b) for a, b in zip(grads, ref_grads)]
     return dict(zip(names, errors))
 
 
