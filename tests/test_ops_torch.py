@@ -7,7 +7,7 @@ from hf_lrnn import ops_lrnn as ops
 from hf_lrnn.gates_lrnn import GATE_NORMALIZATIONS, normalize_gates
 from hf_lrnn.scan_chunked_lrnn import bdlru_scan_chunked, hlru_scan_chunked
 from hf_lrnn.scan_reference_lrnn import bdlru_scan_reference, hlru_scan_reference
-from helpers import F64, scan_inputs
+from helpers import F64, relative_error, scan_inputs
 
 DIVIDING = [n for n in GATE_NORMALIZATIONS if n != "none"]  # the normalisations that divide by a sum
 BACKENDS = ["reference", "torch"] + (["triton"] if ops.TRITON_IMPORT_ERROR is None else [])
@@ -24,7 +24,7 @@ def _grads(fn, inputs):
 
 
 def _assert_close(a, b, tol, what):
-    err = (a - b).norm() / b.norm().clamp_min(1e-30)
+    err = relative_error(a, b)
     assert err < tol, f"{what}: relative error {err:.2e} >= {tol:.0e}"
 
 
