@@ -497,14 +497,15 @@ class Throughput(TrainerCallback):
     def __init__(self, max_time=None, skip: int = 3):
         self.max_time, self.skip = max_time, skip
         self.seconds, self.all_seconds, self.steps, self.start = 0.0, 0.0, 0, time.time()
-        self.real_tokens = self.padding_tokens = self.timed_real_tokens = self.step_real_tokens = 0
+        self.real_tokens = self.padding_tokens = self.timed_real_tokens = 0
+        self.step_real_tokens = self.step_tokens = 0  # this step's micro-batches; real may be a device tensor
 
     def count_batch(self, inputs: dict) -> None:
-        """Adds a micro-batch's real tokens (attention_mask 1, or all of input_ids without a mask) and padding."""
+        """Adds a micro-batch's real tokens (attention_mask 1, or all of input_ids without a mask) and its size.
+        The mask's sum stays on the device until on_step_end, which synchronises anyway: no host sync here."""
         mask = inputs.get("attention_mask")
-        real = int(mask.sum()) if mask is not None else inputs["input_ids"].numel()
-        self.step_real_tokens += real
-        self.padding_tokens += inputs["input_ids"].numel() - real
+        self.step_real_tokens += mask.sum() if mask is not None else inputs["input_ids"].numel()
+        self.step_tokens += inputs["input_ids"].numel()
 
     def sum_over_processes(self) -> None:
         """Every process's token counts summed (call on every process of a distributed run, after training)."""
@@ -527,11 +528,13 @@ class Throughput(TrainerCallback):
         self.steps += 1
         seconds = time.perf_counter() - self.t0
         self.all_seconds += seconds
-        self.real_tokens += self.step_real_tokens
+        step_real_tokens = int(self.step_real_tokens)
+        self.real_tokens += step_real_tokens
+        self.padding_tokens += self.step_tokens - step_real_tokens
         if self.steps > self.skip:
             self.seconds += seconds
-            self.timed_real_tokens += self.step_real_tokens
-        self.step_real_tokens = 0
+            self.timed_real_tokens += step_real_tokens
+        self.step_real_tokens = self.step_tokens = 0
         if self.max_time and time.time() - self.start > self.max_time:
             control.should_training_stop = True
 

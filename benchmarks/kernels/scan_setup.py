@@ -9,7 +9,6 @@ from hf_lrnn import ops
 SCANS = {"hlru": ops.hlru_scan, "bdlru": ops.bdlru_scan}  # kind -> the public scan
 
 
-
 def scan_inputs(kind: str, B: int, T: int, N: int, D: int, device="cpu", dtype=torch.float32, logit_scale=1.0):
     """v and gate logits of one scan, standard normal (the logits times ``logit_scale``): H-LRU (kind "hlru")
     v (B, T, N) and logits (B, T, N, D + 1) for N channels of order m = D; BD-LRU v (B, T, N, D) and logits

@@ -1,1 +1,1 @@
-"""The synthetic tasks of the H-LRU / BD-LRU paper: tasks, baseline models, one run, the suite, plots."""
+"""The synthetic tasks of the H-LRU / BD-LRU paper: tasks, baseline models, one run, the study presets, the table."""
