@@ -2,6 +2,7 @@
 
     python -m benchmarks.synthetic.study --preset s5_blocks --out s5_blocks.jsonl > s5_blocks.log
     python -m benchmarks.synthetic.study --preset perm_common --steps 10000 --out perm_common.jsonl
+    python -m benchmarks.synthetic.study --preset s5_common --steps 40000 --out s5_common.jsonl   # every model, S5
     python -m benchmarks.synthetic.study --preset perm_common --steps 20 --smoke --out /tmp/t.jsonl   # tiny, CPU
 
 Seeds 0, 1, 2 unless ``--seeds``; ``--steps`` replaces a preset's budget (perm_common, recall_ladder and mad_tasks
@@ -38,6 +39,7 @@ PRESETS = {
     "s5_widths": ([("s5", {})], ("bdlru_k4_x4", "bdlru_k5_x4"), STUDY_STEPS),
     "a5_blocks": ([("a5", {})], ("bdlru_k4", "bdlru_k5", "bdlru_k6"), STUDY_STEPS),
     "perm_common": ([("s3", {}), ("s4", {}), ("s5", {})], PERM_MODELS, None),
+    "s5_common": ([("s5", {})], PERM_MODELS + ("bdlru_k8",), None),
     "recall_ladder": ([("recall", over) for _, over in RECALL_LADDER], ("diag", "bdlru_k4"), None),
     "mad_tasks": ([("selective_copy", {}), ("compression", {}), ("recall", {})], PERM_MODELS, None),
 }

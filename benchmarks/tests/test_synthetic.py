@@ -420,6 +420,9 @@ def test_presets():
     assert len(common) == 3 * 8 * 3 and {r["steps"] for r in common} == {30_000} and common[0]["recipe"] == "project"
     with pytest.raises(ValueError, match="one common budget: give it with --steps"):
         study.preset_runs("perm_common")
+    s5_common = study.preset_runs("s5_common", steps=40_000)
+    assert len(s5_common) == 9 * 3 and {r["task"] for r in s5_common} == {"s5"} and {r["steps"] for r in s5_common} == {40_000}
+    assert [r["model"] for r in s5_common[:9]] == list(study.PERM_MODELS) + ["bdlru_k8"]
     with pytest.raises(ValueError, match="unknown preset"):
         study.preset_runs("s6_blocks")
 
