@@ -141,11 +141,16 @@ class LRNNForTokenClassification(LRNNPreTrainedModel):
         past_key_values: Optional[LRNNCache] = None,
         **kwargs,
     ) -> Union[Tuple, TokenClassifierOutput]:
-        """As :meth:`LRNNModel.forward` (every keyword argument it takes is passed on), plus ``labels`` (B, T)."""
+        """As :meth:`LRNNModel.forward` (every keyword argument it takes is passed on), plus ``labels`` (B, T).
+        Returns no cache (``TokenClassifierOutput`` has no field for one), so none is made: ``use_cache=True`` is
+        refused; a cache passed in is read and advanced in place, as in the model."""
+        if use_cache:
+            raise ValueError("LRNNForTokenClassification returns no cache: use_cache=True is not supported (pass a "
+                             "cache in to continue from one; it is advanced in place)")
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         outputs = self.model(
             input_ids=input_ids, attention_mask=attention_mask, cache=pick_cache(cache, past_key_values),
-            inputs_embeds=inputs_embeds, use_cache=use_cache, output_hidden_states=output_hidden_states,
+            inputs_embeds=inputs_embeds, use_cache=False, output_hidden_states=output_hidden_states,
             return_dict=True, **kwargs,
         )
         logits = self.score(self.dropout(outputs.last_hidden_state))

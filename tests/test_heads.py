@@ -15,7 +15,8 @@ from transformers import (
 )
 from transformers.dynamic_module_utils import get_imports
 
-from hf_lrnn import LRNNForCausalLM, LRNNForSequenceClassification, LRNNForTokenClassification
+from hf_lrnn import LRNNCache, LRNNForCausalLM, LRNNForSequenceClassification, LRNNForTokenClassification
+from hf_lrnn.generation_lrnn import CACHE_FIELD
 from helpers import MIXERS, VOCAB_SIZE, ids, tiny_config
 from script_loader import run_without_hf_lrnn
 
@@ -139,6 +140,31 @@ def test_bad_inputs_give_clear_errors():
     token = tiny_head(LRNNForTokenClassification)
     with pytest.raises(ValueError, match=r"labels must have shape \(2, 5\)"):
         token(x, labels=torch.zeros(2, 4, dtype=torch.long))
+    with pytest.raises(ValueError, match="LRNNForTokenClassification returns no cache: use_cache=True"):
+        token(x, use_cache=True)
+
+
+def test_token_classifier_makes_no_cache_and_continues_from_one_passed_in():
+    """The token head returns no cache, so it builds none (config.use_cache is True); a cache passed in is
+    advanced in place, so two halves give the logits of the whole row."""
+    token = tiny_head(LRNNForTokenClassification, "hybrid").eval()
+    x = ids(2, 6)
+    made = []
+    original = token.model.forward
+
+    def recording(*args, **kwargs):
+        out = original(*args, **kwargs)
+        made.append(getattr(out, CACHE_FIELD))
+        return out
+
+    token.model.forward = recording
+    with torch.no_grad():
+        whole = token(x).logits
+    assert made == [None]
+    cache = LRNNCache(token.config, batch_size=2)
+    with torch.no_grad():
+        halves = torch.cat([token(x[:, :3], cache=cache).logits, token(x[:, 3:], cache=cache).logits], dim=1)
+    torch.testing.assert_close(halves, whole, atol=1e-5, rtol=1e-5)
     for bad in (1.0, -0.1, "0.1"):
         with pytest.raises(ValueError, match="LRNNConfig.classifier_dropout must be None or a number in"):
             tiny_head(LRNNForTokenClassification, classifier_dropout=bad)
