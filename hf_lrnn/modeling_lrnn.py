@@ -77,9 +77,11 @@ def hlru_lagged_states(h: torch.Tensor, initial_state: torch.Tensor, mask: Optio
     past = initial_state.flip(-1).transpose(1, 2).to(h.dtype)  # (B, m, N) = h_{-m}, ..., h_{-1}
     ext = torch.cat([past, h], dim=1)  # ext[:, m + t] = h_t
     if mask is None:
-        lagged = torch.stack([ext[:, m - j : m - j + T] for j in range(m)], dim=-1)
-        source_times = torch.arange(T, device=h.device)[:, None] - torch.arange(m, device=h.device)  # (T, m)
-        return lagged if resets is None else _zero_lags_before_starts(lagged, source_times, resets)
+        lags = [ext[:, m - j : m - j + T] for j in range(m)]
+        if resets is not None:  # lag 0 (h_t) is never cut; lag j >= 1 where no start lies in (t - j, t]
+            since_start = torch.arange(T, device=h.device) - _latest_starts(resets, m)  # (B, T), >= 0
+            lags = [lags[0]] + [torch.where((since_start >= j)[..., None], lags[j], 0.0) for j in range(1, m)]
+        return torch.stack(lags, dim=-1)
     keep = torch.cat([mask.new_ones(B, m), mask], dim=1).bool()  # the initial lags count as kept steps
     rank = keep.long().cumsum(1) - 1  # index of the latest kept step at or before each position
     slots = torch.where(keep, rank, torch.full_like(rank, m + T))  # unkept positions go to a spare slot
@@ -91,11 +93,17 @@ def hlru_lagged_states(h: torch.Tensor, initial_state: torch.Tensor, mask: Optio
     return lagged if resets is None else _zero_lags_before_starts(lagged, positions.view(B, T, m) - m, resets)
 
 
+def _latest_starts(resets: torch.Tensor, m: int) -> torch.Tensor:
+    """(B, T): the latest document start at or before t (``resets`` True at t > 0), or -m - 1 where none
+    (before every initial-state lag, whose source times are -m..-1)."""
+    times = torch.arange(resets.shape[1], device=resets.device)
+    return torch.where(resets & (times > 0), times, -m - 1).cummax(1).values
+
+
 def _zero_lags_before_starts(lagged: torch.Tensor, source_times: torch.Tensor, resets: torch.Tensor) -> torch.Tensor:
-    """``lagged`` (B, T, N, m) with zero where its lag's step (``source_times`` (T, m) or (B, T, m); < 0: from
-    the initial state) lies before the latest document start at or before t (resets True at t > 0)."""
-    m, times = lagged.shape[-1], torch.arange(resets.shape[1], device=resets.device)
-    last_start = torch.where(resets & (times > 0), times, -m - 1).cummax(1).values  # (B, T)
+    """``lagged`` (B, T, N, m) with zero where its lag's step (``source_times`` (B, T, m); < 0: from the
+    initial state) lies before the latest document start at or before t (resets True at t > 0)."""
+    last_start = _latest_starts(resets, lagged.shape[-1])
     return torch.where((source_times >= last_start[..., None])[:, :, None, :], lagged, 0.0)
 
 
