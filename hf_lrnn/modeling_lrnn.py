@@ -25,9 +25,10 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 
 from .cache_lrnn import LRNNCache, layer_state_shapes
 from .configuration_lrnn import LRNNConfig
-from .generation_lrnn import CACHE_FIELD, GENERATE_CHECKED_TOKEN_IDS, LRNNGenerationMixin, check_token_ids, pick_cache
-from .ops_lrnn import bdlru_scan, drop_mask_if_all_ones, hlru_scan
-from .packing_lrnn import document_starts
+from .generation_lrnn import (CACHE_FIELD, GENERATE_CHECKED_TOKEN_IDS, LRNNGenerationMixin, check_token_id_range,
+                              pick_cache)
+from .ops_lrnn import bdlru_scan, hlru_scan, mask_may_be_dropped
+from .packing_lrnn import pending_document_starts, read_flags
 
 # Keyword arguments forward() accepts beyond its named ones, from Trainer and generate(); ignored.
 EXTRA_FORWARD_KWARGS = ("output_attentions", "cache_position")
@@ -272,15 +273,17 @@ class LRNNModel(LRNNPreTrainedModel):
         self.embed_tokens = value
 
     def _check_inputs(self, input_ids, inputs_embeds, attention_mask, cache):
-        """Shapes, dtypes and devices (no values read, so no host synchronisation), then, in eager mode and
-        unless generate() vouches for them, the token ids' range. Returns (B, T, the inputs' device)."""
+        """Shapes, dtypes and devices (no values read, so no host synchronisation). Returns (B, T, the inputs'
+        device, flags): ``flags`` the token ids' range (min and max, 0-dim tensors, not read) where it is to be
+        checked (eager mode, unless generate() vouches for the ids), else empty."""
+        flags = {}
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
         if input_ids is not None:
             if input_ids.dim() != 2 or input_ids.dtype.is_floating_point or input_ids.dtype.is_complex or input_ids.dtype == torch.bool:
                 raise ValueError(f"input_ids must be an integer tensor (batch, seq_len), got {input_ids.dtype} {tuple(input_ids.shape)}")
-            if not torch.compiler.is_compiling() and not GENERATE_CHECKED_TOKEN_IDS.get():
-                check_token_ids(input_ids, self.config.vocab_size)
+            if not torch.compiler.is_compiling() and not GENERATE_CHECKED_TOKEN_IDS.get() and input_ids.numel():
+                flags["input_ids min"], flags["input_ids max"] = torch.aminmax(input_ids)
             B, T = input_ids.shape
             device = input_ids.device
         else:
@@ -299,7 +302,7 @@ class LRNNModel(LRNNPreTrainedModel):
                 raise ValueError(f"attention_mask is on {attention_mask.device}, the input on {device}")
         if cache is not None:
             cache.check_compatible(len(self.layers), self.state_shapes, B, device)
-        return B, T, device
+        return B, T, device, flags
 
     def forward(
         self,
@@ -329,13 +332,14 @@ class LRNNModel(LRNNPreTrainedModel):
         ``cu_seq_lens_q``/``_k`` (with ``max_length_q``/``_k``) or ``seq_idx`` mark where documents start, and
         each document starts from a fresh (zero) state, as if run alone; position ids that count up by one
         change nothing (the model has no positional embeddings). The table of rules and refusals is in
-        ``packing_lrnn``; passing any of them costs one host sync in eager mode (none under torch.compile)."""
+        ``packing_lrnn``. In eager mode one host sync reads every check's values (token ids' range, these
+        arguments, whether the attention mask is all ones); none under torch.compile."""
         _check_extra_kwargs(kwargs)
         cache = pick_cache(cache, past_key_values)
         use_cache = use_cache if use_cache is not None else self.config.use_cache
         output_hidden_states = output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        B, T, device = self._check_inputs(input_ids, inputs_embeds, attention_mask, cache)
+        B, T, device, flags = self._check_inputs(input_ids, inputs_embeds, attention_mask, cache)
 
         checkpointing = self.training and torch.is_grad_enabled() and any(l.gradient_checkpointing for l in self.layers)
         if checkpointing and cache is not None:
@@ -344,13 +348,21 @@ class LRNNModel(LRNNPreTrainedModel):
                 "pass no cache in training with gradient checkpointing"
             )
         mask = attention_mask[:, -T:] if attention_mask is not None else None
-        resets = document_starts(B, T, device, mask, cache is not None, position_ids=position_ids, seq_idx=seq_idx,
-                                 cu_seq_lens_q=cu_seq_lens_q, cu_seq_lens_k=cu_seq_lens_k,
-                                 max_length_q=max_length_q, max_length_k=max_length_k)
+        boundary_flags, resolve_starts = pending_document_starts(
+            B, T, device, mask, cache is not None, position_ids=position_ids, seq_idx=seq_idx,
+            cu_seq_lens_q=cu_seq_lens_q, cu_seq_lens_k=cu_seq_lens_k, max_length_q=max_length_q,
+            max_length_k=max_length_k)
+        flags.update(boundary_flags)
+        if mask_may_be_dropped(mask):  # then the unmasked, cheaper scans run
+            flags["attention_mask all ones"] = mask.all()
+        values = read_flags(flags)  # every check's values in one host sync (none under torch.compile)
+        if "input_ids min" in values:
+            check_token_id_range(values["input_ids min"], values["input_ids max"], self.config.vocab_size)
+        resets = resolve_starts(values)
+        if values.get("attention_mask all ones"):
+            mask = None
         if use_cache and cache is None and not checkpointing:
             cache = LRNNCache(self.config, batch_size=B, device=device)
-
-        mask = drop_mask_if_all_ones(mask)
 
         if inputs_embeds is None:
             hidden_states = self.embed_tokens(input_ids.long())
