@@ -224,6 +224,21 @@ class LRNNPreTrainedModel(PreTrainedModel):
         config._validate()  # a config edited after construction fails here, naming the field
         super().__init__(config, *inputs, **kwargs)
 
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """transformers' save_pretrained. Where it also writes the code (the class registered for an Auto class,
+        as ``import hf_lrnn`` does), config.json's ``auto_map`` names every model class of the package, whichever
+        one saved, so that a checkpoint loads as remote code into any of them where hf_lrnn is not installed:
+        a causal LM's into a classification head, a head's into a causal LM."""
+        if self._auto_class is not None:
+            from .heads_lrnn import LRNNForSequenceClassification, LRNNForTokenClassification  # ships heads_lrnn.py too
+
+            classes = {"AutoConfig": LRNNConfig, "AutoModel": LRNNModel, "AutoModelForCausalLM": LRNNForCausalLM,
+                       "AutoModelForSequenceClassification": LRNNForSequenceClassification,
+                       "AutoModelForTokenClassification": LRNNForTokenClassification}
+            self.config.auto_map = {auto_class: f"{cls.__module__.rsplit('.', 1)[-1]}.{cls.__name__}"
+                                    for auto_class, cls in classes.items()}
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
     def resize_token_embeddings(self, new_num_tokens: Optional[int] = None, pad_to_multiple_of: Optional[int] = None,
                                 mean_resizing: bool = True) -> nn.Embedding:
         """transformers' resize, refused (before anything changes) where the config's special token ids would
