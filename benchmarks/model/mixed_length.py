@@ -4,12 +4,14 @@ a Llama of the same size, in tokens/s of real (non-padding) tokens, on one GPU.
     python -m benchmarks.model.mixed_length --out mixed_length_h100.json     # CUDA, Triton backend, ~148M models
     python -m benchmarks.model.mixed_length --smoke --out /tmp/m.json        # tiny, CPU, float64, torch backend
 
-Every layout trains on the same documents: ``--batch`` x ``--seq-len`` tokens of documents of random lengths in
+Every layout trains on the same documents: ``--batch`` rows of 4,096 tokens of documents of random lengths in
 [--min-doc, --max-doc] (seeded; the last document of each row is cut to fit the row), so the real tokens per
-step are equal. A training step is forward, backward and an AdamW step (bf16 autocast on CUDA), from the same
-initial weights in every layout:
+step are equal. The padded batch holds about 2.5 times as many tokens: 4 rows (the default) hold 11 documents,
+padded to 11 x 3,706; 8 rows (22 documents, 83K padded tokens) were not tried (estimated at about 75 GB of
+activations and logits for the padded layout). A training step is forward,
+backward and an AdamW step (bf16 autocast on CUDA), from the same initial weights in every layout:
 
-- packed: rows of ``--seq-len`` tokens, ``position_ids`` restarting at 0 at every document, no attention mask,
+- packed: rows of 4,096 tokens, ``position_ids`` restarting at 0 at every document, no attention mask,
   labels -100 at each document's first token (what ``DataCollatorWithFlattening`` gives);
 - padded: one document a row, right-padded to the longest, ``attention_mask`` 0 and labels -100 on the padding.
 
@@ -116,6 +118,7 @@ def main(argv=None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="+", default=["hlru_m2", "bdlru_k4", "llama"],
                    help="LRNN labels of benchmarks.models, and/or llama")
+    p.add_argument("--batch", type=int, default=4, help="packed rows of 4,096 tokens per step (smoke: 2 of 64)")
     p.add_argument("--min-doc", type=int, default=100)
     p.add_argument("--max-doc", type=int, default=4000)
     p.add_argument("--warmup", type=int, default=3, help="untimed steps per layout (Triton compiles here)")
@@ -125,9 +128,9 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     if a.min_doc < 1 or a.max_doc < a.min_doc:
         p.error(f"need 1 <= --min-doc <= --max-doc, got {a.min_doc} and {a.max_doc}")
-    if a.warmup < 0 or a.steps < 1:
-        p.error(f"need --warmup >= 0 and --steps >= 1, got {a.warmup} and {a.steps}")
-    size, device = (SMOKE, torch.device("cpu")) if a.smoke else (FULL, torch.device("cuda"))
+    if a.warmup < 0 or a.steps < 1 or a.batch < 1:
+        p.error(f"need --warmup >= 0, --steps >= 1 and --batch >= 1, got {a.warmup}, {a.steps} and {a.batch}")
+    size, device = (SMOKE, torch.device("cpu")) if a.smoke else ({**FULL, "batch": a.batch}, torch.device("cuda"))
     if not a.smoke and not torch.cuda.is_available():
         p.error("no CUDA device: run with --smoke on a CPU")
     low, high = (4, 24) if a.smoke else (a.min_doc, a.max_doc)
@@ -156,11 +159,11 @@ def main(argv=None) -> int:
             raise AssertionError(f"{label}: packed and padded losses differ by {loss_gap:.3g} (float64): not the same work")
         record["models"][label] = result
         print(label, json.dumps(result), flush=True)
+        with open(a.out, "w") as f:  # after every model, so that a failure later keeps what was measured
+            json.dump(record, f, indent=1)
         del model, initial
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    with open(a.out, "w") as f:
-        json.dump(record, f, indent=1)
     return 0
 
 
