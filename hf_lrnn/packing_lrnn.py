@@ -25,8 +25,9 @@ positions of a continuation with a cache, left padding with transformers' positi
 
 Cost: nothing when none of these arguments is passed. Otherwise, in eager mode, their values are checked with
 one host synchronisation (``LRNNModel.forward`` reads them with its own checks: one sync in all), and None is
-returned where no row is packed, so that such a call gives bit for bit what a call without them gives. Under torch.compile nothing is checked (no graph break) and the starts come
-from the first given of ``cu_seq_lens_q``/``_k``, ``seq_idx``, ``position_ids`` (all False on plain rows).
+returned where no row is packed, so that such a call gives bit for bit what a call without them gives. Under
+torch.compile nothing is checked (no graph break) and the starts come from the first given of
+``cu_seq_lens_q``/``_k``, ``seq_idx``, ``position_ids`` (all False on plain rows).
 """
 from __future__ import annotations
 

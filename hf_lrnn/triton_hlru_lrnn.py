@@ -24,8 +24,8 @@ from .triton_helpers_lrnn import (
     _normalize,
     _normalize_bwd,
     _slice,
-    _store_copies,
     _step_flags,
+    _store_copies,
     _store_state,
     _zero_where,
 )

@@ -61,7 +61,8 @@ def padded_batch(tokens: torch.Tensor, rows: list, pad_token_id: int) -> dict:
     for i, d in enumerate(documents):
         input_ids[i, :len(d)] = d
         attention_mask[i, :len(d)] = 1
-    return dict(input_ids=input_ids, attention_mask=attention_mask, labels=input_ids.masked_fill(attention_mask == 0, -100))
+    labels = input_ids.masked_fill(attention_mask == 0, -100)
+    return dict(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
 
 
 def build_model(label: str, size: dict, smoke: bool, device: torch.device):
@@ -152,11 +153,13 @@ def main(argv=None) -> int:
             run = train_steps(model, batches[layout], initial, a.warmup + a.steps, device)
             result[layout] = {"real_tokens_per_s": round(real_tokens / statistics.median(run["seconds"][a.warmup:])),
                               "first_loss": run["first_loss"], "peak_gib": run["peak_gib"]}
-        result["packed_over_padded"] = round(result["packed"]["real_tokens_per_s"] / result["padded"]["real_tokens_per_s"], 4)
-        loss_gap = abs(result["packed"]["first_loss"] - result["padded"]["first_loss"])
+        packed, padded = result["packed"], result["padded"]
+        result["packed_over_padded"] = round(packed["real_tokens_per_s"] / padded["real_tokens_per_s"], 4)
+        loss_gap = abs(packed["first_loss"] - padded["first_loss"])
         result["first_loss_gap"] = loss_gap
         if a.smoke and loss_gap > 1e-10:
-            raise AssertionError(f"{label}: packed and padded losses differ by {loss_gap:.3g} (float64): not the same work")
+            raise AssertionError(f"{label}: packed and padded losses differ by {loss_gap:.3g} (float64): "
+                                 "not the same work")
         record["models"][label] = result
         print(label, json.dumps(result), flush=True)
         with open(a.out, "w") as f:  # after every model, so that a failure later keeps what was measured

@@ -58,7 +58,8 @@ def test_mixed_length_smoke_record(tmp_path):
     record = json.loads(out.read_text())
     assert {"commit", "gpu", "torch", "transformers", "date"} <= set(record["env"])
     assert record["llama_packed_mask_detected"] is True
-    assert record["real_tokens_per_step"] == sum(map(sum, record["rows"])) == record["size"]["batch"] * record["size"]["seq_len"]
+    size = record["size"]
+    assert record["real_tokens_per_step"] == sum(map(sum, record["rows"])) == size["batch"] * size["seq_len"]
     assert record["padded_tokens_per_step"] > record["real_tokens_per_step"]
     assert record["documents"] == sum(map(len, record["rows"])) > record["size"]["batch"]
     assert set(record["models"]) == {"hlru_m2", "bdlru_k4", "llama"}
