@@ -47,7 +47,11 @@ def check_token_ids(input_ids: torch.Tensor, vocab_size: int) -> None:
     """ValueError unless every id lies in [0, vocab_size) (reads the values: one host sync on GPUs)."""
     if input_ids.numel() == 0:
         return
-    low, high = int(input_ids.min()), int(input_ids.max())
+    check_token_id_range(*torch.stack(torch.aminmax(input_ids)).tolist(), vocab_size)
+
+
+def check_token_id_range(low: int, high: int, vocab_size: int) -> None:
+    """ValueError unless the token ids' range [low, high] lies in [0, vocab_size)."""
     if low < 0 or high >= vocab_size:
         raise ValueError(f"input_ids must lie in [0, vocab_size={vocab_size}), got values in [{low}, {high}]")
 

@@ -25,9 +25,10 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 
 from .cache_lrnn import LRNNCache, layer_state_shapes
 from .configuration_lrnn import LRNNConfig
-from .generation_lrnn import CACHE_FIELD, GENERATE_CHECKED_TOKEN_IDS, LRNNGenerationMixin, check_token_ids, pick_cache
-from .ops_lrnn import bdlru_scan, drop_mask_if_all_ones, hlru_scan
-from .packing_lrnn import document_starts
+from .generation_lrnn import (CACHE_FIELD, GENERATE_CHECKED_TOKEN_IDS, LRNNGenerationMixin, check_token_id_range,
+                              pick_cache)
+from .ops_lrnn import bdlru_scan, hlru_scan, mask_may_be_dropped
+from .packing_lrnn import pending_document_starts, read_flags
 
 # Keyword arguments forward() accepts beyond its named ones, from Trainer and generate(); ignored.
 EXTRA_FORWARD_KWARGS = ("output_attentions", "cache_position")
@@ -77,9 +78,11 @@ def hlru_lagged_states(h: torch.Tensor, initial_state: torch.Tensor, mask: Optio
     past = initial_state.flip(-1).transpose(1, 2).to(h.dtype)  # (B, m, N) = h_{-m}, ..., h_{-1}
     ext = torch.cat([past, h], dim=1)  # ext[:, m + t] = h_t
     if mask is None:
-        lagged = torch.stack([ext[:, m - j : m - j + T] for j in range(m)], dim=-1)
-        source_times = torch.arange(T, device=h.device)[:, None] - torch.arange(m, device=h.device)  # (T, m)
-        return lagged if resets is None else _zero_lags_before_starts(lagged, source_times, resets)
+        lags = [ext[:, m - j : m - j + T] for j in range(m)]
+        if resets is not None:  # lag 0 (h_t) is never cut; lag j >= 1 where no start lies in (t - j, t]
+            since_start = torch.arange(T, device=h.device) - _latest_starts(resets, m)  # (B, T), >= 0
+            lags = [lags[0]] + [torch.where((since_start >= j)[..., None], lags[j], 0.0) for j in range(1, m)]
+        return torch.stack(lags, dim=-1)
     keep = torch.cat([mask.new_ones(B, m), mask], dim=1).bool()  # the initial lags count as kept steps
     rank = keep.long().cumsum(1) - 1  # index of the latest kept step at or before each position
     slots = torch.where(keep, rank, torch.full_like(rank, m + T))  # unkept positions go to a spare slot
@@ -91,11 +94,17 @@ def hlru_lagged_states(h: torch.Tensor, initial_state: torch.Tensor, mask: Optio
     return lagged if resets is None else _zero_lags_before_starts(lagged, positions.view(B, T, m) - m, resets)
 
 
+def _latest_starts(resets: torch.Tensor, m: int) -> torch.Tensor:
+    """(B, T): the latest document start at or before t (``resets`` True at t > 0), or -m - 1 where none
+    (before every initial-state lag, whose source times are -m..-1)."""
+    times = torch.arange(resets.shape[1], device=resets.device)
+    return torch.where(resets & (times > 0), times, -m - 1).cummax(1).values
+
+
 def _zero_lags_before_starts(lagged: torch.Tensor, source_times: torch.Tensor, resets: torch.Tensor) -> torch.Tensor:
-    """``lagged`` (B, T, N, m) with zero where its lag's step (``source_times`` (T, m) or (B, T, m); < 0: from
-    the initial state) lies before the latest document start at or before t (resets True at t > 0)."""
-    m, times = lagged.shape[-1], torch.arange(resets.shape[1], device=resets.device)
-    last_start = torch.where(resets & (times > 0), times, -m - 1).cummax(1).values  # (B, T)
+    """``lagged`` (B, T, N, m) with zero where its lag's step (``source_times`` (B, T, m); < 0: from the
+    initial state) lies before the latest document start at or before t (resets True at t > 0)."""
+    last_start = _latest_starts(resets, lagged.shape[-1])
     return torch.where((source_times >= last_start[..., None])[:, :, None, :], lagged, 0.0)
 
 
@@ -215,6 +224,21 @@ class LRNNPreTrainedModel(PreTrainedModel):
         config._validate()  # a config edited after construction fails here, naming the field
         super().__init__(config, *inputs, **kwargs)
 
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """transformers' save_pretrained. Where it also writes the code (the class registered for an Auto class,
+        as ``import hf_lrnn`` does), config.json's ``auto_map`` names every model class of the package, whichever
+        one saved, so that a checkpoint loads as remote code into any of them where hf_lrnn is not installed:
+        a causal LM's into a classification head, a head's into a causal LM."""
+        if self._auto_class is not None:
+            from .heads_lrnn import LRNNForSequenceClassification, LRNNForTokenClassification  # ships heads_lrnn.py too
+
+            classes = {"AutoConfig": LRNNConfig, "AutoModel": LRNNModel, "AutoModelForCausalLM": LRNNForCausalLM,
+                       "AutoModelForSequenceClassification": LRNNForSequenceClassification,
+                       "AutoModelForTokenClassification": LRNNForTokenClassification}
+            self.config.auto_map = {auto_class: f"{cls.__module__.rsplit('.', 1)[-1]}.{cls.__name__}"
+                                    for auto_class, cls in classes.items()}
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
     def resize_token_embeddings(self, new_num_tokens: Optional[int] = None, pad_to_multiple_of: Optional[int] = None,
                                 mean_resizing: bool = True) -> nn.Embedding:
         """transformers' resize, refused (before anything changes) where the config's special token ids would
@@ -264,15 +288,17 @@ class LRNNModel(LRNNPreTrainedModel):
         self.embed_tokens = value
 
     def _check_inputs(self, input_ids, inputs_embeds, attention_mask, cache):
-        """Shapes, dtypes and devices (no values read, so no host synchronisation), then, in eager mode and
-        unless generate() vouches for them, the token ids' range. Returns (B, T, the inputs' device)."""
+        """Shapes, dtypes and devices (no values read, so no host synchronisation). Returns (B, T, the inputs'
+        device, flags): ``flags`` the token ids' range (min and max, 0-dim tensors, not read) where it is to be
+        checked (eager mode, unless generate() vouches for the ids), else empty."""
+        flags = {}
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
         if input_ids is not None:
             if input_ids.dim() != 2 or input_ids.dtype.is_floating_point or input_ids.dtype.is_complex or input_ids.dtype == torch.bool:
                 raise ValueError(f"input_ids must be an integer tensor (batch, seq_len), got {input_ids.dtype} {tuple(input_ids.shape)}")
-            if not torch.compiler.is_compiling() and not GENERATE_CHECKED_TOKEN_IDS.get():
-                check_token_ids(input_ids, self.config.vocab_size)
+            if not torch.compiler.is_compiling() and not GENERATE_CHECKED_TOKEN_IDS.get() and input_ids.numel():
+                flags["input_ids min"], flags["input_ids max"] = torch.aminmax(input_ids)
             B, T = input_ids.shape
             device = input_ids.device
         else:
@@ -291,7 +317,7 @@ class LRNNModel(LRNNPreTrainedModel):
                 raise ValueError(f"attention_mask is on {attention_mask.device}, the input on {device}")
         if cache is not None:
             cache.check_compatible(len(self.layers), self.state_shapes, B, device)
-        return B, T, device
+        return B, T, device, flags
 
     def forward(
         self,
@@ -321,13 +347,14 @@ class LRNNModel(LRNNPreTrainedModel):
         ``cu_seq_lens_q``/``_k`` (with ``max_length_q``/``_k``) or ``seq_idx`` mark where documents start, and
         each document starts from a fresh (zero) state, as if run alone; position ids that count up by one
         change nothing (the model has no positional embeddings). The table of rules and refusals is in
-        ``packing_lrnn``; passing any of them costs one host sync in eager mode (none under torch.compile)."""
+        ``packing_lrnn``. In eager mode one host sync reads every check's values (token ids' range, these
+        arguments, whether the attention mask is all ones); none under torch.compile."""
         _check_extra_kwargs(kwargs)
         cache = pick_cache(cache, past_key_values)
         use_cache = use_cache if use_cache is not None else self.config.use_cache
         output_hidden_states = output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        B, T, device = self._check_inputs(input_ids, inputs_embeds, attention_mask, cache)
+        B, T, device, flags = self._check_inputs(input_ids, inputs_embeds, attention_mask, cache)
 
         checkpointing = self.training and torch.is_grad_enabled() and any(l.gradient_checkpointing for l in self.layers)
         if checkpointing and cache is not None:
@@ -336,13 +363,21 @@ class LRNNModel(LRNNPreTrainedModel):
                 "pass no cache in training with gradient checkpointing"
             )
         mask = attention_mask[:, -T:] if attention_mask is not None else None
-        resets = document_starts(B, T, device, mask, cache is not None, position_ids=position_ids, seq_idx=seq_idx,
-                                 cu_seq_lens_q=cu_seq_lens_q, cu_seq_lens_k=cu_seq_lens_k,
-                                 max_length_q=max_length_q, max_length_k=max_length_k)
+        boundary_flags, resolve_starts = pending_document_starts(
+            B, T, device, mask, cache is not None, position_ids=position_ids, seq_idx=seq_idx,
+            cu_seq_lens_q=cu_seq_lens_q, cu_seq_lens_k=cu_seq_lens_k, max_length_q=max_length_q,
+            max_length_k=max_length_k)
+        flags.update(boundary_flags)
+        if mask_may_be_dropped(mask):  # then the unmasked, cheaper scans run
+            flags["attention_mask all ones"] = mask.all()
+        values = read_flags(flags)  # every check's values in one host sync (none under torch.compile)
+        if "input_ids min" in values:
+            check_token_id_range(values["input_ids min"], values["input_ids max"], self.config.vocab_size)
+        resets = resolve_starts(values)
+        if values.get("attention_mask all ones"):
+            mask = None
         if use_cache and cache is None and not checkpointing:
             cache = LRNNCache(self.config, batch_size=B, device=device)
-
-        mask = drop_mask_if_all_ones(mask)
 
         if inputs_embeds is None:
             hidden_states = self.embed_tokens(input_ids.long())

@@ -12,5 +12,6 @@ from .ops_lrnn import (  # noqa: F401
     check_scan_inputs,
     drop_mask_if_all_ones,
     hlru_scan,
+    mask_may_be_dropped,
     select_scan,
 )

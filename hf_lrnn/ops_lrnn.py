@@ -110,13 +110,17 @@ def select_scan(kind: str, size: int, v: torch.Tensor, backend: str) -> Callable
     return chunked
 
 
+def mask_may_be_dropped(mask: Optional[torch.Tensor]) -> bool:
+    """Whether a (B, T) mask is dropped where it is all ones (:func:`drop_mask_if_all_ones`): in eager code,
+    with T > LOOP_MAX_T. Decode steps and compiled code keep the mask: no data-dependent branch, no sync."""
+    return mask is not None and mask.shape[1] > LOOP_MAX_T and not torch.compiler.is_compiling()
+
+
 def drop_mask_if_all_ones(mask: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
-    """None for a (B, T) mask of all ones with T > LOOP_MAX_T in eager code (one host sync), so that the
-    unmasked, cheaper scan runs; the mask itself otherwise. Decode steps and compiled code keep the mask:
-    no data-dependent branch, no sync. ``LRNNModel.forward`` calls it once for all layers."""
-    if mask is None or mask.shape[1] <= LOOP_MAX_T or torch.compiler.is_compiling():
-        return mask
-    return None if bool(mask.all()) else mask
+    """None for a mask of all ones where :func:`mask_may_be_dropped` (one host sync), so that the unmasked,
+    cheaper scan runs; the mask itself otherwise. ``LRNNModel.forward`` does the same once for all layers,
+    reading ``mask.all()`` with its other checks."""
+    return None if mask_may_be_dropped(mask) and bool(mask.all()) else mask
 
 
 def check_scan_inputs(kind: str, v, gate_logits, initial_state, mask, normalization: str, resets=None) -> int:

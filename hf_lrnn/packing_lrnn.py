@@ -1,9 +1,10 @@
 """Document starts of packed rows (padding-free training), read from the arguments transformers passes.
 
 ``DataCollatorWithFlattening`` joins a batch's documents into one row (``scripts/train.py --packing`` into
-rows of ``--seq-len`` tokens) and marks where each document starts in up to three ways. ``document_starts``
-turns them into the scans' ``resets`` (B, T) bool, True at (b, t) where a document starts at t > 0: the
-recurrent state entering that step is zero (``hf_lrnn.ops``), so packed rows give what each document alone gives.
+rows of ``--seq-len`` tokens) and marks where each document starts in up to three ways.
+``pending_document_starts`` turns them into the scans' ``resets`` (B, T) bool, True at (b, t) where a document
+starts at t > 0: the recurrent state entering that step is zero (``hf_lrnn.ops``), so packed rows give what each
+document alone gives.
 
 =================================  ============================================  ================================
 argument                           a document starts at (b, t), t > 0, where      refused (ValueError) where
@@ -23,13 +24,14 @@ up by one between unpadded positions, from any first value, mark no start: plain
 positions of a continuation with a cache, left padding with transformers' positions or with 0..T-1.
 
 Cost: nothing when none of these arguments is passed. Otherwise, in eager mode, their values are checked with
-one host synchronisation, and None is returned where no row is packed, so that such a call gives bit for bit
-what a call without them gives. Under torch.compile nothing is checked (no graph break) and the starts come
-from the first given of ``cu_seq_lens_q``/``_k``, ``seq_idx``, ``position_ids`` (all False on plain rows).
+one host synchronisation (``LRNNModel.forward`` reads them with its own checks: one sync in all), and None is
+returned where no row is packed, so that such a call gives bit for bit what a call without them gives. Under
+torch.compile nothing is checked (no graph break) and the starts come from the first given of
+``cu_seq_lens_q``/``_k``, ``seq_idx``, ``position_ids`` (all False on plain rows).
 """
 from __future__ import annotations
 
-from typing import Dict, Optional
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -88,7 +90,18 @@ def _first(where: torch.Tensor) -> str:
     return f"row {b}, position {t}"
 
 
-def document_starts(
+def read_flags(flags: Dict[str, torch.Tensor]) -> Dict[str, int]:
+    """The values of 0-dim integer or bool tensors (one device), read with one host sync (none if empty)."""
+    if not flags:
+        return {}
+    return dict(zip(flags, torch.stack([f.long() for f in flags.values()]).tolist()))
+
+
+def _resolved(starts: Optional[torch.Tensor]) -> Callable[[Dict[str, int]], Optional[torch.Tensor]]:
+    return lambda values: starts
+
+
+def pending_document_starts(
     B: int,
     T: int,
     device: torch.device,
@@ -100,11 +113,15 @@ def document_starts(
     max_length_q: Optional[int] = None,
     max_length_k: Optional[int] = None,
     seq_idx: Optional[torch.Tensor] = None,
-) -> Optional[torch.Tensor]:
-    """The scans' ``resets`` (B, T) bool for an input of B rows of T steps, or None (module docstring).
+) -> Tuple[Dict[str, torch.Tensor], Callable[[Dict[str, int]], Optional[torch.Tensor]]]:
+    """The document starts of an input of B rows of T steps, in two halves so that the caller reads their
+    checks' values with its own in one host sync: (flags, resolve). ``flags``: name -> 0-dim tensor, not
+    read (empty where nothing needs reading: no boundary argument, or under torch.compile); ``resolve(values)``,
+    given at least these flags' values (:func:`read_flags`), returns the scans' ``resets`` (B, T) bool or None
+    (module docstring), or raises ValueError naming the argument for anything the table refuses.
 
     ``attention_mask``: the (B, T) columns of the mask the model reads, or None; ``has_cache``: whether a
-    cache was passed in. ValueError or TypeError naming the argument for anything the table refuses."""
+    cache was passed in. Type and shape errors are raised here, before anything is read."""
     for name, value in (("max_length_q", max_length_q), ("max_length_k", max_length_k)):
         if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
             raise TypeError(f"{name} must be an int (the longest document's length), got {type(value).__name__}")
@@ -113,7 +130,7 @@ def document_starts(
     if cu_seq_lens is None and (max_length_q is not None or max_length_k is not None):
         raise ValueError("max_length_q / max_length_k describe cu_seq_lens_q / cu_seq_lens_k: pass those too")
     if position_ids is None and cu_seq_lens is None and seq_idx is None:
-        return None
+        return {}, _resolved(None)
     kept = attention_mask.bool() if attention_mask is not None else None
     starts: Dict[str, torch.Tensor] = {}  # argument name -> its (B, T) starts, in the order compile reads them
     if cu_seq_lens is not None:
@@ -140,11 +157,11 @@ def document_starts(
         starts["position_ids"] = _starts_from_positions(position_ids, kept)
     any_start = next(iter(starts.values()))
     if T == 0:  # no steps, no starts
-        return None
+        return {}, _resolved(None)
     if torch.compiler.is_compiling():
-        return any_start
+        return {}, _resolved(any_start)
 
-    # Eager: every check's flag (and the longest document) in one tensor, read with one host sync.
+    # Eager: every check's flag (and the longest document), read by the caller with its own.
     flags: Dict[str, torch.Tensor] = {"packed": any_start.any()}
     if position_ids is not None:
         flags["negative position_ids"] = (position_ids < 0).any()
@@ -165,8 +182,17 @@ def document_starts(
             flags[f"{first} != {second}"] = (starts[first] != starts[second]).any()
     if attention_mask is not None:
         flags["padding"] = (attention_mask == 0).any()
-    values = dict(zip(flags, torch.stack([f.long() for f in flags.values()]).tolist()))
+    return flags, lambda values: _checked_starts(
+        values, flags, starts, position_ids, kept, cu_name, cu_seq_lens, seq_idx, max_length_q, max_length_k, has_cache)
 
+
+def _checked_starts(values, flags, starts, position_ids, kept, cu_name, cu_seq_lens, seq_idx, max_length_q,
+                    max_length_k, has_cache) -> Optional[torch.Tensor]:
+    """``pending_document_starts``' resolve: the refusals of the module docstring's table, from the ``values``
+    of ``flags``; the starts (B, T), or None where no row is packed."""
+    names = list(starts)
+    any_start = starts[names[0]]
+    B, T = any_start.shape
     if values.get("negative position_ids"):
         raise ValueError(f"position_ids must be >= 0, got a negative id at {_first(position_ids < 0)}")
     if values.get("position_ids jump"):

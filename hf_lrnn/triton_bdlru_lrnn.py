@@ -34,6 +34,7 @@ from .triton_helpers_lrnn import (
     _normalize_axis_bwd,
     _normalize_bwd,
     _slice,
+    _step_flags,
     _store_copies,
     _store_rows,
     _store_state,
@@ -76,17 +77,20 @@ def _bdlru_seq_fwd_kernel(
     for tb in range(t0, t1, U):
         vs = ()
         gs = ()
-        for u in tl.static_range(U):
-            ok = n_ok & (n * 0 + tb + u < t1)
+        starts = ()  # per step: a document starts there
+        kept = ()  # per step: in the chunk and unmasked
+        for u in tl.static_range(U):  # issue all loads of the U steps (flags included) first
+            in_chunk = n * 0 + tb + u < t1
+            ok = n_ok & in_chunk
             off = (b * T + tb + u) * N + n
             vs = vs + _load_values(v_ptr + off * K, ok, K)
             gs = gs + _load_values(g_ptr + off * (K * (K + 1)), ok, K * (K + 1))
+            starts, kept = _step_flags(starts, kept, resets_ptr, mask_ptr, b * T + tb + u + n * 0, in_chunk,
+                                       HAS_RESETS, HAS_MASK)
         for u in tl.static_range(U):
-            keep = n * 0 + tb + u < t1
+            keep = kept[u]
             if HAS_RESETS:
-                s = _zero_where(tl.load(resets_ptr + b * T + tb + u + n * 0, mask=keep, other=0) != 0, s)
-            if HAS_MASK:
-                keep = keep & (tl.load(mask_ptr + b * T + tb + u + n * 0, mask=keep, other=0) != 0)
+                s = _zero_where(starts[u], s)
             a = _block_gates(gs, u * K * (K + 1), K, NORM, EPS)
             new = ()
             for c in tl.static_range(K + 1 if SUMMARY else 1):

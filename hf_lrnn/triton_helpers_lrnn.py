@@ -219,6 +219,18 @@ def _zero_where(cond, x):
 
 
 @triton.jit
+def _step_flags(starts, kept, resets_ptr, mask_ptr, bt, in_chunk, HAS_RESETS: tl.constexpr, HAS_MASK: tl.constexpr):
+    """The tuples ``starts`` and ``kept`` extended by step bt (row-major (b, t), broadcast over the lanes):
+    whether a document starts there (HAS_RESETS), and whether it is ``in_chunk`` and unmasked. Loaded with
+    the step's values, ahead of the recurrence, so that the flags' latency is not on its critical path."""
+    if HAS_RESETS:
+        starts = starts + (tl.load(resets_ptr + bt, mask=in_chunk, other=0) != 0,)
+    if HAS_MASK:
+        in_chunk = in_chunk & (tl.load(mask_ptr + bt, mask=in_chunk, other=0) != 0)
+    return starts, kept + (in_chunk,)
+
+
+@triton.jit
 def _store_state(ptr, x, ok, D: tl.constexpr):
     for i in tl.static_range(D):
         tl.store(ptr + i, x[i], mask=ok)

@@ -24,6 +24,7 @@ from .triton_helpers_lrnn import (
     _normalize,
     _normalize_bwd,
     _slice,
+    _step_flags,
     _store_copies,
     _store_state,
     _zero_where,
@@ -52,17 +53,20 @@ def _hlru_fwd_kernel(
     for tb in range(t0, t1, U):
         vs = ()
         gs = ()
-        for u in tl.static_range(U):  # issue all loads of the U steps first
-            ok = n_ok & (n * 0 + tb + u < t1)
+        starts = ()  # per step: a document starts there
+        kept = ()  # per step: in the chunk and unmasked
+        for u in tl.static_range(U):  # issue all loads of the U steps (flags included) first
+            in_chunk = n * 0 + tb + u < t1
+            ok = n_ok & in_chunk
             off = (b * T + tb + u) * N + n
             vs = vs + (tl.load(v_ptr + off, mask=ok, other=0.0).to(tl.float32),)
             gs = gs + _load_values(g_ptr + off * (M + 1), ok, M + 1)
+            starts, kept = _step_flags(starts, kept, resets_ptr, mask_ptr, b * T + tb + u + n * 0, in_chunk,
+                                       HAS_RESETS, HAS_MASK)
         for u in tl.static_range(U):
-            keep = n * 0 + tb + u < t1
+            keep = kept[u]
             if HAS_RESETS:
-                lags = _zero_where(tl.load(resets_ptr + b * T + tb + u + n * 0, mask=keep, other=0) != 0, lags)
-            if HAS_MASK:
-                keep = keep & (tl.load(mask_ptr + b * T + tb + u + n * 0, mask=keep, other=0) != 0)
+                lags = _zero_where(starts[u], lags)
             a = _normalize(_slice(gs, u * (M + 1), M + 1), NORM, EPS)
             new = ()
             for c in tl.static_range(M + 1 if SUMMARY else 1):

@@ -309,3 +309,38 @@ def test_lora_on_the_sequence_classifier_trains_the_adapter_and_the_score():
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0], losses
     assert all(torch.equal(p, frozen[name]) for name, p in model.named_parameters() if name in frozen)
+
+
+def test_a_causal_lm_checkpoint_loads_into_both_heads_as_remote_code(tmp_path):
+    """A causal LM's checkpoint ships the heads' code and names them in auto_map, so that where hf_lrnn is not
+    importable it loads into AutoModelForSequenceClassification / TokenClassification (the backbone's weights
+    carry over), and a head's checkpoint loads into AutoModelForCausalLM."""
+    torch.manual_seed(0)
+    LRNNForCausalLM(tiny_config("hybrid")).save_pretrained(tmp_path / "lm")
+    tiny_head(LRNNForSequenceClassification, "hybrid").save_pretrained(tmp_path / "head")
+    auto_map = json.loads((tmp_path / "lm" / "config.json").read_text())["auto_map"]
+    assert auto_map["AutoModelForSequenceClassification"] == "heads_lrnn.LRNNForSequenceClassification"
+    assert auto_map["AutoModelForTokenClassification"] == "heads_lrnn.LRNNForTokenClassification"
+    assert (tmp_path / "lm" / "heads_lrnn.py").exists()
+    script = textwrap.dedent(
+        f"""
+        import torch
+        from safetensors.torch import load_file
+        from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification,
+                                  AutoModelForTokenClassification)
+        lm = {str(tmp_path / "lm")!r}
+        weights = load_file(lm + "/model.safetensors")
+        for auto_class, name in [(AutoModelForSequenceClassification, "LRNNForSequenceClassification"),
+                                 (AutoModelForTokenClassification, "LRNNForTokenClassification")]:
+            model = auto_class.from_pretrained(lm, trust_remote_code=True, num_labels=3).eval()
+            assert type(model).__name__ == name and type(model).__module__.startswith("transformers_modules"), type(model)
+            assert model(torch.tensor([[1, 2, 3]])).logits.shape[-1] == 3
+            for key, value in model.model.state_dict().items():
+                assert torch.equal(value, weights["model." + key]), key
+        model = AutoModelForCausalLM.from_pretrained({str(tmp_path / "head")!r}, trust_remote_code=True)
+        assert type(model).__name__ == "LRNNForCausalLM", type(model)
+        print("REMOTE_OK")
+        """
+    )
+    result = run_without_hf_lrnn(script, tmp_path)
+    assert "REMOTE_OK" in result.stdout, result.stdout + result.stderr

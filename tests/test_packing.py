@@ -297,6 +297,32 @@ def test_packed_rows_with_a_cache_are_refused():
         model(input_ids=ids(1, 8), seq_idx=torch.tensor([[0, 0, 1, 1, 1, 1, 1, 1]]), **{CACHE_FIELD: cache})
 
 
+def test_forward_reads_every_check_in_one_host_read(monkeypatch):
+    """An eager forward reads the token ids' range, the boundary checks and whether the mask is all ones with
+    one read_flags call (one host sync on a GPU); bad token ids are still refused with packed rows."""
+    from hf_lrnn import modeling_lrnn
+
+    reads = []
+
+    def recording_read(flags):
+        reads.append(sorted(flags))
+        return read_flags(flags)
+
+    read_flags = modeling_lrnn.read_flags
+    monkeypatch.setattr(modeling_lrnn, "read_flags", recording_read)
+    model = tiny_model("hlru")
+    packed, padded = ids(2, 20), ids(2, 20)
+    mask = torch.ones(2, 20, dtype=torch.long)
+    mask[1, 15:] = 0
+    model(packed, position_ids=torch.cat([torch.arange(8), torch.arange(12)])[None].expand(2, 20))
+    model(padded, attention_mask=mask)
+    assert len(reads) == 2, reads
+    assert {"input_ids min", "input_ids max", "packed", "position_ids jump"} <= set(reads[0])
+    assert reads[1] == ["attention_mask all ones", "input_ids max", "input_ids min"]
+    with pytest.raises(ValueError, match=r"input_ids must lie in \[0, vocab_size"):
+        model(packed + model.config.vocab_size, position_ids=torch.cat([torch.arange(8), torch.arange(12)])[None])
+
+
 # ---------------------------------------------------------------------------------------------
 # The public scan ops: resets with an initial state and a mask, every backend
 # ---------------------------------------------------------------------------------------------

@@ -46,3 +46,25 @@ def test_packing_smoke_packed_rows_equal_documents_alone(tmp_path):
         assert result["equality"]["logits_max_rel_error"] < 1e-10
         assert result["equality"]["grads_max_rel_error"] < 1e-10
         assert result["speed"]["packed_tokens_per_s"] > 0 and result["speed"]["documents"] > 2
+
+
+def test_mixed_length_smoke_record(tmp_path):
+    """The mixed-length training benchmark's smoke mode (float64, CPU): every model in both layouts, the same
+    loss packed and padded (main() asserts it too), and the record's fields."""
+    from benchmarks.model import mixed_length
+
+    out = tmp_path / "mixed_length.json"
+    assert mixed_length.main(["--smoke", "--warmup", "1", "--steps", "1", "--out", str(out)]) == 0
+    record = json.loads(out.read_text())
+    assert {"commit", "gpu", "torch", "transformers", "date"} <= set(record["env"])
+    assert record["llama_packed_mask_detected"] is True
+    size = record["size"]
+    assert record["real_tokens_per_step"] == sum(map(sum, record["rows"])) == size["batch"] * size["seq_len"]
+    assert record["padded_tokens_per_step"] > record["real_tokens_per_step"]
+    assert record["documents"] == sum(map(len, record["rows"])) > record["size"]["batch"]
+    assert set(record["models"]) == {"hlru_m2", "bdlru_k4", "llama"}
+    for result in record["models"].values():
+        assert result["first_loss_gap"] < 1e-10
+        for layout in mixed_length.LAYOUTS:
+            assert result[layout]["real_tokens_per_s"] > 0 and math.isfinite(result[layout]["first_loss"])
+        assert result["packed_over_padded"] > 0
