@@ -27,7 +27,7 @@ from .cache_lrnn import LRNNCache, layer_state_shapes
 from .configuration_lrnn import LRNNConfig
 from .generation_lrnn import (CACHE_FIELD, GENERATE_CHECKED_TOKEN_IDS, LRNNGenerationMixin, check_token_id_range,
                               pick_cache)
-from .ops_lrnn import bdlru_scan, hlru_scan, mask_may_be_dropped
+from .ops_lrnn import bdlru_scan, hlru_lagged_states, hlru_scan, mask_may_be_dropped
 from .packing_lrnn import pending_document_starts, read_flags
 
 # Keyword arguments forward() accepts beyond its named ones, from Trainer and generate(); ignored.
@@ -62,50 +62,6 @@ class LRNNMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
-
-
-def hlru_lagged_states(h: torch.Tensor, initial_state: torch.Tensor, mask: Optional[torch.Tensor],
-                       resets: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """The H-LRU readout's states s_t = [h_t, h_{t-1}, ..., h_{t-m+1}]: (B, T, N) -> (B, T, N, m).
-
-    Before t = 0 the lags come from ``initial_state`` (B, N, m) = [h_{-1}, ..., h_{-m}].
-    Masked steps (mask == 0) do not shift the lags (the scan keeps the state there), so lag j is the
-    j-th most recent unmasked step; at a masked step s_t equals the state at the last unmasked one.
-    After a document start (``resets`` (B, T) True at t > 0) the lags from before it read zero, as in the scan.
-    """
-    B, T, N = h.shape
-    m = initial_state.shape[-1]
-    past = initial_state.flip(-1).transpose(1, 2).to(h.dtype)  # (B, m, N) = h_{-m}, ..., h_{-1}
-    ext = torch.cat([past, h], dim=1)  # ext[:, m + t] = h_t
-    if mask is None:
-        lags = [ext[:, m - j : m - j + T] for j in range(m)]
-        if resets is not None:  # lag 0 (h_t) is never cut; lag j >= 1 where no start lies in (t - j, t]
-            since_start = torch.arange(T, device=h.device) - _latest_starts(resets, m)  # (B, T), >= 0
-            lags = [lags[0]] + [torch.where((since_start >= j)[..., None], lags[j], 0.0) for j in range(1, m)]
-        return torch.stack(lags, dim=-1)
-    keep = torch.cat([mask.new_ones(B, m), mask], dim=1).bool()  # the initial lags count as kept steps
-    rank = keep.long().cumsum(1) - 1  # index of the latest kept step at or before each position
-    slots = torch.where(keep, rank, torch.full_like(rank, m + T))  # unkept positions go to a spare slot
-    position_of_rank = torch.zeros(B, m + T + 1, dtype=torch.long, device=h.device)
-    position_of_rank.scatter_(1, slots, torch.arange(m + T, device=h.device).expand(B, -1))
-    lag_ranks = rank[:, m:, None] - torch.arange(m, device=h.device)  # (B, T, m), all >= 0
-    positions = position_of_rank.gather(1, lag_ranks.reshape(B, T * m))  # (B, T*m)
-    lagged = ext.gather(1, positions[..., None].expand(B, T * m, N)).view(B, T, m, N).transpose(2, 3)
-    return lagged if resets is None else _zero_lags_before_starts(lagged, positions.view(B, T, m) - m, resets)
-
-
-def _latest_starts(resets: torch.Tensor, m: int) -> torch.Tensor:
-    """(B, T): the latest document start at or before t (``resets`` True at t > 0), or -m - 1 where none
-    (before every initial-state lag, whose source times are -m..-1)."""
-    times = torch.arange(resets.shape[1], device=resets.device)
-    return torch.where(resets & (times > 0), times, -m - 1).cummax(1).values
-
-
-def _zero_lags_before_starts(lagged: torch.Tensor, source_times: torch.Tensor, resets: torch.Tensor) -> torch.Tensor:
-    """``lagged`` (B, T, N, m) with zero where its lag's step (``source_times`` (B, T, m); < 0: from the
-    initial state) lies before the latest document start at or before t (resets True at t > 0)."""
-    last_start = _latest_starts(resets, lagged.shape[-1])
-    return torch.where((source_times >= last_start[..., None])[:, :, None, :], lagged, 0.0)
 
 
 class HLRUMixer(nn.Module):

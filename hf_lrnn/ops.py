@@ -10,7 +10,7 @@ from .ops_lrnn import (  # noqa: F401
     ScanUnsupportedError,
     bdlru_scan,
     check_scan_inputs,
-    drop_mask_if_all_ones,
+    hlru_lagged_states,
     hlru_scan,
     mask_may_be_dropped,
     select_scan,

@@ -12,7 +12,7 @@ from transformers.dynamic_module_utils import get_imports
 
 from hf_lrnn import LRNNConfig, LRNNForCausalLM, LRNNModel
 from hf_lrnn.generation_lrnn import CACHE_FIELD
-from hf_lrnn.modeling_lrnn import hlru_lagged_states
+from hf_lrnn.ops_lrnn import hlru_lagged_states
 from helpers import MIXERS, ids, tiny_model
 from script_loader import run_without_hf_lrnn
 

@@ -13,7 +13,7 @@ from transformers import DataCollatorWithFlattening, Trainer, TrainingArguments
 from hf_lrnn import LRNNCache, ops
 from hf_lrnn.gates_lrnn import GATE_NORMALIZATIONS
 from hf_lrnn.generation_lrnn import CACHE_FIELD
-from hf_lrnn.modeling_lrnn import hlru_lagged_states
+from hf_lrnn.ops_lrnn import hlru_lagged_states
 from hf_lrnn.scan_reference_lrnn import hlru_scan_reference
 from helpers import F64, ids, relative_error, scan_inputs, tiny_model
 
