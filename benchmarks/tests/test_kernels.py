@@ -59,3 +59,55 @@ def test_gpu_scripts_refuse_the_cpu_without_the_interpreter(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     with pytest.raises(SystemExit, match="--smoke runs the Triton kernels on the CPU: set TRITON_INTERPRET=1"):
         check_scan_gpu.main(["--smoke", "--out", "unused.json"])
+
+
+# A stand-in for the authors' triton_scans.py (same entry point, plain torch): tests the loading and the mapping of
+# our logits to their A and b, without their code (which is not part of this repository).
+FAKE_AUTHORS_SCANS = '''
+import torch
+
+
+def _loop(A, b):
+    h, ys = b.new_zeros(b.shape[0], b.shape[2]), []
+    for t in range(b.shape[1]):
+        h = (A[:, t] @ h[..., None])[..., 0] + b[:, t]
+        ys.append(h)
+    return torch.stack(ys, 1)
+
+
+_KERNELS = {"auto": _loop}
+
+
+def triton_affine_scan(A, b, mode):
+    return _KERNELS[mode](A, b)
+'''
+
+
+def test_bench_scan_compare_smoke(tmp_path, capsys):
+    """bench_scan --smoke --compare times ours and both of the authors' variants on every case; the authors'
+    scan fed from our logits (companion matrices for H-LRU) gives our h."""
+    authors = tmp_path / "authors"
+    authors.mkdir()
+    (authors / "triton_scans.py").write_text(FAKE_AUTHORS_SCANS)
+    bench_scan.main(["--smoke", "--compare", "--authors-path", str(authors), "--out", str(tmp_path)])
+    result = json.loads((tmp_path / "bench_scan_compare_smoke.json").read_text())["compare"]
+    assert result["authors"].startswith("triton_affine_scan(mode='auto')")
+    c, s = bench_scan.COMPARE_SMOKE, bench_scan.SMOKE
+    cases = [(kind, D, s["B"], s["T"]) for kind, D in c["main"]] + [(kind, D, 1, s["b1_T"]) for kind, D in c["b1"]]
+    names = ["ours", "authors_kernel", "authors_with_gates"]
+    assert [(r["kind"], r["size"], r["B"], r["T"], r["contender"]) for r in result["rows"]] == [
+        case + (name,) for case in cases for name in names]
+    for row in result["rows"]:
+        assert "error" not in row, row
+        assert all(row[k]["min"] <= row[k]["median"] <= row[k]["max"] for k in ("fwd_ms", "fwdbwd_ms")), row
+        if row["contender"] == "authors_with_gates":
+            assert row["rel_err_vs_ours"] < 1e-5, row
+    assert "authors_with_gates" in capsys.readouterr().out
+
+
+def test_bench_scan_compare_without_the_authors(tmp_path):
+    """Without their folder the comparison says why and times ours alone."""
+    bench_scan.main(["--smoke", "--compare", "--authors-path", str(tmp_path / "missing"), "--out", str(tmp_path)])
+    result = json.loads((tmp_path / "bench_scan_compare_smoke.json").read_text())["compare"]
+    assert result["authors"].startswith("not available:") and "triton_scans.py" in result["authors"]
+    assert {r["contender"] for r in result["rows"]} == {"ours"}
