@@ -26,6 +26,7 @@ The launch constants below are fixed numbers tuned on one H200 (``benchmarks/ker
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from typing import Optional, Tuple
@@ -47,6 +48,7 @@ from .triton_bdlru_lrnn import (
     _bdlru_step_fwd_kernel,
 )
 from .triton_helpers_lrnn import _chunk_combine_kernel
+from .triton_hlru1_lrnn import _hlru1_bwd_kernel, _hlru1_fwd_kernel
 from .triton_hlru_lrnn import _hlru_bwd_kernel, _hlru_fwd_kernel
 
 MAX_HLRU_ORDER = 16  # largest supported m
@@ -66,6 +68,13 @@ HLRU_BWD_CONFIG = {1: (4, 128, 4), 2: (2, 128, 4), 3: (8, 128, 4), 4: (4, 128, 4
 BDLRU_FWD_CONFIG = {2: (4, 128, 4), 3: (2, 128, 4), 4: (2, 128, 4), 8: (1, 128, 4)}
 BDLRU_BWD_CONFIG = {2: (4, 128, 4), 3: (2, 128, 4), 4: (2, 128, 4), 8: (1, 128, 4)}
 _KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+# H-LRU m = 1 single-pass kernels (triton_hlru1_lrnn): one program per BLOCK_N channels of a sequence, time in
+# tiles of L = SINGLE_PASS_TILE / BLOCK_N steps. Used only where B * N / BLOCK_N programs reach
+# SINGLE_PASS_PROGRAMS_PER_SM per SM of the device, and only while switched on: they are off by default until a
+# GPU run measures them faster than the chunked kernels (issue 22); ``single_pass_override`` switches them on.
+SINGLE_PASS_TILE = 2048
+SINGLE_PASS_PROGRAMS_PER_SM = 2
+_SINGLE_PASS = {"enabled": False, "plan": None}
 
 
 def triton_unsupported_reason(kind: str, size: int) -> Optional[str]:
@@ -157,6 +166,63 @@ def _chunk_plan(kind: str, v: torch.Tensor, D: int, chunk_size: Optional[int]) -
     else:
         want = triton.cdiv(BDLRU_TARGET_THREADS, B * N)
     return _chunk_length_and_count(T, D, want, chunk_size)
+
+
+@contextlib.contextmanager
+def single_pass_override(plan: Optional[Tuple[int, int, int]] = None):
+    """Within the block, H-LRU m = 1 scans run the single-pass kernels: with ``plan`` = (BLOCK_N, L, num_warps)
+    everywhere, else where ``_single_pass_plan`` finds enough programs (on CUDA). For benchmarks and tests."""
+    saved = dict(_SINGLE_PASS)
+    _SINGLE_PASS.update(enabled=True, plan=plan)
+    try:
+        yield
+    finally:
+        _SINGLE_PASS.update(saved)
+
+
+def _single_pass_plan(kind: str, v: torch.Tensor, D: int, chunk_size: Optional[int]) -> Optional[Tuple[int, int, int]]:
+    """(BLOCK_N, L, num_warps) of the single-pass kernels for this scan, or None for the other kernels: H-LRU
+    m = 1 without a forced chunk_size, switched on, and the widest BLOCK_N in (64, 32, 16) that gives
+    SINGLE_PASS_PROGRAMS_PER_SM programs per SM."""
+    if not _SINGLE_PASS["enabled"] or kind != "hlru" or D != 1 or chunk_size is not None:
+        return None
+    if _SINGLE_PASS["plan"] is not None:
+        return _SINGLE_PASS["plan"]
+    if not v.is_cuda:
+        return None
+    B, _, N = v.shape
+    sms = torch.cuda.get_device_properties(v.device).multi_processor_count
+    for block in (64, 32, 16):
+        if B * triton.cdiv(N, block) >= SINGLE_PASS_PROGRAMS_PER_SM * sms:
+            return block, SINGLE_PASS_TILE // block, _NUM_WARPS
+    return None
+
+
+def _single_pass_forward(v, g, init, mask, norm, plan, resets=None):
+    """h and the final state (B, N, 1) of an H-LRU m = 1 scan by the single-pass kernel."""
+    B, T, N = v.shape
+    block, L, warps = plan
+    h = torch.empty_like(v)
+    final = torch.empty(B, N, 1, dtype=torch.float32, device=v.device)
+    _hlru1_fwd_kernel[(triton.cdiv(N, block), B)](
+        v, g, mask if mask is not None else v, resets if resets is not None else v, init if init is not None else v,
+        h, final, T, N, NORM=norm, EPS=L1_EPS, HAS_INIT=init is not None, HAS_MASK=mask is not None,
+        HAS_RESETS=resets is not None, L=L, BLOCK_N=block, num_warps=warps)
+    return h, final
+
+
+def _single_pass_backward(v, g, init, mask, h, dh, dfinal, norm, plan, resets=None):
+    """dv, dgate_logits and the initial state's gradient (float32) of an H-LRU m = 1 scan, single pass."""
+    B, T, N = v.shape
+    block, L, warps = plan
+    dv, dg = torch.empty_like(v), torch.empty_like(g)
+    d_init = torch.empty(B, N, 1, dtype=torch.float32, device=v.device)
+    _hlru1_bwd_kernel[(triton.cdiv(N, block), B)](
+        v, g, mask if mask is not None else v, resets if resets is not None else v, init if init is not None else v,
+        h, dh, dfinal if dfinal is not None else v, dv, dg, d_init, T, N, NORM=norm, EPS=L1_EPS,
+        HAS_INIT=init is not None, HAS_DFINAL=dfinal is not None, HAS_MASK=mask is not None,
+        HAS_RESETS=resets is not None, L=L, BLOCK_N=block, num_warps=warps)
+    return dv, dg, d_init
 
 
 def _sequential_forward(kind, v, g, init, mask, norm, L, resets=None):
@@ -256,6 +322,9 @@ OP_NAMESPACE = "hf_lrnn" if __name__ == "hf_lrnn.scan_triton_lrnn" else "hf_lrnn
 
 def _scan_forward(kind, v, g, init, mask, normalization, chunk_size, resets=None):
     D = g.shape[-1] - 1
+    plan = _single_pass_plan(kind, v, D, chunk_size)
+    if plan is not None:
+        return _single_pass_forward(v, g, init, mask, normalization, plan, resets)
     L, _ = _chunk_plan(kind, v, D, chunk_size)  # also refuses a chunk_size that would split time for D > 8
     if kind == "bdlru" and D > MAX_SEQUENTIAL_BLOCK:
         return _step_forward(v, g, init, mask, normalization, resets)
@@ -264,6 +333,9 @@ def _scan_forward(kind, v, g, init, mask, normalization, chunk_size, resets=None
 
 def _scan_backward(kind, v, g, init, mask, h, dh, dfinal, normalization, chunk_size, resets=None):
     D = g.shape[-1] - 1
+    plan = _single_pass_plan(kind, v, D, chunk_size)
+    if plan is not None:
+        return _single_pass_backward(v, g, init, mask, h, dh, dfinal, normalization, plan, resets)
     if kind == "bdlru" and D > MAX_SEQUENTIAL_BLOCK:
         return _step_backward(v, g, init, mask, h, dh, dfinal, normalization, resets)
     L, _ = _chunk_plan(kind, v, D, chunk_size)
