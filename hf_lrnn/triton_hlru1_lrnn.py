@@ -41,9 +41,9 @@ def _step_maps(g_ptr, mask_ptr, resets_ptr, b, t, n, ok, T, N, NORM: tl.constexp
     """Logits (g0, g1), gates (a0, a1), kept-step flags and the transition A (1 where not ``ok``) of the steps
     t (L,) of sequence b, channels n (BLOCK_N,): tiles (L, BLOCK_N)."""
     t_ok = (t >= 0) & (t < T)
-    off = ((b * T + t)[:, None] * N + n[None, :]) * 2
-    g0 = tl.load(g_ptr + off, mask=ok, other=0.0).to(tl.float32)
-    g1 = tl.load(g_ptr + off + 1, mask=ok, other=0.0).to(tl.float32)
+    off = ((b * T + t)[:, None] * N + n[None, :]) * 2  # the logit pairs (L, BLOCK_N, 2): one load, then split
+    pair = tl.arange(0, 2)[None, None, :]
+    g0, g1 = tl.split(tl.load(g_ptr + off[:, :, None] + pair, mask=ok[:, :, None], other=0.0).to(tl.float32))
     a0, a1 = _normalize((g0, g1), NORM, EPS)
     keep = ok
     if HAS_MASK:
@@ -126,7 +126,8 @@ def _hlru1_bwd_kernel(
         da1 = tl.where(keep, lam_t * prev, 0.0)
         dg0, dg1 = _normalize_bwd((g0, g1), (a0, a1), (da0, da1), NORM, EPS)
         tl.store(dv_ptr + off, tl.where(keep, lam_t * a0, 0.0).to(dv_ptr.dtype.element_ty), mask=ok)
-        tl.store(dg_ptr + off * 2, dg0.to(dg_ptr.dtype.element_ty), mask=ok)
-        tl.store(dg_ptr + off * 2 + 1, dg1.to(dg_ptr.dtype.element_ty), mask=ok)
+        pair = tl.arange(0, 2)[None, None, :]
+        tl.store(dg_ptr + off[:, :, None] * 2 + pair, tl.join(dg0, dg1).to(dg_ptr.dtype.element_ty),
+                 mask=ok[:, :, None])
         if t1 <= L:  # the tile holding t = 0: dL/dh_{-1} = A_0 lam_0
             tl.store(dinit_ptr + b * N + n, tl.sum(tl.where((t == 0)[:, None], A * lam_t, 0.0), 0), mask=n_ok)

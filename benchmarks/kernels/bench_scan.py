@@ -189,9 +189,9 @@ def compare(s: dict, c: dict, bench, copy_bw: float, authors_path) -> dict:
         for name, setup in compare_scan.contenders(kind, D, use_authors, fla).items():
             row = dict(kind=kind, size=D, B=B, T=T, contender=name)
             try:
-                if name.endswith("_with_gates"):  # the *_kernel contenders run the same kernel on ready operands
-                    row["rel_err_vs_ours"] = compare_scan.check_against_ours(kind, setup, v, g)
-                row.update(compare_scan.time_contender(bench, setup, v, g, repeats, c["warmup"], c["rep"]))
+                if name != "ours" and not name.endswith("_kernel"):  # *_kernel: the same kernels on ready operands
+                    row["rel_err_vs_ours"] = compare_scan.check_against_ours(kind, name, setup, v, g)
+                row.update(compare_scan.time_contender(bench, name, setup, v, g, repeats, c["warmup"], c["rep"]))
                 nbytes = B * T * s["W"] * 2 * (D + 3) / (D if kind == "hlru" else 1)
                 row["frac_copy_bw_fwd"] = nbytes / (row["fwd_ms"]["median"] * 1e-3) / copy_bw
                 row["frac_copy_bw_fwdbwd"] = 3 * nbytes / (row["fwdbwd_ms"]["median"] * 1e-3) / copy_bw

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from benchmarks.kernels import bench_scan, bench_torch_scan, check_scan_gpu
+from benchmarks.kernels import bench_scan, bench_torch_scan, check_scan_gpu, compare_scan
 
 
 def test_check_scan_gpu_smoke(tmp_path):
@@ -94,13 +94,15 @@ def test_bench_scan_compare_smoke(tmp_path, capsys):
     assert result["authors"].startswith("triton_affine_scan(mode='auto')")
     c, s = bench_scan.COMPARE_SMOKE, bench_scan.SMOKE
     cases = [(kind, D, s["B"], s["T"]) for kind, D in c["main"]] + [(kind, D, 1, s["b1_T"]) for kind, D in c["b1"]]
-    names = ["ours", "authors_kernel", "authors_with_gates"]
+    single_pass = [f"ours_single_pass_{n}x{L}w{w}" for n, L, w in compare_scan.SINGLE_PASS_PLANS]
+    names = lambda kind, D: ["ours"] + (single_pass if (kind, D) == ("hlru", 1) else []) + [  # noqa: E731
+        "authors_kernel", "authors_with_gates"]
     assert [(r["kind"], r["size"], r["B"], r["T"], r["contender"]) for r in result["rows"]] == [
-        case + (name,) for case in cases for name in names]
+        case + (name,) for case in cases for name in names(*case[:2])]
     for row in result["rows"]:
         assert "error" not in row, row
         assert all(row[k]["min"] <= row[k]["median"] <= row[k]["max"] for k in ("fwd_ms", "fwdbwd_ms")), row
-        if row["contender"] == "authors_with_gates":
+        if row["contender"] == "authors_with_gates" or row["contender"].startswith("ours_single_pass"):
             assert row["rel_err_vs_ours"] < 1e-5, row
     assert "authors_with_gates" in capsys.readouterr().out
 
@@ -110,4 +112,5 @@ def test_bench_scan_compare_without_the_authors(tmp_path):
     bench_scan.main(["--smoke", "--compare", "--authors-path", str(tmp_path / "missing"), "--out", str(tmp_path)])
     result = json.loads((tmp_path / "bench_scan_compare_smoke.json").read_text())["compare"]
     assert result["authors"].startswith("not available:") and "triton_scans.py" in result["authors"]
-    assert {r["contender"] for r in result["rows"]} == {"ours"}
+    assert {r["contender"] for r in result["rows"]} == {"ours"} | {
+        f"ours_single_pass_{n}x{L}w{w}" for n, L, w in compare_scan.SINGLE_PASS_PLANS}
