@@ -48,7 +48,7 @@ from .triton_bdlru_lrnn import (
     _bdlru_step_fwd_kernel,
 )
 from .triton_helpers_lrnn import _chunk_combine_kernel
-from .triton_hlru1_lrnn import _hlru1_bwd_kernel, _hlru1_fwd_kernel
+from .triton_hlru_single_pass_lrnn import _hlru1_bwd_kernel, _hlru1_fwd_kernel, _hlru2_bwd_kernel, _hlru2_fwd_kernel
 from .triton_hlru_lrnn import _hlru_bwd_kernel, _hlru_fwd_kernel
 
 MAX_HLRU_ORDER = 16  # largest supported m
@@ -68,10 +68,11 @@ HLRU_BWD_CONFIG = {1: (4, 128, 4), 2: (2, 128, 4), 3: (8, 128, 4), 4: (4, 128, 4
 BDLRU_FWD_CONFIG = {2: (4, 128, 4), 3: (2, 128, 4), 4: (2, 128, 4), 8: (1, 128, 4)}
 BDLRU_BWD_CONFIG = {2: (4, 128, 4), 3: (2, 128, 4), 4: (2, 128, 4), 8: (1, 128, 4)}
 _KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-# H-LRU m = 1 single-pass kernels (triton_hlru1_lrnn): one program per BLOCK_N channels of a sequence, time in
-# tiles of L = SINGLE_PASS_TILE / BLOCK_N steps. Used only where B * N / BLOCK_N programs reach
-# SINGLE_PASS_PROGRAMS_PER_SM per SM of the device, and only while switched on: they are off by default until a
-# GPU run measures them faster than the chunked kernels (issue 22); ``single_pass_override`` switches them on.
+# H-LRU single-pass kernels (triton_hlru_single_pass_lrnn), m = 1, and m = 2 without a mask: one program per
+# BLOCK_N channels of a sequence, time in tiles of L = SINGLE_PASS_TILE / (m BLOCK_N) steps (m = 2 at tiles of 2048
+# spills registers on sm_90). Used only where B * N / BLOCK_N programs reach SINGLE_PASS_PROGRAMS_PER_SM per SM of
+# the device, and only while switched on: they are off by default until a GPU run measures them faster than the
+# chunked kernels (issue 22); ``single_pass_override`` switches them on.
 SINGLE_PASS_TILE = 2048
 SINGLE_PASS_PROGRAMS_PER_SM = 2
 _SINGLE_PASS = {"enabled": False, "plan": None}
@@ -170,8 +171,9 @@ def _chunk_plan(kind: str, v: torch.Tensor, D: int, chunk_size: Optional[int]) -
 
 @contextlib.contextmanager
 def single_pass_override(plan: Optional[Tuple[int, int, int]] = None):
-    """Within the block, H-LRU m = 1 scans run the single-pass kernels: with ``plan`` = (BLOCK_N, L, num_warps)
-    everywhere, else where ``_single_pass_plan`` finds enough programs (on CUDA). For benchmarks and tests."""
+    """Within the block, H-LRU scans of m = 1 (and m = 2 without a mask) run the single-pass kernels: with ``plan``
+    = (BLOCK_N, L, num_warps) everywhere, else where ``_single_pass_plan`` finds enough programs (on CUDA). For
+    benchmarks and tests."""
     saved = dict(_SINGLE_PASS)
     _SINGLE_PASS.update(enabled=True, plan=plan)
     try:
@@ -180,11 +182,12 @@ def single_pass_override(plan: Optional[Tuple[int, int, int]] = None):
         _SINGLE_PASS.update(saved)
 
 
-def _single_pass_plan(kind: str, v: torch.Tensor, D: int, chunk_size: Optional[int]) -> Optional[Tuple[int, int, int]]:
+def _single_pass_plan(kind: str, v: torch.Tensor, D: int, chunk_size: Optional[int],
+                      masked: bool) -> Optional[Tuple[int, int, int]]:
     """(BLOCK_N, L, num_warps) of the single-pass kernels for this scan, or None for the other kernels: H-LRU
-    m = 1 without a forced chunk_size, switched on, and the widest BLOCK_N in (64, 32, 16) that gives
-    SINGLE_PASS_PROGRAMS_PER_SM programs per SM."""
-    if not _SINGLE_PASS["enabled"] or kind != "hlru" or D != 1 or chunk_size is not None:
+    m = 1, or m = 2 without a mask, without a forced chunk_size, switched on, and the widest BLOCK_N in
+    (64, 32, 16) that gives SINGLE_PASS_PROGRAMS_PER_SM programs per SM."""
+    if not _SINGLE_PASS["enabled"] or kind != "hlru" or not (D == 1 or D == 2 and not masked) or chunk_size is not None:
         return None
     if _SINGLE_PASS["plan"] is not None:
         return _SINGLE_PASS["plan"]
@@ -194,16 +197,23 @@ def _single_pass_plan(kind: str, v: torch.Tensor, D: int, chunk_size: Optional[i
     sms = torch.cuda.get_device_properties(v.device).multi_processor_count
     for block in (64, 32, 16):
         if B * triton.cdiv(N, block) >= SINGLE_PASS_PROGRAMS_PER_SM * sms:
-            return block, SINGLE_PASS_TILE // block, _NUM_WARPS
+            return block, SINGLE_PASS_TILE // (D * block), _NUM_WARPS
     return None
 
 
 def _single_pass_forward(v, g, init, mask, norm, plan, resets=None):
-    """h and the final state (B, N, 1) of an H-LRU m = 1 scan by the single-pass kernel."""
+    """h and the final state (B, N, m) of an H-LRU scan of order m = 1 or 2 (no mask) by the single-pass kernels."""
     B, T, N = v.shape
+    m = g.shape[-1] - 1
     block, L, warps = plan
     h = torch.empty_like(v)
-    final = torch.empty(B, N, 1, dtype=torch.float32, device=v.device)
+    final = torch.empty(B, N, m, dtype=torch.float32, device=v.device)
+    if m == 2:
+        _hlru2_fwd_kernel[(triton.cdiv(N, block), B)](
+            v, g, resets if resets is not None else v, init if init is not None else v, h, final, T, N, NORM=norm,
+            EPS=L1_EPS, HAS_INIT=init is not None, HAS_RESETS=resets is not None, L=L, BLOCK_N=block,
+            num_warps=warps)
+        return h, final
     _hlru1_fwd_kernel[(triton.cdiv(N, block), B)](
         v, g, mask if mask is not None else v, resets if resets is not None else v, init if init is not None else v,
         h, final, T, N, NORM=norm, EPS=L1_EPS, HAS_INIT=init is not None, HAS_MASK=mask is not None,
@@ -212,11 +222,19 @@ def _single_pass_forward(v, g, init, mask, norm, plan, resets=None):
 
 
 def _single_pass_backward(v, g, init, mask, h, dh, dfinal, norm, plan, resets=None):
-    """dv, dgate_logits and the initial state's gradient (float32) of an H-LRU m = 1 scan, single pass."""
+    """dv, dgate_logits and the initial state's gradient (float32) of an H-LRU scan of order 1 or 2, single pass."""
     B, T, N = v.shape
+    m = g.shape[-1] - 1
     block, L, warps = plan
     dv, dg = torch.empty_like(v), torch.empty_like(g)
-    d_init = torch.empty(B, N, 1, dtype=torch.float32, device=v.device)
+    d_init = torch.empty(B, N, m, dtype=torch.float32, device=v.device)
+    if m == 2:
+        _hlru2_bwd_kernel[(triton.cdiv(N, block), B)](
+            v, g, resets if resets is not None else v, init if init is not None else v, h, dh,
+            dfinal if dfinal is not None else v, dv, dg, d_init, T, N, NORM=norm, EPS=L1_EPS,
+            HAS_INIT=init is not None, HAS_DFINAL=dfinal is not None, HAS_RESETS=resets is not None, L=L,
+            BLOCK_N=block, num_warps=warps)
+        return dv, dg, d_init
     _hlru1_bwd_kernel[(triton.cdiv(N, block), B)](
         v, g, mask if mask is not None else v, resets if resets is not None else v, init if init is not None else v,
         h, dh, dfinal if dfinal is not None else v, dv, dg, d_init, T, N, NORM=norm, EPS=L1_EPS,
@@ -322,7 +340,7 @@ OP_NAMESPACE = "hf_lrnn" if __name__ == "hf_lrnn.scan_triton_lrnn" else "hf_lrnn
 
 def _scan_forward(kind, v, g, init, mask, normalization, chunk_size, resets=None):
     D = g.shape[-1] - 1
-    plan = _single_pass_plan(kind, v, D, chunk_size)
+    plan = _single_pass_plan(kind, v, D, chunk_size, mask is not None)
     if plan is not None:
         return _single_pass_forward(v, g, init, mask, normalization, plan, resets)
     L, _ = _chunk_plan(kind, v, D, chunk_size)  # also refuses a chunk_size that would split time for D > 8
@@ -333,7 +351,7 @@ def _scan_forward(kind, v, g, init, mask, normalization, chunk_size, resets=None
 
 def _scan_backward(kind, v, g, init, mask, h, dh, dfinal, normalization, chunk_size, resets=None):
     D = g.shape[-1] - 1
-    plan = _single_pass_plan(kind, v, D, chunk_size)
+    plan = _single_pass_plan(kind, v, D, chunk_size, mask is not None)
     if plan is not None:
         return _single_pass_backward(v, g, init, mask, h, dh, dfinal, normalization, plan, resets)
     if kind == "bdlru" and D > MAX_SEQUENTIAL_BLOCK:

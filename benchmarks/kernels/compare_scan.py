@@ -11,8 +11,8 @@ H-LRU order m runs through the m x m companion matrix (first row a_1..a_m, ones 
 b = (a_0 v, 0, ..., 0); BD-LRU block k through A = a[..., 1:], b = a[..., 0] * v.
 fla: ``chunk_hgrn(x, g)`` solves h_t = exp(g_t) h_{t-1} + x_t; ``fla_kernel`` on ready x and g,
 ``fla_with_gates`` with x = a_0 v and g = log a_1 from our logits (log_softmax) inside the timing.
-H-LRU m = 1 also runs our single-pass kernels (``scan_triton_lrnn.single_pass_override``), not yet our default,
-at each plan of SINGLE_PASS_PLANS: ``ours_single_pass_<BLOCK_N>x<L>w<warps>``.
+H-LRU m = 1 and 2 also run our single-pass kernels (``scan_triton_lrnn.single_pass_override``), not yet our
+default, at each plan of SINGLE_PASS_PLANS: ``ours_single_pass_<BLOCK_N>x<L>w<warps>``.
 """
 from __future__ import annotations
 
@@ -33,7 +33,9 @@ from .scan_setup import SCANS
 
 AUTHORS_PACKAGE = "authors_mad_scans"  # the module name the authors' folder is imported under
 AUTHORS_MODES = ("auto_v2", "auto")  # the first of these their triton_scans offers is the one timed
-SINGLE_PASS_PLANS = [(32, 64, 4), (64, 32, 4), (64, 32, 8), (32, 32, 4), (64, 16, 4)]  # (BLOCK_N, L, warps), m = 1 single pass
+# order m -> (BLOCK_N, L, num_warps) of our single-pass kernels timed (the first: the planner's at B = 8, W = 2048)
+SINGLE_PASS_PLANS = {1: [(32, 64, 4), (64, 32, 4), (64, 32, 8), (32, 32, 4), (64, 16, 4)],
+                     2: [(32, 32, 4), (64, 16, 4), (16, 64, 4)]}
 
 
 def load_authors_scan(path: Optional[str]) -> Tuple[Optional[Callable], str]:
@@ -99,8 +101,8 @@ def contenders(kind: str, D: int, authors: Optional[Callable], fla: Optional[Cal
     backward run inside ``context(name)``."""
     ours = lambda v, g: ((lambda: SCANS[kind](v, g, backend="triton")[0]), (v, g))  # noqa: E731
     out = {"ours": ours}
-    if kind == "hlru" and D == 1:
-        out.update({f"ours_single_pass_{n}x{L}w{w}": ours for n, L, w in SINGLE_PASS_PLANS})
+    if kind == "hlru" and D in SINGLE_PASS_PLANS:
+        out.update({f"ours_single_pass_{n}x{L}w{w}": ours for n, L, w in SINGLE_PASS_PLANS[D]})
     if authors is not None:
         def authors_kernel(v, g):
             A, b = (x.detach().requires_grad_(True) for x in authors_operands(kind, v.detach(), g.detach()))
@@ -124,7 +126,8 @@ def context(name: str):
     """What a contender runs inside: the single-pass override with its plan for ``ours_single_pass_*``."""
     if not name.startswith("ours_single_pass_"):
         return contextlib.nullcontext()
-    plan = next(p for p in SINGLE_PASS_PLANS if name.endswith(f"_{p[0]}x{p[1]}w{p[2]}"))
+    n, L, w = (int(x) for x in name.removeprefix("ours_single_pass_").replace("w", "x").split("x"))
+    plan = (n, L, w)
     return scan_triton_lrnn.single_pass_override(plan)
 
 

@@ -94,8 +94,9 @@ def test_bench_scan_compare_smoke(tmp_path, capsys):
     assert result["authors"].startswith("triton_affine_scan(mode='auto')")
     c, s = bench_scan.COMPARE_SMOKE, bench_scan.SMOKE
     cases = [(kind, D, s["B"], s["T"]) for kind, D in c["main"]] + [(kind, D, 1, s["b1_T"]) for kind, D in c["b1"]]
-    single_pass = [f"ours_single_pass_{n}x{L}w{w}" for n, L, w in compare_scan.SINGLE_PASS_PLANS]
-    names = lambda kind, D: ["ours"] + (single_pass if (kind, D) == ("hlru", 1) else []) + [  # noqa: E731
+    single_pass = {m: [f"ours_single_pass_{n}x{L}w{w}" for n, L, w in plans]
+                   for m, plans in compare_scan.SINGLE_PASS_PLANS.items()}
+    names = lambda kind, D: ["ours"] + (single_pass.get(D, []) if kind == "hlru" else []) + [  # noqa: E731
         "authors_kernel", "authors_with_gates"]
     assert [(r["kind"], r["size"], r["B"], r["T"], r["contender"]) for r in result["rows"]] == [
         case + (name,) for case in cases for name in names(*case[:2])]
@@ -113,4 +114,4 @@ def test_bench_scan_compare_without_the_authors(tmp_path):
     result = json.loads((tmp_path / "bench_scan_compare_smoke.json").read_text())["compare"]
     assert result["authors"].startswith("not available:") and "triton_scans.py" in result["authors"]
     assert {r["contender"] for r in result["rows"]} == {"ours"} | {
-        f"ours_single_pass_{n}x{L}w{w}" for n, L, w in compare_scan.SINGLE_PASS_PLANS}
+        f"ours_single_pass_{n}x{L}w{w}" for plans in compare_scan.SINGLE_PASS_PLANS.values() for n, L, w in plans}
