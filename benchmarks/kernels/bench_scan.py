@@ -22,6 +22,8 @@ from typing import Callable
 import torch
 import triton
 
+from hf_lrnn import scan_triton_lrnn
+
 from . import compare_scan
 from .scan_setup import SCANS, require_device, scan_inputs
 
@@ -245,10 +247,16 @@ def plot(results, path):
 
 def compile_kernels(job):
     """Compile (in a worker process) the kernels one (kind, size) uses on the GPU: forward and backward,
-    chunked and not, and the one-token decode step with a state."""
-    kind, D = job
+    chunked and not, and the one-token decode step with a state; with a single-pass plan (kind, size, plan), the
+    single-pass kernels at that plan instead."""
+    kind, D, *plan = job
     fn = SCANS[kind]
     v, g = make_inputs(GPU, kind, 1, 256, D, grad=True)
+    if plan:
+        with scan_triton_lrnn.single_pass_override(plan[0]):
+            torch.autograd.grad(fn(v, g, backend="triton")[0], (v, g), torch.randn_like(v))
+        torch.cuda.synchronize()
+        return job
     h = fn(v, g, backend="triton")[0]
     torch.autograd.grad(h, (v, g), torch.randn_like(h))
     with torch.no_grad():
@@ -302,7 +310,8 @@ def main(argv=None):
     )
     c = COMPARE_SMOKE if args.smoke else COMPARE_GPU
     if s["device"] == "cuda":
-        compile_all(sorted(set(c["main"] + c["b1"])) if args.compare else s["main"])
+        single_pass = [("hlru", m, plan) for m, plans in compare_scan.SINGLE_PASS_PLANS.items() for plan in plans]
+        compile_all(sorted(set(c["main"] + c["b1"])) + single_pass if args.compare else s["main"])
     copy_bw = copy_bandwidth(s, bench)
     res["copy_bw_TBps"] = copy_bw / 1e12
     print(f"copy bandwidth {copy_bw / 1e12:.2f} TB/s", flush=True)

@@ -34,8 +34,7 @@ from .scan_setup import SCANS
 AUTHORS_PACKAGE = "authors_mad_scans"  # the module name the authors' folder is imported under
 AUTHORS_MODES = ("auto_v2", "auto")  # the first of these their triton_scans offers is the one timed
 # order m -> (BLOCK_N, L, num_warps) of our single-pass kernels timed (the first: the planner's at B = 8, W = 2048)
-SINGLE_PASS_PLANS = {1: [(32, 64, 4), (64, 32, 4), (64, 32, 8), (32, 32, 4), (64, 16, 4)],
-                     2: [(32, 32, 4), (64, 16, 4), (16, 64, 4)]}
+SINGLE_PASS_PLANS = {1: [(32, 64, 4), (64, 32, 4), (32, 32, 4), (64, 16, 4)], 2: [(32, 32, 4), (64, 16, 4)]}
 
 
 def load_authors_scan(path: Optional[str]) -> Tuple[Optional[Callable], str]:
