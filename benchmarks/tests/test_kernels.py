@@ -115,3 +115,13 @@ def test_bench_scan_compare_without_the_authors(tmp_path):
     assert result["authors"].startswith("not available:") and "triton_scans.py" in result["authors"]
     assert {r["contender"] for r in result["rows"]} == {"ours"} | {
         f"ours_single_pass_{n}x{L}w{w}" for plans in compare_scan.SINGLE_PASS_PLANS.values() for n, L, w in plans}
+
+
+def test_check_scan_gpu_smoke_single_pass(tmp_path):
+    """check_scan_gpu --smoke --single-pass runs only the H-LRU m <= 2 cases, through the single-pass kernels."""
+    out = tmp_path / "errors.json"
+    check_scan_gpu.main(["--smoke", "--single-pass", "4,8,4", "--out", str(out)])
+    rows = json.loads(out.read_text())["cases"]
+    assert [(r["kind"], r["size"]) for r in rows] == [c[:2] for c in check_scan_gpu.SMOKE_CASES if c[0] == "hlru" and c[1] <= 2]
+    assert all(r["single_pass_plan"] == [4, 8, 4] and r["all_finite"] for r in rows)
+    assert max(r[k] for r in rows for k in ("h", "final", "dv", "dgate_logits", "dinitial_state")) < 1e-5
