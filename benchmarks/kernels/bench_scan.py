@@ -176,9 +176,10 @@ def load_fla():
     return chunk_hgrn, f"fla {getattr(fla, '__version__', '?')} chunk_hgrn"
 
 
-def compare(s: dict, c: dict, bench, copy_bw: float, authors_path) -> dict:
+def compare(s: dict, c: dict, bench, copy_bw: float, authors_path, save: Callable[[dict], None]) -> dict:
     """``--compare``: every contender of compare_scan on each case of c["main"] at (B, T, W) and c["b1"] at B = 1,
-    T = b1_T; a contender that fails records its error (e.g. the authors' kernels under the interpreter)."""
+    T = b1_T; a contender that fails records its error (e.g. the authors' kernels under the interpreter). ``save``
+    gets the results so far after every case (a run cut short keeps them)."""
     authors, authors_info = compare_scan.load_authors_scan(authors_path)
     fla, fla_info = load_fla() if s["device"] == "cuda" else (None, "not available: fla runs on CUDA only")
     out = dict(authors=authors_info, fla=fla_info, rows=[])
@@ -207,7 +208,24 @@ def compare(s: dict, c: dict, bench, copy_bw: float, authors_path) -> dict:
             out["rows"].append(dict(kind=kind, size=D, B=B, T=T, contender="authors_*",
                                     skipped=f"H-LRU m > {c['authors_max_order']}: companion matrices of B T W m elements"))
         del v, g
+        save(out)
     return out
+
+
+def compare_summary(rows: list) -> str:
+    """One line per case: median fwd / fwd+bwd ms of ours, our best single-pass plan (by fwd+bwd), the authors'
+    (kernel alone, with the gates) and fla's kernel; '-' where a contender did not run."""
+    lines = ["case              ours           single pass (best plan)       authors kernel  authors+gates   fla kernel"]
+    cases = dict.fromkeys((r["kind"], r["size"], r["B"], r["T"]) for r in rows)
+    for case in cases:
+        timed = {r["contender"]: r for r in rows if (r["kind"], r["size"], r["B"], r["T"]) == case and "fwd_ms" in r}
+        ms = lambda name: (f"{timed[name]['fwd_ms']['median']:6.3f}/{timed[name]['fwdbwd_ms']['median']:6.3f}"  # noqa: E731
+                           if name in timed else f"{'-':>13}")
+        single = sorted((r["fwdbwd_ms"]["median"], n) for n, r in timed.items() if n.startswith("ours_single_pass_"))
+        best = f"{ms(single[0][1])} {single[0][1].removeprefix('ours_single_pass_'):>9}" if single else f"{'-':>23}"
+        lines.append(f"{case[0]:5s} {case[1]:2d} B={case[2]} T={case[3]:5d} {ms('ours')}  {best}   "
+                     f"{ms('authors_kernel')}  {ms('authors_with_gates')}  {ms('fla_kernel')}")
+    return "\n".join(lines)
 
 
 def compare_row_text(row: dict) -> str:
@@ -318,10 +336,15 @@ def main(argv=None):
     if args.compare:
         res["config"].update(b1_T=s["b1_T"], repeats=c["repeats"], b1_repeats=c["b1_repeats"],
                              do_bench_warmup_ms=c["warmup"], do_bench_rep_ms=c["rep"])
-        res["compare"] = compare(s, c, bench, copy_bw, args.authors_path)
-        res["elapsed_s"] = time.time() - start
-        with open(os.path.join(args.out, f"{name}.json"), "w") as f:
-            json.dump(res, f, indent=1)
+        path = os.path.join(args.out, f"{name}.json")
+
+        def save(partial):
+            res.update(compare=partial, elapsed_s=time.time() - start)
+            with open(path, "w") as f:
+                json.dump(res, f, indent=1)
+
+        save(compare(s, c, bench, copy_bw, args.authors_path, save))
+        print("\nmedian ms, fwd/fwd+bwd\n" + compare_summary(res["compare"]["rows"]))
         print(f"{res['gpu']}  copy {res['copy_bw_TBps']:.2f} TB/s  {res['elapsed_s']:.0f} s  -> {args.out}/{name}.json")
         return
     # (section, cases (kind, size, B, T), backend, repetitions); B1_T32k: B = 1 and T = 32768 on the GPU
