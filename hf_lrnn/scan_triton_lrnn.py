@@ -21,11 +21,17 @@ chunk that holds one has P = 0 in its summary.
 
 The state and all accumulations are float32; inputs may be float32, bfloat16 or float16 (float64 is
 refused with a ScanUnsupportedError); h is returned in v's dtype, the final state in float32. Offsets are int64.
-The launch constants below are fixed numbers tuned on one H200 (``benchmarks/kernels/tune_scan.py`` at commit
-320b203, since removed; its results and logs: benchmarks/README.md, "Tuning"), not derived from the GPU at run time.
+The launch constants below were tuned on one H200 (``benchmarks/kernels/tune_scan.py`` at commit 320b203, since
+removed; its results and logs: benchmarks/README.md, "Tuning"). The plan derives from the device only through its
+number of streaming multiprocessors (SMs): the chunk targets scale with SMs / REFERENCE_SMS (``chunk_plan``; the
+same plan as tuned on any 132-SM GPU, H100 SXM and H200 alike), and the single-pass kernels need programs for every
+SM (``single_pass_plan``). Both are pure integer functions of (B, T, N, size, SMs): deterministic, no tuning at run
+time.
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import re
 from typing import Optional, Tuple
@@ -47,6 +53,7 @@ from .triton_bdlru_lrnn import (
     _bdlru_step_fwd_kernel,
 )
 from .triton_helpers_lrnn import _chunk_combine_kernel
+from .triton_hlru_single_pass_lrnn import _hlru1_bwd_kernel, _hlru1_fwd_kernel, _hlru2_bwd_kernel, _hlru2_fwd_kernel
 from .triton_hlru_lrnn import _hlru_bwd_kernel, _hlru_fwd_kernel
 
 MAX_HLRU_ORDER = 16  # largest supported m
@@ -56,9 +63,11 @@ MAX_SEQUENTIAL_BLOCK = 8  # BD-LRU block sizes run by the sequential kernels; la
 # Time chunking of the sequential kernels (H200 sweeps of tune_scan.py at commit 320b203, at B = 8, T = 4096 and
 # B = 1, T = 32k): chunks of at least MIN_CHUNK_LEN steps, as many as bring H-LRU to about
 # HLRU_TARGET_WORK = B * N * (m + 1) * chunks and BD-LRU to BDLRU_TARGET_THREADS = B * N * chunks.
+# The targets hold for REFERENCE_SMS SMs (the H200's); a device with S SMs aims at S / REFERENCE_SMS of them.
 MIN_CHUNK_LEN = 128
 HLRU_TARGET_WORK = 1 << 19
 BDLRU_TARGET_THREADS = 1 << 18
+REFERENCE_SMS = 132
 # (U steps per loop iteration, channels or blocks per program, warps) of the sequential kernels, by m or k
 # (H200 sweeps); other sizes use _sequential_config's default.
 HLRU_FWD_CONFIG = {1: (2, 128, 4), 2: (4, 128, 4), 3: (4, 128, 4), 4: (4, 128, 4), 8: (4, 128, 4)}
@@ -66,6 +75,14 @@ HLRU_BWD_CONFIG = {1: (4, 128, 4), 2: (2, 128, 4), 3: (8, 128, 4), 4: (4, 128, 4
 BDLRU_FWD_CONFIG = {2: (4, 128, 4), 3: (2, 128, 4), 4: (2, 128, 4), 8: (1, 128, 4)}
 BDLRU_BWD_CONFIG = {2: (4, 128, 4), 3: (2, 128, 4), 4: (2, 128, 4), 8: (1, 128, 4)}
 _KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+# H-LRU single-pass kernels (triton_hlru_single_pass_lrnn), m = 1, and m = 2 without a mask: one program per
+# BLOCK_N channels of a sequence, time in tiles of L = SINGLE_PASS_TILE / (m BLOCK_N) steps (m = 2 at tiles of 2048
+# spills registers on sm_90). Used only where B * N / BLOCK_N programs reach SINGLE_PASS_PROGRAMS_PER_SM per SM of
+# the device, and only while switched on: they are off by default until a GPU run measures them faster than the
+# chunked kernels (issue 22); ``single_pass_override`` switches them on.
+SINGLE_PASS_TILE = 2048
+SINGLE_PASS_PROGRAMS_PER_SM = 2
+_SINGLE_PASS = {"enabled": False, "plan": None}
 
 
 def triton_unsupported_reason(kind: str, size: int) -> Optional[str]:
@@ -147,16 +164,115 @@ def _lag_sources(mask: torch.Tensor, m: int, resets: Optional[torch.Tensor] = No
 _SEQUENTIAL_KERNELS = {"hlru": (_hlru_fwd_kernel, _hlru_bwd_kernel), "bdlru": (_bdlru_seq_fwd_kernel, _bdlru_seq_bwd_kernel)}
 
 
-def _chunk_plan(kind: str, v: torch.Tensor, D: int, chunk_size: Optional[int]) -> Tuple[int, int]:
-    """(chunk length L, chunks C) of a scan: from the shapes alone, so that forward and backward agree."""
-    B, T, N = v.shape[:3]
-    if kind == "bdlru" and D > MAX_SEQUENTIAL_BLOCK or not v.is_cuda:
+def chunk_plan(kind: str, B: int, T: int, N: int, D: int, sms: Optional[int],
+               chunk_size: Optional[int] = None) -> Tuple[int, int]:
+    """(chunk length L, chunks C) of a scan of (B, T, N) at order or block size D on a device of ``sms`` SMs (None:
+    not a GPU, one chunk): as many chunks of at least MIN_CHUNK_LEN steps as bring H-LRU's B N (m + 1) C to
+    HLRU_TARGET_WORK sms / REFERENCE_SMS (BD-LRU's B N C to BDLRU_TARGET_THREADS sms / REFERENCE_SMS); one chunk
+    for the step kernels (BD-LRU k > 8) and state sizes above MAX_CHUNKED_SIZE; ``chunk_size`` forces L."""
+    if sms is None or kind == "bdlru" and D > MAX_SEQUENTIAL_BLOCK:
         want = 1
     elif kind == "hlru":
-        want = triton.cdiv(HLRU_TARGET_WORK, B * N * (D + 1))
+        want = triton.cdiv(HLRU_TARGET_WORK * sms, REFERENCE_SMS * B * N * (D + 1))
     else:
-        want = triton.cdiv(BDLRU_TARGET_THREADS, B * N)
+        want = triton.cdiv(BDLRU_TARGET_THREADS * sms, REFERENCE_SMS * B * N)
     return _chunk_length_and_count(T, D, want, chunk_size)
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def _device_sms(v: torch.Tensor) -> Optional[int]:
+    """The SM count of v's GPU, None for a tensor not on CUDA (the interpreter)."""
+    if not v.is_cuda:
+        return None
+    return _sm_count(v.device.index if v.device.index is not None else torch.cuda.current_device())
+
+
+def _chunk_plan(kind: str, v: torch.Tensor, D: int, chunk_size: Optional[int]) -> Tuple[int, int]:
+    """(chunk length L, chunks C) of a scan: from the shapes and the device alone, so that forward and backward
+    agree."""
+    B, T, N = v.shape[:3]
+    return chunk_plan(kind, B, T, N, D, _device_sms(v), chunk_size)
+
+
+@contextlib.contextmanager
+def single_pass_override(plan: Optional[Tuple[int, int, int]] = None):
+    """Within the block, H-LRU scans of m = 1 (and m = 2 without a mask) run the single-pass kernels: with ``plan``
+    = (BLOCK_N, L, num_warps) everywhere, else where ``_single_pass_plan`` finds enough programs (on CUDA). For
+    benchmarks and tests."""
+    saved = dict(_SINGLE_PASS)
+    _SINGLE_PASS.update(enabled=True, plan=plan)
+    try:
+        yield
+    finally:
+        _SINGLE_PASS.update(saved)
+
+
+def single_pass_plan(B: int, N: int, D: int, sms: int) -> Optional[Tuple[int, int, int]]:
+    """(BLOCK_N, L, num_warps) of the single-pass kernels at order D for B sequences of N channels on a device of
+    ``sms`` SMs: the widest BLOCK_N in (64, 32, 16) that gives SINGLE_PASS_PROGRAMS_PER_SM programs per SM, tiles of
+    SINGLE_PASS_TILE / D values; None if even 16 gives fewer (the chunked kernels split time instead)."""
+    for block in (64, 32, 16):
+        if B * triton.cdiv(N, block) >= SINGLE_PASS_PROGRAMS_PER_SM * sms:
+            return block, SINGLE_PASS_TILE // (D * block), _NUM_WARPS
+    return None
+
+
+def _single_pass_plan(kind: str, v: torch.Tensor, D: int, chunk_size: Optional[int],
+                      masked: bool) -> Optional[Tuple[int, int, int]]:
+    """The single-pass plan of this scan, or None for the other kernels: H-LRU m = 1, or m = 2 without a mask,
+    without a forced chunk_size, switched on; the override's plan, else ``single_pass_plan`` on CUDA."""
+    if not _SINGLE_PASS["enabled"] or kind != "hlru" or not (D == 1 or D == 2 and not masked) or chunk_size is not None:
+        return None
+    if _SINGLE_PASS["plan"] is not None:
+        return _SINGLE_PASS["plan"]
+    sms = _device_sms(v)
+    return None if sms is None else single_pass_plan(v.shape[0], v.shape[2], D, sms)
+
+
+def _single_pass_forward(v, g, init, mask, norm, plan, resets=None):
+    """h and the final state (B, N, m) of an H-LRU scan of order m = 1 or 2 (no mask) by the single-pass kernels."""
+    B, T, N = v.shape
+    m = g.shape[-1] - 1
+    block, L, warps = plan
+    h = torch.empty_like(v)
+    final = torch.empty(B, N, m, dtype=torch.float32, device=v.device)
+    if m == 2:
+        _hlru2_fwd_kernel[(triton.cdiv(N, block), B)](
+            v, g, resets if resets is not None else v, init if init is not None else v, h, final, T, N, NORM=norm,
+            EPS=L1_EPS, HAS_INIT=init is not None, HAS_RESETS=resets is not None, L=L, BLOCK_N=block,
+            num_warps=warps)
+        return h, final
+    _hlru1_fwd_kernel[(triton.cdiv(N, block), B)](
+        v, g, mask if mask is not None else v, resets if resets is not None else v, init if init is not None else v,
+        h, final, T, N, NORM=norm, EPS=L1_EPS, HAS_INIT=init is not None, HAS_MASK=mask is not None,
+        HAS_RESETS=resets is not None, L=L, BLOCK_N=block, num_warps=warps)
+    return h, final
+
+
+def _single_pass_backward(v, g, init, mask, h, dh, dfinal, norm, plan, resets=None):
+    """dv, dgate_logits and the initial state's gradient (float32) of an H-LRU scan of order 1 or 2, single pass."""
+    B, T, N = v.shape
+    m = g.shape[-1] - 1
+    block, L, warps = plan
+    dv, dg = torch.empty_like(v), torch.empty_like(g)
+    d_init = torch.empty(B, N, m, dtype=torch.float32, device=v.device)
+    if m == 2:
+        _hlru2_bwd_kernel[(triton.cdiv(N, block), B)](
+            v, g, resets if resets is not None else v, init if init is not None else v, h, dh,
+            dfinal if dfinal is not None else v, dv, dg, d_init, T, N, NORM=norm, EPS=L1_EPS,
+            HAS_INIT=init is not None, HAS_DFINAL=dfinal is not None, HAS_RESETS=resets is not None, L=L,
+            BLOCK_N=block, num_warps=warps)
+        return dv, dg, d_init
+    _hlru1_bwd_kernel[(triton.cdiv(N, block), B)](
+        v, g, mask if mask is not None else v, resets if resets is not None else v, init if init is not None else v,
+        h, dh, dfinal if dfinal is not None else v, dv, dg, d_init, T, N, NORM=norm, EPS=L1_EPS,
+        HAS_INIT=init is not None, HAS_DFINAL=dfinal is not None, HAS_MASK=mask is not None,
+        HAS_RESETS=resets is not None, L=L, BLOCK_N=block, num_warps=warps)
+    return dv, dg, d_init
 
 
 def _sequential_forward(kind, v, g, init, mask, norm, L, resets=None):
@@ -256,6 +372,9 @@ OP_NAMESPACE = "hf_lrnn" if __name__ == "hf_lrnn.scan_triton_lrnn" else "hf_lrnn
 
 def _scan_forward(kind, v, g, init, mask, normalization, chunk_size, resets=None):
     D = g.shape[-1] - 1
+    plan = _single_pass_plan(kind, v, D, chunk_size, mask is not None)
+    if plan is not None:
+        return _single_pass_forward(v, g, init, mask, normalization, plan, resets)
     L, _ = _chunk_plan(kind, v, D, chunk_size)  # also refuses a chunk_size that would split time for D > 8
     if kind == "bdlru" and D > MAX_SEQUENTIAL_BLOCK:
         return _step_forward(v, g, init, mask, normalization, resets)
@@ -264,6 +383,9 @@ def _scan_forward(kind, v, g, init, mask, normalization, chunk_size, resets=None
 
 def _scan_backward(kind, v, g, init, mask, h, dh, dfinal, normalization, chunk_size, resets=None):
     D = g.shape[-1] - 1
+    plan = _single_pass_plan(kind, v, D, chunk_size, mask is not None)
+    if plan is not None:
+        return _single_pass_backward(v, g, init, mask, h, dh, dfinal, normalization, plan, resets)
     if kind == "bdlru" and D > MAX_SEQUENTIAL_BLOCK:
         return _step_backward(v, g, init, mask, h, dh, dfinal, normalization, resets)
     L, _ = _chunk_plan(kind, v, D, chunk_size)

@@ -1,10 +1,15 @@
 """Time the H-LRU / BD-LRU Triton scans on a CUDA GPU (logits and v to h, normalisation included;
 triton.testing.do_bench median, fwd and fwd+bwd) at equal state width W; also the copy bandwidth, the torch
 backend, fla's HGRN kernels, a sweep over T, B = 1 at T = 32k and the one-token decode step. JSON and PNG to --out.
-Minimal forward bytes (bf16): H-LRU 2(m+3) per token and channel, BD-LRU 2(k+3) per token and unit of width.
+Minimal forward bytes (bf16): H-LRU 2(m+3) per token and channel, BD-LRU 2(k+3) per token and unit of width;
+forward+backward three times that (the backward reads v, logits, h, dh and writes dv, dlogits).
+
+``--compare``: only ours against the authors' ``triton_affine_scan`` (``--authors-path``, the folder holding their
+triton_scans.py; see compare_scan) and fla's HGRN, three repeats each, and B = 1 at T = 32k (under 150 s on an H100).
 
     python -m benchmarks.kernels.bench_scan --out benchmarks/results [--quick]
-    TRITON_INTERPRET=1 python -m benchmarks.kernels.bench_scan --smoke --out /tmp/bench   # checks the script, CPU"""
+    python -m benchmarks.kernels.bench_scan --compare --authors-path DIR --out benchmarks/results
+    TRITON_INTERPRET=1 python -m benchmarks.kernels.bench_scan --smoke [--compare --authors-path DIR] --out /tmp/bench"""
 import argparse
 import datetime
 import json
@@ -17,6 +22,9 @@ from typing import Callable
 import torch
 import triton
 
+from hf_lrnn import scan_triton_lrnn
+
+from . import compare_scan
 from .scan_setup import SCANS, require_device, scan_inputs
 
 
@@ -33,6 +41,13 @@ SMOKE = dict(device="cpu", dtype=torch.float32, B=2, T=16, W=16, copy_bytes=1 <<
              main=[("hlru", 1), ("hlru", 2), ("bdlru", 2), ("bdlru", 16)], torch_backend=[("hlru", 2), ("bdlru", 2)],
              sweep=[("hlru", 2)], sweep_T=(8, 16), b1_T=32, b1=[("hlru", 2), ("bdlru", 2)],
              decode=[("hlru", 2), ("bdlru", 2)])
+# --compare: (kind, size) at (B, T, W) and at B = 1, T = b1_T; timings repeated `repeats` times (do_bench warmup
+# and rep in ms); the authors' H-LRU companion matrices (B T W m bytes) only up to order authors_max_order.
+COMPARE_GPU = dict(main=[("hlru", m) for m in (1, 2, 4)] + [("bdlru", k) for k in (2, 4, 8)],
+                   b1=[("hlru", m) for m in (1, 2, 4, 8, 16)] + [("bdlru", k) for k in (2, 4, 8, 16)],
+                   repeats=3, b1_repeats=1, warmup=10, rep=40, authors_max_order=4)
+COMPARE_SMOKE = dict(main=[("hlru", 1), ("hlru", 2), ("bdlru", 2)], b1=[("hlru", 2), ("bdlru", 2)],
+                     repeats=1, b1_repeats=1, warmup=0, rep=0, authors_max_order=4)
 
 
 def gpu_short_name() -> str:
@@ -151,6 +166,78 @@ def bench_decode(s: dict, bench, kind, D):
     return out
 
 
+def load_fla():
+    """fla's ``chunk_hgrn`` and its version, or (None, the reason it cannot be imported)."""
+    try:
+        import fla
+        from fla.ops.hgrn import chunk_hgrn
+    except Exception as err:  # noqa: BLE001 - report why it could not run
+        return None, f"not available: flash-linear-attention not importable: {err!r}"
+    return chunk_hgrn, f"fla {getattr(fla, '__version__', '?')} chunk_hgrn"
+
+
+def compare(s: dict, c: dict, bench, copy_bw: float, authors_path, save: Callable[[dict], None]) -> dict:
+    """``--compare``: every contender of compare_scan on each case of c["main"] at (B, T, W) and c["b1"] at B = 1,
+    T = b1_T; a contender that fails records its error (e.g. the authors' kernels under the interpreter). ``save``
+    gets the results so far after every case (a run cut short keeps them)."""
+    authors, authors_info = compare_scan.load_authors_scan(authors_path)
+    fla, fla_info = load_fla() if s["device"] == "cuda" else (None, "not available: fla runs on CUDA only")
+    out = dict(authors=authors_info, fla=fla_info, rows=[])
+    print("authors:", authors_info, "\nfla:", fla_info, flush=True)
+    cases = [(kind, D, s["B"], s["T"], c["repeats"]) for kind, D in c["main"]]
+    cases += [(kind, D, 1, s["b1_T"], c["b1_repeats"]) for kind, D in c["b1"]]
+    for kind, D, B, T, repeats in cases:
+        use_authors = authors if kind == "bdlru" or D <= c["authors_max_order"] else None
+        v, g = make_inputs(s, kind, B, T, D)
+        for name, setup in compare_scan.contenders(kind, D, use_authors, fla).items():
+            row = dict(kind=kind, size=D, B=B, T=T, contender=name)
+            try:
+                if name != "ours" and not name.endswith("_kernel"):  # *_kernel: the same kernels on ready operands
+                    row["rel_err_vs_ours"] = compare_scan.check_against_ours(kind, name, setup, v, g)
+                row.update(compare_scan.time_contender(bench, name, setup, v, g, repeats, c["warmup"], c["rep"]))
+                nbytes = B * T * s["W"] * 2 * (D + 3) / (D if kind == "hlru" else 1)
+                row["frac_copy_bw_fwd"] = nbytes / (row["fwd_ms"]["median"] * 1e-3) / copy_bw
+                row["frac_copy_bw_fwdbwd"] = 3 * nbytes / (row["fwdbwd_ms"]["median"] * 1e-3) / copy_bw
+            except Exception as err:  # noqa: BLE001 - one contender's failure must not end the run
+                row["error"] = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:300]
+            out["rows"].append(row)
+            print(compare_row_text(row), flush=True)
+            if s["device"] == "cuda":
+                torch.cuda.empty_cache()
+        if authors is not None and use_authors is None:
+            out["rows"].append(dict(kind=kind, size=D, B=B, T=T, contender="authors_*",
+                                    skipped=f"H-LRU m > {c['authors_max_order']}: companion matrices of B T W m elements"))
+        del v, g
+        save(out)
+    return out
+
+
+def compare_summary(rows: list) -> str:
+    """One line per case: median fwd / fwd+bwd ms of ours, our best single-pass plan (by fwd+bwd), the authors'
+    (kernel alone, with the gates) and fla's kernel; '-' where a contender did not run."""
+    lines = ["case              ours           single pass (best plan)       authors kernel  authors+gates   fla kernel"]
+    cases = dict.fromkeys((r["kind"], r["size"], r["B"], r["T"]) for r in rows)
+    for case in cases:
+        timed = {r["contender"]: r for r in rows if (r["kind"], r["size"], r["B"], r["T"]) == case and "fwd_ms" in r}
+        ms = lambda name: (f"{timed[name]['fwd_ms']['median']:6.3f}/{timed[name]['fwdbwd_ms']['median']:6.3f}"  # noqa: E731
+                           if name in timed else f"{'-':>13}")
+        single = sorted((r["fwdbwd_ms"]["median"], n) for n, r in timed.items() if n.startswith("ours_single_pass_"))
+        best = f"{ms(single[0][1])} {single[0][1].removeprefix('ours_single_pass_'):>9}" if single else f"{'-':>23}"
+        lines.append(f"{case[0]:5s} {case[1]:2d} B={case[2]} T={case[3]:5d} {ms('ours')}  {best}   "
+                     f"{ms('authors_kernel')}  {ms('authors_with_gates')}  {ms('fla_kernel')}")
+    return "\n".join(lines)
+
+
+def compare_row_text(row: dict) -> str:
+    """One line of the --compare table: case, contender, median [min, max] ms fwd and fwd+bwd, fraction of copy."""
+    head = f"{row['kind']:5s} {row['size']:2d} B={row['B']} T={row['T']:5d} {row['contender']:18s}"
+    if "fwd_ms" not in row:
+        return f"{head} {row.get('error') or row.get('skipped')}"
+    ms = "  ".join(f"{row[k]['median']:8.3f} [{row[k]['min']:.3f}, {row[k]['max']:.3f}]" for k in ("fwd_ms", "fwdbwd_ms"))
+    err = f"  rel_err {row['rel_err_vs_ours']:.1e}" if "rel_err_vs_ours" in row else ""
+    return f"{head} {ms}  copy {row['frac_copy_bw_fwd']:.2f} / {row['frac_copy_bw_fwdbwd']:.2f}{err}"
+
+
 def plot(results, path):
     import matplotlib
 
@@ -178,10 +265,16 @@ def plot(results, path):
 
 def compile_kernels(job):
     """Compile (in a worker process) the kernels one (kind, size) uses on the GPU: forward and backward,
-    chunked and not, and the one-token decode step with a state."""
-    kind, D = job
+    chunked and not, and the one-token decode step with a state; with a single-pass plan (kind, size, plan), the
+    single-pass kernels at that plan instead."""
+    kind, D, *plan = job
     fn = SCANS[kind]
     v, g = make_inputs(GPU, kind, 1, 256, D, grad=True)
+    if plan:
+        with scan_triton_lrnn.single_pass_override(plan[0]):
+            torch.autograd.grad(fn(v, g, backend="triton")[0], (v, g), torch.randn_like(v))
+        torch.cuda.synchronize()
+        return job
     h = fn(v, g, backend="triton")[0]
     torch.autograd.grad(h, (v, g), torch.randn_like(h))
     with torch.no_grad():
@@ -206,14 +299,21 @@ def parse_args(argv=None):
     ap.add_argument("--name", default=None, help="file stem (default bench_scan_<gpu>, e.g. bench_scan_h200; bench_scan_smoke with --smoke)")
     ap.add_argument("--quick", action="store_true", help="main table only")
     ap.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU (TRITON_INTERPRET=1): checks the script")
+    ap.add_argument("--compare", action="store_true",
+                    help="only ours against the authors' and fla's kernels (file stem bench_scan_compare_<gpu>)")
+    ap.add_argument("--authors-path", default=None,
+                    help="with --compare: the folder holding the authors' triton_scans.py (IgorDn8/mad-lab, "
+                         "mad/model/layers/ops/scans) and the modules it imports")
     return ap.parse_args(argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
+    start = time.time()
     require_device("bench_scan", args.smoke)
     s = SMOKE if args.smoke else GPU
-    name = args.name or ("bench_scan_smoke" if args.smoke else f"bench_scan_{gpu_short_name()}")
+    stem = "bench_scan_compare" if args.compare else "bench_scan"
+    name = args.name or (f"{stem}_smoke" if args.smoke else f"{stem}_{gpu_short_name()}")
     bench = make_bench(s)
     os.makedirs(args.out, exist_ok=True)
     B, T, W = s["B"], s["T"], s["W"]
@@ -226,11 +326,27 @@ def main(argv=None):
         bytes_formula="H-LRU fwd 2(m+3) B per token-channel (m+1 logits + v read, h written); "
                       "BD-LRU fwd 2(k+3) B per token-unit of width",
     )
+    c = COMPARE_SMOKE if args.smoke else COMPARE_GPU
     if s["device"] == "cuda":
-        compile_all(s["main"])
+        single_pass = [("hlru", m, plan) for m, plans in compare_scan.SINGLE_PASS_PLANS.items() for plan in plans]
+        compile_all(sorted(set(c["main"] + c["b1"])) + single_pass if args.compare else s["main"])
     copy_bw = copy_bandwidth(s, bench)
     res["copy_bw_TBps"] = copy_bw / 1e12
     print(f"copy bandwidth {copy_bw / 1e12:.2f} TB/s", flush=True)
+    if args.compare:
+        res["config"].update(b1_T=s["b1_T"], repeats=c["repeats"], b1_repeats=c["b1_repeats"],
+                             do_bench_warmup_ms=c["warmup"], do_bench_rep_ms=c["rep"])
+        path = os.path.join(args.out, f"{name}.json")
+
+        def save(partial):
+            res.update(compare=partial, elapsed_s=time.time() - start)
+            with open(path, "w") as f:
+                json.dump(res, f, indent=1)
+
+        save(compare(s, c, bench, copy_bw, args.authors_path, save))
+        print("\nmedian ms, fwd/fwd+bwd\n" + compare_summary(res["compare"]["rows"]))
+        print(f"{res['gpu']}  copy {res['copy_bw_TBps']:.2f} TB/s  {res['elapsed_s']:.0f} s  -> {args.out}/{name}.json")
+        return
     # (section, cases (kind, size, B, T), backend, repetitions); B1_T32k: B = 1 and T = 32768 on the GPU
     sections = [("main", [(kind, D, B, T) for kind, D in s["main"]], "triton", 200)]
     if not args.quick:

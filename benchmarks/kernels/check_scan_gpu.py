@@ -2,9 +2,13 @@
 the same rounded inputs, forward (h, final state) and backward (v, gate logits, initial state), through
 ``hf_lrnn.ops``; relative errors to JSON.
 
-    python -m benchmarks.kernels.check_scan_gpu --out benchmarks/results/scan_gpu_errors.json
+``--single-pass BLOCK_N,L,WARPS``: only the H-LRU m = 1 and 2 cases, through the single-pass kernels at that plan
+(``scan_triton_lrnn.single_pass_override``; m = 2 with a mask still runs the chunked kernels).
+
+    python -m benchmarks.kernels.check_scan_gpu --out benchmarks/results/scan_gpu_errors.json [--single-pass 32,64,4]
     TRITON_INTERPRET=1 python -m benchmarks.kernels.check_scan_gpu --smoke --out /tmp/errors.json   # CPU"""
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -12,11 +16,14 @@ import os
 import torch
 import triton
 
+from hf_lrnn import scan_triton_lrnn
+
 from .scan_setup import SCANS, require_device, scan_inputs
 
 CASES = [
     # kind, D, B, T, N, normalization, with_state, with_mask
     ("hlru", 1, 2, 65536, 64, "softmax", True, False),
+    ("hlru", 1, 4, 8192, 256, "sigmoid_l1", True, True),
     ("hlru", 2, 2, 65536, 64, "softmax", True, True),
     ("hlru", 4, 2, 65536, 32, "sigmoid_l1", True, False),
     ("hlru", 8, 2, 16384, 16, "tanh_l1", True, True),
@@ -29,6 +36,7 @@ CASES = [
     ("bdlru", 4, 8, 4096, 512, "softmax", False, False),
 ]
 SMOKE_CASES = [
+    ("hlru", 1, 2, 20, 3, "sigmoid_l1", True, True),
     ("hlru", 2, 2, 20, 3, "softmax", True, True),
     ("hlru", 3, 1, 1, 5, "relu_l1", True, True),
     ("bdlru", 2, 2, 20, 3, "l1", True, False),
@@ -71,16 +79,22 @@ def main(argv=None):
                                  description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="benchmarks/results/scan_gpu_errors.json")
     ap.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU (TRITON_INTERPRET=1): checks the script")
+    ap.add_argument("--single-pass", default=None, metavar="BLOCK_N,L,WARPS",
+                    help="only H-LRU m = 1 and 2, through the single-pass kernels at this plan")
     args = ap.parse_args(argv)
     device = require_device("check_scan_gpu", args.smoke)
     cases, dtypes = (SMOKE_CASES, (torch.float32,)) if args.smoke else (CASES, (torch.float32, torch.bfloat16))
+    plan = tuple(int(x) for x in args.single_pass.split(",")) if args.single_pass else None
+    if plan is not None:
+        cases = [case for case in cases if case[0] == "hlru" and case[1] <= 2]
     rows = []
     for case in cases:
         for dtype in dtypes:
             kind, D, B, T, N, norm, st, mk = case
-            errs = check(*case, dtype, device=device)
+            with scan_triton_lrnn.single_pass_override(plan) if plan else contextlib.nullcontext():
+                errs = check(*case, dtype, device=device)
             row = dict(kind=kind, size=D, B=B, T=T, N=N, normalization=norm, initial_state=st, mask=mk,
-                       dtype=str(dtype).replace("torch.", ""), **errs)
+                       dtype=str(dtype).replace("torch.", ""), single_pass_plan=plan, **errs)
             rows.append(row)
             print({k: (f"{x:.2e}" if isinstance(x, float) else x) for k, x in row.items()}, flush=True)
             if device == "cuda":

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from benchmarks.kernels import bench_scan, bench_torch_scan, check_scan_gpu
+from benchmarks.kernels import bench_scan, bench_torch_scan, check_scan_gpu, compare_scan
 
 
 def test_check_scan_gpu_smoke(tmp_path):
@@ -59,3 +59,69 @@ def test_gpu_scripts_refuse_the_cpu_without_the_interpreter(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     with pytest.raises(SystemExit, match="--smoke runs the Triton kernels on the CPU: set TRITON_INTERPRET=1"):
         check_scan_gpu.main(["--smoke", "--out", "unused.json"])
+
+
+# A stand-in for the authors' triton_scans.py (same entry point, plain torch): tests the loading and the mapping of
+# our logits to their A and b, without their code (which is not part of this repository).
+FAKE_AUTHORS_SCANS = '''
+import torch
+
+
+def _loop(A, b):
+    h, ys = b.new_zeros(b.shape[0], b.shape[2]), []
+    for t in range(b.shape[1]):
+        h = (A[:, t] @ h[..., None])[..., 0] + b[:, t]
+        ys.append(h)
+    return torch.stack(ys, 1)
+
+
+_KERNELS = {"auto": _loop}
+
+
+def triton_affine_scan(A, b, mode):
+    return _KERNELS[mode](A, b)
+'''
+
+
+def test_bench_scan_compare_smoke(tmp_path, capsys):
+    """bench_scan --smoke --compare times ours and both of the authors' variants on every case; the authors'
+    scan fed from our logits (companion matrices for H-LRU) gives our h."""
+    authors = tmp_path / "authors"
+    authors.mkdir()
+    (authors / "triton_scans.py").write_text(FAKE_AUTHORS_SCANS)
+    bench_scan.main(["--smoke", "--compare", "--authors-path", str(authors), "--out", str(tmp_path)])
+    result = json.loads((tmp_path / "bench_scan_compare_smoke.json").read_text())["compare"]
+    assert result["authors"].startswith("triton_affine_scan(mode='auto')")
+    c, s = bench_scan.COMPARE_SMOKE, bench_scan.SMOKE
+    cases = [(kind, D, s["B"], s["T"]) for kind, D in c["main"]] + [(kind, D, 1, s["b1_T"]) for kind, D in c["b1"]]
+    single_pass = {m: [f"ours_single_pass_{n}x{L}w{w}" for n, L, w in plans]
+                   for m, plans in compare_scan.SINGLE_PASS_PLANS.items()}
+    names = lambda kind, D: ["ours"] + (single_pass.get(D, []) if kind == "hlru" else []) + [  # noqa: E731
+        "authors_kernel", "authors_with_gates"]
+    assert [(r["kind"], r["size"], r["B"], r["T"], r["contender"]) for r in result["rows"]] == [
+        case + (name,) for case in cases for name in names(*case[:2])]
+    for row in result["rows"]:
+        assert "error" not in row, row
+        assert all(row[k]["min"] <= row[k]["median"] <= row[k]["max"] for k in ("fwd_ms", "fwdbwd_ms")), row
+        if row["contender"] == "authors_with_gates" or row["contender"].startswith("ours_single_pass"):
+            assert row["rel_err_vs_ours"] < 1e-5, row
+    assert "authors_with_gates" in capsys.readouterr().out
+
+
+def test_bench_scan_compare_without_the_authors(tmp_path):
+    """Without their folder the comparison says why and times ours alone."""
+    bench_scan.main(["--smoke", "--compare", "--authors-path", str(tmp_path / "missing"), "--out", str(tmp_path)])
+    result = json.loads((tmp_path / "bench_scan_compare_smoke.json").read_text())["compare"]
+    assert result["authors"].startswith("not available:") and "triton_scans.py" in result["authors"]
+    assert {r["contender"] for r in result["rows"]} == {"ours"} | {
+        f"ours_single_pass_{n}x{L}w{w}" for plans in compare_scan.SINGLE_PASS_PLANS.values() for n, L, w in plans}
+
+
+def test_check_scan_gpu_smoke_single_pass(tmp_path):
+    """check_scan_gpu --smoke --single-pass runs only the H-LRU m <= 2 cases, through the single-pass kernels."""
+    out = tmp_path / "errors.json"
+    check_scan_gpu.main(["--smoke", "--single-pass", "4,8,4", "--out", str(out)])
+    rows = json.loads(out.read_text())["cases"]
+    assert [(r["kind"], r["size"]) for r in rows] == [c[:2] for c in check_scan_gpu.SMOKE_CASES if c[0] == "hlru" and c[1] <= 2]
+    assert all(r["single_pass_plan"] == [4, 8, 4] and r["all_finite"] for r in rows)
+    assert max(r[k] for r in rows for k in ("h", "final", "dv", "dgate_logits", "dinitial_state")) < 1e-5

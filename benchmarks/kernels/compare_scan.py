@@ -1,0 +1,157 @@
+"""Side by side in one process (``python -m benchmarks.kernels.bench_scan --compare``): our Triton scans, the
+authors' ``triton_affine_scan`` (IgorDn8/mad-lab, from a folder the user gives) and fla's HGRN (m = 1), on the
+same inputs, forward and forward+backward, each timing repeated (min / median / max across repeats).
+
+The authors' kernel takes ready transition matrices A (BB, T, D, D) and inputs b (BB, T, D), BB = B * N rows with
+time contiguous; ours takes the gate logits. Both of theirs are timed:
+- ``authors_kernel``: A and b built beforehand, untimed (their kernel alone, as in issue 22's table);
+- ``authors_with_gates``: softmax of our logits, A and b built and laid out for their kernel, the kernel, and h
+  taken back out, all timed (the same work ours does), the backward through all of it.
+H-LRU order m runs through the m x m companion matrix (first row a_1..a_m, ones below the diagonal) and
+b = (a_0 v, 0, ..., 0); BD-LRU block k through A = a[..., 1:], b = a[..., 0] * v.
+fla: ``chunk_hgrn(x, g)`` solves h_t = exp(g_t) h_{t-1} + x_t; ``fla_kernel`` on ready x and g,
+``fla_with_gates`` with x = a_0 v and g = log a_1 from our logits (log_softmax) inside the timing.
+H-LRU m = 1 and 2 also run our single-pass kernels (``scan_triton_lrnn.single_pass_override``), not yet our
+default, at each plan of SINGLE_PASS_PLANS: ``ours_single_pass_<BLOCK_N>x<L>w<warps>``.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib
+import importlib.machinery
+import importlib.util
+import os
+import statistics
+import sys
+from typing import Callable, Dict, Optional, Tuple
+
+import torch
+
+from hf_lrnn import scan_triton_lrnn
+
+from .scan_setup import SCANS
+
+AUTHORS_PACKAGE = "authors_mad_scans"  # the module name the authors' folder is imported under
+AUTHORS_MODES = ("auto_v2", "auto")  # the first of these their triton_scans offers is the one timed
+# order m -> (BLOCK_N, L, num_warps) of our single-pass kernels timed (the first: the planner's at B = 8, W = 2048)
+SINGLE_PASS_PLANS = {1: [(32, 64, 4), (64, 32, 4), (32, 32, 4), (64, 16, 4)], 2: [(32, 32, 4), (64, 16, 4)]}
+
+
+def load_authors_scan(path: Optional[str]) -> Tuple[Optional[Callable], str]:
+    """(``triton_affine_scan`` bound to its mode, description) from ``path``, the folder holding their
+    ``triton_scans.py`` and what it imports (``triton_auto_scan``, ``triton_slab_scan``, ``affine_scan``);
+    (None, "not available: reason") otherwise. The folder is imported as the package ``authors_mad_scans``
+    (its own relative imports resolve inside it); sys.path is left alone."""
+    if not path:
+        return None, "not available: no --authors-path given"
+    if not os.path.isfile(os.path.join(path, "triton_scans.py")):
+        return None, f"not available: {path!r} holds no triton_scans.py"
+    for name in [n for n in sys.modules if n == AUTHORS_PACKAGE or n.startswith(AUTHORS_PACKAGE + ".")]:
+        del sys.modules[name]  # an earlier load, possibly of another folder
+    try:
+        spec = importlib.machinery.ModuleSpec(AUTHORS_PACKAGE, None, is_package=True)
+        spec.submodule_search_locations = [os.path.abspath(path)]
+        sys.modules[AUTHORS_PACKAGE] = importlib.util.module_from_spec(spec)
+        scans = importlib.import_module(f"{AUTHORS_PACKAGE}.triton_scans")
+    except Exception as err:  # noqa: BLE001 - report why it could not be imported
+        sys.modules.pop(AUTHORS_PACKAGE, None)
+        return None, f"not available: import of {path!r} failed: {err!r}"
+    modes = list(getattr(scans, "_KERNELS", {}))
+    mode = next((m for m in AUTHORS_MODES if m in modes), None)
+    if mode is None:
+        return None, f"not available: triton_scans offers modes {modes}, none of {AUTHORS_MODES}"
+    fn = scans.triton_affine_scan
+    return (lambda A, b: fn(A, b, mode)), f"triton_affine_scan(mode={mode!r}) from {os.path.abspath(path)} (modes {modes})"
+
+
+def authors_operands(kind: str, v: torch.Tensor, g: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Their kernel's A (B*N, T, D, D) and b (B*N, T, D), in v's dtype, from our v and softmax gate logits
+    (shapes as in ``scan_setup.scan_inputs``)."""
+    a = torch.softmax(g, dim=-1)
+    if kind == "hlru":
+        B, T, N, m1 = a.shape
+        m = m1 - 1
+        shift = torch.eye(m, dtype=a.dtype, device=a.device)[:-1].expand(B, T, N, m - 1, m)
+        A = torch.cat([a[..., None, 1:], shift], dim=-2)
+        b = torch.cat([(a[..., 0] * v)[..., None], a.new_zeros(B, T, N, m - 1)], dim=-1)
+    else:
+        B, T, N, k, _ = a.shape
+        A, b = a[..., 1:], a[..., 0] * v
+    D = A.shape[-1]
+    return (A.transpose(1, 2).reshape(B * N, T, D, D).contiguous(),
+            b.transpose(1, 2).reshape(B * N, T, D).contiguous())
+
+
+def authors_output(kind: str, y: torch.Tensor, B: int, N: int) -> torch.Tensor:
+    """Our h from their y (B*N, T, D): (B, T, N) for H-LRU (the first companion entry), (B, T, N, k) for BD-LRU."""
+    T, D = y.shape[1], y.shape[2]
+    y = y.reshape(B, N, T, D).transpose(1, 2)
+    return y[..., 0] if kind == "hlru" else y
+
+
+def fla_gates(v: torch.Tensor, g: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """fla HGRN's x = a_0 v and log-decay g = log a_1 from our m = 1 logits (B, T, N, 2), softmax."""
+    logp = torch.log_softmax(g.float(), dim=-1)
+    return (logp[..., 0].exp() * v.float()).to(v.dtype), logp[..., 1].to(v.dtype)
+
+
+def contenders(kind: str, D: int, authors: Optional[Callable], fla: Optional[Callable]) -> Dict[str, Callable]:
+    """name -> ``setup(v, g) -> (forward(), the inputs it differentiates)`` for this case; the forward and its
+    backward run inside ``context(name)``."""
+    ours = lambda v, g: ((lambda: SCANS[kind](v, g, backend="triton")[0]), (v, g))  # noqa: E731
+    out = {"ours": ours}
+    if kind == "hlru" and D in SINGLE_PASS_PLANS:
+        out.update({f"ours_single_pass_{n}x{L}w{w}": ours for n, L, w in SINGLE_PASS_PLANS[D]})
+    if authors is not None:
+        def authors_kernel(v, g):
+            A, b = (x.detach().requires_grad_(True) for x in authors_operands(kind, v.detach(), g.detach()))
+            return (lambda: authors(A, b)), (A, b)
+
+        def authors_with_gates(v, g):
+            B, N = v.shape[0], v.shape[2]
+            return (lambda: authors_output(kind, authors(*authors_operands(kind, v, g)), B, N)), (v, g)
+
+        out.update(authors_kernel=authors_kernel, authors_with_gates=authors_with_gates)
+    if fla is not None and kind == "hlru" and D == 1:
+        def fla_kernel(v, g):
+            x, lg = (t.detach().requires_grad_(True) for t in fla_gates(v.detach(), g.detach()))
+            return (lambda: fla(x, lg)[0]), (x, lg)
+
+        out.update(fla_kernel=fla_kernel, fla_with_gates=lambda v, g: ((lambda: fla(*fla_gates(v, g))[0]), (v, g)))
+    return out
+
+
+def context(name: str):
+    """What a contender runs inside: the single-pass override with its plan for ``ours_single_pass_*``."""
+    if not name.startswith("ours_single_pass_"):
+        return contextlib.nullcontext()
+    n, L, w = (int(x) for x in name.removeprefix("ours_single_pass_").replace("w", "x").split("x"))
+    plan = (n, L, w)
+    return scan_triton_lrnn.single_pass_override(plan)
+
+
+def time_contender(bench, name: str, setup, v, g, repeats: int, warmup: int, rep: int) -> dict:
+    """fwd and fwd+bwd ms of one contender: ``repeats`` timings each, their min / median / max."""
+    forward, leaves = setup(v, g)
+    out = {}
+    with context(name):
+        with torch.no_grad():
+            out["fwd_ms"] = [bench(forward, warmup, rep) for _ in range(repeats)]
+        for x in leaves:
+            x.requires_grad_(True)
+        dy = torch.randn_like(forward())
+        step = lambda: torch.autograd.grad(forward(), leaves, dy)  # noqa: E731
+        out["fwdbwd_ms"] = [bench(step, warmup, rep) for _ in range(repeats)]
+    for key in [k for k in out if k.endswith("_ms")]:
+        times = out[key]
+        out[key] = dict(min=min(times), median=statistics.median(times), max=max(times), all=times)
+    return out
+
+
+def check_against_ours(kind: str, name: str, setup, v, g) -> float:
+    """Largest |h_other - h_ours| / (largest |h_ours|) on these inputs: whether a contender computes our scan."""
+    with torch.no_grad():
+        ours = SCANS[kind](v, g, backend="triton")[0].float()
+        with context(name):
+            theirs = setup(v, g)[0]().float()
+    return float((theirs - ours).abs().max() / ours.abs().max().clamp_min(1e-30))
