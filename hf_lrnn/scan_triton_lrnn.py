@@ -1,4 +1,4 @@
-"""Triton scans for H-LRU and BD-LRU: launch planning, drivers, autograd and the entry points
+"""Triton scans for H-LRU and BD-LRU: drivers, autograd and the entry points
 ``hlru_scan_triton`` / ``bdlru_scan_triton`` (the kernels are in ``triton_hlru_lrnn`` and ``triton_bdlru_lrnn``).
 
 Shapes (B batch, T time, N channels or blocks, m order, k block size), as in ``scan_reference_lrnn``:
@@ -21,18 +21,11 @@ chunk that holds one has P = 0 in its summary.
 
 The state and all accumulations are float32; inputs may be float32, bfloat16 or float16 (float64 is
 refused with a ScanUnsupportedError); h is returned in v's dtype, the final state in float32. Offsets are int64.
-The launch constants below were tuned on one H200 (``benchmarks/kernels/tune_scan.py`` at commit 320b203, since
-removed; its results and logs: benchmarks/README.md, "Tuning"). The plan derives from the device only through its
-number of streaming multiprocessors (SMs): the chunk targets scale with SMs / REFERENCE_SMS (``chunk_plan``; the
-same plan as tuned on any 132-SM GPU, H100 SXM and H200 alike), and the single-pass kernels need programs for every
-SM (``single_pass_plan``). Both are pure integer functions of (B, T, N, size, SMs): deterministic, no tuning at run
-time.
+The launch plans (kernel choice, constants, time chunks, from the shapes and the device's SM count) are in
+``triton_plan_lrnn``.
 """
 from __future__ import annotations
 
-import contextlib
-import functools
-import os
 import re
 from typing import Optional, Tuple
 
@@ -55,90 +48,28 @@ from .triton_bdlru_lrnn import (
 from .triton_helpers_lrnn import _chunk_combine_kernel
 from .triton_hlru_single_pass_lrnn import _hlru1_bwd_kernel, _hlru1_fwd_kernel, _hlru2_bwd_kernel, _hlru2_fwd_kernel
 from .triton_hlru_lrnn import _hlru_bwd_kernel, _hlru_fwd_kernel
-
-MAX_HLRU_ORDER = 16  # largest supported m
-MAX_BDLRU_BLOCK = 16  # largest supported k
-MAX_CHUNKED_SIZE = 8  # time chunking for m <= 8 and k <= 8 (the summaries carry (D + 1) * D numbers)
-MAX_SEQUENTIAL_BLOCK = 8  # BD-LRU block sizes run by the sequential kernels; larger ones by the step kernels
-# Time chunking of the sequential kernels (H200 sweeps of tune_scan.py at commit 320b203, at B = 8, T = 4096 and
-# B = 1, T = 32k): chunks of at least MIN_CHUNK_LEN steps, as many as bring H-LRU to about
-# HLRU_TARGET_WORK = B * N * (m + 1) * chunks and BD-LRU to BDLRU_TARGET_THREADS = B * N * chunks.
-# The targets hold for REFERENCE_SMS SMs (the H200's); a device with S SMs aims at S / REFERENCE_SMS of them.
-MIN_CHUNK_LEN = 128
-HLRU_TARGET_WORK = 1 << 19
-BDLRU_TARGET_THREADS = 1 << 18
-REFERENCE_SMS = 132
-# (U steps per loop iteration, channels or blocks per program, warps) of the sequential kernels, by m or k
-# (H200 sweeps); other sizes use _sequential_config's default.
-HLRU_FWD_CONFIG = {1: (2, 128, 4), 2: (4, 128, 4), 3: (4, 128, 4), 4: (4, 128, 4), 8: (4, 128, 4)}
-HLRU_BWD_CONFIG = {1: (4, 128, 4), 2: (2, 128, 4), 3: (8, 128, 4), 4: (4, 128, 4), 8: (2, 128, 4)}
-BDLRU_FWD_CONFIG = {2: (4, 128, 4), 3: (2, 128, 4), 4: (2, 128, 4), 8: (1, 128, 4)}
-BDLRU_BWD_CONFIG = {2: (4, 128, 4), 3: (2, 128, 4), 4: (2, 128, 4), 8: (1, 128, 4)}
-_KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-# H-LRU single-pass kernels (triton_hlru_single_pass_lrnn), m = 1, and m = 2 without a mask: one program per
-# BLOCK_N channels of a sequence, time in tiles of L = SINGLE_PASS_TILE / (m BLOCK_N) steps (m = 2 at tiles of 2048
-# spills registers on sm_90). Used only where B * N / BLOCK_N programs reach SINGLE_PASS_PROGRAMS_PER_SM per SM of
-# the device, and only while switched on: they are off by default until a GPU run measures them faster than the
-# chunked kernels (issue 22); ``single_pass_override`` switches them on.
-SINGLE_PASS_TILE = 2048
-SINGLE_PASS_PROGRAMS_PER_SM = 2
-_SINGLE_PASS = {"enabled": False, "plan": None}
-
-
-def triton_unsupported_reason(kind: str, size: int) -> Optional[str]:
-    """None if the Triton kernels support H-LRU order ``size`` (kind "hlru") or BD-LRU block size
-    ``size`` (kind "bdlru"), else a human-readable reason."""
-    limit = {"hlru": MAX_HLRU_ORDER, "bdlru": MAX_BDLRU_BLOCK}.get(kind)
-    if limit is None:
-        return f"unknown scan kind {kind!r} (expected 'hlru' or 'bdlru')"
-    name = "order m" if kind == "hlru" else "block size k"
-    if not 1 <= size <= limit:
-        return f"the Triton {kind} kernels support {name} in 1..{limit}, got {size}"
-    return None
-
-
-# ---------------------------------------------------------------------------------------------
-# Launch planning and drivers.
-# ---------------------------------------------------------------------------------------------
-
-NUM_STAGES = 3  # software-pipelining depth of the step kernels' time loops
-_STEP_TILE = 1024  # fp32 gate entries per program of the step kernels
-_NUM_WARPS = 4
-_COMBINE_BLOCK = 64
-
-
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
-def _sequential_config(kind: str, size: int, backward: bool) -> Tuple[int, int, int]:
-    """(U, BLOCK_N, num_warps) of the sequential kernels for H-LRU order or BD-LRU block size ``size``."""
-    tables = {"hlru": (HLRU_FWD_CONFIG, HLRU_BWD_CONFIG), "bdlru": (BDLRU_FWD_CONFIG, BDLRU_BWD_CONFIG)}
-    return tables[kind][backward].get(size, (2 if size <= 4 else 1, 128, 4))
-
-
-def _chunk_length_and_count(T: int, D: int, want: int, chunk_size: Optional[int]) -> Tuple[int, int]:
-    """(chunk length L, number of chunks C): ``chunk_size`` if given, else ``want`` chunks of at least
-    MIN_CHUNK_LEN steps; one chunk for state sizes D > MAX_CHUNKED_SIZE."""
-    if chunk_size is not None:
-        L = max(1, min(chunk_size, T))
-    elif D <= MAX_CHUNKED_SIZE:
-        L = triton.cdiv(T, max(1, min(want, T // MIN_CHUNK_LEN)))
-    else:
-        L = T
-    C = triton.cdiv(T, L)
-    if C > 1 and D > MAX_CHUNKED_SIZE:
-        raise ScanUnsupportedError(f"time chunking supports state sizes up to {MAX_CHUNKED_SIZE}, got {D}")
-    return L, C
+from .triton_plan_lrnn import (
+    COMBINE_BLOCK,
+    KERNEL_DTYPES,
+    NUM_WARPS,
+    MAX_SEQUENTIAL_BLOCK,
+    NUM_STAGES,
+    scan_chunk_plan,
+    interpreting,
+    sequential_config,
+    scan_single_pass_plan,
+    step_geometry,
+    triton_unsupported_reason,
+)
 
 
 def _combine(summary: torch.Tensor, x0: Optional[torch.Tensor], reverse: bool) -> torch.Tensor:
     """States entering each chunk (B, C, N, D) from the chunk summaries (B, C, N, D, D+1)."""
     B, C, N, D = summary.shape[:4]
     out = torch.empty(B, C, N, D, dtype=torch.float32, device=summary.device)
-    _chunk_combine_kernel[(triton.cdiv(N, _COMBINE_BLOCK), B)](
+    _chunk_combine_kernel[(triton.cdiv(N, COMBINE_BLOCK), B)](
         summary, x0 if x0 is not None else summary, out, N, C, D=D, HAS_X0=x0 is not None, REVERSE=reverse,
-        BLOCK_N=_COMBINE_BLOCK, num_warps=_NUM_WARPS)
+        BLOCK_N=COMBINE_BLOCK, num_warps=NUM_WARPS)
     return out
 
 
@@ -162,75 +93,6 @@ def _lag_sources(mask: torch.Tensor, m: int, resets: Optional[torch.Tensor] = No
 
 
 _SEQUENTIAL_KERNELS = {"hlru": (_hlru_fwd_kernel, _hlru_bwd_kernel), "bdlru": (_bdlru_seq_fwd_kernel, _bdlru_seq_bwd_kernel)}
-
-
-def chunk_plan(kind: str, B: int, T: int, N: int, D: int, sms: Optional[int],
-               chunk_size: Optional[int] = None) -> Tuple[int, int]:
-    """(chunk length L, chunks C) of a scan of (B, T, N) at order or block size D on a device of ``sms`` SMs (None:
-    not a GPU, one chunk): as many chunks of at least MIN_CHUNK_LEN steps as bring H-LRU's B N (m + 1) C to
-    HLRU_TARGET_WORK sms / REFERENCE_SMS (BD-LRU's B N C to BDLRU_TARGET_THREADS sms / REFERENCE_SMS); one chunk
-    for the step kernels (BD-LRU k > 8) and state sizes above MAX_CHUNKED_SIZE; ``chunk_size`` forces L."""
-    if sms is None or kind == "bdlru" and D > MAX_SEQUENTIAL_BLOCK:
-        want = 1
-    elif kind == "hlru":
-        want = triton.cdiv(HLRU_TARGET_WORK * sms, REFERENCE_SMS * B * N * (D + 1))
-    else:
-        want = triton.cdiv(BDLRU_TARGET_THREADS * sms, REFERENCE_SMS * B * N)
-    return _chunk_length_and_count(T, D, want, chunk_size)
-
-
-@functools.lru_cache(maxsize=None)
-def _sm_count(device_index: int) -> int:
-    return torch.cuda.get_device_properties(device_index).multi_processor_count
-
-
-def _device_sms(v: torch.Tensor) -> Optional[int]:
-    """The SM count of v's GPU, None for a tensor not on CUDA (the interpreter)."""
-    if not v.is_cuda:
-        return None
-    return _sm_count(v.device.index if v.device.index is not None else torch.cuda.current_device())
-
-
-def _chunk_plan(kind: str, v: torch.Tensor, D: int, chunk_size: Optional[int]) -> Tuple[int, int]:
-    """(chunk length L, chunks C) of a scan: from the shapes and the device alone, so that forward and backward
-    agree."""
-    B, T, N = v.shape[:3]
-    return chunk_plan(kind, B, T, N, D, _device_sms(v), chunk_size)
-
-
-@contextlib.contextmanager
-def single_pass_override(plan: Optional[Tuple[int, int, int]] = None):
-    """Within the block, H-LRU scans of m = 1 (and m = 2 without a mask) run the single-pass kernels: with ``plan``
-    = (BLOCK_N, L, num_warps) everywhere, else where ``_single_pass_plan`` finds enough programs (on CUDA). For
-    benchmarks and tests."""
-    saved = dict(_SINGLE_PASS)
-    _SINGLE_PASS.update(enabled=True, plan=plan)
-    try:
-        yield
-    finally:
-        _SINGLE_PASS.update(saved)
-
-
-def single_pass_plan(B: int, N: int, D: int, sms: int) -> Optional[Tuple[int, int, int]]:
-    """(BLOCK_N, L, num_warps) of the single-pass kernels at order D for B sequences of N channels on a device of
-    ``sms`` SMs: the widest BLOCK_N in (64, 32, 16) that gives SINGLE_PASS_PROGRAMS_PER_SM programs per SM, tiles of
-    SINGLE_PASS_TILE / D values; None if even 16 gives fewer (the chunked kernels split time instead)."""
-    for block in (64, 32, 16):
-        if B * triton.cdiv(N, block) >= SINGLE_PASS_PROGRAMS_PER_SM * sms:
-            return block, SINGLE_PASS_TILE // (D * block), _NUM_WARPS
-    return None
-
-
-def _single_pass_plan(kind: str, v: torch.Tensor, D: int, chunk_size: Optional[int],
-                      masked: bool) -> Optional[Tuple[int, int, int]]:
-    """The single-pass plan of this scan, or None for the other kernels: H-LRU m = 1, or m = 2 without a mask,
-    without a forced chunk_size, switched on; the override's plan, else ``single_pass_plan`` on CUDA."""
-    if not _SINGLE_PASS["enabled"] or kind != "hlru" or not (D == 1 or D == 2 and not masked) or chunk_size is not None:
-        return None
-    if _SINGLE_PASS["plan"] is not None:
-        return _SINGLE_PASS["plan"]
-    sms = _device_sms(v)
-    return None if sms is None else single_pass_plan(v.shape[0], v.shape[2], D, sms)
 
 
 def _single_pass_forward(v, g, init, mask, norm, plan, resets=None):
@@ -280,7 +142,7 @@ def _sequential_forward(kind, v, g, init, mask, norm, L, resets=None):
     B, T, N = v.shape[:3]
     D = g.shape[-1] - 1
     C = triton.cdiv(T, L)
-    U, block, warps = _sequential_config(kind, D, backward=False)
+    U, block, warps = sequential_config(kind, D, backward=False)
     kernel = _SEQUENTIAL_KERNELS[kind][0]
     h = torch.empty_like(v)
     ends = torch.empty(B, C, N, D, dtype=torch.float32, device=v.device)
@@ -306,7 +168,7 @@ def _sequential_backward(kind, v, g, init, mask, h, L, dh, dfinal, norm, resets=
     B, T, N = v.shape[:3]
     D = g.shape[-1] - 1
     C = triton.cdiv(T, L)
-    U, block, warps = _sequential_config(kind, D, backward=True)
+    U, block, warps = sequential_config(kind, D, backward=True)
     kernel = _SEQUENTIAL_KERNELS[kind][1]
     dv, dg = torch.empty_like(v), torch.empty_like(g)
     d_init = torch.empty(B, N, D, dtype=torch.float32, device=v.device)
@@ -329,34 +191,28 @@ def _sequential_backward(kind, v, g, init, mask, h, L, dh, dfinal, norm, resets=
     return dv, dg, d_init
 
 
-def _step_geometry(N: int, K: int) -> Tuple[int, int]:
-    """Padded width KP and blocks per program of the step kernels."""
-    KP = triton.next_power_of_2(K + 1)
-    return KP, max(1, min(triton.next_power_of_2(N), _STEP_TILE // (KP * KP)))
-
-
 def _step_forward(v, g, init, mask, norm, resets=None):
     B, T, N, K = v.shape
-    KP, block = _step_geometry(N, K)
+    KP, block = step_geometry(N, K)
     h = torch.empty_like(v)
     final = torch.empty(B, N, K, dtype=torch.float32, device=v.device)
     _bdlru_step_fwd_kernel[(triton.cdiv(N, block), B)](
         v, g, mask if mask is not None else v, resets if resets is not None else v, init if init is not None else v,
         h, final, T, N, K=K, KP=KP, NORM=norm, EPS=L1_EPS, HAS_INIT=init is not None, HAS_MASK=mask is not None,
-        HAS_RESETS=resets is not None, BLOCK_N=block, NUM_STAGES=NUM_STAGES, num_warps=_NUM_WARPS)
+        HAS_RESETS=resets is not None, BLOCK_N=block, NUM_STAGES=NUM_STAGES, num_warps=NUM_WARPS)
     return h, final
 
 
 def _step_backward(v, g, init, mask, h, dh, dfinal, norm, resets=None):
     B, T, N, K = v.shape
-    KP, block = _step_geometry(N, K)
+    KP, block = step_geometry(N, K)
     dv, dg = torch.empty_like(v), torch.empty_like(g)
     d_init = torch.empty(B, N, K, dtype=torch.float32, device=v.device)
     _bdlru_step_bwd_kernel[(triton.cdiv(N, block), B)](
         v, g, mask if mask is not None else v, resets if resets is not None else v, init if init is not None else v,
         h, dh, dfinal if dfinal is not None else v, dv, dg, d_init, T, N, K=K, KP=KP, NORM=norm, EPS=L1_EPS,
         HAS_INIT=init is not None, HAS_LAM=dfinal is not None, HAS_MASK=mask is not None,
-        HAS_RESETS=resets is not None, BLOCK_N=block, NUM_STAGES=NUM_STAGES, num_warps=_NUM_WARPS)
+        HAS_RESETS=resets is not None, BLOCK_N=block, NUM_STAGES=NUM_STAGES, num_warps=NUM_WARPS)
     return dv, dg, d_init
 
 
@@ -372,10 +228,10 @@ OP_NAMESPACE = "hf_lrnn" if __name__ == "hf_lrnn.scan_triton_lrnn" else "hf_lrnn
 
 def _scan_forward(kind, v, g, init, mask, normalization, chunk_size, resets=None):
     D = g.shape[-1] - 1
-    plan = _single_pass_plan(kind, v, D, chunk_size, mask is not None)
+    plan = scan_single_pass_plan(kind, v, D, chunk_size, mask is not None)
     if plan is not None:
         return _single_pass_forward(v, g, init, mask, normalization, plan, resets)
-    L, _ = _chunk_plan(kind, v, D, chunk_size)  # also refuses a chunk_size that would split time for D > 8
+    L, _ = scan_chunk_plan(kind, v, D, chunk_size)  # also refuses a chunk_size that would split time for D > 8
     if kind == "bdlru" and D > MAX_SEQUENTIAL_BLOCK:
         return _step_forward(v, g, init, mask, normalization, resets)
     return _sequential_forward(kind, v, g, init, mask, normalization, L, resets)
@@ -383,12 +239,12 @@ def _scan_forward(kind, v, g, init, mask, normalization, chunk_size, resets=None
 
 def _scan_backward(kind, v, g, init, mask, h, dh, dfinal, normalization, chunk_size, resets=None):
     D = g.shape[-1] - 1
-    plan = _single_pass_plan(kind, v, D, chunk_size, mask is not None)
+    plan = scan_single_pass_plan(kind, v, D, chunk_size, mask is not None)
     if plan is not None:
         return _single_pass_backward(v, g, init, mask, h, dh, dfinal, normalization, plan, resets)
     if kind == "bdlru" and D > MAX_SEQUENTIAL_BLOCK:
         return _step_backward(v, g, init, mask, h, dh, dfinal, normalization, resets)
-    L, _ = _chunk_plan(kind, v, D, chunk_size)
+    L, _ = scan_chunk_plan(kind, v, D, chunk_size)
     return _sequential_backward(kind, v, g, init, mask, h, L, dh, dfinal, normalization, resets)
 
 
@@ -449,12 +305,12 @@ def _prepare(name, kind, v, gate_logits, initial_state, mask, resets, normalizat
     if reason is not None:
         raise ScanUnsupportedError(f"{name}: {reason}")
     for label, x in (("v", v), ("gate_logits", gate_logits), ("initial_state", initial_state)):
-        if x is not None and x.dtype not in _KERNEL_DTYPES:
+        if x is not None and x.dtype not in KERNEL_DTYPES:
             raise ScanUnsupportedError(f"{name}: the Triton kernels take float32, bfloat16 or float16 {label}, got {x.dtype}; "
                             "use backend='torch' or 'reference' for float64")
     if normalization not in GATE_NORMALIZATIONS:
         raise ValueError(f"{name}: normalization must be one of {GATE_NORMALIZATIONS}, got {normalization!r}")
-    if not v.is_cuda and not _interpreting():
+    if not v.is_cuda and not interpreting():
         raise ScanUnsupportedError(f"{name}: the Triton backend needs CUDA tensors (or TRITON_INTERPRET=1 for the "
                            f"interpreter), got tensors on {v.device}")
     init = initial_state.contiguous() if initial_state is not None else None
@@ -499,7 +355,7 @@ def hlru_scan_triton(
     initial_state (B, N, m) = [h_{-1}, ..., h_{-m}] or None (zeros); mask (B, T) or None (0: identity step);
     resets (B, T) bool or None (True: a document starts, all m lags entering step t > 0 are zero).
     Returns h (B, T, N) in v's dtype and, if output_final_state, the final lags (B, N, m) in float32.
-    ``chunk_size`` forces the time-chunk length (default: ``_chunk_plan``).
+    ``chunk_size`` forces the time-chunk length (default: ``scan_chunk_plan``).
     """
     B, T, N = v.shape
     m = gate_logits.shape[-1] - 1

@@ -111,7 +111,7 @@ def test_save_and_load_round_trip(tmp_path, tie):
     # transformers refuses remote code whose top-level imports are not installed: only torch and
     # transformers (and the standard library) may be required; triton sits in a try block.
     for code in tmp_path.glob("*.py"):
-        assert set(get_imports(code)) <= {"__future__", "contextvars", "math", "os", "re", "typing", "warnings", "torch", "transformers"}, code
+        assert set(get_imports(code)) <= {"__future__", "contextlib", "contextvars", "functools", "math", "os", "re", "typing", "warnings", "torch", "transformers"}, code
     auto_map = json.loads((tmp_path / "config.json").read_text())["auto_map"]
     assert auto_map["AutoModelForCausalLM"] == "modeling_lrnn.LRNNForCausalLM"
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
@@ -312,7 +312,7 @@ def test_save_pretrained_leaves_a_users_files_alone(tmp_path):
     """The modeling code is written as <module>_lrnn.py files, so a user's own ops.py (or any other short
     module name) in the folder survives save_pretrained, byte for byte."""
     short_names = ["ops", "gates", "constants", "cache", "generation", "scan_reference", "scan_chunked",
-                   "scan_triton", "triton_hlru", "triton_bdlru", "triton_helpers", "utils", "model", "config",
+                   "scan_triton", "triton_hlru", "triton_bdlru", "triton_helpers", "triton_plan", "triton_hlru_single_pass", "utils", "model", "config",
                    "configuration", "modeling", "tokenizer", "train", "spectrum", "heads", "packing"]
     for name in short_names:
         (tmp_path / f"{name}.py").write_text(f"# the user's own {name}.py\n")

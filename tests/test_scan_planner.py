@@ -5,7 +5,7 @@ import pytest
 
 pytest.importorskip("triton")
 
-from hf_lrnn.scan_triton_lrnn import REFERENCE_SMS, chunk_plan, single_pass_plan  # noqa: E402
+from hf_lrnn.triton_plan_lrnn import REFERENCE_SMS, chunk_plan, single_pass_plan  # noqa: E402
 
 
 @pytest.mark.parametrize("kind,B,T,N,D,sms,plan", [

@@ -1,5 +1,5 @@
 """The single-pass H-LRU kernels, m = 1 and m = 2 (hf_lrnn/triton_hlru_single_pass_lrnn.py, switched on by
-``scan_triton_lrnn.single_pass_override``) against the float64 loop reference, forward and backward: h, the final
+``triton_plan_lrnn.single_pass_override``) against the float64 loop reference, forward and backward: h, the final
 state and the gradients of v, gate_logits and initial_state (the loss also reads the final state), with masks
 (m = 1; m = 2 with a mask keeps the other kernels), document starts (resets), initial states, every normalisation
 and logits of +-1e4. Through Triton's interpreter (TRITON_INTERPRET=1, conftest.py) at tiny odd shapes; plans
@@ -13,6 +13,7 @@ import torch
 pytest.importorskip("triton")
 
 from hf_lrnn import scan_triton_lrnn as scan_triton  # noqa: E402
+from hf_lrnn import triton_plan_lrnn as triton_plan  # noqa: E402
 from hf_lrnn.gates_lrnn import GATE_NORMALIZATIONS  # noqa: E402
 from hf_lrnn.scan_reference_lrnn import hlru_scan_reference  # noqa: E402
 from helpers import F64, relative_error  # noqa: E402
@@ -44,7 +45,7 @@ def _errors(plan, m=1, B=2, T=37, N=5, normalization="softmax", with_state=True,
     inputs = [x.to(dtype).requires_grad_(True) for x in (v, logits)]
     if state is not None:
         inputs.append(state.float().requires_grad_(True))
-    with scan_triton.single_pass_override(plan):
+    with triton_plan.single_pass_override(plan):
         h, final = scan_triton.hlru_scan_triton(inputs[0], inputs[1], initial_state=inputs[2] if state is not None
                                                 else None, output_final_state=True, normalization=normalization,
                                                 mask=mask, resets=resets)
@@ -80,14 +81,14 @@ def test_the_override_runs_the_single_pass_kernels(monkeypatch, m):
     _errors(PLANS[0], m=m, T=9, N=3)
     assert calls == ["_single_pass_forward", "_single_pass_backward"]
     v = torch.zeros(1, 4, 3)
-    assert scan_triton._single_pass_plan("hlru", v, 1, None, False) is None
-    with scan_triton.single_pass_override(PLANS[0]):
-        assert scan_triton._single_pass_plan("hlru", v, 1, None, True) == PLANS[0]
-        assert scan_triton._single_pass_plan("hlru", v, 2, None, False) == PLANS[0]
-        assert scan_triton._single_pass_plan("hlru", v, 2, None, True) is None
-        assert scan_triton._single_pass_plan("hlru", v, 3, None, False) is None
-        assert scan_triton._single_pass_plan("bdlru", v, 1, None, False) is None
-        assert scan_triton._single_pass_plan("hlru", v, 1, 4, False) is None
+    assert triton_plan.scan_single_pass_plan("hlru", v, 1, None, False) is None
+    with triton_plan.single_pass_override(PLANS[0]):
+        assert triton_plan.scan_single_pass_plan("hlru", v, 1, None, True) == PLANS[0]
+        assert triton_plan.scan_single_pass_plan("hlru", v, 2, None, False) == PLANS[0]
+        assert triton_plan.scan_single_pass_plan("hlru", v, 2, None, True) is None
+        assert triton_plan.scan_single_pass_plan("hlru", v, 3, None, False) is None
+        assert triton_plan.scan_single_pass_plan("bdlru", v, 1, None, False) is None
+        assert triton_plan.scan_single_pass_plan("hlru", v, 1, 4, False) is None
 
 
 @pytest.mark.parametrize("plan", PLANS)
@@ -137,7 +138,7 @@ def test_bdlru_block_size_1_runs_it_too():
     from hf_lrnn.scan_reference_lrnn import bdlru_scan_reference
 
     v, logits, state, mask, resets = _inputs(2, 13, 3, 1, "softmax", True, True, True, False, 11)
-    with scan_triton.single_pass_override(PLANS[0]):
+    with triton_plan.single_pass_override(PLANS[0]):
         h, final = scan_triton.bdlru_scan_triton(v[..., None].float(), logits[..., None, :].float(),
                                                  initial_state=state.float(), output_final_state=True, mask=mask,
                                                  resets=resets)

@@ -22,7 +22,7 @@ from typing import Callable
 import torch
 import triton
 
-from hf_lrnn import scan_triton_lrnn
+from hf_lrnn import triton_plan_lrnn
 
 from . import compare_scan
 from .scan_setup import SCANS, require_device, scan_inputs
@@ -271,7 +271,7 @@ def compile_kernels(job):
     fn = SCANS[kind]
     v, g = make_inputs(GPU, kind, 1, 256, D, grad=True)
     if plan:
-        with scan_triton_lrnn.single_pass_override(plan[0]):
+        with triton_plan_lrnn.single_pass_override(plan[0]):
             torch.autograd.grad(fn(v, g, backend="triton")[0], (v, g), torch.randn_like(v))
         torch.cuda.synchronize()
         return job

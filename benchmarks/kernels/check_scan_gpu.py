@@ -3,7 +3,7 @@ the same rounded inputs, forward (h, final state) and backward (v, gate logits, 
 ``hf_lrnn.ops``; relative errors to JSON.
 
 ``--single-pass BLOCK_N,L,WARPS``: only the H-LRU m = 1 and 2 cases, through the single-pass kernels at that plan
-(``scan_triton_lrnn.single_pass_override``; m = 2 with a mask still runs the chunked kernels).
+(``triton_plan_lrnn.single_pass_override``; m = 2 with a mask still runs the chunked kernels).
 
     python -m benchmarks.kernels.check_scan_gpu --out benchmarks/results/scan_gpu_errors.json [--single-pass 32,64,4]
     TRITON_INTERPRET=1 python -m benchmarks.kernels.check_scan_gpu --smoke --out /tmp/errors.json   # CPU"""
@@ -16,7 +16,7 @@ import os
 import torch
 import triton
 
-from hf_lrnn import scan_triton_lrnn
+from hf_lrnn import triton_plan_lrnn
 
 from .scan_setup import SCANS, require_device, scan_inputs
 
@@ -91,7 +91,7 @@ def main(argv=None):
     for case in cases:
         for dtype in dtypes:
             kind, D, B, T, N, norm, st, mk = case
-            with scan_triton_lrnn.single_pass_override(plan) if plan else contextlib.nullcontext():
+            with triton_plan_lrnn.single_pass_override(plan) if plan else contextlib.nullcontext():
                 errs = check(*case, dtype, device=device)
             row = dict(kind=kind, size=D, B=B, T=T, N=N, normalization=norm, initial_state=st, mask=mk,
                        dtype=str(dtype).replace("torch.", ""), single_pass_plan=plan, **errs)

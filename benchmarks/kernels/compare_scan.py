@@ -11,7 +11,7 @@ H-LRU order m runs through the m x m companion matrix (first row a_1..a_m, ones 
 b = (a_0 v, 0, ..., 0); BD-LRU block k through A = a[..., 1:], b = a[..., 0] * v.
 fla: ``chunk_hgrn(x, g)`` solves h_t = exp(g_t) h_{t-1} + x_t; ``fla_kernel`` on ready x and g,
 ``fla_with_gates`` with x = a_0 v and g = log a_1 from our logits (log_softmax) inside the timing.
-H-LRU m = 1 and 2 also run our single-pass kernels (``scan_triton_lrnn.single_pass_override``), not yet our
+H-LRU m = 1 and 2 also run our single-pass kernels (``triton_plan_lrnn.single_pass_override``), not yet our
 default, at each plan of SINGLE_PASS_PLANS: ``ours_single_pass_<BLOCK_N>x<L>w<warps>``.
 """
 from __future__ import annotations
@@ -27,7 +27,7 @@ from typing import Callable, Dict, Optional, Tuple
 
 import torch
 
-from hf_lrnn import scan_triton_lrnn
+from hf_lrnn import triton_plan_lrnn
 
 from .scan_setup import SCANS
 
@@ -127,7 +127,7 @@ def context(name: str):
         return contextlib.nullcontext()
     n, L, w = (int(x) for x in name.removeprefix("ours_single_pass_").replace("w", "x").split("x"))
     plan = (n, L, w)
-    return scan_triton_lrnn.single_pass_override(plan)
+    return triton_plan_lrnn.single_pass_override(plan)
 
 
 def time_contender(bench, name: str, setup, v, g, repeats: int, warmup: int, rep: int) -> dict:
