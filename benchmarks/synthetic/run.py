@@ -174,6 +174,7 @@ class SyntheticRun:
         self.best = [p.detach().clone() for p in self.params]
         self.best_loss = torch.full((), math.inf, device=device)
         self.best_step = torch.zeros((), dtype=torch.long, device=device)
+        self.epoch_log = []  # (step, test loss, test accuracy) at each epoch's end, device scalars until finish
 
     # ------------------------------------------------------------------------------------------- training
     def predict(self, x: torch.Tensor) -> torch.Tensor:
@@ -223,7 +224,8 @@ class SyntheticRun:
 
     @torch.no_grad()
     def keep_if_best(self):
-        loss = self.evaluate(self.test_x, self.test_y, summary=False)
+        loss, accuracy = self.evaluate(self.test_x, self.test_y, summary=False)
+        self.epoch_log.append((self.step, loss, accuracy))
         better = loss < self.best_loss
         for p, b in zip(self.params, self.best):
             b.copy_(torch.where(better, p, b))
@@ -260,24 +262,27 @@ class SyntheticRun:
     @torch.no_grad()
     def evaluate(self, inputs: torch.Tensor, targets: torch.Tensor, summary: bool = True):
         """Loss, accuracy, macro accuracy and per-position accuracy over the target positions of (inputs, targets),
-        in batches of EVAL_BATCH; with ``summary=False`` only the loss, as a device scalar (no synchronisation)."""
+        in batches of EVAL_BATCH; with ``summary=False`` only the loss and the accuracy, as device scalars (no
+        synchronisation)."""
         num_classes = self.data.spec.vocab_size
         counts = torch.zeros(3, num_classes, dtype=torch.long, device=self.device)
         correct = torch.zeros(targets.shape[1], dtype=torch.long, device=self.device)
         loss_sum = torch.zeros((), device=self.device)
+        hits = torch.zeros((), dtype=torch.long, device=self.device)
         with self.on_stream():
             self.model.eval()
             for i in range(0, inputs.shape[0], EVAL_BATCH):
                 logits, tgt = self.predict(inputs[i:i + EVAL_BATCH]), targets[i:i + EVAL_BATCH]
                 mask = target_mask(tgt)
                 loss_sum += masked_cross_entropy(logits, tgt) * mask.sum()
+                hits += ((logits.argmax(-1) == tgt) & mask).sum()
                 if summary:
                     counts += class_counts(logits, tgt, num_classes)
                     correct += ((logits.argmax(-1) == tgt) & mask).sum(0)
             self.model.train()
             loss = loss_sum / target_mask(targets).sum()
             if not summary:
-                return loss
+                return loss, hits / target_mask(targets).sum()
             support = target_mask(targets).sum(0).clamp(min=1)
             per_position = (correct / support).tolist()
             counts = counts.cpu()
@@ -328,6 +333,7 @@ class SyntheticRun:
         with self.on_stream():
             final_train_loss = float(self.loss)
             best_step, best_loss = int(self.best_step), float(self.best_loss)
+            epoch_values = torch.stack([torch.stack(v) for _, *v in self.epoch_log]).tolist() if self.epoch_log else []
         sets = self.length_sets()
         final = {str(n): self.evaluate(x, y) for n, (x, y) in sets.items()}
         n_train = min(run["train_eval_num"], spec.num_train)
@@ -350,6 +356,8 @@ class SyntheticRun:
             "final": final,
             "best_epoch": {"step": best_step, "epoch": round(best_step / self.steps_per_epoch, 2),
                            "test_loss": round(best_loss, 5), "lengths": best},
+            "epoch_log": [{"step": step, "test_loss": round(loss, 5), "accuracy": round(accuracy, 5)}
+                          for (step, _, _), (loss, accuracy) in zip(self.epoch_log, epoch_values)],
             "train_eval": {"num_sequences": n_train, **train_eval}, "step_check": check,
             "final_train_loss": round(final_train_loss, 5), "seconds": round(train_time, 1),
             "steps_per_s": round(timed_steps / train_time, 1) if train_time > 0 else None,

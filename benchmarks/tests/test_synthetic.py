@@ -436,6 +436,12 @@ def test_study_smoke_resume_and_table(tmp_path, capsys):
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert sorted(r["model"] for r in records) == ["bdlru_k4", "bdlru_k5"]
     assert all(r["status"] == "ok" and r["job"]["steps"] == study.SMOKE_STEPS and "commit" in r["env"] for r in records)
+    for r in records:  # the epoch log: test loss and accuracy at each epoch's end, the last one at the final weights
+        log, length = r["epoch_log"], str(r["task_config"]["seq_len"])
+        assert log and log[-1]["step"] == r["steps"] and [e["step"] for e in log] == sorted({e["step"] for e in log})
+        assert log[-1]["accuracy"] == pytest.approx(r["final"][length]["accuracy"], abs=1e-4)
+        assert log[-1]["test_loss"] == pytest.approx(r["final"][length]["loss"], abs=1e-4)
+        assert min(e["test_loss"] for e in log) == pytest.approx(r["best_epoch"]["test_loss"], abs=1e-5)
     assert study.main(args) == 0
     assert len(out.read_text().splitlines()) == 2
     assert "0 runs to train (2 already in" in capsys.readouterr().err
