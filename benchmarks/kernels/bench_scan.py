@@ -25,6 +25,8 @@ import triton
 from hf_lrnn import triton_plan_lrnn
 
 from . import compare_scan
+from benchmarks.outputs import add_overwrite_flag, refuse_existing
+
 from .scan_setup import SCANS, require_device, scan_inputs
 
 
@@ -292,7 +294,7 @@ def compile_all(jobs):
     print(f"compiled in {time.time() - start:.0f} s", flush=True)
 
 
-def parse_args(argv=None):
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.kernels.bench_scan",
                                  description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="benchmarks/results", help="folder for <name>.json and <name>.png")
@@ -304,16 +306,20 @@ def parse_args(argv=None):
     ap.add_argument("--authors-path", default=None,
                     help="with --compare: the folder holding the authors' triton_scans.py (IgorDn8/mad-lab, "
                          "mad/model/layers/ops/scans) and the modules it imports")
-    return ap.parse_args(argv)
+    add_overwrite_flag(ap)
+    return ap
 
 
 def main(argv=None):
-    args = parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     start = time.time()
     require_device("bench_scan", args.smoke)
     s = SMOKE if args.smoke else GPU
     stem = "bench_scan_compare" if args.compare else "bench_scan"
     name = args.name or (f"{stem}_smoke" if args.smoke else f"{stem}_{gpu_short_name()}")
+    refuse_existing(parser, [os.path.join(args.out, f"{name}.{ext}") for ext in ("json",) + (() if args.compare else ("png",))],
+                    args.overwrite)
     bench = make_bench(s)
     os.makedirs(args.out, exist_ok=True)
     B, T, W = s["B"], s["T"], s["W"]

@@ -12,11 +12,14 @@ import contextlib
 import datetime
 import json
 import os
+import re
 
 import torch
 import triton
 
 from hf_lrnn import triton_plan_lrnn
+
+from benchmarks.outputs import add_overwrite_flag, refuse_existing
 
 from .scan_setup import SCANS, require_device, scan_inputs
 
@@ -81,7 +84,11 @@ def main(argv=None):
     ap.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU (TRITON_INTERPRET=1): checks the script")
     ap.add_argument("--single-pass", default=None, metavar="BLOCK_N,L,WARPS",
                     help="only H-LRU m = 1 and 2, through the single-pass kernels at this plan")
+    add_overwrite_flag(ap)
     args = ap.parse_args(argv)
+    refuse_existing(ap, [args.out], args.overwrite)
+    if args.single_pass is not None and not re.fullmatch(r"[1-9]\d*,[1-9]\d*,[1-9]\d*", args.single_pass):
+        ap.error(f"--single-pass takes three positive integers BLOCK_N,L,WARPS, got {args.single_pass!r}")
     device = require_device("check_scan_gpu", args.smoke)
     cases, dtypes = (SMOKE_CASES, (torch.float32,)) if args.smoke else (CASES, (torch.float32, torch.bfloat16))
     plan = tuple(int(x) for x in args.single_pass.split(",")) if args.single_pass else None

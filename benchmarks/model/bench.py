@@ -26,6 +26,7 @@ from transformers.generation.configuration_utils import CompileConfig
 
 from benchmarks.models import MODELS as MODEL_TABLE
 from benchmarks.models import is_lrnn, lrnn_fields
+from benchmarks.outputs import add_overwrite_flag, refuse_existing
 from hf_lrnn import LRNNConfig, LRNNForCausalLM
 
 MODELS = ("hlru_m2", "bdlru_k4", "llama")  # the default set; --models takes any LRNN label of benchmarks.models, or llama
@@ -170,7 +171,9 @@ def main(argv=None):
     p.add_argument("--train-grid", help="sequence lengths T,... (default 2048,8192,32768)")
     p.add_argument("--train-modes", default="compiled,eager,compiled_fused_ce")
     p.add_argument("--peak-tflops", type=float, default=790.0)
+    add_overwrite_flag(p)
     args = p.parse_args(argv)
+    refuse_existing(p, [Path(args.out) / "model_bench.json"], args.overwrite)
     device = torch.device("cpu" if args.smoke or not torch.cuda.is_available() else "cuda")
     preset = SMOKE if args.smoke else FULL
     size, dtype = preset["size"], preset["dtype"]

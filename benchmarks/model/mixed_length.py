@@ -36,7 +36,8 @@ from transformers.masking_utils import find_packed_sequence_indices
 
 from benchmarks.model.bench import llama_config
 from benchmarks.model.packing import FULL, SMOKE, document_lengths, packed_position_ids
-from benchmarks.models import lrnn_fields
+from benchmarks.models import MODELS, is_lrnn, lrnn_fields
+from benchmarks.outputs import add_overwrite_flag, refuse_existing
 from benchmarks.synthetic.run import environment
 from hf_lrnn import LRNNConfig, LRNNForCausalLM
 
@@ -126,11 +127,16 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=5, help="timed steps per layout")
     p.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU, float64, torch backend")
     p.add_argument("--out", required=True)
+    add_overwrite_flag(p)
     a = p.parse_args(argv)
+    refuse_existing(p, [a.out], a.overwrite)
     if a.min_doc < 1 or a.max_doc < a.min_doc:
         p.error(f"need 1 <= --min-doc <= --max-doc, got {a.min_doc} and {a.max_doc}")
     if a.warmup < 0 or a.steps < 1 or a.batch < 1:
         p.error(f"need --warmup >= 0, --steps >= 1 and --batch >= 1, got {a.warmup}, {a.steps} and {a.batch}")
+    unknown = [label for label in a.models if label != "llama" and (label not in MODELS or not is_lrnn(label))]
+    if unknown:
+        p.error(f"--models: {unknown} are neither llama nor LRNN labels of benchmarks.models")
     size, device = (SMOKE, torch.device("cpu")) if a.smoke else ({**FULL, "batch": a.batch}, torch.device("cuda"))
     if not a.smoke and not torch.cuda.is_available():
         p.error("no CUDA device: run with --smoke on a CPU")

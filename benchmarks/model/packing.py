@@ -21,7 +21,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from benchmarks.models import lrnn_fields
+from benchmarks.models import MODELS, is_lrnn, lrnn_fields
+from benchmarks.outputs import add_overwrite_flag, refuse_existing
 from benchmarks.synthetic.run import environment
 from hf_lrnn import LRNNConfig, LRNNForCausalLM
 
@@ -100,9 +101,16 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU (torch backend, float64 check)")
     p.add_argument("--out", required=True)
+    add_overwrite_flag(p)
     a = p.parse_args(argv)
+    refuse_existing(p, [a.out], a.overwrite)
     if a.min_doc < 1 or a.max_doc < a.min_doc:
         p.error(f"need 1 <= --min-doc <= --max-doc, got {a.min_doc} and {a.max_doc}")
+    if a.repeats < 1:
+        p.error(f"need --repeats >= 1, got {a.repeats}")
+    unknown = [label for label in a.models if label not in MODELS or not is_lrnn(label)]
+    if unknown:
+        p.error(f"--models: {unknown} are not LRNN labels of benchmarks.models ({', '.join(l for l in MODELS if is_lrnn(l))})")
     size, device = (SMOKE, torch.device("cpu")) if a.smoke else (FULL, torch.device("cuda"))
     if not a.smoke and not torch.cuda.is_available():
         p.error("no CUDA device: run with --smoke on a CPU")

@@ -14,6 +14,7 @@ import traceback
 import torch
 import torch.nn.functional as F
 
+from benchmarks.outputs import add_overwrite_flag, refuse_existing
 from benchmarks.synthetic.baselines import BaselineUnavailable, build_model, count_parameters
 from benchmarks.synthetic.run import environment
 
@@ -143,7 +144,9 @@ def parse_args(argv=None):
     p.add_argument("--vocab-size", type=int, default=64)
     p.add_argument("--device", default="cuda")
     p.add_argument("--smoke", action="store_true", help="CPU, d=32: builds only (kinds that need CUDA report unavailable)")
+    add_overwrite_flag(p)
     args = p.parse_args(argv)
+    refuse_existing(p, [args.out], args.overwrite)
     if args.smoke:
         args.device, args.hidden_size = "cpu", 32
     return args
