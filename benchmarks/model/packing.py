@@ -4,7 +4,7 @@ document (what transformers' ``DataCollatorWithFlattening`` passes). Two checks,
     python -m benchmarks.model.packing --out packing_h100.json       # CUDA, Triton backend
     python -m benchmarks.model.packing --smoke --out /tmp/p.json     # tiny, CPU, torch backend, float64
 
-- equality: the packed rows' logits and the gradients of the summed next-token loss (never across a document
+- equality: the packed rows (each built by ``DataCollatorWithFlattening``) logits and the gradients of the summed next-token loss (never across a document
   boundary) against the same documents run one by one (fp32 on the GPU, float64 in the smoke mode); the
   largest relative errors are recorded.
 - speed: forward + backward (bf16 autocast) of a (B, T) batch of documents of random lengths in
@@ -20,6 +20,7 @@ import time
 
 import torch
 import torch.nn.functional as F
+from transformers import DataCollatorWithFlattening
 
 from benchmarks.models import MODELS, is_lrnn, lrnn_fields
 from benchmarks.outputs import add_overwrite_flag, refuse_existing
@@ -50,9 +51,14 @@ def summed_loss(logits: torch.Tensor, ids: torch.Tensor, position_ids: torch.Ten
 
 
 def check_equality(model, rows, vocab, gen, device) -> dict:
-    """Largest relative errors of the packed rows' logits and parameter gradients against document by document."""
-    ids = torch.randint(vocab, (len(rows), sum(rows[0])), generator=gen).to(device)
-    pos = packed_position_ids(rows, device)
+    """Largest relative errors of the packed rows' logits and parameter gradients against document by document;
+    each row is built by transformers' ``DataCollatorWithFlattening`` from its documents."""
+    documents = [[torch.randint(vocab, (n,), generator=gen).tolist() for n in row] for row in rows]
+    batches = [DataCollatorWithFlattening()([{"input_ids": doc} for doc in row]) for row in documents]
+    ids = torch.cat([batch["input_ids"] for batch in batches]).to(device)
+    pos = torch.cat([batch["position_ids"] for batch in batches]).to(device)
+    if not torch.equal(pos, packed_position_ids(rows, device)):
+        raise RuntimeError("DataCollatorWithFlattening's position_ids do not restart at the documents' starts")
     model.zero_grad()
     packed = model(ids, position_ids=pos).logits
     summed_loss(packed, ids, pos).backward()
@@ -70,7 +76,7 @@ def check_equality(model, rows, vocab, gen, device) -> dict:
             start += n
     grad_error = max(float((g - p.grad).norm() / p.grad.norm().clamp_min(1e-30))
                      for g, p in zip(packed_grads, model.parameters()) if p.grad is not None)
-    return {"rows": rows, "logits_max_rel_error": logit_error, "grads_max_rel_error": grad_error}
+    return {"rows": rows, "collator": "transformers.DataCollatorWithFlattening", "logits_max_rel_error": logit_error, "grads_max_rel_error": grad_error}
 
 
 def tokens_per_s(model, ids, position_ids, repeats: int, device) -> float:
