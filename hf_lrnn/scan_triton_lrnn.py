@@ -46,7 +46,6 @@ from .triton_bdlru_lrnn import (
     _bdlru_step_fwd_kernel,
 )
 from .triton_helpers_lrnn import _chunk_combine_kernel
-from .triton_hlru_single_pass_lrnn import _hlru1_bwd_kernel, _hlru1_fwd_kernel, _hlru2_bwd_kernel, _hlru2_fwd_kernel
 from .triton_hlru_lrnn import _hlru_bwd_kernel, _hlru_fwd_kernel
 from .triton_plan_lrnn import (
     COMBINE_BLOCK,
@@ -57,7 +56,6 @@ from .triton_plan_lrnn import (
     scan_chunk_plan,
     interpreting,
     sequential_config,
-    scan_single_pass_plan,
     step_geometry,
     triton_unsupported_reason,
 )
@@ -93,48 +91,6 @@ def _lag_sources(mask: torch.Tensor, m: int, resets: Optional[torch.Tensor] = No
 
 
 _SEQUENTIAL_KERNELS = {"hlru": (_hlru_fwd_kernel, _hlru_bwd_kernel), "bdlru": (_bdlru_seq_fwd_kernel, _bdlru_seq_bwd_kernel)}
-
-
-def _single_pass_forward(v, g, init, mask, norm, plan, resets=None):
-    """h and the final state (B, N, m) of an H-LRU scan of order m = 1 or 2 (no mask) by the single-pass kernels."""
-    B, T, N = v.shape
-    m = g.shape[-1] - 1
-    block, L, warps = plan
-    h = torch.empty_like(v)
-    final = torch.empty(B, N, m, dtype=torch.float32, device=v.device)
-    if m == 2:
-        _hlru2_fwd_kernel[(triton.cdiv(N, block), B)](
-            v, g, resets if resets is not None else v, init if init is not None else v, h, final, T, N, NORM=norm,
-            EPS=L1_EPS, HAS_INIT=init is not None, HAS_RESETS=resets is not None, L=L, BLOCK_N=block,
-            num_warps=warps)
-        return h, final
-    _hlru1_fwd_kernel[(triton.cdiv(N, block), B)](
-        v, g, mask if mask is not None else v, resets if resets is not None else v, init if init is not None else v,
-        h, final, T, N, NORM=norm, EPS=L1_EPS, HAS_INIT=init is not None, HAS_MASK=mask is not None,
-        HAS_RESETS=resets is not None, L=L, BLOCK_N=block, num_warps=warps)
-    return h, final
-
-
-def _single_pass_backward(v, g, init, mask, h, dh, dfinal, norm, plan, resets=None):
-    """dv, dgate_logits and the initial state's gradient (float32) of an H-LRU scan of order 1 or 2, single pass."""
-    B, T, N = v.shape
-    m = g.shape[-1] - 1
-    block, L, warps = plan
-    dv, dg = torch.empty_like(v), torch.empty_like(g)
-    d_init = torch.empty(B, N, m, dtype=torch.float32, device=v.device)
-    if m == 2:
-        _hlru2_bwd_kernel[(triton.cdiv(N, block), B)](
-            v, g, resets if resets is not None else v, init if init is not None else v, h, dh,
-            dfinal if dfinal is not None else v, dv, dg, d_init, T, N, NORM=norm, EPS=L1_EPS,
-            HAS_INIT=init is not None, HAS_DFINAL=dfinal is not None, HAS_RESETS=resets is not None, L=L,
-            BLOCK_N=block, num_warps=warps)
-        return dv, dg, d_init
-    _hlru1_bwd_kernel[(triton.cdiv(N, block), B)](
-        v, g, mask if mask is not None else v, resets if resets is not None else v, init if init is not None else v,
-        h, dh, dfinal if dfinal is not None else v, dv, dg, d_init, T, N, NORM=norm, EPS=L1_EPS,
-        HAS_INIT=init is not None, HAS_DFINAL=dfinal is not None, HAS_MASK=mask is not None,
-        HAS_RESETS=resets is not None, L=L, BLOCK_N=block, num_warps=warps)
-    return dv, dg, d_init
 
 
 def _sequential_forward(kind, v, g, init, mask, norm, L, resets=None):
@@ -228,9 +184,6 @@ OP_NAMESPACE = "hf_lrnn" if __name__ == "hf_lrnn.scan_triton_lrnn" else "hf_lrnn
 
 def _scan_forward(kind, v, g, init, mask, normalization, chunk_size, resets=None):
     D = g.shape[-1] - 1
-    plan = scan_single_pass_plan(kind, v, D, chunk_size, mask is not None)
-    if plan is not None:
-        return _single_pass_forward(v, g, init, mask, normalization, plan, resets)
     L, _ = scan_chunk_plan(kind, v, D, chunk_size)  # also refuses a chunk_size that would split time for D > 8
     if kind == "bdlru" and D > MAX_SEQUENTIAL_BLOCK:
         return _step_forward(v, g, init, mask, normalization, resets)
@@ -239,9 +192,6 @@ def _scan_forward(kind, v, g, init, mask, normalization, chunk_size, resets=None
 
 def _scan_backward(kind, v, g, init, mask, h, dh, dfinal, normalization, chunk_size, resets=None):
     D = g.shape[-1] - 1
-    plan = scan_single_pass_plan(kind, v, D, chunk_size, mask is not None)
-    if plan is not None:
-        return _single_pass_backward(v, g, init, mask, h, dh, dfinal, normalization, plan, resets)
     if kind == "bdlru" and D > MAX_SEQUENTIAL_BLOCK:
         return _step_backward(v, g, init, mask, h, dh, dfinal, normalization, resets)
     L, _ = scan_chunk_plan(kind, v, D, chunk_size)

@@ -1,16 +1,15 @@
 """Launch planning of the Triton scans (``scan_triton_lrnn`` runs the plans): which kernels run an H-LRU of order m
 or a BD-LRU of block size k, their launch constants, and how time is split into chunks.
 
-The launch constants were tuned on one H200 (``benchmarks/kernels/tune_scan.py`` at commit 320b203, since removed;
-its results and logs: benchmarks/README.md, "Tuning"). The plan derives from the device only through its number of
-streaming multiprocessors (SMs): the chunk targets scale with SMs / REFERENCE_SMS (``chunk_plan``; the same plan as
-tuned on any 132-SM GPU, H100 SXM and H200 alike), and the single-pass kernels need programs for every SM
-(``single_pass_plan``). Both are pure integer functions of (B, T, N, size, SMs): deterministic, no tuning at run
-time.
+The launch constants come from sweeps of ``benchmarks/kernels/tune_plan.py`` (U and the BD-LRU chunk target for
+m <= 4 and k <= 4: one H100, commit ac5bf47, ``benchmarks/results/kernels/tune_plan_h100.jsonl``) and of its
+predecessor ``tune_scan.py`` (the rest: one H200, commit 320b203, since removed; benchmarks/README.md, "Tuning").
+The plan derives from the device only through its number of streaming multiprocessors (SMs): the chunk targets
+scale with SMs / REFERENCE_SMS (``chunk_plan``; the same plan on any 132-SM GPU, H100 SXM and H200 alike). It is a
+pure integer function of (B, T, N, size, SMs): deterministic, no tuning at run time.
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 from typing import Optional, Tuple
@@ -28,30 +27,23 @@ MAX_HLRU_ORDER = 16  # largest supported m
 MAX_BDLRU_BLOCK = 16  # largest supported k
 MAX_CHUNKED_SIZE = 8  # time chunking for m <= 8 and k <= 8 (the summaries carry (D + 1) * D numbers)
 MAX_SEQUENTIAL_BLOCK = 8  # BD-LRU block sizes run by the sequential kernels; larger ones by the step kernels
-# Time chunking of the sequential kernels (H200 sweeps of tune_scan.py at commit 320b203, at B = 8, T = 4096 and
-# B = 1, T = 32k): chunks of at least MIN_CHUNK_LEN steps, as many as bring H-LRU to about
-# HLRU_TARGET_WORK = B * N * (m + 1) * chunks and BD-LRU to BDLRU_TARGET_THREADS = B * N * chunks.
-# The targets hold for REFERENCE_SMS SMs (the H200's); a device with S SMs aims at S / REFERENCE_SMS of them.
+# Time chunking of the sequential kernels (sweeps at B = 8, T = 4096 and B = 1, T = 32k, width 2048): chunks of
+# at least MIN_CHUNK_LEN steps, as many as bring H-LRU to about HLRU_TARGET_WORK = B * N * (m + 1) * chunks (H200,
+# tune_scan.py) and BD-LRU to BDLRU_TARGET_WIDTH = B * N * k * chunks (H100, tune_plan.py: chunks of 256 steps at
+# both shapes for k = 2 and 4, 1-8 % faster than the H200 rule's 128). The targets hold for REFERENCE_SMS SMs;
+# a device with S SMs aims at S / REFERENCE_SMS of them.
 MIN_CHUNK_LEN = 128
 HLRU_TARGET_WORK = 1 << 19
-BDLRU_TARGET_THREADS = 1 << 18
+BDLRU_TARGET_WIDTH = 1 << 18
 REFERENCE_SMS = 132
-# (U steps per loop iteration, channels or blocks per program, warps) of the sequential kernels, by m or k
-# (H200 sweeps); other sizes use sequential_config's default.
-HLRU_FWD_CONFIG = {1: (2, 128, 4), 2: (4, 128, 4), 3: (4, 128, 4), 4: (4, 128, 4), 8: (4, 128, 4)}
-HLRU_BWD_CONFIG = {1: (4, 128, 4), 2: (2, 128, 4), 3: (8, 128, 4), 4: (4, 128, 4), 8: (2, 128, 4)}
-BDLRU_FWD_CONFIG = {2: (4, 128, 4), 3: (2, 128, 4), 4: (2, 128, 4), 8: (1, 128, 4)}
-BDLRU_BWD_CONFIG = {2: (4, 128, 4), 3: (2, 128, 4), 4: (2, 128, 4), 8: (1, 128, 4)}
+# (U steps per loop iteration, channels or blocks per program, warps) of the sequential kernels, by m or k (m, k
+# <= 4: H100 sweep of tune_plan.py, the U fastest at both shapes; m = 3, 8 and k = 3, 8: H200 sweeps of
+# tune_scan.py); other sizes use sequential_config's default.
+HLRU_FWD_CONFIG = {1: (2, 128, 4), 2: (2, 128, 4), 3: (4, 128, 4), 4: (2, 128, 4), 8: (4, 128, 4)}
+HLRU_BWD_CONFIG = {1: (2, 128, 4), 2: (2, 128, 4), 3: (8, 128, 4), 4: (4, 128, 4), 8: (2, 128, 4)}
+BDLRU_FWD_CONFIG = {2: (4, 128, 4), 3: (2, 128, 4), 4: (4, 128, 4), 8: (1, 128, 4)}
+BDLRU_BWD_CONFIG = {2: (2, 128, 4), 3: (2, 128, 4), 4: (1, 128, 4), 8: (1, 128, 4)}
 KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-# H-LRU single-pass kernels (triton_hlru_single_pass_lrnn), m = 1, and m = 2 without a mask: one program per
-# BLOCK_N channels of a sequence, time in tiles of L = SINGLE_PASS_TILE / (m BLOCK_N) steps (m = 2 at tiles of 2048
-# spills registers on sm_90). Used only where B * N / BLOCK_N programs reach SINGLE_PASS_PROGRAMS_PER_SM per SM of
-# the device, and only while switched on: they are off by default until a GPU run measures them faster than the
-# chunked kernels (issue 22); ``single_pass_override`` switches them on.
-SINGLE_PASS_TILE = 2048
-SINGLE_PASS_PROGRAMS_PER_SM = 2
-_SINGLE_PASS = {"enabled": False, "plan": None}
-
 
 
 def triton_unsupported_reason(kind: str, size: int) -> Optional[str]:
@@ -97,19 +89,18 @@ def _chunk_length_and_count(T: int, D: int, want: int, chunk_size: Optional[int]
     return L, C
 
 
-
 def chunk_plan(kind: str, B: int, T: int, N: int, D: int, sms: Optional[int],
                chunk_size: Optional[int] = None) -> Tuple[int, int]:
     """(chunk length L, chunks C) of a scan of (B, T, N) at order or block size D on a device of ``sms`` SMs (None:
     not a GPU, one chunk): as many chunks of at least MIN_CHUNK_LEN steps as bring H-LRU's B N (m + 1) C to
-    HLRU_TARGET_WORK sms / REFERENCE_SMS (BD-LRU's B N C to BDLRU_TARGET_THREADS sms / REFERENCE_SMS); one chunk
+    HLRU_TARGET_WORK sms / REFERENCE_SMS (BD-LRU's B N k C to BDLRU_TARGET_WIDTH sms / REFERENCE_SMS); one chunk
     for the step kernels (BD-LRU k > 8) and state sizes above MAX_CHUNKED_SIZE; ``chunk_size`` forces L."""
     if sms is None or kind == "bdlru" and D > MAX_SEQUENTIAL_BLOCK:
         want = 1
     elif kind == "hlru":
         want = triton.cdiv(HLRU_TARGET_WORK * sms, REFERENCE_SMS * B * N * (D + 1))
     else:
-        want = triton.cdiv(BDLRU_TARGET_THREADS * sms, REFERENCE_SMS * B * N)
+        want = triton.cdiv(BDLRU_TARGET_WIDTH * sms, REFERENCE_SMS * B * N * D)
     return _chunk_length_and_count(T, D, want, chunk_size)
 
 
@@ -130,42 +121,6 @@ def scan_chunk_plan(kind: str, v: torch.Tensor, D: int, chunk_size: Optional[int
     agree."""
     B, T, N = v.shape[:3]
     return chunk_plan(kind, B, T, N, D, _device_sms(v), chunk_size)
-
-
-@contextlib.contextmanager
-def single_pass_override(plan: Optional[Tuple[int, int, int]] = None):
-    """Within the block, H-LRU scans of m = 1 (and m = 2 without a mask) run the single-pass kernels: with ``plan``
-    = (BLOCK_N, L, num_warps) everywhere, else where ``scan_single_pass_plan`` finds enough programs (on CUDA). For
-    benchmarks and tests."""
-    saved = dict(_SINGLE_PASS)
-    _SINGLE_PASS.update(enabled=True, plan=plan)
-    try:
-        yield
-    finally:
-        _SINGLE_PASS.update(saved)
-
-
-def single_pass_plan(B: int, N: int, D: int, sms: int) -> Optional[Tuple[int, int, int]]:
-    """(BLOCK_N, L, num_warps) of the single-pass kernels at order D for B sequences of N channels on a device of
-    ``sms`` SMs: the widest BLOCK_N in (64, 32, 16) that gives SINGLE_PASS_PROGRAMS_PER_SM programs per SM, tiles of
-    SINGLE_PASS_TILE / D values; None if even 16 gives fewer (the chunked kernels split time instead)."""
-    for block in (64, 32, 16):
-        if B * triton.cdiv(N, block) >= SINGLE_PASS_PROGRAMS_PER_SM * sms:
-            return block, SINGLE_PASS_TILE // (D * block), NUM_WARPS
-    return None
-
-
-def scan_single_pass_plan(kind: str, v: torch.Tensor, D: int, chunk_size: Optional[int],
-                      masked: bool) -> Optional[Tuple[int, int, int]]:
-    """The single-pass plan of this scan, or None for the other kernels: H-LRU m = 1, or m = 2 without a mask,
-    without a forced chunk_size, switched on; the override's plan, else ``single_pass_plan`` on CUDA."""
-    if not _SINGLE_PASS["enabled"] or kind != "hlru" or not (D == 1 or D == 2 and not masked) or chunk_size is not None:
-        return None
-    if _SINGLE_PASS["plan"] is not None:
-        return _SINGLE_PASS["plan"]
-    sms = _device_sms(v)
-    return None if sms is None else single_pass_plan(v.shape[0], v.shape[2], D, sms)
-
 
 
 def step_geometry(N: int, K: int) -> Tuple[int, int]:

@@ -312,7 +312,7 @@ def test_save_pretrained_leaves_a_users_files_alone(tmp_path):
     """The modeling code is written as <module>_lrnn.py files, so a user's own ops.py (or any other short
     module name) in the folder survives save_pretrained, byte for byte."""
     short_names = ["ops", "gates", "constants", "cache", "generation", "scan_reference", "scan_chunked",
-                   "scan_triton", "triton_hlru", "triton_bdlru", "triton_helpers", "triton_plan", "triton_hlru_single_pass", "utils", "model", "config",
+                   "scan_triton", "triton_hlru", "triton_bdlru", "triton_helpers", "triton_plan", "utils", "model", "config",
                    "configuration", "modeling", "tokenizer", "train", "spectrum", "heads", "packing"]
     for name in short_names:
         (tmp_path / f"{name}.py").write_text(f"# the user's own {name}.py\n")

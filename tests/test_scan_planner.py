@@ -1,11 +1,11 @@
 """The Triton scans' launch plans as functions of (B, T, N, size, SMs): ``chunk_plan`` (time chunks of the
-sequential kernels; the targets scale with the device's SMs / REFERENCE_SMS) and ``single_pass_plan`` (the H-LRU
-single-pass kernels). Pure integer functions: the expected plans are worked out by hand from the docstrings."""
+sequential kernels; the targets scale with the device's SMs / REFERENCE_SMS). Pure integer functions: the
+expected plans are worked out by hand from the docstrings."""
 import pytest
 
 pytest.importorskip("triton")
 
-from hf_lrnn.triton_plan_lrnn import REFERENCE_SMS, chunk_plan, single_pass_plan  # noqa: E402
+from hf_lrnn.triton_plan_lrnn import REFERENCE_SMS, chunk_plan  # noqa: E402
 
 
 @pytest.mark.parametrize("kind,B,T,N,D,sms,plan", [
@@ -17,8 +17,10 @@ from hf_lrnn.triton_plan_lrnn import REFERENCE_SMS, chunk_plan, single_pass_plan
     ("hlru", 1, 32768, 2048, 2, 132, (382, 86)),
     # the chunks stay at least MIN_CHUNK_LEN = 128 steps: T / 128 = 4 chunks at most
     ("hlru", 1, 512, 64, 1, 132, (128, 4)),
-    # BD-LRU k = 4, B 8, N 512: ceil(2^18 / 4096) = 64, capped at 4096 / 128 = 32
-    ("bdlru", 8, 4096, 512, 4, 132, (128, 32)),
+    # BD-LRU k = 4, B 8, N 512: 2^18 / (8 512 4) = 16 chunks of 256 steps
+    ("bdlru", 8, 4096, 512, 4, 132, (256, 16)),
+    # BD-LRU k = 2, B 1, T 32k, N 1024: 2^18 / (1024 2) = 128 chunks of 256 steps
+    ("bdlru", 1, 32768, 1024, 2, 132, (256, 128)),
     ("bdlru", 1, 32768, 128, 16, 132, (32768, 1)),  # k > 8: the step kernels, one chunk
     ("hlru", 8, 4096, 2048, 1, None, (4096, 1)),  # not a GPU: one chunk
     ("hlru", 8, 4096, 2048, 16, 132, (4096, 1)),  # m > 8: one chunk
@@ -31,14 +33,3 @@ def test_chunk_plan_forced_length_and_monotone_in_sms():
     assert chunk_plan("hlru", 8, 4096, 2048, 1, 132, chunk_size=100) == (100, 41)
     chunks = [chunk_plan("hlru", 2, 65536, 1024, 2, sms)[1] for sms in (16, 66, 108, REFERENCE_SMS, 264)]
     assert chunks == sorted(chunks) and chunks[0] < chunks[-1]
-
-
-@pytest.mark.parametrize("B,N,D,sms,plan", [
-    (8, 2048, 1, 132, (32, 64, 4)),  # 64 gives 256 < 264 programs, 32 gives 512
-    (8, 2048, 1, 114, (64, 32, 4)),  # 256 >= 228
-    (8, 2048, 2, 132, (32, 32, 4)),  # m = 2: tiles of 1024
-    (32, 2048, 1, 132, (64, 32, 4)),
-    (1, 2048, 1, 132, None),  # 128 programs at BLOCK_N 16: too few, the chunked kernels split time
-])
-def test_single_pass_plan(B, N, D, sms, plan):
-    assert single_pass_plan(B, N, D, sms) == plan

@@ -22,11 +22,10 @@ from typing import Callable
 import torch
 import triton
 
-from hf_lrnn import triton_plan_lrnn
+from benchmarks.outputs import add_overwrite_flag, refuse_existing
+from benchmarks.synthetic.run import environment
 
 from . import compare_scan
-from benchmarks.outputs import add_overwrite_flag, refuse_existing
-
 from .scan_setup import SCANS, require_device, scan_inputs
 
 
@@ -215,17 +214,15 @@ def compare(s: dict, c: dict, bench, copy_bw: float, authors_path, save: Callabl
 
 
 def compare_summary(rows: list) -> str:
-    """One line per case: median fwd / fwd+bwd ms of ours, our best single-pass plan (by fwd+bwd), the authors'
-    (kernel alone, with the gates) and fla's kernel; '-' where a contender did not run."""
-    lines = ["case              ours           single pass (best plan)       authors kernel  authors+gates   fla kernel"]
+    """One line per case: median fwd / fwd+bwd ms of ours, the authors' (kernel alone, with the gates) and fla's
+    kernel; '-' where a contender did not run."""
+    lines = ["case              ours           authors kernel  authors+gates   fla kernel"]
     cases = dict.fromkeys((r["kind"], r["size"], r["B"], r["T"]) for r in rows)
     for case in cases:
         timed = {r["contender"]: r for r in rows if (r["kind"], r["size"], r["B"], r["T"]) == case and "fwd_ms" in r}
         ms = lambda name: (f"{timed[name]['fwd_ms']['median']:6.3f}/{timed[name]['fwdbwd_ms']['median']:6.3f}"  # noqa: E731
                            if name in timed else f"{'-':>13}")
-        single = sorted((r["fwdbwd_ms"]["median"], n) for n, r in timed.items() if n.startswith("ours_single_pass_"))
-        best = f"{ms(single[0][1])} {single[0][1].removeprefix('ours_single_pass_'):>9}" if single else f"{'-':>23}"
-        lines.append(f"{case[0]:5s} {case[1]:2d} B={case[2]} T={case[3]:5d} {ms('ours')}  {best}   "
+        lines.append(f"{case[0]:5s} {case[1]:2d} B={case[2]} T={case[3]:5d} {ms('ours')}  "
                      f"{ms('authors_kernel')}  {ms('authors_with_gates')}  {ms('fla_kernel')}")
     return "\n".join(lines)
 
@@ -267,16 +264,10 @@ def plot(results, path):
 
 def compile_kernels(job):
     """Compile (in a worker process) the kernels one (kind, size) uses on the GPU: forward and backward,
-    chunked and not, and the one-token decode step with a state; with a single-pass plan (kind, size, plan), the
-    single-pass kernels at that plan instead."""
-    kind, D, *plan = job
+    chunked and not, and the one-token decode step with a state."""
+    kind, D = job
     fn = SCANS[kind]
     v, g = make_inputs(GPU, kind, 1, 256, D, grad=True)
-    if plan:
-        with triton_plan_lrnn.single_pass_override(plan[0]):
-            torch.autograd.grad(fn(v, g, backend="triton")[0], (v, g), torch.randn_like(v))
-        torch.cuda.synchronize()
-        return job
     h = fn(v, g, backend="triton")[0]
     torch.autograd.grad(h, (v, g), torch.randn_like(h))
     with torch.no_grad():
@@ -328,14 +319,14 @@ def main(argv=None):
         date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         versions=dict(torch=torch.__version__, triton=triton.__version__, python=platform.python_version(),
                       cuda=torch.version.cuda),
+        env=environment(),
         config=dict(B=B, T=T, W=W, dtype=str(s["dtype"]).replace("torch.", ""), timer=s["timer"]),
         bytes_formula="H-LRU fwd 2(m+3) B per token-channel (m+1 logits + v read, h written); "
                       "BD-LRU fwd 2(k+3) B per token-unit of width",
     )
     c = COMPARE_SMOKE if args.smoke else COMPARE_GPU
     if s["device"] == "cuda":
-        single_pass = [("hlru", m, plan) for m, plans in compare_scan.SINGLE_PASS_PLANS.items() for plan in plans]
-        compile_all(sorted(set(c["main"] + c["b1"])) + single_pass if args.compare else s["main"])
+        compile_all(sorted(set(c["main"] + c["b1"])) if args.compare else s["main"])
     copy_bw = copy_bandwidth(s, bench)
     res["copy_bw_TBps"] = copy_bw / 1e12
     print(f"copy bandwidth {copy_bw / 1e12:.2f} TB/s", flush=True)

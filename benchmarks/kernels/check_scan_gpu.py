@@ -2,22 +2,16 @@
 the same rounded inputs, forward (h, final state) and backward (v, gate logits, initial state), through
 ``hf_lrnn.ops``; relative errors to JSON.
 
-``--single-pass BLOCK_N,L,WARPS``: only the H-LRU m = 1 and 2 cases, through the single-pass kernels at that plan
-(``triton_plan_lrnn.single_pass_override``; m = 2 with a mask still runs the chunked kernels).
-
-    python -m benchmarks.kernels.check_scan_gpu --out benchmarks/results/scan_gpu_errors.json [--single-pass 32,64,4]
+    python -m benchmarks.kernels.check_scan_gpu --out benchmarks/results/scan_gpu_errors.json
     TRITON_INTERPRET=1 python -m benchmarks.kernels.check_scan_gpu --smoke --out /tmp/errors.json   # CPU"""
 import argparse
-import contextlib
 import datetime
 import json
 import os
-import re
 
 import torch
 import triton
 
-from hf_lrnn import triton_plan_lrnn
 
 from benchmarks.outputs import add_overwrite_flag, refuse_existing
 
@@ -30,6 +24,8 @@ CASES = [
     ("hlru", 2, 2, 65536, 64, "softmax", True, True),
     ("hlru", 4, 2, 65536, 32, "sigmoid_l1", True, False),
     ("hlru", 8, 2, 16384, 16, "tanh_l1", True, True),
+    ("hlru", 12, 2, 8192, 32, "sigmoid_l1", True, False),  # m > 8: the summaries in groups of copies
+    ("hlru", 16, 1, 32768, 128, "softmax", True, True),
     ("hlru", 2, 8, 4096, 1024, "softmax", False, False),
     ("hlru", 3, 4, 1, 100, "relu_l1", True, True),
     ("bdlru", 1, 2, 65536, 64, "softmax", True, False),
@@ -82,26 +78,18 @@ def main(argv=None):
                                  description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="benchmarks/results/scan_gpu_errors.json")
     ap.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU (TRITON_INTERPRET=1): checks the script")
-    ap.add_argument("--single-pass", default=None, metavar="BLOCK_N,L,WARPS",
-                    help="only H-LRU m = 1 and 2, through the single-pass kernels at this plan")
     add_overwrite_flag(ap)
     args = ap.parse_args(argv)
     refuse_existing(ap, [args.out], args.overwrite)
-    if args.single_pass is not None and not re.fullmatch(r"[1-9]\d*,[1-9]\d*,[1-9]\d*", args.single_pass):
-        ap.error(f"--single-pass takes three positive integers BLOCK_N,L,WARPS, got {args.single_pass!r}")
     device = require_device("check_scan_gpu", args.smoke)
     cases, dtypes = (SMOKE_CASES, (torch.float32,)) if args.smoke else (CASES, (torch.float32, torch.bfloat16))
-    plan = tuple(int(x) for x in args.single_pass.split(",")) if args.single_pass else None
-    if plan is not None:
-        cases = [case for case in cases if case[0] == "hlru" and case[1] <= 2]
     rows = []
     for case in cases:
         for dtype in dtypes:
             kind, D, B, T, N, norm, st, mk = case
-            with triton_plan_lrnn.single_pass_override(plan) if plan else contextlib.nullcontext():
-                errs = check(*case, dtype, device=device)
+            errs = check(*case, dtype, device=device)
             row = dict(kind=kind, size=D, B=B, T=T, N=N, normalization=norm, initial_state=st, mask=mk,
-                       dtype=str(dtype).replace("torch.", ""), single_pass_plan=plan, **errs)
+                       dtype=str(dtype).replace("torch.", ""), **errs)
             rows.append(row)
             print({k: (f"{x:.2e}" if isinstance(x, float) else x) for k, x in row.items()}, flush=True)
             if device == "cuda":

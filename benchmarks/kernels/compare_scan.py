@@ -11,12 +11,9 @@ H-LRU order m runs through the m x m companion matrix (first row a_1..a_m, ones 
 b = (a_0 v, 0, ..., 0); BD-LRU block k through A = a[..., 1:], b = a[..., 0] * v.
 fla: ``chunk_hgrn(x, g)`` solves h_t = exp(g_t) h_{t-1} + x_t; ``fla_kernel`` on ready x and g,
 ``fla_with_gates`` with x = a_0 v and g = log a_1 from our logits (log_softmax) inside the timing.
-H-LRU m = 1 and 2 also run our single-pass kernels (``triton_plan_lrnn.single_pass_override``), not yet our
-default, at each plan of SINGLE_PASS_PLANS: ``ours_single_pass_<BLOCK_N>x<L>w<warps>``.
 """
 from __future__ import annotations
 
-import contextlib
 import importlib
 import importlib.machinery
 import importlib.util
@@ -27,14 +24,10 @@ from typing import Callable, Dict, Optional, Tuple
 
 import torch
 
-from hf_lrnn import triton_plan_lrnn
-
 from .scan_setup import SCANS
 
 AUTHORS_PACKAGE = "authors_mad_scans"  # the module name the authors' folder is imported under
 AUTHORS_MODES = ("auto_v2", "auto")  # the first of these their triton_scans offers is the one timed
-# order m -> (BLOCK_N, L, num_warps) of our single-pass kernels timed (the first: the planner's at B = 8, W = 2048)
-SINGLE_PASS_PLANS = {1: [(32, 64, 4), (64, 32, 4), (32, 32, 4), (64, 16, 4)], 2: [(32, 32, 4), (64, 16, 4)]}
 
 
 def load_authors_scan(path: Optional[str]) -> Tuple[Optional[Callable], str]:
@@ -96,12 +89,9 @@ def fla_gates(v: torch.Tensor, g: torch.Tensor) -> Tuple[torch.Tensor, torch.Ten
 
 
 def contenders(kind: str, D: int, authors: Optional[Callable], fla: Optional[Callable]) -> Dict[str, Callable]:
-    """name -> ``setup(v, g) -> (forward(), the inputs it differentiates)`` for this case; the forward and its
-    backward run inside ``context(name)``."""
+    """name -> ``setup(v, g) -> (forward(), the inputs it differentiates)`` for this case."""
     ours = lambda v, g: ((lambda: SCANS[kind](v, g, backend="triton")[0]), (v, g))  # noqa: E731
     out = {"ours": ours}
-    if kind == "hlru" and D in SINGLE_PASS_PLANS:
-        out.update({f"ours_single_pass_{n}x{L}w{w}": ours for n, L, w in SINGLE_PASS_PLANS[D]})
     if authors is not None:
         def authors_kernel(v, g):
             A, b = (x.detach().requires_grad_(True) for x in authors_operands(kind, v.detach(), g.detach()))
@@ -121,27 +111,17 @@ def contenders(kind: str, D: int, authors: Optional[Callable], fla: Optional[Cal
     return out
 
 
-def context(name: str):
-    """What a contender runs inside: the single-pass override with its plan for ``ours_single_pass_*``."""
-    if not name.startswith("ours_single_pass_"):
-        return contextlib.nullcontext()
-    n, L, w = (int(x) for x in name.removeprefix("ours_single_pass_").replace("w", "x").split("x"))
-    plan = (n, L, w)
-    return triton_plan_lrnn.single_pass_override(plan)
-
-
 def time_contender(bench, name: str, setup, v, g, repeats: int, warmup: int, rep: int) -> dict:
     """fwd and fwd+bwd ms of one contender: ``repeats`` timings each, their min / median / max."""
     forward, leaves = setup(v, g)
     out = {}
-    with context(name):
-        with torch.no_grad():
-            out["fwd_ms"] = [bench(forward, warmup, rep) for _ in range(repeats)]
-        for x in leaves:
-            x.requires_grad_(True)
-        dy = torch.randn_like(forward())
-        step = lambda: torch.autograd.grad(forward(), leaves, dy)  # noqa: E731
-        out["fwdbwd_ms"] = [bench(step, warmup, rep) for _ in range(repeats)]
+    with torch.no_grad():
+        out["fwd_ms"] = [bench(forward, warmup, rep) for _ in range(repeats)]
+    for x in leaves:
+        x.requires_grad_(True)
+    dy = torch.randn_like(forward())
+    step = lambda: torch.autograd.grad(forward(), leaves, dy)  # noqa: E731
+    out["fwdbwd_ms"] = [bench(step, warmup, rep) for _ in range(repeats)]
     for key in [k for k in out if k.endswith("_ms")]:
         times = out[key]
         out[key] = dict(min=min(times), median=statistics.median(times), max=max(times), all=times)
@@ -152,6 +132,5 @@ def check_against_ours(kind: str, name: str, setup, v, g) -> float:
     """Largest |h_other - h_ours| / (largest |h_ours|) on these inputs: whether a contender computes our scan."""
     with torch.no_grad():
         ours = SCANS[kind](v, g, backend="triton")[0].float()
-        with context(name):
-            theirs = setup(v, g)[0]().float()
+        theirs = setup(v, g)[0]().float()
     return float((theirs - ours).abs().max() / ours.abs().max().clamp_min(1e-30))

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from benchmarks.kernels import bench_scan, bench_torch_scan, check_scan_gpu, compare_scan
+from benchmarks.kernels import bench_scan, bench_torch_scan, check_scan_gpu
 
 
 def test_check_scan_gpu_smoke(tmp_path):
@@ -94,16 +94,13 @@ def test_bench_scan_compare_smoke(tmp_path, capsys):
     assert result["authors"].startswith("triton_affine_scan(mode='auto')")
     c, s = bench_scan.COMPARE_SMOKE, bench_scan.SMOKE
     cases = [(kind, D, s["B"], s["T"]) for kind, D in c["main"]] + [(kind, D, 1, s["b1_T"]) for kind, D in c["b1"]]
-    single_pass = {m: [f"ours_single_pass_{n}x{L}w{w}" for n, L, w in plans]
-                   for m, plans in compare_scan.SINGLE_PASS_PLANS.items()}
-    names = lambda kind, D: ["ours"] + (single_pass.get(D, []) if kind == "hlru" else []) + [  # noqa: E731
-        "authors_kernel", "authors_with_gates"]
+    names = ["ours", "authors_kernel", "authors_with_gates"]
     assert [(r["kind"], r["size"], r["B"], r["T"], r["contender"]) for r in result["rows"]] == [
-        case + (name,) for case in cases for name in names(*case[:2])]
+        case + (name,) for case in cases for name in names]
     for row in result["rows"]:
         assert "error" not in row, row
         assert all(row[k]["min"] <= row[k]["median"] <= row[k]["max"] for k in ("fwd_ms", "fwdbwd_ms")), row
-        if row["contender"] == "authors_with_gates" or row["contender"].startswith("ours_single_pass"):
+        if row["contender"] == "authors_with_gates":
             assert row["rel_err_vs_ours"] < 1e-5, row
     assert "authors_with_gates" in capsys.readouterr().out
 
@@ -113,15 +110,4 @@ def test_bench_scan_compare_without_the_authors(tmp_path):
     bench_scan.main(["--smoke", "--compare", "--authors-path", str(tmp_path / "missing"), "--out", str(tmp_path)])
     result = json.loads((tmp_path / "bench_scan_compare_smoke.json").read_text())["compare"]
     assert result["authors"].startswith("not available:") and "triton_scans.py" in result["authors"]
-    assert {r["contender"] for r in result["rows"]} == {"ours"} | {
-        f"ours_single_pass_{n}x{L}w{w}" for plans in compare_scan.SINGLE_PASS_PLANS.values() for n, L, w in plans}
-
-
-def test_check_scan_gpu_smoke_single_pass(tmp_path):
-    """check_scan_gpu --smoke --single-pass runs only the H-LRU m <= 2 cases, through the single-pass kernels."""
-    out = tmp_path / "errors.json"
-    check_scan_gpu.main(["--smoke", "--single-pass", "4,8,4", "--out", str(out)])
-    rows = json.loads(out.read_text())["cases"]
-    assert [(r["kind"], r["size"]) for r in rows] == [c[:2] for c in check_scan_gpu.SMOKE_CASES if c[0] == "hlru" and c[1] <= 2]
-    assert all(r["single_pass_plan"] == [4, 8, 4] and r["all_finite"] for r in rows)
-    assert max(r[k] for r in rows for k in ("h", "final", "dv", "dgate_logits", "dinitial_state")) < 1e-5
+    assert {r["contender"] for r in result["rows"]} == {"ours"}

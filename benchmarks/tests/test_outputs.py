@@ -30,12 +30,6 @@ def test_an_existing_result_file_is_not_replaced(tmp_path, capsys, main, args, e
     assert path.read_text() == "the user's own results"
 
 
-def test_check_scan_gpu_refuses_a_malformed_single_pass_plan(tmp_path, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        check_scan_gpu.main(["--smoke", "--single-pass", "4,8", "--out", str(tmp_path / "x.json")])
-    assert exit_info.value.code == 2 and "--single-pass takes three positive integers" in capsys.readouterr().err
-
-
 @pytest.mark.parametrize("main, args", [(packing.main, ["--models", "lstm"]), (mixed_length.main, ["--models", "hlru_m9"])])
 def test_unknown_models_are_refused_before_any_work(tmp_path, capsys, main, args):
     with pytest.raises(SystemExit) as exit_info:
