@@ -31,8 +31,8 @@ MAX_BDLRU_BLOCK = 16  # largest supported k
 MAX_CHUNKED_HLRU_ORDER = 16
 MAX_CHUNKED_BDLRU_BLOCK = 8
 # An H-LRU summary pass runs the m + 1 copies of the lags in one program for m <= MAX_ONE_GROUP_ORDER; above, in
-# groups of copies, each program holding at most about SUMMARY_GROUP_REGISTERS lag values (m + 1 copies of 16
-# lags, 272 values a thread, spill registers on sm_90).
+# groups of copies, each program holding about SUMMARY_GROUP_REGISTERS lag values (17 copies of 16 lags, 272 values
+# a thread, spill registers on sm_90).
 MAX_ONE_GROUP_ORDER = 8
 SUMMARY_GROUP_REGISTERS = 64
 MAX_SEQUENTIAL_BLOCK = 8  # BD-LRU block sizes run by the sequential kernels; larger ones by the step kernels
@@ -93,8 +93,8 @@ def sequential_config(kind: str, size: int, backward: bool) -> Tuple[int, int, i
 def summary_copies(m: int) -> int:
     """Copies of the lags run by one program of an H-LRU summary pass of order m (of the m + 1 copies, program
     axis 0 holding the groups, ``cdiv(m + 1, copies)`` a channel tile): all m + 1 for m <= MAX_ONE_GROUP_ORDER, else
-    the m + 1 split evenly into the fewest groups of about SUMMARY_GROUP_REGISTERS lag values (m = 9: 5 copies of
-    2 groups, m = 12: 5 of 3, m = 16: 4 of 5, the last group's 3 past m + 1 unused)."""
+    the m + 1 split evenly into the fewest groups of about SUMMARY_GROUP_REGISTERS lag values (m = 9: 2 groups of
+    5 copies, m = 12: 3 of 5, m = 16: 5 of 4, the last group's 3 copies past m + 1 unused)."""
     if m <= MAX_ONE_GROUP_ORDER:
         return m + 1
     groups = triton.cdiv(m * (m + 1), SUMMARY_GROUP_REGISTERS)
