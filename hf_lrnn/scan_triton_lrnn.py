@@ -9,9 +9,10 @@ Two kernel families: sequential kernels (H-LRU, and BD-LRU with k <= 8; a thread
 block, its state in registers) and step kernels (BD-LRU with k > 8). The gate normalisation is fused: the
 normalised gates are never written to memory, and the backward pass recomputes them from the logits.
 
-Time chunking (sequential kernels, state size <= 8), so that small batches fill the GPU: the map over a
-chunk is affine, ``s_end = P s_start + e``. A summary pass runs every chunk from zero (with the inputs)
-and from the unit states (without) to get [e | P], a small sequential kernel passes the true start
+Time chunking (sequential kernels: H-LRU m <= 16, BD-LRU k <= 8), so that small batches fill the GPU: the map
+over a chunk is affine, ``s_end = P s_start + e``. A summary pass runs every chunk from zero (with the inputs)
+and from the unit states (without) to get [e | P] (H-LRU m > 8: the m + 1 copies split over several programs,
+``summary_copies``, so that they stay in registers), a small sequential kernel passes the true start
 states along the chunks, and the main pass reruns every chunk from its start state. The backward pass
 does the same in reverse time. Forward saves its inputs and h for backward (no chunk summaries or start
 states: backward recomputes them). Masked steps (mask == 0) are the identity on the state; h there
@@ -57,6 +58,7 @@ from .triton_plan_lrnn import (
     interpreting,
     sequential_config,
     step_geometry,
+    summary_copies,
     triton_unsupported_reason,
 )
 
@@ -93,6 +95,16 @@ def _lag_sources(mask: torch.Tensor, m: int, resets: Optional[torch.Tensor] = No
 _SEQUENTIAL_KERNELS = {"hlru": (_hlru_fwd_kernel, _hlru_bwd_kernel), "bdlru": (_bdlru_seq_fwd_kernel, _bdlru_seq_bwd_kernel)}
 
 
+def _summary_layout(kind, D, N, block):
+    """(kernel keyword arguments, program-axis-0 size) of the sequential kernels: H-LRU's summary pass runs its
+    D + 1 copies COPIES a program, in cdiv(D + 1, COPIES) groups per channel tile (``summary_copies``)."""
+    tiles = triton.cdiv(N, block)
+    if kind != "hlru":
+        return dict(K=D), tiles
+    copies = summary_copies(D)
+    return dict(M=D, COPIES=copies), tiles * triton.cdiv(D + 1, copies)
+
+
 def _sequential_forward(kind, v, g, init, mask, norm, L, resets=None):
     """h and the final state of a sequential scan (H-LRU, or BD-LRU with k <= 8) in chunks of L steps."""
     B, T, N = v.shape[:3]
@@ -104,13 +116,14 @@ def _sequential_forward(kind, v, g, init, mask, norm, L, resets=None):
     ends = torch.empty(B, C, N, D, dtype=torch.float32, device=v.device)
     mask_arg = mask if mask is not None else v
     resets_arg = resets if resets is not None else v
+    sizes, summary_programs = _summary_layout(kind, D, N, block)
     common = dict(NORM=norm, EPS=L1_EPS, HAS_MASK=mask is not None, HAS_RESETS=resets is not None, U=U,
-                  BLOCK_N=block, num_warps=warps, **{"M" if kind == "hlru" else "K": D})
+                  BLOCK_N=block, num_warps=warps, **sizes)
     grid = (triton.cdiv(N, block), C, B)
     if C > 1:
         summary = torch.empty(B, C, N, D, D + 1, dtype=torch.float32, device=v.device)
-        kernel[grid](v, g, mask_arg, resets_arg, v, v, summary, T, N, L, 0, 0, HAS_START=False, SUMMARY=True,
-                     **common)
+        kernel[(summary_programs, C, B)](v, g, mask_arg, resets_arg, v, v, summary, T, N, L, 0, 0, HAS_START=False,
+                                         SUMMARY=True, **common)
         start, has_start, strides = _combine(summary, init, reverse=False), True, (C * N * D, N * D)
     else:
         start, has_start, strides = (init if init is not None else v), init is not None, (N * D, 0)
@@ -133,13 +146,14 @@ def _sequential_backward(kind, v, g, init, mask, h, L, dh, dfinal, norm, resets=
     if kind == "hlru":  # where the lags of each step were written
         head += (_lag_sources(mask, D, resets) if mask is not None else v,)
     head += (dh,)
+    sizes, summary_programs = _summary_layout(kind, D, N, block)
     common = dict(NORM=norm, EPS=L1_EPS, HAS_INIT=init is not None, HAS_MASK=mask is not None,
-                  HAS_RESETS=resets is not None, U=U, BLOCK_N=block, num_warps=warps,
-                  **{"M" if kind == "hlru" else "K": D})
+                  HAS_RESETS=resets is not None, U=U, BLOCK_N=block, num_warps=warps, **sizes)
     grid = (triton.cdiv(N, block), C, B)
     if C > 1:
         summary = torch.empty(B, C, N, D, D + 1, dtype=torch.float32, device=v.device)
-        kernel[grid](*head, v, v, v, summary, T, N, L, 0, 0, HAS_LAM=False, SUMMARY=True, **common)
+        kernel[(summary_programs, C, B)](*head, v, v, v, summary, T, N, L, 0, 0, HAS_LAM=False, SUMMARY=True,
+                                         **common)
         lam, has_lam, strides = _combine(summary, dfinal, reverse=True), True, (C * N * D, N * D)
     else:
         lam, has_lam, strides = (dfinal if dfinal is not None else v), dfinal is not None, (N * D, 0)
@@ -184,7 +198,7 @@ OP_NAMESPACE = "hf_lrnn" if __name__ == "hf_lrnn.scan_triton_lrnn" else "hf_lrnn
 
 def _scan_forward(kind, v, g, init, mask, normalization, chunk_size, resets=None):
     D = g.shape[-1] - 1
-    L, _ = scan_chunk_plan(kind, v, D, chunk_size)  # also refuses a chunk_size that would split time for D > 8
+    L, _ = scan_chunk_plan(kind, v, D, chunk_size)  # also refuses a chunk_size that splits time for BD-LRU k > 8
     if kind == "bdlru" and D > MAX_SEQUENTIAL_BLOCK:
         return _step_forward(v, g, init, mask, normalization, resets)
     return _sequential_forward(kind, v, g, init, mask, normalization, L, resets)

@@ -187,6 +187,17 @@ def _unit_states(zero, D: tl.constexpr):
 
 
 @triton.jit
+def _unit_copy_group(zero, first, COPIES: tl.constexpr, D: tl.constexpr):
+    """Copies first, ..., first + COPIES - 1 (``first`` a run-time value broadcast to zero's shape) of
+    _unit_states, flattened: copy 0 zero, copy 1 + j the unit vector e_j; copies past D (not stored) zero."""
+    out = ()
+    for i in tl.static_range(COPIES):
+        for j in tl.static_range(D):
+            out = out + (tl.where(first + i == j + 1, zero + 1.0, zero),)
+    return out
+
+
+@triton.jit
 def _load_values(ptr, ok, D: tl.constexpr):
     """The D consecutive values ptr[0..D-1] (ptr a tensor of pointers) as a tuple of float32 tensors."""
     out = ()
@@ -243,6 +254,15 @@ def _store_copies(ptr, x, ok, D: tl.constexpr):
     for i in tl.static_range(D):
         for c in tl.static_range(D + 1):
             tl.store(ptr + i * (D + 1) + c, x[c * D + i], mask=ok)
+
+
+@triton.jit
+def _store_copy_group(ptr, x, ok, first, COPIES: tl.constexpr, D: tl.constexpr):
+    """Store copies first, ..., first + COPIES - 1 (from _unit_copy_group's start) into a chunk summary [e | P],
+    (D, D + 1) per channel ([i, c] = entry i of copy c); copies past D are not stored."""
+    for k in tl.static_range(COPIES):
+        for i in tl.static_range(D):
+            tl.store(ptr + i * (D + 1) + first + k, x[k * D + i], mask=ok & (first + k <= D))
 
 
 @triton.jit

@@ -8,6 +8,9 @@ g = dL/dh_t, ``da_{t,0} = g v_t``, ``da_{t,j} = g h_{t-j}``, ``dv_t = g a_{t,0}`
 Document starts (``resets``, int8 (B, T), 0 at t = 0): the lags entering a start step are zeroed in
 registers before the step (forward), and lam is zeroed after it (backward, the adjoint of that zeroing);
 a lag h_{t-j} read back from h counts as zero when a document starts in (t - j, t].
+Time chunks (m <= 16): the summary passes run m + 1 copies of the lags (or lam), COPIES a program
+(``triton_plan_lrnn.summary_copies``): all of them for m <= 8, in groups over several programs above (m = 16:
+4 copies x 16 lags a thread, where 17 x 16 spill registers).
 """
 from __future__ import annotations
 
@@ -26,7 +29,9 @@ from .triton_helpers_lrnn import (
     _slice,
     _step_flags,
     _store_copies,
+    _store_copy_group,
     _store_state,
+    _unit_copy_group,
     _zero_where,
 )
 
@@ -36,20 +41,33 @@ def _hlru_fwd_kernel(
     v_ptr, g_ptr, mask_ptr, resets_ptr, start_ptr, h_ptr, out_ptr,
     T, N, L, start_stride_b, start_stride_c,
     M: tl.constexpr, NORM: tl.constexpr, EPS: tl.constexpr, HAS_START: tl.constexpr, HAS_MASK: tl.constexpr,
-    HAS_RESETS: tl.constexpr, SUMMARY: tl.constexpr, U: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_RESETS: tl.constexpr, SUMMARY: tl.constexpr, COPIES: tl.constexpr, U: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """One (channel tile, time chunk, sequence); lags = (h_{t-1}, ..., h_{t-m}).
 
     Main mode: start from the lags at start (B, C, N, M) (or zeros), write h (B, T, N) and the chunk's end
     lags to out (B, C, N, M). SUMMARY: M + 1 copies of the lags, copy 0 from zero with the input (gives
     e), copy 1 + j from lag j = 1 without input (column j of P); writes [e | P] to out (B, C, N, M, M+1).
+    A program runs COPIES of them (all M + 1, or GROUPS = cdiv(M + 1, COPIES) groups: program axis 0 =
+    channel tile * GROUPS + group, copies group * COPIES + i; copies past M are not stored).
     A document start zeroes every copy's lags before its step.
     """
     pid_c, b, t0, t1 = _chunk_bounds(T, L)
-    n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    n_ok = n < N
-    zero = tl.zeros((BLOCK_N,), dtype=tl.float32)
-    lags = _chunk_start(start_ptr, start_stride_b, start_stride_c, b, pid_c, n, n_ok, zero, M, SUMMARY, HAS_START)
+    GROUPS: tl.constexpr = (M + COPIES) // COPIES  # copy groups of a summary pass
+    if SUMMARY and GROUPS > 1:
+        n = tl.program_id(0) // GROUPS * BLOCK_N + tl.arange(0, BLOCK_N)
+        first = n * 0 + tl.program_id(0) % GROUPS * COPIES  # this program's first copy
+        n_ok = n < N
+        v_ok = n_ok & (first == 0)  # only copy 0 takes the input
+        zero = tl.zeros((BLOCK_N,), dtype=tl.float32)
+        lags = _unit_copy_group(zero, first, COPIES, M)
+    else:
+        n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        n_ok = n < N
+        v_ok = n_ok
+        zero = tl.zeros((BLOCK_N,), dtype=tl.float32)
+        lags = _chunk_start(start_ptr, start_stride_b, start_stride_c, b, pid_c, n, n_ok, zero, M, SUMMARY,
+                            HAS_START)
     for tb in range(t0, t1, U):
         vs = ()
         gs = ()
@@ -59,7 +77,7 @@ def _hlru_fwd_kernel(
             in_chunk = n * 0 + tb + u < t1
             ok = n_ok & in_chunk
             off = (b * T + tb + u) * N + n
-            vs = vs + (tl.load(v_ptr + off, mask=ok, other=0.0).to(tl.float32),)
+            vs = vs + (tl.load(v_ptr + off, mask=v_ok & in_chunk, other=0.0).to(tl.float32),)
             gs = gs + _load_values(g_ptr + off * (M + 1), ok, M + 1)
             starts, kept = _step_flags(starts, kept, resets_ptr, mask_ptr, b * T + tb + u + n * 0, in_chunk,
                                        HAS_RESETS, HAS_MASK)
@@ -69,7 +87,7 @@ def _hlru_fwd_kernel(
                 lags = _zero_where(starts[u], lags)
             a = _normalize(_slice(gs, u * (M + 1), M + 1), NORM, EPS)
             new = ()
-            for c in tl.static_range(M + 1 if SUMMARY else 1):
+            for c in tl.static_range(COPIES if SUMMARY else 1):
                 h = a[1] * lags[c * M]
                 for j in tl.static_range(1, M):
                     h += a[1 + j] * lags[c * M + j]
@@ -82,7 +100,10 @@ def _hlru_fwd_kernel(
             if not SUMMARY:
                 tl.store(h_ptr + (b * T + tb + u) * N + n, lags[0].to(h_ptr.dtype.element_ty),
                          mask=n_ok & (n * 0 + tb + u < t1))
-    if SUMMARY:
+    if SUMMARY and GROUPS > 1:
+        _store_copy_group(out_ptr + ((b * tl.num_programs(1) + pid_c) * N + n) * (M * (M + 1)), lags, n_ok, first,
+                          COPIES, M)
+    elif SUMMARY:
         _store_copies(out_ptr + ((b * tl.num_programs(1) + pid_c) * N + n) * (M * (M + 1)), lags, n_ok, M)
     else:
         _store_state(out_ptr + ((b * tl.num_programs(1) + pid_c) * N + n) * M, lags, n_ok, M)
@@ -93,7 +114,7 @@ def _hlru_bwd_kernel(
     v_ptr, g_ptr, mask_ptr, resets_ptr, init_ptr, h_ptr, src_ptr, dh_ptr, lam_ptr, dv_ptr, dg_ptr, out_ptr,
     T, N, L, lam_stride_b, lam_stride_c,
     M: tl.constexpr, NORM: tl.constexpr, EPS: tl.constexpr, HAS_INIT: tl.constexpr, HAS_LAM: tl.constexpr,
-    HAS_MASK: tl.constexpr, HAS_RESETS: tl.constexpr, SUMMARY: tl.constexpr, U: tl.constexpr,
+    HAS_MASK: tl.constexpr, HAS_RESETS: tl.constexpr, SUMMARY: tl.constexpr, COPIES: tl.constexpr, U: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
     """Reverse-time adjoint scan of one chunk. lam = dL/d(lags after step t) from the later steps
@@ -106,13 +127,23 @@ def _hlru_bwd_kernel(
     initial_state[..., -src - 1] where -M <= src < 0, or zero where src < -M (cut by a document start).
     A document start at step t zeroes lam after the step (every copy). SUMMARY: M + 1 copies (0: zero start
     with dh; 1 + j: unit lam[j], no dh) give the chunk's adjoint map [e | P] (lam at the chunk start = P lam at
-    its end + e) in out (B, C, N, M, M+1).
+    its end + e) in out (B, C, N, M, M+1), COPIES of them a program (in groups as the forward kernel's).
     """
     pid_c, b, t0, t1 = _chunk_bounds(T, L)
-    n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    n_ok = n < N
-    zero = tl.zeros((BLOCK_N,), dtype=tl.float32)
-    lam = _chunk_start(lam_ptr, lam_stride_b, lam_stride_c, b, pid_c, n, n_ok, zero, M, SUMMARY, HAS_LAM)
+    GROUPS: tl.constexpr = (M + COPIES) // COPIES  # copy groups of a summary pass
+    if SUMMARY and GROUPS > 1:
+        n = tl.program_id(0) // GROUPS * BLOCK_N + tl.arange(0, BLOCK_N)
+        first = n * 0 + tl.program_id(0) % GROUPS * COPIES  # this program's first copy
+        n_ok = n < N
+        dh_ok = n_ok & (first == 0)  # only copy 0 takes dh
+        zero = tl.zeros((BLOCK_N,), dtype=tl.float32)
+        lam = _unit_copy_group(zero, first, COPIES, M)
+    else:
+        n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        n_ok = n < N
+        dh_ok = n_ok
+        zero = tl.zeros((BLOCK_N,), dtype=tl.float32)
+        lam = _chunk_start(lam_ptr, lam_stride_b, lam_stride_c, b, pid_c, n, n_ok, zero, M, SUMMARY, HAS_LAM)
     for i in range(0, tl.cdiv(t1 - t0, U)):
         tb = t1 - 1 - i * U  # this iteration runs steps tb, tb - 1, ..., tb - U + 1
         dhs = ()
@@ -127,7 +158,7 @@ def _hlru_bwd_kernel(
         for u in tl.static_range(U):
             ok = n_ok & (n * 0 + tb - u >= t0)
             off = (b * T + tb - u) * N + n
-            dhs = dhs + (tl.load(dh_ptr + off, mask=ok, other=0.0).to(tl.float32),)
+            dhs = dhs + (tl.load(dh_ptr + off, mask=dh_ok & (n * 0 + tb - u >= t0), other=0.0).to(tl.float32),)
             gs = gs + _load_values(g_ptr + off * (M + 1), ok, M + 1)
             if not SUMMARY:
                 vs = vs + (tl.load(v_ptr + off, mask=ok, other=0.0).to(tl.float32),)
@@ -148,7 +179,7 @@ def _hlru_bwd_kernel(
             a = _normalize(gu, NORM, EPS)
             new = ()
             grad_h = zero
-            for c in tl.static_range(M + 1 if SUMMARY else 1):
+            for c in tl.static_range(COPIES if SUMMARY else 1):
                 g = lam[c * M]
                 if c == 0:
                     g += dhs[u]
@@ -187,7 +218,10 @@ def _hlru_bwd_kernel(
                 for j in tl.static_range(M + 1):
                     tl.store(dg_ptr + off * (M + 1) + j, tl.where(keep, dg[j], 0.0).to(dg_ptr.dtype.element_ty), mask=ok)
                 tl.store(dv_ptr + off, tl.where(keep, grad_h * a[0], 0.0).to(dv_ptr.dtype.element_ty), mask=ok)
-    if SUMMARY:
+    if SUMMARY and GROUPS > 1:
+        _store_copy_group(out_ptr + ((b * tl.num_programs(1) + pid_c) * N + n) * (M * (M + 1)), lam, n_ok, first,
+                          COPIES, M)
+    elif SUMMARY:
         _store_copies(out_ptr + ((b * tl.num_programs(1) + pid_c) * N + n) * (M * (M + 1)), lam, n_ok, M)
     else:
         _store_state(out_ptr + (b * N + n) * M, lam, n_ok & (n * 0 + pid_c == 0), M)

@@ -25,7 +25,15 @@ from .constants_lrnn import ScanUnsupportedError
 
 MAX_HLRU_ORDER = 16  # largest supported m
 MAX_BDLRU_BLOCK = 16  # largest supported k
-MAX_CHUNKED_SIZE = 8  # time chunking for m <= 8 and k <= 8 (the summaries carry (D + 1) * D numbers)
+# Time chunking for H-LRU m <= 16 and BD-LRU k <= 8 (the summaries carry (D + 1) * D numbers per channel or block;
+# BD-LRU k > 8 runs the step kernels, in one chunk).
+MAX_CHUNKED_HLRU_ORDER = 16
+MAX_CHUNKED_BDLRU_BLOCK = 8
+# An H-LRU summary pass runs the m + 1 copies of the lags in one program for m <= MAX_ONE_GROUP_ORDER; above, in
+# groups of copies, each program holding about SUMMARY_GROUP_REGISTERS lag values (17 copies of 16 lags, 272 values
+# a thread, spill registers on sm_90).
+MAX_ONE_GROUP_ORDER = 8
+SUMMARY_GROUP_REGISTERS = 64
 MAX_SEQUENTIAL_BLOCK = 8  # BD-LRU block sizes run by the sequential kernels; larger ones by the step kernels
 # Time chunking of the sequential kernels (sweeps at B = 8, T = 4096 and B = 1, T = 32k, width 2048): chunks of
 # at least MIN_CHUNK_LEN steps, as many as bring H-LRU to about HLRU_TARGET_WORK = B * N * (m + 1) * chunks (H200,
@@ -74,18 +82,33 @@ def sequential_config(kind: str, size: int, backward: bool) -> Tuple[int, int, i
     return tables[kind][backward].get(size, (2 if size <= 4 else 1, 128, 4))
 
 
-def _chunk_length_and_count(T: int, D: int, want: int, chunk_size: Optional[int]) -> Tuple[int, int]:
+def summary_copies(m: int) -> int:
+    """Copies of the lags run by one program of an H-LRU summary pass of order m (of the m + 1 copies, program
+    axis 0 holding the groups, ``cdiv(m + 1, copies)`` a channel tile): all m + 1 for m <= MAX_ONE_GROUP_ORDER, else
+    the m + 1 split evenly into the fewest groups of about SUMMARY_GROUP_REGISTERS lag values (m = 9: 2 groups of
+    5 copies, m = 12: 3 of 5, m = 16: 5 of 4, the last group's 3 copies past m + 1 unused)."""
+    if m <= MAX_ONE_GROUP_ORDER:
+        return m + 1
+    groups = triton.cdiv(m * (m + 1), SUMMARY_GROUP_REGISTERS)
+    return triton.cdiv(m + 1, groups)
+
+
+def _chunk_length_and_count(kind: str, T: int, D: int, want: int, chunk_size: Optional[int]) -> Tuple[int, int]:
     """(chunk length L, number of chunks C): ``chunk_size`` if given, else ``want`` chunks of at least
-    MIN_CHUNK_LEN steps; one chunk for state sizes D > MAX_CHUNKED_SIZE."""
+    MIN_CHUNK_LEN steps; one chunk for state sizes D above the kind's limit (MAX_CHUNKED_HLRU_ORDER,
+    MAX_CHUNKED_BDLRU_BLOCK)."""
+    limit = MAX_CHUNKED_HLRU_ORDER if kind == "hlru" else MAX_CHUNKED_BDLRU_BLOCK
     if chunk_size is not None:
         L = max(1, min(chunk_size, T))
-    elif D <= MAX_CHUNKED_SIZE:
+    elif D <= limit:
         L = triton.cdiv(T, max(1, min(want, T // MIN_CHUNK_LEN)))
     else:
         L = T
     C = triton.cdiv(T, L)
-    if C > 1 and D > MAX_CHUNKED_SIZE:
-        raise ScanUnsupportedError(f"time chunking supports state sizes up to {MAX_CHUNKED_SIZE}, got {D}")
+    if C > 1 and D > limit:
+        name = "order m" if kind == "hlru" else "block size k"
+        raise ScanUnsupportedError(f"time chunking of the Triton {kind} kernels supports {name} up to {limit}, got "
+                                   f"{D} (chunk_size={chunk_size} splits T = {T} into {C} chunks)")
     return L, C
 
 
@@ -94,14 +117,14 @@ def chunk_plan(kind: str, B: int, T: int, N: int, D: int, sms: Optional[int],
     """(chunk length L, chunks C) of a scan of (B, T, N) at order or block size D on a device of ``sms`` SMs (None:
     not a GPU, one chunk): as many chunks of at least MIN_CHUNK_LEN steps as bring H-LRU's B N (m + 1) C to
     HLRU_TARGET_WORK sms / REFERENCE_SMS (BD-LRU's B N k C to BDLRU_TARGET_WIDTH sms / REFERENCE_SMS); one chunk
-    for the step kernels (BD-LRU k > 8) and state sizes above MAX_CHUNKED_SIZE; ``chunk_size`` forces L."""
+    for the step kernels (BD-LRU k > 8); ``chunk_size`` forces L."""
     if sms is None or kind == "bdlru" and D > MAX_SEQUENTIAL_BLOCK:
         want = 1
     elif kind == "hlru":
         want = triton.cdiv(HLRU_TARGET_WORK * sms, REFERENCE_SMS * B * N * (D + 1))
     else:
         want = triton.cdiv(BDLRU_TARGET_WIDTH * sms, REFERENCE_SMS * B * N * D)
-    return _chunk_length_and_count(T, D, want, chunk_size)
+    return _chunk_length_and_count(kind, T, D, want, chunk_size)
 
 
 @functools.lru_cache(maxsize=None)

@@ -5,7 +5,8 @@ import pytest
 
 pytest.importorskip("triton")
 
-from hf_lrnn.triton_plan_lrnn import REFERENCE_SMS, chunk_plan  # noqa: E402
+from hf_lrnn.constants_lrnn import ScanUnsupportedError  # noqa: E402
+from hf_lrnn.triton_plan_lrnn import REFERENCE_SMS, chunk_plan, summary_copies  # noqa: E402
 
 
 @pytest.mark.parametrize("kind,B,T,N,D,sms,plan", [
@@ -23,10 +24,29 @@ from hf_lrnn.triton_plan_lrnn import REFERENCE_SMS, chunk_plan  # noqa: E402
     ("bdlru", 1, 32768, 1024, 2, 132, (256, 128)),
     ("bdlru", 1, 32768, 128, 16, 132, (32768, 1)),  # k > 8: the step kernels, one chunk
     ("hlru", 8, 4096, 2048, 1, None, (4096, 1)),  # not a GPU: one chunk
-    ("hlru", 8, 4096, 2048, 16, 132, (4096, 1)),  # m > 8: one chunk
+    # m = 16 chunks too: ceil(2^19 / (8 2048 17)) = 2 chunks
+    ("hlru", 8, 4096, 2048, 16, 132, (2048, 2)),
+    # B = 1, T = 32k, N = 128, m = 16: ceil(2^19 / (128 17)) = 241 chunks (fewer than T / 128 = 256)
+    ("hlru", 1, 32768, 128, 16, 132, (136, 241)),
 ])
 def test_chunk_plan(kind, B, T, N, D, sms, plan):
     assert chunk_plan(kind, B, T, N, D, sms) == plan
+
+
+def test_chunk_plan_forced_length_per_kind_limit():
+    """A forced chunk_size splits time for H-LRU up to m = 16; for BD-LRU k > 8 (the step kernels) it is refused,
+    naming the limit, unless it leaves one chunk."""
+    assert chunk_plan("hlru", 1, 37, 3, 16, None, chunk_size=8) == (8, 5)
+    assert chunk_plan("bdlru", 1, 37, 3, 8, None, chunk_size=8) == (8, 5)
+    assert chunk_plan("bdlru", 1, 37, 3, 16, None, chunk_size=37) == (37, 1)
+    with pytest.raises(ScanUnsupportedError, match="bdlru kernels supports block size k up to 8, got 16"):
+        chunk_plan("bdlru", 1, 32768, 128, 16, 132, chunk_size=4096)
+
+
+def test_summary_copies():
+    """All m + 1 lag copies in one program up to m = 8; above, even groups of about 64 lag values a program."""
+    assert [summary_copies(m) for m in range(1, 9)] == [m + 1 for m in range(1, 9)]
+    assert [summary_copies(m) for m in range(9, 17)] == [5, 6, 4, 5, 5, 4, 4, 4]
 
 
 def test_chunk_plan_forced_length_and_monotone_in_sms():

@@ -224,6 +224,26 @@ def test_triton_chunked_with_starts_on_chunk_edges(kind, D, with_mask):
         assert_below(errors, 1e-5)
 
 
+@pytest.mark.parametrize("m", [9, 16])
+@pytest.mark.parametrize("with_mask", [False, True])
+def test_triton_chunked_orders_above_8_with_starts(m, with_mask):
+    """H-LRU m > 8 in chunks of 4 steps: the summaries' copy groups, the combine kernel and the rescan, with
+    document starts on and between chunk edges, forward and backward."""
+    for splits in (TRITON_EDGE_SPLITS, TRITON_SPLITS):
+        errors = packed_errors(_triton_scan("hlru"), "hlru", m, splits, "softmax", True, with_mask,
+                               dtype=torch.float32, N=3, chunk_size=4)
+        assert_below(errors, 1e-5)
+
+
+@pytest.mark.parametrize("m", [9, 16])
+@pytest.mark.parametrize("normalization", ["softmax", "sigmoid_l1"])
+def test_triton_chunked_orders_above_8_extreme_logits(m, normalization):
+    """Logits of +-1e4 (saturated gates) with chunks of 4 steps: finite and equal to the documents alone."""
+    errors = packed_errors(_triton_scan("hlru"), "hlru", m, TRITON_SPLITS, normalization, True, True, extreme=True,
+                           dtype=torch.float32, N=3, chunk_size=4)
+    assert_below(errors, 1e-5)
+
+
 @pytest.mark.parametrize("kind,D", [("hlru", 3), ("bdlru", 1), ("bdlru", 4), ("bdlru", 9)])
 def test_triton_single_step_rows(kind, D):
     errors = packed_errors(_triton_scan(kind), kind, D, ([1], [1]), "softmax", True, True, dtype=torch.float32, N=2)

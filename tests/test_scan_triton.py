@@ -125,15 +125,27 @@ def test_errors(monkeypatch):
         scan_triton.hlru_scan_triton(v, logits)
 
 
-@pytest.mark.parametrize("kind", ["hlru", "bdlru"])
-def test_chunking_refused_above_size_8(kind):
-    """State sizes above 8 run unchunked; asking for chunks is an error, not a silent fallback."""
-    v, logits, _, _ = scan_inputs(kind, 1, 9, 2, 16, normalization="softmax", with_state=False, with_mask=False, seed=0)
-    fn = KERNELS[kind][0]
-    with pytest.raises(ValueError, match="chunking supports state sizes up to 8"):
-        fn(v, logits, chunk_size=4)
-    h, _ = fn(v, logits, chunk_size=9)  # one chunk is fine
+def test_bdlru_chunking_refused_above_block_8():
+    """BD-LRU k > 8 (the step kernels) runs unchunked; asking for chunks is an error, not a silent fallback."""
+    v, logits, _, _ = scan_inputs("bdlru", 1, 9, 2, 16, normalization="softmax", with_state=False, with_mask=False,
+                                  seed=0)
+    with pytest.raises(ValueError, match="supports block size k up to 8, got 16"):
+        scan_triton.bdlru_scan_triton(v, logits, chunk_size=4)
+    h, _ = scan_triton.bdlru_scan_triton(v, logits, chunk_size=9)  # one chunk is fine
     assert h.shape == v.shape
+
+
+# H-LRU orders above 8 chunk too: their summary passes run the m + 1 lag copies in groups over several programs
+# (m = 9: 2 groups of 5, m = 16: 5 groups of 4, 3 copies unused); m = 4 runs all copies in one program. Chunks of
+# 8 steps over T = 37 give 5 chunks, shorter than m = 9 and 16 lags (start states reach back over several chunks).
+@pytest.mark.parametrize("m,normalization,with_state,with_mask", [
+    (4, "softmax", True, True),
+    (9, "tanh_l1", True, True),
+    (16, "softmax", True, True),
+    (16, "l1", False, False),
+])
+def test_hlru_chunked_orders_above_8(m, normalization, with_state, with_mask):
+    _assert_close(_errors("hlru", m, 37, 3, normalization, with_state, with_mask, chunk_size=8), 1e-5)
 
 
 def test_empty_sequence():
