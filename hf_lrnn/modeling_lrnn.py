@@ -14,7 +14,7 @@ Generation keeps one recurrent state per layer in :class:`LRNNCache` (constant m
 from __future__ import annotations
 
 import warnings
-from typing import List, Optional, Tuple, Union
+from typing import Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
