@@ -5,7 +5,8 @@ Minimal forward bytes (bf16): H-LRU 2(m+3) per token and channel, BD-LRU 2(k+3) 
 forward+backward three times that (the backward reads v, logits, h, dh and writes dv, dlogits).
 
 ``--compare``: only ours against the authors' ``triton_affine_scan`` (``--authors-path``, the folder holding their
-triton_scans.py; see compare_scan) and fla's HGRN, three repeats each, and B = 1 at T = 32k (under 150 s on an H100).
+triton_scans.py; see compare_scan) and fla's HGRN, three repeats each, and B = 1 at T = 32k (under 150 s on an H100);
+for ours also the backward kernels alone (``bwd_alone_ms``: from a saved h, without autograd).
 
     python -m benchmarks.kernels.bench_scan --out benchmarks/results [--quick]
     python -m benchmarks.kernels.bench_scan --compare --authors-path DIR --out benchmarks/results
@@ -196,6 +197,9 @@ def compare(s: dict, c: dict, bench, copy_bw: float, authors_path, save: Callabl
                 if name != "ours" and not name.endswith("_kernel"):  # *_kernel: the same kernels on ready operands
                     row["rel_err_vs_ours"] = compare_scan.check_against_ours(kind, name, setup, v, g)
                 row.update(compare_scan.time_contender(bench, name, setup, v, g, repeats, c["warmup"], c["rep"]))
+                if name == "ours":
+                    row["bwd_alone_ms"] = compare_scan.time_backward_alone(bench, kind, v, g, repeats, c["warmup"],
+                                                                           c["rep"])
                 nbytes = B * T * s["W"] * 2 * (D + 3) / (D if kind == "hlru" else 1)
                 row["frac_copy_bw_fwd"] = nbytes / (row["fwd_ms"]["median"] * 1e-3) / copy_bw
                 row["frac_copy_bw_fwdbwd"] = 3 * nbytes / (row["fwdbwd_ms"]["median"] * 1e-3) / copy_bw
@@ -234,6 +238,8 @@ def compare_row_text(row: dict) -> str:
         return f"{head} {row.get('error') or row.get('skipped')}"
     ms = "  ".join(f"{row[k]['median']:8.3f} [{row[k]['min']:.3f}, {row[k]['max']:.3f}]" for k in ("fwd_ms", "fwdbwd_ms"))
     err = f"  rel_err {row['rel_err_vs_ours']:.1e}" if "rel_err_vs_ours" in row else ""
+    if "bwd_alone_ms" in row:
+        err += "  bwd alone " + "/".join(f"{x:.3f}" for x in row["bwd_alone_ms"]["all"])
     return f"{head} {ms}  copy {row['frac_copy_bw_fwd']:.2f} / {row['frac_copy_bw_fwdbwd']:.2f}{err}"
 
 

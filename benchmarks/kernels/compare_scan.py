@@ -24,6 +24,8 @@ from typing import Callable, Dict, Optional, Tuple
 
 import torch
 
+from hf_lrnn import scan_triton_lrnn
+
 from .scan_setup import SCANS
 
 AUTHORS_PACKAGE = "authors_mad_scans"  # the module name the authors' folder is imported under
@@ -126,6 +128,18 @@ def time_contender(bench, name: str, setup, v, g, repeats: int, warmup: int, rep
         times = out[key]
         out[key] = dict(min=min(times), median=statistics.median(times), max=max(times), all=times)
     return out
+
+
+def time_backward_alone(bench, kind: str, v, g, repeats: int, warmup: int, rep: int) -> dict:
+    """Our backward kernels alone (``scan_triton_lrnn._scan_backward`` from a saved h and a fixed dh, no autograd),
+    ``repeats`` timings and their min / median / max: beside fwd+bwd through autograd, it shows whether a change
+    between runs is in the kernels or around them."""
+    with torch.no_grad():
+        h = SCANS[kind](v, g, backend="triton")[0]
+    dh = torch.randn_like(h)
+    step = lambda: scan_triton_lrnn._scan_backward(kind, v, g, None, None, h, dh, None, "softmax", None)  # noqa: E731
+    times = [bench(step, warmup, rep) for _ in range(repeats)]
+    return dict(min=min(times), median=statistics.median(times), max=max(times), all=times)
 
 
 def check_against_ours(kind: str, name: str, setup, v, g) -> float:

@@ -100,6 +100,10 @@ def test_bench_scan_compare_smoke(tmp_path, capsys):
     for row in result["rows"]:
         assert "error" not in row, row
         assert all(row[k]["min"] <= row[k]["median"] <= row[k]["max"] for k in ("fwd_ms", "fwdbwd_ms")), row
+        if row["contender"] == "ours":
+            times = row["bwd_alone_ms"]
+            assert len(times["all"]) == (c["repeats"] if row["B"] == s["B"] else c["b1_repeats"])
+            assert times["min"] <= times["median"] <= times["max"], row
         if row["contender"] == "authors_with_gates":
             assert row["rel_err_vs_ours"] < 1e-5, row
     assert "authors_with_gates" in capsys.readouterr().out
