@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from benchmarks.kernels import bench_scan, bench_torch_scan, check_scan_gpu
+from benchmarks.kernels import bench_scan, bench_torch_scan, check_scan_gpu, tune_plan
 
 
 def test_check_scan_gpu_smoke(tmp_path):
@@ -115,3 +115,21 @@ def test_bench_scan_compare_without_the_authors(tmp_path):
     result = json.loads((tmp_path / "bench_scan_compare_smoke.json").read_text())["compare"]
     assert result["authors"].startswith("not available:") and "triton_scans.py" in result["authors"]
     assert {r["contender"] for r in result["rows"]} == {"ours"}
+
+
+def test_tune_plan_smoke(tmp_path, capsys):
+    """tune_plan --smoke times every (L, U, BLOCK_N) of its grid, forward and backward, one JSON line each with the
+    commit, and names the fastest launch of each case; the sweep leaves the planner's tables as they were."""
+    tables = {name: dict(getattr(tune_plan.triton_plan_lrnn, name)) for name in
+              ("HLRU_FWD_CONFIG", "HLRU_BWD_CONFIG", "BDLRU_FWD_CONFIG", "BDLRU_BWD_CONFIG")}
+    out = tmp_path / "tune.jsonl"
+    tune_plan.main(["--smoke", "--out", str(out)])
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    s = tune_plan.SMOKE
+    (B, T), Ls = next(iter(s["shapes"].items()))
+    grid = {(kind, D, d, L, U) for kind, D in s["cases"] for d in ("fwd", "bwd") for L in Ls for U in s["u_grid"][D]}
+    assert {(r["kind"], r["size"], r["direction"], r["L"], r["U"]) for r in rows} == grid
+    assert len(rows) == len(grid) and all(r["ms"] > 0 and r["B"] == B and r["T"] == T and "commit" in r["env"] for r in rows)
+    assert capsys.readouterr().out.count("best L=") == 2 * len(s["cases"])
+    assert tables == {name: getattr(tune_plan.triton_plan_lrnn, name) for name in tables}
+
