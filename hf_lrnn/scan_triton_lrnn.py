@@ -285,15 +285,39 @@ def _prepare(name, kind, v, gate_logits, initial_state, mask, resets, normalizat
     return v.contiguous(), gate_logits.contiguous(), init, mask, resets
 
 
+class _EagerScan(torch.autograd.Function):
+    """The scan with its gradient for eager autograd: the custom operator's forward and backward without its
+    dispatch (on this project's CPU, with the kernels replaced by stand-ins, 37 us of Python per forward and
+    backward against the operator's 108 us)."""
+
+    @staticmethod
+    def forward(ctx, kind, v, g, init, mask, normalization, chunk_size, resets):
+        h, final = _scan_forward(kind, v, g, init, mask, normalization, chunk_size, resets)
+        ctx.save_for_backward(v, g, init, mask, resets, h)
+        ctx.kind, ctx.normalization, ctx.chunk_size = kind, normalization, chunk_size
+        return h, final
+
+    @staticmethod
+    def backward(ctx, dh, dfinal):
+        v, g, init, mask, resets, h = ctx.saved_tensors
+        dh = torch.zeros_like(h) if dh is None else dh.contiguous()
+        dfinal = None if dfinal is None else dfinal.float().contiguous()  # None: the kernels start from zero
+        dv, dg, d_init = _scan_backward(ctx.kind, v, g, init, mask, h, dh, dfinal, ctx.normalization, ctx.chunk_size,
+                                        resets)
+        return None, dv, dg, (d_init.to(init.dtype) if init is not None else None), None, None, None, None
+
+
 def _run_scan(kind, v, g, init, mask, normalization, chunk_size, resets=None):
-    """The scan's custom operator where autograd or torch.compile needs it; in eager code that records no
-    graph (prefill, eager decoding) its implementation directly, since the operator's Python dispatch cost
-    about 0.3 ms per call on the H200 (``benchmarks.model.profile_prefill``, removed after commit ad1448b; its
-    profile: benchmarks/README.md), paid once per layer."""
-    needs_grad = torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in (v, g, init))
-    if needs_grad or torch.compiler.is_compiling():
+    """The scan's custom operator under torch.compile (opaque to the compiler, with fake implementations); in eager
+    code ``_EagerScan`` where autograd needs the gradient, else the implementation directly (prefill, eager
+    decoding): the operator's Python dispatch cost about 0.3 ms per call on the H200
+    (``benchmarks.model.profile_prefill``, removed after commit ad1448b; its profile: benchmarks/README.md), paid
+    once per layer. All three run the same kernels."""
+    if torch.compiler.is_compiling():
         op = hlru_scan_op if kind == "hlru" else bdlru_scan_op
         return op(v, g, init, mask, normalization, chunk_size, resets)
+    if torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in (v, g, init)):
+        return _EagerScan.apply(kind, v, g, init, mask, normalization, chunk_size, resets)
     return _scan_forward(kind, v, g, init, mask, normalization, chunk_size, resets)
 
 

@@ -156,9 +156,10 @@ def test_empty_sequence():
 
 
 @pytest.mark.parametrize("kind,size", [("hlru", 2), ("bdlru", 3), ("bdlru", 1)])
-def test_inference_path_skips_the_operator_with_equal_results(kind, size, monkeypatch):
-    """Without autograd (prefill, eager decoding) the scan runs its implementation directly, not through the
-    custom operator's dispatch; both give the same h and final state, bit for bit."""
+def test_eager_paths_skip_the_operator_with_equal_results(kind, size, monkeypatch):
+    """Eager code runs the kernels without the custom operator's dispatch: directly without autograd (prefill,
+    eager decoding), through ``_EagerScan`` with it; the operator (what torch.compile calls) gives the same h,
+    final state and gradients, bit for bit."""
     torch.manual_seed(0)
     B, T, N = 2, 37, 6
     v = torch.randn(B, T, N, size) if kind == "bdlru" else torch.randn(B, T, N)
@@ -172,7 +173,18 @@ def test_inference_path_skips_the_operator_with_equal_results(kind, size, monkey
         monkeypatch.setattr(scan_triton, name, lambda *a, op=op: calls.append(1) or op(*a))
     with torch.no_grad():
         h_direct, final_direct = scan(v, g, **kwargs)
-    assert not calls
-    h_op, final_op = scan(v.requires_grad_(), g, **kwargs)
-    assert calls and h_op.requires_grad
-    assert torch.equal(h_direct, h_op.detach()) and torch.equal(final_direct, final_op.detach())
+    leaves = [x.clone().requires_grad_() for x in (v, g, init)]
+    h_eager, final_eager = scan(leaves[0], leaves[1], **{**kwargs, "initial_state": leaves[2]})
+    assert not calls and h_eager.requires_grad
+    grads_eager = torch.autograd.grad((h_eager.square().sum() + final_eager.sum()), leaves)
+    # the operator on the kernels' inputs, as torch.compile calls it (scan_triton._prepare's forms)
+    leaves_op = [x.clone().requires_grad_() for x in (v, g, init)]
+    op_kind, op_v, op_g = ("hlru", leaves_op[0].view(B, T, N), leaves_op[1].view(B, T, N, 2)) if size == 1 else (
+        kind, leaves_op[0], leaves_op[1])
+    op = scan_triton.hlru_scan_op if op_kind == "hlru" else scan_triton.bdlru_scan_op
+    h_op, final_op = op(op_v, op_g, leaves_op[2], (mask != 0).to(torch.int8), "softmax", 8, None)
+    grads_op = torch.autograd.grad((h_op.square().sum() + final_op.sum()), leaves_op)
+    assert torch.equal(h_direct, h_eager.detach()) and torch.equal(final_direct, final_eager.detach())
+    assert torch.equal(h_eager.detach().view(h_op.shape), h_op.detach()) and torch.equal(final_eager, final_op)
+    for got, want in zip(grads_eager, grads_op):
+        assert torch.equal(got, want)
