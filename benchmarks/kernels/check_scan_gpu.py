@@ -14,6 +14,7 @@ import triton
 
 
 from benchmarks.outputs import add_overwrite_flag, refuse_existing
+from benchmarks.synthetic.run import environment
 
 from .scan_setup import SCANS, require_device, scan_inputs
 
@@ -95,7 +96,7 @@ def main(argv=None):
             if device == "cuda":
                 torch.cuda.empty_cache()
     out = dict(gpu=torch.cuda.get_device_name() if device == "cuda" else "cpu (Triton interpreter)",
-               torch=torch.__version__, triton=triton.__version__,
+               torch=torch.__version__, triton=triton.__version__, env=environment(),
                date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                reference="float64 torch backend on the same rounded inputs", cases=rows)
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)

@@ -35,7 +35,8 @@ from transformers import LlamaForCausalLM
 from transformers.masking_utils import find_packed_sequence_indices
 
 from benchmarks.model.bench import llama_config
-from benchmarks.model.packing import FULL, SMOKE, document_lengths, packed_position_ids
+from benchmarks.model.packing import (FULL, SMOKE, add_document_length_args, check_document_lengths, document_lengths,
+                                      packed_position_ids)
 from benchmarks.models import MODELS, is_lrnn, lrnn_fields
 from benchmarks.outputs import add_overwrite_flag, refuse_existing
 from benchmarks.synthetic.run import environment
@@ -121,8 +122,7 @@ def main(argv=None) -> int:
     p.add_argument("--models", nargs="+", default=["hlru_m2", "bdlru_k4", "llama"],
                    help="LRNN labels of benchmarks.models, and/or llama")
     p.add_argument("--batch", type=int, default=4, help="packed rows of 4,096 tokens per step (smoke: 2 of 64)")
-    p.add_argument("--min-doc", type=int, default=100)
-    p.add_argument("--max-doc", type=int, default=4000)
+    add_document_length_args(p)
     p.add_argument("--warmup", type=int, default=3, help="untimed steps per layout (Triton compiles here)")
     p.add_argument("--steps", type=int, default=5, help="timed steps per layout")
     p.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU, float64, torch backend")
@@ -130,8 +130,7 @@ def main(argv=None) -> int:
     add_overwrite_flag(p)
     a = p.parse_args(argv)
     refuse_existing(p, [a.out], a.overwrite)
-    if a.min_doc < 1 or a.max_doc < a.min_doc:
-        p.error(f"need 1 <= --min-doc <= --max-doc, got {a.min_doc} and {a.max_doc}")
+    check_document_lengths(p, a)
     if a.warmup < 0 or a.steps < 1 or a.batch < 1:
         p.error(f"need --warmup >= 0, --steps >= 1 and --batch >= 1, got {a.warmup}, {a.steps} and {a.batch}")
     unknown = [label for label in a.models if label != "llama" and (label not in MODELS or not is_lrnn(label))]

@@ -39,6 +39,17 @@ def document_lengths(total: int, low: int, high: int, gen: torch.Generator) -> l
     return lengths
 
 
+def add_document_length_args(p: argparse.ArgumentParser) -> None:
+    """--min-doc and --max-doc: the range of the random document lengths (``document_lengths``)."""
+    p.add_argument("--min-doc", type=int, default=100)
+    p.add_argument("--max-doc", type=int, default=4000)
+
+
+def check_document_lengths(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
+    if a.min_doc < 1 or a.max_doc < a.min_doc:
+        p.error(f"need 1 <= --min-doc <= --max-doc, got {a.min_doc} and {a.max_doc}")
+
+
 def packed_position_ids(rows: list, device) -> torch.Tensor:
     """(B, T) position ids restarting at 0 at every document of every row."""
     return torch.stack([torch.cat([torch.arange(n) for n in row]) for row in rows]).to(device)
@@ -102,16 +113,14 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.model.packing", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="+", default=["hlru_m2", "bdlru_k4"], help="LRNN labels of benchmarks.models")
-    p.add_argument("--min-doc", type=int, default=100)
-    p.add_argument("--max-doc", type=int, default=4000)
+    add_document_length_args(p)
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU (torch backend, float64 check)")
     p.add_argument("--out", required=True)
     add_overwrite_flag(p)
     a = p.parse_args(argv)
     refuse_existing(p, [a.out], a.overwrite)
-    if a.min_doc < 1 or a.max_doc < a.min_doc:
-        p.error(f"need 1 <= --min-doc <= --max-doc, got {a.min_doc} and {a.max_doc}")
+    check_document_lengths(p, a)
     if a.repeats < 1:
         p.error(f"need --repeats >= 1, got {a.repeats}")
     unknown = [label for label in a.models if label not in MODELS or not is_lrnn(label)]

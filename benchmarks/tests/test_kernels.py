@@ -13,6 +13,7 @@ def test_check_scan_gpu_smoke(tmp_path):
     out = tmp_path / "errors.json"
     check_scan_gpu.main(["--smoke", "--out", str(out)])
     result = json.loads(out.read_text())
+    assert {"commit", "dirty"} <= set(result["env"])
     assert len(result["cases"]) == len(check_scan_gpu.SMOKE_CASES)
     for row in result["cases"]:
         assert row["all_finite"], row
@@ -24,6 +25,7 @@ def test_bench_scan_smoke(tmp_path, capsys):
     the JSON and the plot."""
     bench_scan.main(["--smoke", "--out", str(tmp_path)])
     result = json.loads((tmp_path / "bench_scan_smoke.json").read_text())
+    assert {"commit", "dirty"} <= set(result["env"])
     assert (tmp_path / "bench_scan_smoke.png").stat().st_size > 0
     s = bench_scan.SMOKE
     assert [(r["kind"], r["size"]) for r in result["main"]] == s["main"]

@@ -38,6 +38,15 @@ def test_unknown_models_are_refused_before_any_work(tmp_path, capsys, main, args
     assert not (tmp_path / "x.json").exists()
 
 
+@pytest.mark.parametrize("main", [packing.main, mixed_length.main])
+@pytest.mark.parametrize("lengths", [["--min-doc", "0"], ["--min-doc", "50", "--max-doc", "40"]])
+def test_bad_document_lengths_are_refused_before_any_work(tmp_path, capsys, main, lengths):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--smoke", *lengths, "--out", str(tmp_path / "x.json")])
+    assert exit_info.value.code == 2 and "need 1 <= --min-doc <= --max-doc" in capsys.readouterr().err
+    assert not (tmp_path / "x.json").exists()
+
+
 def test_overwrite_replaces_the_file(tmp_path):
     out = tmp_path / "packing.json"
     out.write_text("the user's own results")
