@@ -212,6 +212,13 @@ def _scan_backward(kind, v, g, init, mask, h, dh, dfinal, normalization, chunk_s
     return _sequential_backward(kind, v, g, init, mask, h, L, dh, dfinal, normalization, resets)
 
 
+def _output_grads(h, dh, dfinal):
+    """The gradients autograd passes for (h, final state) in the backward kernels' forms: dh contiguous (zeros for
+    None), dfinal float32 contiguous or None (the kernels start from zero)."""
+    dh = torch.zeros_like(h) if dh is None else dh.contiguous()
+    return dh, (None if dfinal is None else dfinal.float().contiguous())
+
+
 def _register_scan_ops(kind: str):
     """``{kind}_scan(v, gate_logits, initial_state, mask, normalization, chunk_size, resets=None) -> (h,
     final_state)`` and its backward as custom operators ``OP_NAMESPACE::{kind}_scan[_backward]``; returns the
@@ -248,8 +255,7 @@ def _register_scan_ops(kind: str):
 
     def backward(ctx, dh, dfinal):
         v, g, init, mask, resets, h = ctx.saved_tensors
-        dh = torch.zeros_like(h) if dh is None else dh.contiguous()
-        dfinal = None if dfinal is None else dfinal.float().contiguous()  # None: the kernels start from zero
+        dh, dfinal = _output_grads(h, dh, dfinal)
         dv, dg, d_init = backward_op(v, g, init, mask, h, dh, dfinal, ctx.normalization, ctx.chunk_size, resets)
         return dv, dg, (d_init.to(init.dtype) if init is not None else None), None, None, None, None
 
@@ -300,8 +306,7 @@ class _EagerScan(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dh, dfinal):
         v, g, init, mask, resets, h = ctx.saved_tensors
-        dh = torch.zeros_like(h) if dh is None else dh.contiguous()
-        dfinal = None if dfinal is None else dfinal.float().contiguous()  # None: the kernels start from zero
+        dh, dfinal = _output_grads(h, dh, dfinal)
         dv, dg, d_init = _scan_backward(ctx.kind, v, g, init, mask, h, dh, dfinal, ctx.normalization, ctx.chunk_size,
                                         resets)
         return None, dv, dg, (d_init.to(init.dtype) if init is not None else None), None, None, None, None
