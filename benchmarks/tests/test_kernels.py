@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from benchmarks.kernels import bench_scan, bench_torch_scan, check_scan_gpu, tune_plan
+from benchmarks.kernels import bench_scan, bench_torch_scan, check_scan_gpu, scan_host_overhead, tune_plan
 
 
 def test_check_scan_gpu_smoke(tmp_path):
@@ -134,4 +134,16 @@ def test_tune_plan_smoke(tmp_path, capsys):
     assert len(rows) == len(grid) and all(r["ms"] > 0 and r["B"] == B and r["T"] == T and "commit" in r["env"] for r in rows)
     assert capsys.readouterr().out.count("best L=") == 2 * len(s["cases"])
     assert tables == {name: getattr(tune_plan.triton_plan_lrnn, name) for name in tables}
+
+
+def test_scan_host_overhead(tmp_path, capsys):
+    """scan_host_overhead times the Python around the scan's four paths (stand-in kernels) and records the commit;
+    the stand-ins are gone afterwards."""
+    out = tmp_path / "host.json"
+    scan_host_overhead.main(["--calls", "3", "--repeats", "1", "--out", str(out)])
+    result = json.loads(out.read_text())
+    assert set(result["us_per_call"]) == {"operator_fwd_bwd", "eager_fwd_bwd", "public_fwd_bwd", "public_fwd_no_grad"}
+    assert all(us > 0 for us in result["us_per_call"].values()) and "commit" in result["env"]
+    assert "eager_fwd_bwd" in capsys.readouterr().out
+    assert scan_host_overhead.scan_triton._scan_forward is not scan_host_overhead.stand_in_forward
 
