@@ -83,8 +83,9 @@ def main(argv=None) -> int:
     for name, us in figures.items():
         print(f"{name:20s} {us:8.1f} us per call")
     if a.out:
+        env = environment()  # before the file exists: it would count as a change to the tree
         with open(a.out, "w") as f:
-            json.dump(dict(env=environment(), calls=a.calls, repeats=a.repeats, shape=dict(B=B, T=T, N=N, m=M),
+            json.dump(dict(env=env, calls=a.calls, repeats=a.repeats, shape=dict(B=B, T=T, N=N, m=M),
                            us_per_call=figures), f, indent=1)
     return 0
 
