@@ -33,6 +33,8 @@ CASES = [
     ("bdlru", 4, 2, 65536, 16, "softmax", True, True),
     ("bdlru", 8, 2, 16384, 8, "l1", True, False),
     ("bdlru", 16, 2, 4096, 8, "softmax", True, True),
+    ("bdlru", 12, 1, 32768, 16, "sigmoid_l1", True, True),  # k > 8 on one long sequence (k = 12: padded tiles)
+    ("bdlru", 16, 1, 32768, 128, "softmax", True, False),
     ("bdlru", 4, 8, 4096, 512, "softmax", False, False),
 ]
 SMOKE_CASES = [
@@ -79,11 +81,17 @@ def main(argv=None):
                                  description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="benchmarks/results/scan_gpu_errors.json")
     ap.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU (TRITON_INTERPRET=1): checks the script")
+    ap.add_argument("--only", nargs="+", metavar="KIND[:SIZE]", default=None,
+                    help="run only these cases, e.g. --only bdlru or --only hlru:2 bdlru:16")
     add_overwrite_flag(ap)
     args = ap.parse_args(argv)
     refuse_existing(ap, [args.out], args.overwrite)
     device = require_device("check_scan_gpu", args.smoke)
     cases, dtypes = (SMOKE_CASES, (torch.float32,)) if args.smoke else (CASES, (torch.float32, torch.bfloat16))
+    if args.only:
+        cases = [c for c in cases if c[0] in args.only or f"{c[0]}:{c[1]}" in args.only]
+        if not cases:
+            ap.error(f"--only {' '.join(args.only)} matches no case")
     rows = []
     for case in cases:
         for dtype in dtypes:

@@ -20,6 +20,16 @@ def test_check_scan_gpu_smoke(tmp_path):
         assert max(row[k] for k in ("h", "final", "dv", "dgate_logits", "dinitial_state")) < 1e-5, row
 
 
+def test_check_scan_gpu_only_selects_cases(tmp_path):
+    """--only keeps the cases of a kind or of a kind and size, and refuses a selection that matches none."""
+    out = tmp_path / "errors.json"
+    check_scan_gpu.main(["--smoke", "--only", "hlru:2", "bdlru", "--out", str(out)])
+    cases = [(r["kind"], r["size"]) for r in json.loads(out.read_text())["cases"]]
+    assert cases == [(c[0], c[1]) for c in check_scan_gpu.SMOKE_CASES if c[0] == "bdlru" or c[:2] == ("hlru", 2)]
+    with pytest.raises(SystemExit):
+        check_scan_gpu.main(["--smoke", "--only", "hlru:7", "--out", str(tmp_path / "none.json")])
+
+
 def test_bench_scan_smoke(tmp_path, capsys):
     """bench_scan --smoke runs every section (main table, torch backend, T sweep, B = 1, decode) and writes
     the JSON and the plot."""
