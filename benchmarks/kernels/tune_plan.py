@@ -5,6 +5,7 @@ The planner's constants (``hf_lrnn.triton_plan_lrnn``) are read from such a swee
 fixed (seeded), so two runs on one GPU time the same launches.
 
     python -m benchmarks.kernels.tune_plan --out tune_plan_h100.jsonl
+    python -m benchmarks.kernels.tune_plan --cases hlru:1 hlru:2 --u 8 16 32 --direction fwd --out big_u.jsonl
     TRITON_INTERPRET=1 python -m benchmarks.kernels.tune_plan --smoke --out /tmp/tune.jsonl   # CPU: checks the script
 
 Every kernel of the grid is compiled first by worker processes (one per CPU core), then one process times them.
@@ -55,6 +56,16 @@ def inputs(kind, B, T, W, D, device):
     return scan_inputs(kind, B, T, W // D, D, device, torch.bfloat16, logit_scale=2.0)
 
 
+def parse_case(ap, text: str):
+    """(kind, size) from "hlru:2"; an argparse error for a kind or size that the sequential kernels do not run."""
+    kind, _, size = text.partition(":")
+    limit = {"hlru": triton_plan_lrnn.MAX_HLRU_ORDER, "bdlru": triton_plan_lrnn.MAX_SEQUENTIAL_BLOCK}.get(kind)
+    if limit is None or not size.isdigit() or not 1 <= int(size) <= limit:
+        ap.error(f"--cases takes hlru:M (M <= {triton_plan_lrnn.MAX_HLRU_ORDER}) or bdlru:K "
+                 f"(K <= {triton_plan_lrnn.MAX_SEQUENTIAL_BLOCK}), got {text!r}")
+    return kind, int(size)
+
+
 def run_once(kind, D, launch, backward, v, g, L, h=None, dh=None):
     """One forward (backward) of the sequential kernels at this launch and chunk length."""
     tab = table(kind, backward)
@@ -88,13 +99,28 @@ def main(argv=None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True, help="JSONL file of timings")
     ap.add_argument("--smoke", action="store_true", help="tiny grid on the CPU (TRITON_INTERPRET=1)")
+    ap.add_argument("--cases", nargs="+", metavar="KIND:SIZE", help="sweep these instead of the grid's cases, e.g. "
+                    "hlru:2 bdlru:4 (sizes with sequential kernels: H-LRU m <= 16, BD-LRU k <= 8)")
+    ap.add_argument("--u", nargs="+", type=int, metavar="U", help="these U for every case instead of the grid's U "
+                    "by size (U = 16 and 32 compile for minutes)")
+    ap.add_argument("--direction", choices=("fwd", "bwd", "both"), default="both")
     add_overwrite_flag(ap)
     a = ap.parse_args(argv)
     refuse_existing(ap, [a.out], a.overwrite)
+    s = dict(SMOKE if a.smoke else GPU)
+    if a.cases:
+        s["cases"] = [parse_case(ap, text) for text in a.cases]
+    if a.u:
+        if min(a.u) < 1:
+            ap.error(f"--u takes positive step counts, got {a.u}")
+        s["u_grid"] = {D: tuple(a.u) for _, D in s["cases"]}
+    missing = sorted({D for _, D in s["cases"]} - set(s.get("u_grid", U_GRID)))
+    if missing:
+        ap.error(f"the grid has no U for sizes {missing}: give them with --u")
+    directions = {"fwd": (False,), "bwd": (True,), "both": (False, True)}[a.direction]
     device = require_device("tune_plan", a.smoke)
-    s = SMOKE if a.smoke else GPU
     jobs = [(kind, D, launch, backward, device) for kind, D in s["cases"] for launch in launches(s, kind, D)
-            for backward in (False, True)]
+            for backward in directions]
     start = time.time()
     if device == "cuda":
         with mp.get_context("spawn").Pool(max(1, min(len(jobs), os.cpu_count() or 1))) as pool:
@@ -122,7 +148,7 @@ def main(argv=None) -> int:
             h = scan_triton_lrnn._sequential_forward(kind, v, g, None, None, "softmax", T)[0]
             L_plan = triton_plan_lrnn.chunk_plan(kind, B, T, W // D, D, None if a.smoke else
                                                  triton_plan_lrnn._device_sms(v))[0]
-            for backward in (False, True):
+            for backward in directions:
                 plan = (L_plan, triton_plan_lrnn.sequential_config(kind, D, backward))
                 rows = []
                 for L, launch in itertools.product(sorted(set(Ls) | {L_plan}, reverse=True), launches(s, kind, D)):

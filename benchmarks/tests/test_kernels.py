@@ -146,6 +146,20 @@ def test_tune_plan_smoke(tmp_path, capsys):
     assert tables == {name: getattr(tune_plan.triton_plan_lrnn, name) for name in tables}
 
 
+def test_tune_plan_targeted_sweep(tmp_path):
+    """--cases, --u and --direction narrow the sweep to exactly those launches; a size or U the kernels do not
+    run, or a size without U, is refused before anything compiles."""
+    out = tmp_path / "tune.jsonl"
+    tune_plan.main(["--smoke", "--cases", "bdlru:3", "--u", "1", "3", "--direction", "bwd", "--out", str(out)])
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    (_, T), Ls = next(iter(tune_plan.SMOKE["shapes"].items()))
+    assert {(r["kind"], r["size"], r["direction"], r["L"], r["U"]) for r in rows} == {
+        ("bdlru", 3, "bwd", L, U) for L in Ls for U in (1, 3)}
+    for bad in (["--cases", "bdlru:9"], ["--cases", "gru:2"], ["--cases", "hlru:3"], ["--u", "0"]):
+        with pytest.raises(SystemExit):
+            tune_plan.main(["--smoke", *bad, "--out", str(tmp_path / "bad.jsonl")])
+
+
 def test_scan_host_overhead(tmp_path, capsys):
     """scan_host_overhead times the Python around the scan's four paths (stand-in kernels) and records the commit;
     the stand-ins are gone afterwards."""
