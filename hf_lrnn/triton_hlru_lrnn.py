@@ -37,6 +37,39 @@ from .triton_helpers_lrnn import (
 
 
 @triton.jit
+def _program_start(start_ptr, stride_b, stride_c, b, pid_c, N, M: tl.constexpr, SUMMARY: tl.constexpr,
+                   HAS_START: tl.constexpr, COPIES: tl.constexpr, BLOCK_N: tl.constexpr):
+    """(n, n_ok, in_ok, first, state) of a sequential H-LRU program: its BLOCK_N channels n (n_ok: n < N); in_ok,
+    the lanes that take the input (v forward, dh backward: in a summary pass split into GROUPS = cdiv(M + 1,
+    COPIES) groups, only the group holding copy 0); the first copy it runs (program axis 0 = channel tile * GROUPS
+    + group); and its starting lags or lam (``_chunk_start``, or the group's unit copies)."""
+    GROUPS: tl.constexpr = (M + COPIES) // COPIES
+    zero = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    if SUMMARY and GROUPS > 1:
+        n = tl.program_id(0) // GROUPS * BLOCK_N + tl.arange(0, BLOCK_N)
+        first = n * 0 + tl.program_id(0) % GROUPS * COPIES
+        n_ok = n < N
+        in_ok = n_ok & (first == 0)
+        state = _unit_copy_group(zero, first, COPIES, M)
+    else:
+        n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        first = n * 0
+        n_ok = n < N
+        in_ok = n_ok
+        state = _chunk_start(start_ptr, stride_b, stride_c, b, pid_c, n, n_ok, zero, M, SUMMARY, HAS_START)
+    return n, n_ok, in_ok, first, state
+
+
+@triton.jit
+def _store_summary(ptr, state, n_ok, first, M: tl.constexpr, COPIES: tl.constexpr):
+    """Store a summary pass's copies ([e | P], (M, M + 1) per channel at ptr): all M + 1, or its group's."""
+    if (M + COPIES) // COPIES > 1:
+        _store_copy_group(ptr, state, n_ok, first, COPIES, M)
+    else:
+        _store_copies(ptr, state, n_ok, M)
+
+
+@triton.jit
 def _hlru_fwd_kernel(
     v_ptr, g_ptr, mask_ptr, resets_ptr, start_ptr, h_ptr, out_ptr,
     T, N, L, start_stride_b, start_stride_c,
@@ -53,21 +86,8 @@ def _hlru_fwd_kernel(
     A document start zeroes every copy's lags before its step.
     """
     pid_c, b, t0, t1 = _chunk_bounds(T, L)
-    GROUPS: tl.constexpr = (M + COPIES) // COPIES  # copy groups of a summary pass
-    if SUMMARY and GROUPS > 1:
-        n = tl.program_id(0) // GROUPS * BLOCK_N + tl.arange(0, BLOCK_N)
-        first = n * 0 + tl.program_id(0) % GROUPS * COPIES  # this program's first copy
-        n_ok = n < N
-        v_ok = n_ok & (first == 0)  # only copy 0 takes the input
-        zero = tl.zeros((BLOCK_N,), dtype=tl.float32)
-        lags = _unit_copy_group(zero, first, COPIES, M)
-    else:
-        n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-        n_ok = n < N
-        v_ok = n_ok
-        zero = tl.zeros((BLOCK_N,), dtype=tl.float32)
-        lags = _chunk_start(start_ptr, start_stride_b, start_stride_c, b, pid_c, n, n_ok, zero, M, SUMMARY,
-                            HAS_START)
+    n, n_ok, v_ok, first, lags = _program_start(start_ptr, start_stride_b, start_stride_c, b, pid_c, N, M, SUMMARY,
+                                                HAS_START, COPIES, BLOCK_N)
     for tb in range(t0, t1, U):
         vs = ()
         gs = ()
@@ -100,11 +120,9 @@ def _hlru_fwd_kernel(
             if not SUMMARY:
                 tl.store(h_ptr + (b * T + tb + u) * N + n, lags[0].to(h_ptr.dtype.element_ty),
                          mask=n_ok & (n * 0 + tb + u < t1))
-    if SUMMARY and GROUPS > 1:
-        _store_copy_group(out_ptr + ((b * tl.num_programs(1) + pid_c) * N + n) * (M * (M + 1)), lags, n_ok, first,
-                          COPIES, M)
-    elif SUMMARY:
-        _store_copies(out_ptr + ((b * tl.num_programs(1) + pid_c) * N + n) * (M * (M + 1)), lags, n_ok, M)
+    if SUMMARY:
+        _store_summary(out_ptr + ((b * tl.num_programs(1) + pid_c) * N + n) * (M * (M + 1)), lags, n_ok, first, M,
+                       COPIES)
     else:
         _store_state(out_ptr + ((b * tl.num_programs(1) + pid_c) * N + n) * M, lags, n_ok, M)
 
@@ -130,20 +148,9 @@ def _hlru_bwd_kernel(
     its end + e) in out (B, C, N, M, M+1), COPIES of them a program (in groups as the forward kernel's).
     """
     pid_c, b, t0, t1 = _chunk_bounds(T, L)
-    GROUPS: tl.constexpr = (M + COPIES) // COPIES  # copy groups of a summary pass
-    if SUMMARY and GROUPS > 1:
-        n = tl.program_id(0) // GROUPS * BLOCK_N + tl.arange(0, BLOCK_N)
-        first = n * 0 + tl.program_id(0) % GROUPS * COPIES  # this program's first copy
-        n_ok = n < N
-        dh_ok = n_ok & (first == 0)  # only copy 0 takes dh
-        zero = tl.zeros((BLOCK_N,), dtype=tl.float32)
-        lam = _unit_copy_group(zero, first, COPIES, M)
-    else:
-        n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-        n_ok = n < N
-        dh_ok = n_ok
-        zero = tl.zeros((BLOCK_N,), dtype=tl.float32)
-        lam = _chunk_start(lam_ptr, lam_stride_b, lam_stride_c, b, pid_c, n, n_ok, zero, M, SUMMARY, HAS_LAM)
+    n, n_ok, dh_ok, first, lam = _program_start(lam_ptr, lam_stride_b, lam_stride_c, b, pid_c, N, M, SUMMARY, HAS_LAM,
+                                                COPIES, BLOCK_N)
+    zero = tl.zeros((BLOCK_N,), dtype=tl.float32)
     for i in range(0, tl.cdiv(t1 - t0, U)):
         tb = t1 - 1 - i * U  # this iteration runs steps tb, tb - 1, ..., tb - U + 1
         dhs = ()
@@ -218,10 +225,8 @@ def _hlru_bwd_kernel(
                 for j in tl.static_range(M + 1):
                     tl.store(dg_ptr + off * (M + 1) + j, tl.where(keep, dg[j], 0.0).to(dg_ptr.dtype.element_ty), mask=ok)
                 tl.store(dv_ptr + off, tl.where(keep, grad_h * a[0], 0.0).to(dv_ptr.dtype.element_ty), mask=ok)
-    if SUMMARY and GROUPS > 1:
-        _store_copy_group(out_ptr + ((b * tl.num_programs(1) + pid_c) * N + n) * (M * (M + 1)), lam, n_ok, first,
-                          COPIES, M)
-    elif SUMMARY:
-        _store_copies(out_ptr + ((b * tl.num_programs(1) + pid_c) * N + n) * (M * (M + 1)), lam, n_ok, M)
+    if SUMMARY:
+        _store_summary(out_ptr + ((b * tl.num_programs(1) + pid_c) * N + n) * (M * (M + 1)), lam, n_ok, first, M,
+                       COPIES)
     else:
         _store_state(out_ptr + (b * N + n) * M, lam, n_ok & (n * 0 + pid_c == 0), M)
