@@ -10,8 +10,13 @@ Shapes: v (B, T, N, k), gate_logits (B, T, N, k, k+1) ([..., i, 0] row i's input
   neighbouring threads write neighbouring addresses.
 - Step kernels (k > 8, whose dense k x k maps do not fit in one thread's registers): a program owns a
   (blocks, KP rows i, KP columns c) tile of gates, KP = next power of two >= k+1: column c < k holds
-  A[i, c] (logit 1 + c), column k the input gate a_0[i] (logit 0); one step per loop iteration, no time
-  chunking; the gate normalisation runs along the tile's last axis.
+  A[i, c] (logit 1 + c), column k the input gate a_0[i] (logit 0); one step per loop iteration; the gate
+  normalisation runs along the tile's last axis.
+
+Both families run in time chunks (program axis 1; ``scan_triton_lrnn`` plans them). A summary pass runs each
+chunk from k + 1 state copies to get its affine map [e | P]: the sequential kernels hold all copies in one
+thread; the step kernels run one copy a program (k + 1 neighbouring programs per block tile, each the
+main mode's vector recurrence, re-reading the chunk's gates).
 
 Document starts (``resets``, int8 (B, T), 0 at t = 0): the state entering a start step is zeroed in
 registers before the step (forward); backward, h_{t-1} counts as zero there and lam is zeroed after the
@@ -208,15 +213,35 @@ def _bdlru_seq_bwd_kernel(
 
 
 @triton.jit
+def _step_tile(SUMMARY: tl.constexpr, K: tl.constexpr, BLOCK_N: tl.constexpr):
+    """(blocks n, state copy) of this program: program axis 0 = block tile, or tile * (K + 1) + copy in a
+    summary pass (copy 0 from zero with the input, copy 1 + j from the unit vector e_j without it)."""
+    if SUMMARY:
+        tile = tl.program_id(0) // (K + 1)
+        copy = tl.program_id(0) % (K + 1)
+    else:
+        tile = tl.program_id(0)
+        copy = 0
+    return tile * BLOCK_N + tl.arange(0, BLOCK_N), copy
+
+
+@triton.jit
 def _bdlru_step_fwd_kernel(
-    v_ptr, g_ptr, mask_ptr, resets_ptr, init_ptr, h_ptr, final_ptr, T, N,
-    K: tl.constexpr, KP: tl.constexpr, NORM: tl.constexpr, EPS: tl.constexpr, HAS_INIT: tl.constexpr,
-    HAS_MASK: tl.constexpr, HAS_RESETS: tl.constexpr, BLOCK_N: tl.constexpr, NUM_STAGES: tl.constexpr,
+    v_ptr, g_ptr, mask_ptr, resets_ptr, start_ptr, h_ptr, out_ptr,
+    T, N, L, start_stride_b, start_stride_c,
+    K: tl.constexpr, KP: tl.constexpr, NORM: tl.constexpr, EPS: tl.constexpr, HAS_START: tl.constexpr,
+    HAS_MASK: tl.constexpr, HAS_RESETS: tl.constexpr, SUMMARY: tl.constexpr, BLOCK_N: tl.constexpr,
+    NUM_STAGES: tl.constexpr,
 ):
-    """h_t = A_t h_{t-1} + a_0 * v_t for one (block tile, sequence): writes h (B, T, N, K) and the final
-    state (B, N, K); the state starts from init (or zeros), and from zero at a document start."""
-    b = tl.program_id(1).to(tl.int64)
-    n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    """h_t = A_t h_{t-1} + a_0 * v_t for one (block tile, time chunk, sequence), state (BLOCK_N, KP); a
+    document start zeroes the state entering its step.
+
+    Main mode: start from start (B, C, N, K) (or zeros), write h (B, T, N, K) and the chunk-end state to
+    out (B, C, N, K). SUMMARY: one state copy a program (``_step_tile``), K + 1 programs per tile; copy c's
+    chunk-end state is column c of the chunk's [e | P] in out (B, C, N, K, K+1).
+    """
+    pid_c, b, t0, t1 = _chunk_bounds(T, L)
+    n, copy = _step_tile(SUMMARY, K, BLOCK_N)
     n_ok = n < N
     row = tl.arange(0, KP)
     col = tl.arange(0, KP)
@@ -224,13 +249,20 @@ def _bdlru_step_fwd_kernel(
     valid = vec_ok[:, :, None] & (col <= K)[None, None, :]
     g_offs = n[:, None, None] * (K * (K + 1)) + row[None, :, None] * (K + 1) + tl.where(col == K, 0, col + 1)[None, None, :]
     v_offs = n[:, None] * K + row[None, :]
+    chunk = (b * tl.num_programs(1) + pid_c) * N + n  # (b, chunk, block) in out
 
-    h = tl.zeros((BLOCK_N, KP), dtype=tl.float32)
-    if HAS_INIT:
-        h = tl.load(init_ptr + b * (N * K) + v_offs, mask=vec_ok, other=0.0).to(tl.float32)
-    for t in tl.range(0, T, num_stages=NUM_STAGES):
+    if SUMMARY:
+        v_ok = tl.where(copy == 0, vec_ok, False)  # only copy 0 takes the input
+        h = tl.where(vec_ok & (row == copy - 1)[None, :], 1.0, 0.0)
+    else:
+        v_ok = vec_ok
+        h = tl.zeros((BLOCK_N, KP), dtype=tl.float32)
+        if HAS_START:
+            h = tl.load(start_ptr + b * start_stride_b + pid_c * start_stride_c + v_offs, mask=vec_ok,
+                        other=0.0).to(tl.float32)
+    for t in tl.range(t0, t1, num_stages=NUM_STAGES):
         bt = b * T + t
-        v = tl.load(v_ptr + bt * (N * K) + v_offs, mask=vec_ok, other=0.0).to(tl.float32)
+        v = tl.load(v_ptr + bt * (N * K) + v_offs, mask=v_ok, other=0.0).to(tl.float32)
         g = tl.load(g_ptr + bt * (N * K * (K + 1)) + g_offs, mask=valid, other=0.0)
         a = _normalize_axis(g.to(tl.float32), valid, NORM, 2, EPS)
         if HAS_RESETS:
@@ -241,22 +273,34 @@ def _bdlru_step_fwd_kernel(
             h = tl.where(tl.load(mask_ptr + bt) != 0, h_new, h)
         else:
             h = h_new
-        tl.store(h_ptr + bt * (N * K) + v_offs, h.to(h_ptr.dtype.element_ty), mask=vec_ok)
-    tl.store(final_ptr + b * (N * K) + v_offs, h, mask=vec_ok)
+        if not SUMMARY:
+            tl.store(h_ptr + bt * (N * K) + v_offs, h.to(h_ptr.dtype.element_ty), mask=vec_ok)
+    if SUMMARY:
+        tl.store(out_ptr + chunk[:, None] * (K * (K + 1)) + row[None, :] * (K + 1) + copy, h, mask=vec_ok)
+    else:
+        tl.store(out_ptr + chunk[:, None] * K + row[None, :], h, mask=vec_ok)
 
 
 @triton.jit
 def _bdlru_step_bwd_kernel(
-    v_ptr, g_ptr, mask_ptr, resets_ptr, init_ptr, h_ptr, dh_ptr, lam_ptr, dv_ptr, dg_ptr, d_init_ptr, T, N,
-    K: tl.constexpr, KP: tl.constexpr, NORM: tl.constexpr, EPS: tl.constexpr,
-    HAS_INIT: tl.constexpr, HAS_LAM: tl.constexpr, HAS_MASK: tl.constexpr, HAS_RESETS: tl.constexpr,
+    v_ptr, g_ptr, mask_ptr, resets_ptr, init_ptr, h_ptr, dh_ptr, lam_ptr, dv_ptr, dg_ptr, out_ptr,
+    T, N, L, lam_stride_b, lam_stride_c,
+    K: tl.constexpr, KP: tl.constexpr, NORM: tl.constexpr, EPS: tl.constexpr, HAS_INIT: tl.constexpr,
+    HAS_LAM: tl.constexpr, HAS_MASK: tl.constexpr, HAS_RESETS: tl.constexpr, SUMMARY: tl.constexpr,
     BLOCK_N: tl.constexpr, NUM_STAGES: tl.constexpr,
 ):
-    """Reverse-time adjoint scan, lam = dL/dh, from the final state's gradient lam_ptr (B, N, K) (or
-    zeros); writes dv, dgate_logits (h_{t-1} read from h, or the initial state at t = 0, or zero at a
-    document start, which also zeroes lam after its step) and the initial state's gradient (B, N, K)."""
-    b = tl.program_id(1).to(tl.int64)
-    n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    """Reverse-time adjoint scan of one chunk, lam = dL/d(state after step t) from the later steps.
+    Step t: lam += dh_t; unmasked: dA_t = lam h_{t-1}^T, da_{t,0} = lam * v_t, dv_t = lam * a_{t,0},
+    lam <- A_t^T lam (h_{t-1} read from h, or the initial state at t = 0, or zero at a document start,
+    which also zeroes lam after its step).
+
+    Main mode: lam at the chunk end from lam_ptr (B, C, N, K) (or zeros); writes dv, dgate_logits and, for
+    chunk 0, lam after step 0 (the initial state's gradient) to out (B, N, K). SUMMARY: one copy a program
+    (``_step_tile``: 0 from zero with dh, 1 + j from the unit lam e_j without dh); copy c's lam at the
+    chunk start is column c of the chunk's adjoint map [e | P] in out (B, C, N, K, K+1).
+    """
+    pid_c, b, t0, t1 = _chunk_bounds(T, L)
+    n, copy = _step_tile(SUMMARY, K, BLOCK_N)
     n_ok = n < N
     row = tl.arange(0, KP)
     col = tl.arange(0, KP)
@@ -267,35 +311,48 @@ def _bdlru_step_bwd_kernel(
     col_offs = n[:, None] * K + col[None, :]
     col_ok = n_ok[:, None] & (col < K)[None, :]
 
-    lam = tl.zeros((BLOCK_N, KP), dtype=tl.float32)
-    if HAS_LAM:
-        lam = tl.load(lam_ptr + b * (N * K) + v_offs, mask=vec_ok, other=0.0)
-    for i in tl.range(0, T, num_stages=NUM_STAGES):
-        t = T - 1 - i
+    if SUMMARY:
+        dh_ok = tl.where(copy == 0, vec_ok, False)  # only copy 0 takes dh
+        lam = tl.where(vec_ok & (row == copy - 1)[None, :], 1.0, 0.0)
+    else:
+        dh_ok = vec_ok
+        lam = tl.zeros((BLOCK_N, KP), dtype=tl.float32)
+        if HAS_LAM:
+            lam = tl.load(lam_ptr + b * lam_stride_b + pid_c * lam_stride_c + v_offs, mask=vec_ok, other=0.0)
+    for i in tl.range(0, t1 - t0, num_stages=NUM_STAGES):
+        t = t1 - 1 - i
         bt = b * T + t
-        lam += tl.load(dh_ptr + bt * (N * K) + v_offs, mask=vec_ok, other=0.0).to(tl.float32)
+        lam += tl.load(dh_ptr + bt * (N * K) + v_offs, mask=dh_ok, other=0.0).to(tl.float32)
         g = tl.load(g_ptr + bt * (N * K * (K + 1)) + g_offs, mask=valid, other=0.0).to(tl.float32)
         a = _normalize_axis(g, valid, NORM, 2, EPS)
         if HAS_MASK:
             keep = tl.load(mask_ptr + bt) != 0
         else:
             keep = t >= 0  # true
-        v = tl.load(v_ptr + bt * (N * K) + v_offs, mask=vec_ok, other=0.0).to(tl.float32)
-        h_prev = tl.load(h_ptr + (bt - 1) * (N * K) + col_offs, mask=tl.where(t > 0, col_ok, False), other=0.0)
-        h_prev = h_prev.to(tl.float32)
-        if HAS_INIT:
-            h_prev += tl.load(init_ptr + b * (N * K) + col_offs, mask=tl.where(t == 0, col_ok, False),
-                              other=0.0).to(tl.float32)
         if HAS_RESETS:
             doc_start = tl.load(resets_ptr + bt) != 0
-            h_prev = tl.where(doc_start, 0.0, h_prev)
-        x = tl.where((col < K)[None, None, :], h_prev[:, None, :], tl.where((col == K)[None, None, :], v[:, :, None], 0.0))
-        dg = _normalize_axis_bwd(g, a, lam[:, :, None] * x, valid, NORM, 2, EPS)
-        a0 = tl.sum(tl.where((col == K)[None, None, :], a, 0.0), axis=2)
-        tl.store(dv_ptr + bt * (N * K) + v_offs, tl.where(keep, lam * a0, 0.0).to(dv_ptr.dtype.element_ty), mask=vec_ok)
-        tl.store(dg_ptr + bt * (N * K * (K + 1)) + g_offs, tl.where(keep, dg, 0.0).to(dg_ptr.dtype.element_ty), mask=valid)
+        if not SUMMARY:
+            v = tl.load(v_ptr + bt * (N * K) + v_offs, mask=vec_ok, other=0.0).to(tl.float32)
+            h_prev = tl.load(h_ptr + (bt - 1) * (N * K) + col_offs, mask=tl.where(t > 0, col_ok, False), other=0.0)
+            h_prev = h_prev.to(tl.float32)
+            if HAS_INIT:
+                h_prev += tl.load(init_ptr + b * (N * K) + col_offs, mask=tl.where(t == 0, col_ok, False),
+                                  other=0.0).to(tl.float32)
+            if HAS_RESETS:
+                h_prev = tl.where(doc_start, 0.0, h_prev)
+            x = tl.where((col < K)[None, None, :], h_prev[:, None, :], tl.where((col == K)[None, None, :], v[:, :, None], 0.0))
+            dg = _normalize_axis_bwd(g, a, lam[:, :, None] * x, valid, NORM, 2, EPS)
+            a0 = tl.sum(tl.where((col == K)[None, None, :], a, 0.0), axis=2)
+            tl.store(dv_ptr + bt * (N * K) + v_offs, tl.where(keep, lam * a0, 0.0).to(dv_ptr.dtype.element_ty),
+                     mask=vec_ok)
+            tl.store(dg_ptr + bt * (N * K * (K + 1)) + g_offs, tl.where(keep, dg, 0.0).to(dg_ptr.dtype.element_ty),
+                     mask=valid)
         lam_prev = tl.sum(a * lam[:, :, None], axis=1)  # A^T lam, indexed by column
         lam = tl.where(keep, tl.where((col < K)[None, :], lam_prev, 0.0), lam)
         if HAS_RESETS:
             lam = tl.where(doc_start, 0.0, lam)
-    tl.store(d_init_ptr + b * (N * K) + v_offs, lam, mask=vec_ok)
+    if SUMMARY:
+        chunk = (b * tl.num_programs(1) + pid_c) * N + n
+        tl.store(out_ptr + chunk[:, None] * (K * (K + 1)) + row[None, :] * (K + 1) + copy, lam, mask=vec_ok)
+    else:
+        tl.store(out_ptr + b * (N * K) + v_offs, lam, mask=tl.where(pid_c == 0, vec_ok, False))
