@@ -12,7 +12,8 @@ normalised gates are never written to memory, and the backward pass recomputes t
 Time chunking (every kernel: H-LRU m <= 16, BD-LRU k <= 16), so that small batches fill the GPU: the map
 over a chunk is affine, ``s_end = P s_start + e``. A summary pass runs every chunk from zero (with the inputs)
 and from the unit states (without) to get [e | P] (H-LRU m > 8: the m + 1 copies split over several programs,
-``summary_copies``, so that they stay in registers; BD-LRU k > 8: one copy a program of the step kernels),
+``summary_copies``, so that they stay in registers; BD-LRU k > 8: all copies in one program of the step
+kernels, as a matrix updated by one batched matrix product a step),
 a small sequential kernel passes the true start states along the chunks, and the main pass reruns every
 chunk from its start state. The backward pass
 does the same in reverse time. Forward saves its inputs and h for backward (no chunk summaries or start
@@ -97,14 +98,16 @@ def _launch(kind, D, N, backward):
     """(kernel, launch constants, program-axis-0 size of the main pass, of the summary pass) of a scan of order or
     block size D over N channels or blocks. Sequential kernels: U steps a loop iteration, BLOCK_N channels or
     blocks a program; H-LRU's summary pass runs its D + 1 copies COPIES a program, in cdiv(D + 1, COPIES) groups
-    per channel tile (``summary_copies``). Step kernels (BD-LRU k > 8): a (BLOCK_N, KP, KP) gate tile a program,
-    one state copy a program in the summary pass (K + 1 programs per tile)."""
+    per channel tile (``summary_copies``). Step kernels (BD-LRU k > 8): a (BLOCK_N, KP, KP) gate tile a program;
+    the summary pass holds all K + 1 state copies of a tile in one program (KS = next power of two >= K, the
+    size of its matrices)."""
     if kind == "bdlru" and D > MAX_SEQUENTIAL_BLOCK:
         KP, block = step_geometry(N, D)
         tiles = triton.cdiv(N, block)
         kernel = _bdlru_step_bwd_kernel if backward else _bdlru_step_fwd_kernel
-        constants = dict(K=D, KP=KP, BLOCK_N=block, NUM_STAGES=NUM_STAGES, num_warps=NUM_WARPS)
-        return kernel, constants, tiles, tiles * (D + 1)
+        constants = dict(K=D, KP=KP, KS=triton.next_power_of_2(D), BLOCK_N=block, NUM_STAGES=NUM_STAGES,
+                         num_warps=NUM_WARPS)
+        return kernel, constants, tiles, tiles
     U, block, warps = sequential_config(kind, D, backward)
     tiles = triton.cdiv(N, block)
     constants = dict(U=U, BLOCK_N=block, num_warps=warps)

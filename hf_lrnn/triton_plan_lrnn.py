@@ -26,7 +26,7 @@ from .constants_lrnn import ScanUnsupportedError
 MAX_HLRU_ORDER = 16  # largest supported m
 MAX_BDLRU_BLOCK = 16  # largest supported k
 # Time chunking for H-LRU m <= 16 and BD-LRU k <= 16 (the summaries carry (D + 1) * D numbers per channel or block;
-# BD-LRU k > 8 runs the step kernels, whose summary passes run one state copy a program).
+# BD-LRU k > 8 runs the step kernels, whose summary passes hold all k + 1 state copies of a block tile in one program).
 MAX_CHUNKED_HLRU_ORDER = 16
 MAX_CHUNKED_BDLRU_BLOCK = 16
 # An H-LRU summary pass runs the m + 1 copies of the lags in one program for m <= MAX_ONE_GROUP_ORDER; above, in

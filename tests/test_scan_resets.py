@@ -224,8 +224,8 @@ def test_triton_chunked_with_starts_on_chunk_edges(kind, D, with_mask):
         assert_below(errors, 1e-5)
 
 
-# Sizes above 8: H-LRU m > 8 (the summaries' copy groups) and BD-LRU k > 8 (the step kernels, one summary copy a
-# program); N = 3 blocks fill 3 of a k = 9 tile's 4 and make 3 tiles of one block at k = 16.
+# Sizes above 8: H-LRU m > 8 (the summaries' copy groups) and BD-LRU k > 8 (the step kernels, all summary copies in
+# one program); N = 3 blocks fill 3 of a k = 9 tile's 4 and make 3 tiles of one block at k = 16.
 ABOVE_8 = [("hlru", 9), ("hlru", 16), ("bdlru", 9), ("bdlru", 16)]
 
 

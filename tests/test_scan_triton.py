@@ -125,9 +125,9 @@ def test_errors(monkeypatch):
         scan_triton.hlru_scan_triton(v, logits)
 
 
-# BD-LRU block sizes above 8 (the step kernels) chunk too: their summary passes run one state copy a program (k + 1
-# programs per block tile). Chunks of 5 steps over T = 21 give 5 chunks, the last one step long; N = 3 at k = 9
-# leaves one of a tile's 4 blocks empty, N = 2 at k = 16 gives two tiles of one block.
+# BD-LRU block sizes above 8 (the step kernels) chunk too: their summary passes hold a block tile's k + 1 state
+# copies in one program (one batched matrix product a step). Chunks of 5 steps over T = 21 give 5 chunks, the last
+# one step long; N = 3 at k = 9 leaves one of a tile's 4 blocks empty, N = 2 at k = 16 gives two tiles of one block.
 @pytest.mark.parametrize("k,N,normalization,with_state,with_mask", [
     (9, 3, "tanh_l1", True, True),
     (16, 2, "softmax", True, True),
