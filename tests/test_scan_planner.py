@@ -22,7 +22,8 @@ from hf_lrnn.triton_plan_lrnn import REFERENCE_SMS, chunk_plan, summary_copies  
     ("bdlru", 8, 4096, 512, 4, 132, (256, 16)),
     # BD-LRU k = 2, B 1, T 32k, N 1024: 2^18 / (1024 2) = 128 chunks of 256 steps
     ("bdlru", 1, 32768, 1024, 2, 132, (256, 128)),
-    ("bdlru", 1, 32768, 128, 16, 132, (32768, 1)),  # k > 8: the step kernels, one chunk
+    # BD-LRU k = 16 (the step kernels), B 1, T 32k, N 128: 2^18 / (128 16) = 128 chunks of 256 steps
+    ("bdlru", 1, 32768, 128, 16, 132, (256, 128)),
     ("hlru", 8, 4096, 2048, 1, None, (4096, 1)),  # not a GPU: one chunk
     # m = 16 chunks too: ceil(2^19 / (8 2048 17)) = 2 chunks
     ("hlru", 8, 4096, 2048, 16, 132, (2048, 2)),
@@ -34,13 +35,15 @@ def test_chunk_plan(kind, B, T, N, D, sms, plan):
 
 
 def test_chunk_plan_forced_length_per_kind_limit():
-    """A forced chunk_size splits time for H-LRU up to m = 16; for BD-LRU k > 8 (the step kernels) it is refused,
-    naming the limit, unless it leaves one chunk."""
+    """A forced chunk_size splits time for H-LRU up to m = 16 and BD-LRU up to k = 16 (the sequential kernels to
+    k = 8, the step kernels above); past the limit it is refused, naming the limit, unless it leaves one chunk."""
     assert chunk_plan("hlru", 1, 37, 3, 16, None, chunk_size=8) == (8, 5)
     assert chunk_plan("bdlru", 1, 37, 3, 8, None, chunk_size=8) == (8, 5)
-    assert chunk_plan("bdlru", 1, 37, 3, 16, None, chunk_size=37) == (37, 1)
-    with pytest.raises(ScanUnsupportedError, match="bdlru kernels supports block size k up to 8, got 16"):
-        chunk_plan("bdlru", 1, 32768, 128, 16, 132, chunk_size=4096)
+    assert chunk_plan("bdlru", 1, 37, 3, 16, None, chunk_size=8) == (8, 5)
+    assert chunk_plan("bdlru", 1, 32768, 128, 16, 132, chunk_size=4096) == (4096, 8)
+    assert chunk_plan("bdlru", 1, 37, 3, 17, None, chunk_size=37) == (37, 1)
+    with pytest.raises(ScanUnsupportedError, match="bdlru kernels supports block size k up to 16, got 17"):
+        chunk_plan("bdlru", 1, 37, 3, 17, None, chunk_size=8)
 
 
 def test_summary_copies():
