@@ -420,6 +420,24 @@ def test_ops_refuse_bad_resets_naming_the_op():
         ops.hlru_scan(v, logits, resets=torch.zeros(2, 5, dtype=torch.long))
 
 
+def test_hlru_lagged_states_refuses_bad_inputs_naming_them():
+    """ops.hlru_lagged_states (the H-LRU readout, public beside the scans): bad resets, initial_state or mask
+    are refused naming the tensor (once a bare "where expected condition to be a boolean tensor", a size
+    mismatch or an IndexError)."""
+    h = torch.randn(2, 6, 3)
+    state = torch.zeros(2, 3, 2)
+    resets = torch.zeros(2, 6, dtype=torch.bool)
+    for mask in (None, torch.ones(2, 6, dtype=torch.bool)):
+        with pytest.raises(TypeError, match="hlru_lagged_states: resets must be a bool tensor"):
+            ops.hlru_lagged_states(h, state, mask, resets.long())
+        with pytest.raises(ValueError, match=r"hlru_lagged_states: resets must have shape \(B, T\) = \(2, 6\)"):
+            ops.hlru_lagged_states(h, state, mask, resets[0])
+    with pytest.raises(ValueError, match=r"hlru_lagged_states: initial_state must have shape \(B, N, m\) = \(2, 3, m\)"):
+        ops.hlru_lagged_states(h, state[:, :2], None)
+    with pytest.raises(ValueError, match=r"hlru_lagged_states: mask must have shape \(B, T\) = \(2, 6\)"):
+        ops.hlru_lagged_states(h, state, torch.ones(2, 5))
+
+
 # ---------------------------------------------------------------------------------------------
 # torch.compile and the Trainer
 # ---------------------------------------------------------------------------------------------
