@@ -317,6 +317,10 @@ def load_corpus(args) -> datasets.DatasetDict:
         text = read_text_file(EMBEDDED_CORPUS_PATH if args.data == EMBEDDED_CORPUS else path)
         if args.layout != "stream":  # documents: the last --val-fraction of them is the validation set
             docs = split_documents(text)
+            if len(docs) < 2:
+                fail(f"--data {args.data} holds {len(docs)} document(s) (paragraphs between blank lines): --layout "
+                     f"{args.layout} needs at least 2, one to train on and one to validate; separate the documents "
+                     "with blank lines, or use --layout stream")
             cut = min(int(len(docs) * (1 - args.val_fraction)), len(docs) - 1)
             train, validation = docs[:cut], docs[cut:]
         else:  # one document: the tail is the validation set
@@ -632,16 +636,16 @@ def main(argv=None):
     corpus = load_corpus(args)
     tokenizer = tokenizer or train_bpe_tokenizer(corpus["train"], args.vocab_size)
     data = TOKENIZE_INTO[args.layout](corpus, tokenizer, args.seq_len)
+    if len(data["train"]) < args.batch_size or len(data["validation"]) == 0:  # before reading the rows' columns
+        fail(f"the corpus is too small: {len(data['train'])} training / {len(data['validation'])} validation rows of "
+             f"{'<= ' if args.layout == 'padded' else ''}{args.seq_len} tokens (need >= --batch-size {args.batch_size} "
+             f"and >= 1): give more data, a smaller "
+             f"--seq-len or --batch-size, or a larger --val-fraction")
     val_chars = sum(len(t) for t in corpus["validation"]["text"])
     val_targets = {"stream": lambda rows: len(rows) * args.seq_len,
                    "packed": lambda rows: sum(sum(p != 0 for p in row) for row in rows["position_ids"]),
                    "padded": lambda rows: sum(len(row) - 1 for row in rows["input_ids"])}[args.layout](data["validation"])
     val_tokens_per_char = val_targets / max(val_chars, 1)
-    if len(data["train"]) < args.batch_size or len(data["validation"]) == 0:
-        fail(f"the corpus is too small: {len(data['train'])} training / {len(data['validation'])} validation rows of "
-             f"{'<= ' if args.layout == 'padded' else ''}{args.seq_len} tokens (need >= --batch-size {args.batch_size} "
-             f"and >= 1): give more data, a smaller "
-             f"--seq-len or --batch-size, or a larger --val-fraction")
     train_data = data["train"].select(range(len(data["train"]) // args.batch_size * args.batch_size))  # whole batches
     eval_data = data["validation"]
     per_device = args.batch_size // (world * args.grad_accum)

@@ -586,6 +586,22 @@ def test_a_corpus_too_small_for_one_batch_is_named(tmp_path):
     assert re.search(r"the corpus is too small: \d+ training / \d+ validation rows of 128 tokens \(need >= --batch-size 16", line)
 
 
+@pytest.mark.parametrize("layout", ["packed", "padded"])
+def test_too_few_documents_for_a_document_layout_are_named(layout, tmp_path):
+    """--layout packed / padded on a text file of one paragraph (no document left to train on) or of documents
+    too short for one row: one error line, once a datasets traceback ("Column name ['ids'] not in the dataset",
+    "Column 'position_ids' doesn't exist")."""
+    one = tmp_path / "one.txt"
+    one.write_text("To be, or not to be. " * 40)
+    line = usage_error(["--data", str(one), "--output-dir", str(tmp_path / "out"), "--layout", layout])
+    assert f"--data {one} holds 1 document(s) (paragraphs between blank lines): --layout {layout} needs at least 2" in line
+    few = tmp_path / "few.txt"
+    few.write_text("To be.\n\nOr not.\n\nThat is all.\n")
+    line = usage_error(["--data", str(few), "--output-dir", str(tmp_path / "out"), "--layout", layout, "--vocab-size",
+                        "257", "--batch-size", "4", "--seq-len", "32"], after_work=True)
+    assert re.search(r"the corpus is too small: \d+ training / \d+ validation rows of (<= )?32 tokens", line), line
+
+
 def test_non_utf8_data_is_named(tmp_path):
     latin1 = tmp_path / "latin1.txt"
     latin1.write_bytes("caf\u00e9 cr\u00e8me\n".encode("latin-1") * 100)
