@@ -127,8 +127,10 @@ def pending_document_starts(
         is_int = isinstance(value, int) and not isinstance(value, bool)
         is_int_tensor = isinstance(value, torch.Tensor) and value.dim() == 0 and value.dtype in _INTEGER_DTYPES
         if value is not None and not (is_int or is_int_tensor):
-            got = f"a {value.dtype} tensor of shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else type(value).__name__
-            raise TypeError(f"{name} must be an int or a 0-dim integer tensor (the longest document's length), got {got}")
+            got = (f"a {value.dtype} tensor of shape {tuple(value.shape)}" if isinstance(value, torch.Tensor)
+                   else type(value).__name__)
+            raise TypeError(f"{name} must be an int or a 0-dim integer tensor (the longest document's length), "
+                            f"got {got}")
     cu_name = "cu_seq_lens_q" if cu_seq_lens_q is not None else "cu_seq_lens_k"
     cu_seq_lens = cu_seq_lens_q if cu_seq_lens_q is not None else cu_seq_lens_k
     if cu_seq_lens is None and (max_length_q is not None or max_length_k is not None):
