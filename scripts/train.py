@@ -347,6 +347,14 @@ def load_corpus(args) -> datasets.DatasetDict:
     if args.text_field not in ds["train"].column_names:
         fail(f"--text-field {args.text_field!r} is not a column of {args.data} (columns: {ds['train'].column_names})")
     ds = datasets.DatasetDict({k: v.select_columns([args.text_field]) for k, v in ds.items() if k in ("train", "validation")})
+    for split, records in ds.items():  # text in every record (the column's type and null count: no values read)
+        feature = records.features[args.text_field]
+        if not (isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string")):
+            fail(f"--text-field {args.text_field!r} of {args.data} holds {feature}, not text")
+        missing = records.data.column(args.text_field).null_count
+        if missing:
+            fail(f"--data {args.data}: {missing} record(s) of its {split} split have no {args.text_field!r} (null): "
+                 "remove them or give them text")
     return ds if args.text_field == "text" else ds.rename_column(args.text_field, "text")
 
 

@@ -602,6 +602,21 @@ def test_too_few_documents_for_a_document_layout_are_named(layout, tmp_path):
     assert re.search(r"the corpus is too small: \d+ training / \d+ validation rows of (<= )?32 tokens", line), line
 
 
+def test_records_without_text_are_named(tmp_path):
+    """A JSONL record whose text is null, or a --text-field of numbers: one error line before any work, once a
+    TypeError traceback from the tokenizer's trainer."""
+    records = [{"text": f"record {i}: to be, or not to be"} for i in range(30)]
+    records[3]["text"] = None
+    nulls = tmp_path / "nulls.jsonl"
+    nulls.write_text("\n".join(json.dumps(r) for r in records))
+    line = usage_error(["--data", str(nulls), "--output-dir", str(tmp_path / "out")], after_work=True)
+    assert f"--data {nulls}: 1 record(s) of its train split have no 'text' (null)" in line
+    numbers = tmp_path / "numbers.jsonl"
+    numbers.write_text("\n".join(json.dumps({"text": i}) for i in range(30)))
+    line = usage_error(["--data", str(numbers), "--output-dir", str(tmp_path / "out")], after_work=True)
+    assert f"--text-field 'text' of {numbers} holds Value('int64'), not text" in line
+
+
 def test_non_utf8_data_is_named(tmp_path):
     latin1 = tmp_path / "latin1.txt"
     latin1.write_bytes("caf\u00e9 cr\u00e8me\n".encode("latin-1") * 100)
