@@ -185,6 +185,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         fail(f"--max-time must be a number of seconds > 0, got {args.max_time}")
     if not 0 < args.val_fraction < 1:
         fail(f"--val-fraction must be in (0, 1), got {args.val_fraction}")
+    if not 0 <= args.seed < 2**32:  # numpy's seed range (set_seed seeds numpy too)
+        fail(f"--seed must be in [0, 2**32 - 1], got {args.seed}")
     if args.tokenizer == "bpe" and args.vocab_size < 257:
         fail(f"--vocab-size must be >= 257 (256 bytes + end-of-text) for --tokenizer bpe, got {args.vocab_size}")
     if args.sample_tokens and not args.prompt:

@@ -268,6 +268,8 @@ BAD_ARGUMENTS = [  # (argv, what the one-line error says): values that used to f
     (["--arch", "mamba", "--layout", "packed"], "--packing (--layout packed): Mamba takes no position_ids"),
     (["--layout", "padded", "--packing"], "argument --packing: not allowed with argument --layout"),
     (["--layout", "ragged"], "argument --layout: invalid choice: 'ragged'"),
+    (["--seed", "-1"], "--seed must be in [0, 2**32 - 1], got -1"),  # numpy's traceback
+    (["--seed", str(2**32)], f"--seed must be in [0, 2**32 - 1], got {2**32}"),
     (["--resume", "--overwrite"], "give one of them"),
     (["--resume", "--output-dir", "/nonexistent/run"], "--resume: no /nonexistent/run/run_args.json"),
 ]
