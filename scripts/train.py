@@ -48,6 +48,7 @@ RUN_DEFINING_ARGUMENTS = ("data", "text_field", "val_fraction", "layout", "token
                           "preset", "hidden_size", "layers", "mixer", "order", "block_size", "batch_size", "grad_accum",
                           "seed")
 LAYOUTS = ("stream", "packed", "padded")  # --layout: see its help
+PACK_BATCH = 1000  # documents packed together (datasets.map batches): rows never span two batches
 PACKAGE_OF_INTEGRATION = {"tensorboard": "tensorboard", "comet_ml": "comet_ml", "azure_ml": "azureml-core",
                           "flyte": "flytekit"}  # --report-to names whose pip package has another name get it here
 
@@ -431,9 +432,12 @@ def pack_rows(documents: list[list[int]], seq_len: int) -> dict[str, list[list[i
 
 
 def tokenize_into_packed_rows(ds: datasets.DatasetDict, tokenizer, seq_len: int) -> datasets.DatasetDict:
-    """Tokenize each document (+ end-of-text) and pack them into rows (pack_rows)."""
+    """Tokenize each document (+ end-of-text) and pack them into rows (pack_rows), PACK_BATCH documents at a time:
+    rows do not cross from one batch of documents into the next, and each batch's tokens after its last full row
+    (fewer than seq_len) are dropped."""
     return tokenize_documents(ds, tokenizer).map(lambda batch: pack_rows(batch["ids"], seq_len), batched=True,
-                                                 batch_size=1000, remove_columns=["ids"], desc=f"packed rows of {seq_len}")
+                                                 batch_size=PACK_BATCH, remove_columns=["ids"],
+                                                 desc=f"packed rows of {seq_len}")
 
 
 def document_rows(documents: list[list[int]], seq_len: int) -> dict[str, list[list[int]]]:
