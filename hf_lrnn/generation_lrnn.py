@@ -19,11 +19,14 @@ from transformers import GenerationMixin
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from .cache_lrnn import LRNNCache
+from .packing_lrnn import pending_document_starts, read_flags
 
 CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
 # Keyword arguments prepare_inputs_for_generation drops, as the model does not use them (positions: it has no
 # positional embeddings; labels: transformers' default drops them too). Every other one reaches forward().
 UNUSED_GENERATION_KWARGS = ("cache_position", "position_ids", "labels")
+# Keyword arguments that only describe the documents of packed rows, which generate() does not take.
+PACKING_KWARGS = ("seq_idx", "cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")
 # True inside a generate() call of this thread (and context): the prompt's ids were checked once, and later
 # steps feed the model its own samples, so forward() skips the range check (a host sync per step on GPUs).
 # A context variable, not a model attribute: overlapping generate() calls in other threads do not see it.
@@ -151,12 +154,41 @@ class LRNNGenerationMixin(GenerationMixin):
     @torch.no_grad()
     def generate(self, inputs: Optional[torch.Tensor] = None, *args, **kwargs):
         """transformers' generate(), with the prompt's token ids (``inputs`` or ``input_ids``) checked once here
-        instead of at every step."""
+        instead of at every step, and packed prompts refused (:func:`refuse_packed_prompt`)."""
         prompt = inputs if inputs is not None else kwargs.get("input_ids")
         if isinstance(prompt, torch.Tensor) and not prompt.dtype.is_floating_point:
             check_token_ids(prompt, self.config.vocab_size)
+        refuse_packed_prompt(prompt if prompt is not None else kwargs.get("inputs_embeds"), kwargs)
         token = GENERATE_CHECKED_TOKEN_IDS.set(True)
         try:
             return super().generate(inputs, *args, **kwargs)
         finally:
             GENERATE_CHECKED_TOKEN_IDS.reset(token)
+
+
+def refuse_packed_prompt(prompt: Optional[torch.Tensor], kwargs: dict) -> None:
+    """ValueError naming the argument where generate()'s keyword arguments describe documents packed into a
+    prompt's rows: generate() continues one sequence per row, and prepare_inputs_for_generation drops
+    ``position_ids`` (the model has no positional embeddings), so the state would silently run from one
+    document into the next. Refused: any of ``PACKING_KWARGS``; ``position_ids`` (checked against the prompt
+    (B, T[, d]) and ``attention_mask``, one host sync) that restart at 0 after a row's first real position, or
+    that the model's forward refuses. Plain, offset and left-padded position ids pass."""
+    given = [name for name in PACKING_KWARGS if kwargs.get(name) is not None]
+    if given:
+        raise ValueError(f"generate(): {', '.join(given)} describe(s) documents packed into one row, which generate() "
+                         "does not take (it continues one sequence per row): generate from each document alone")
+    position_ids = kwargs.get("position_ids")
+    if position_ids is None or not isinstance(prompt, torch.Tensor) or prompt.dim() < 2:
+        return
+    B, T = prompt.shape[:2]
+    mask = kwargs.get("attention_mask")
+    mask = mask[:, -T:] if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None
+    flags, resolve = pending_document_starts(B, T, prompt.device, mask, False, position_ids=position_ids)
+    starts = resolve(read_flags(flags))
+    if starts is not None:
+        b, t = starts.nonzero()[0].tolist()
+        raise ValueError(
+            f"generate(): position_ids restart at 0 at row {b}, position {t}: they mark documents packed into one "
+            "row, which generate() does not take (it continues one sequence per row, and the state would run from "
+            "one document into the next): generate from each document alone"
+        )

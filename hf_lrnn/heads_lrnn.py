@@ -23,9 +23,12 @@ from .cache_lrnn import LRNNCache
 from .configuration_lrnn import LRNNConfig
 from .generation_lrnn import CACHE_FIELD, pick_cache
 from .modeling_lrnn import LRNNModel, LRNNPreTrainedModel
+from .packing_lrnn import pending_document_starts, read_flags
 
 # The classifier dropout when the config sets none (transformers' generic token-classification head's default).
 DEFAULT_CLASSIFIER_DROPOUT = 0.1
+# The keyword arguments that mark document starts in packed rows (``packing_lrnn``).
+BOUNDARY_KWARGS = ("position_ids", "cu_seq_lens_q", "cu_seq_lens_k", "seq_idx")
 
 
 def last_token_positions(
@@ -52,6 +55,28 @@ def last_token_positions(
             raise ValueError(f"rows {empty} have no real token to classify: {source} marks all of them as padding")
     positions = torch.arange(seq_len, device=real.device)
     return (positions * real).argmax(-1).to(device)  # the largest real position (argmax: the first maximum)
+
+
+def refuse_packed_rows(hidden_states: torch.Tensor, attention_mask: Optional[torch.Tensor], kwargs: dict) -> None:
+    """ValueError where the boundary keywords in ``kwargs`` (``packing_lrnn``) mark packed rows: a sequence
+    classifier reads one label per row, at its last real token, so a packed row would classify its last
+    document only. Eager mode only (one host sync, only where such a keyword is passed); the model's forward
+    has checked them before."""
+    boundaries = {name: kwargs.get(name) for name in BOUNDARY_KWARGS}
+    if all(value is None for value in boundaries.values()) or torch.compiler.is_compiling():
+        return
+    B, T = hidden_states.shape[:2]
+    mask = attention_mask[:, -T:] if attention_mask is not None else None
+    flags, resolve = pending_document_starts(B, T, hidden_states.device, mask, False, **boundaries)
+    starts = resolve(read_flags(flags))
+    if starts is not None:
+        b, t = starts.nonzero()[0].tolist()
+        raise ValueError(
+            f"LRNNForSequenceClassification got packed rows (a document starts at row {b}, position {t} in "
+            f"{'/'.join(name for name, value in boundaries.items() if value is not None)}): it classifies each row "
+            "at its last real token, so only each row's last document would be classified; pass one sequence per "
+            "row (padded, with attention_mask)"
+        )
 
 
 class LRNNForSequenceClassification(LRNNPreTrainedModel):
@@ -93,6 +118,7 @@ class LRNNForSequenceClassification(LRNNPreTrainedModel):
             return_dict=True, **kwargs,
         )
         hidden_states = outputs.last_hidden_state
+        refuse_packed_rows(hidden_states, attention_mask, kwargs)
         B, T = hidden_states.shape[:2]
         last = last_token_positions(input_ids, attention_mask, self.config.pad_token_id, B, T, hidden_states.device)
         logits = self.score(hidden_states[torch.arange(B, device=hidden_states.device), last])

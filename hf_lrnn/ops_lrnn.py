@@ -206,8 +206,22 @@ def hlru_lagged_states(h: torch.Tensor, initial_state: torch.Tensor, mask: Optio
     Masked steps (mask == 0) do not shift the lags (the scan keeps the state there), so lag j is the
     j-th most recent unmasked step; at a masked step s_t equals the state at the last unmasked one.
     After a document start (``resets`` (B, T) True at t > 0) the lags from before it read zero, as in the scan.
+    ValueError or TypeError naming the tensor for a wrong shape, dtype or device (no values read).
     """
+    name = "hlru_lagged_states"
+    if not isinstance(h, torch.Tensor) or h.dim() != 3:
+        got = tuple(h.shape) if isinstance(h, torch.Tensor) else type(h).__name__
+        raise ValueError(f"{name}: h must be a (B, T, N) tensor, got {got}")
     B, T, N = h.shape
+    if not isinstance(initial_state, torch.Tensor) or initial_state.dim() != 3 or tuple(initial_state.shape[:2]) != (B, N):
+        got = tuple(initial_state.shape) if isinstance(initial_state, torch.Tensor) else type(initial_state).__name__
+        raise ValueError(f"{name}: initial_state must have shape (B, N, m) = ({B}, {N}, m), got {got}")
+    if initial_state.device != h.device:
+        raise ValueError(f"{name}: initial_state is on {initial_state.device}, h on {h.device}")
+    if mask is not None and (tuple(mask.shape) != (B, T) or mask.device != h.device):
+        raise ValueError(f"{name}: mask must have shape (B, T) = {(B, T)} on {h.device}, "
+                         f"got {tuple(mask.shape)} on {mask.device}")
+    check_resets(name, resets, h)
     m = initial_state.shape[-1]
     past = initial_state.flip(-1).transpose(1, 2).to(h.dtype)  # (B, m, N) = h_{-m}, ..., h_{-1}
     ext = torch.cat([past, h], dim=1)  # ext[:, m + t] = h_t

@@ -17,8 +17,8 @@ argument                           a document starts at (b, t), t > 0, where    
 ``seq_idx`` (B, T)                 ``seq_idx[b, t] != seq_idx[b, t - 1]``        it decreases along a row
 =================================  ============================================  ================================
 
-Also refused: arguments that describe different starts; ``max_length_q`` / ``max_length_k`` (ints, unused
-otherwise) without ``cu_seq_lens_*`` or below the longest document; packed rows (a start at some t > 0) with
+Also refused: arguments that describe different starts; ``max_length_q`` / ``max_length_k`` (ints or 0-dim
+integer tensors, unused otherwise) without ``cu_seq_lens_*`` or below the longest document; packed rows (a start at some t > 0) with
 an ``attention_mask`` that has zeros in the T columns read, or with a cache passed in. Position ids that count
 up by one between unpadded positions, from any first value, mark no start: plain 0..T-1 rows, the offset
 positions of a continuation with a cache, left padding with transformers' positions or with 0..T-1.
@@ -123,8 +123,14 @@ def pending_document_starts(
     ``attention_mask``: the (B, T) columns of the mask the model reads, or None; ``has_cache``: whether a
     cache was passed in. Type and shape errors are raised here, before anything is read."""
     for name, value in (("max_length_q", max_length_q), ("max_length_k", max_length_k)):
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
-            raise TypeError(f"{name} must be an int (the longest document's length), got {type(value).__name__}")
+        # an int (DataCollatorWithFlattening) or a 0-dim integer tensor (prepare_fa_kwargs_from_position_ids)
+        is_int = isinstance(value, int) and not isinstance(value, bool)
+        is_int_tensor = isinstance(value, torch.Tensor) and value.dim() == 0 and value.dtype in _INTEGER_DTYPES
+        if value is not None and not (is_int or is_int_tensor):
+            got = (f"a {value.dtype} tensor of shape {tuple(value.shape)}" if isinstance(value, torch.Tensor)
+                   else type(value).__name__)
+            raise TypeError(f"{name} must be an int or a 0-dim integer tensor (the longest document's length), "
+                            f"got {got}")
     cu_name = "cu_seq_lens_q" if cu_seq_lens_q is not None else "cu_seq_lens_k"
     cu_seq_lens = cu_seq_lens_q if cu_seq_lens_q is not None else cu_seq_lens_k
     if cu_seq_lens is None and (max_length_q is not None or max_length_k is not None):
@@ -172,6 +178,9 @@ def pending_document_starts(
         row_starts = torch.arange(B, device=device) * T
         flags["cu_seq_lens rows"] = ~torch.isin(row_starts, cu_seq_lens.long()).all()
         flags["longest document"] = lengths.max()
+        for name, value in (("max_length_q", max_length_q), ("max_length_k", max_length_k)):
+            if isinstance(value, torch.Tensor):
+                flags[name] = value.to(device)
         if cu_seq_lens_q is not None and cu_seq_lens_k is not None:
             flags["cu_seq_lens q != k"] = (cu_seq_lens_q != cu_seq_lens_k).any()
     if seq_idx is not None:
@@ -210,7 +219,8 @@ def _checked_starts(values, flags, starts, position_ids, kept, cu_name, cu_seq_l
                          f"(rows of {T} tokens): each row must start a document")
     if values.get("cu_seq_lens q != k"):
         raise ValueError("cu_seq_lens_q and cu_seq_lens_k differ: a causal LM's documents are the same for queries and keys")
-    for name, value in (("max_length_q", max_length_q), ("max_length_k", max_length_k)):
+    for name, value in (("max_length_q", values.get("max_length_q", max_length_q)),
+                        ("max_length_k", values.get("max_length_k", max_length_k))):
         if value is not None and value < values["longest document"]:
             raise ValueError(f"{name}={value} is shorter than the longest document in {cu_name} "
                              f"({values['longest document']} tokens)")

@@ -82,6 +82,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         fail(f"--top-k must be >= 0 (0 disables it), got {args.top_k}")
     if not 0 < args.top_p <= 1:  # also false for nan
         fail(f"--top-p must be in (0, 1], got {args.top_p}")
+    if not 0 <= args.seed < 2**32:  # numpy's seed range (set_seed seeds numpy too)
+        fail(f"--seed must be in [0, 2**32 - 1], got {args.seed}")
     check_model_source(args.model, "model")
     if args.tokenizer not in (None, "bytes"):
         check_model_source(args.tokenizer, "--tokenizer")

@@ -48,6 +48,7 @@ RUN_DEFINING_ARGUMENTS = ("data", "text_field", "val_fraction", "layout", "token
                           "preset", "hidden_size", "layers", "mixer", "order", "block_size", "batch_size", "grad_accum",
                           "seed")
 LAYOUTS = ("stream", "packed", "padded")  # --layout: see its help
+PACK_BATCH = 1000  # documents packed together (datasets.map batches): rows never span two batches
 PACKAGE_OF_INTEGRATION = {"tensorboard": "tensorboard", "comet_ml": "comet_ml", "azure_ml": "azureml-core",
                           "flyte": "flytekit"}  # --report-to names whose pip package has another name get it here
 
@@ -185,6 +186,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         fail(f"--max-time must be a number of seconds > 0, got {args.max_time}")
     if not 0 < args.val_fraction < 1:
         fail(f"--val-fraction must be in (0, 1), got {args.val_fraction}")
+    if not 0 <= args.seed < 2**32:  # numpy's seed range (set_seed seeds numpy too)
+        fail(f"--seed must be in [0, 2**32 - 1], got {args.seed}")
     if args.tokenizer == "bpe" and args.vocab_size < 257:
         fail(f"--vocab-size must be >= 257 (256 bytes + end-of-text) for --tokenizer bpe, got {args.vocab_size}")
     if args.sample_tokens and not args.prompt:
@@ -317,6 +320,10 @@ def load_corpus(args) -> datasets.DatasetDict:
         text = read_text_file(EMBEDDED_CORPUS_PATH if args.data == EMBEDDED_CORPUS else path)
         if args.layout != "stream":  # documents: the last --val-fraction of them is the validation set
             docs = split_documents(text)
+            if len(docs) < 2:
+                fail(f"--data {args.data} holds {len(docs)} document(s) (paragraphs between blank lines): --layout "
+                     f"{args.layout} needs at least 2, one to train on and one to validate; separate the documents "
+                     "with blank lines, or use --layout stream")
             cut = min(int(len(docs) * (1 - args.val_fraction)), len(docs) - 1)
             train, validation = docs[:cut], docs[cut:]
         else:  # one document: the tail is the validation set
@@ -343,6 +350,14 @@ def load_corpus(args) -> datasets.DatasetDict:
     if args.text_field not in ds["train"].column_names:
         fail(f"--text-field {args.text_field!r} is not a column of {args.data} (columns: {ds['train'].column_names})")
     ds = datasets.DatasetDict({k: v.select_columns([args.text_field]) for k, v in ds.items() if k in ("train", "validation")})
+    for split, records in ds.items():  # text in every record (the column's type and null count: no values read)
+        feature = records.features[args.text_field]
+        if not (isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string")):
+            fail(f"--text-field {args.text_field!r} of {args.data} holds {feature}, not text")
+        missing = records.data.column(args.text_field).null_count
+        if missing:
+            fail(f"--data {args.data}: {missing} record(s) of its {split} split have no {args.text_field!r} (null): "
+                 "remove them or give them text")
     return ds if args.text_field == "text" else ds.rename_column(args.text_field, "text")
 
 
@@ -417,9 +432,12 @@ def pack_rows(documents: list[list[int]], seq_len: int) -> dict[str, list[list[i
 
 
 def tokenize_into_packed_rows(ds: datasets.DatasetDict, tokenizer, seq_len: int) -> datasets.DatasetDict:
-    """Tokenize each document (+ end-of-text) and pack them into rows (pack_rows)."""
+    """Tokenize each document (+ end-of-text) and pack them into rows (pack_rows), PACK_BATCH documents at a time:
+    rows do not cross from one batch of documents into the next, and each batch's tokens after its last full row
+    (fewer than seq_len) are dropped."""
     return tokenize_documents(ds, tokenizer).map(lambda batch: pack_rows(batch["ids"], seq_len), batched=True,
-                                                 batch_size=1000, remove_columns=["ids"], desc=f"packed rows of {seq_len}")
+                                                 batch_size=PACK_BATCH, remove_columns=["ids"],
+                                                 desc=f"packed rows of {seq_len}")
 
 
 def document_rows(documents: list[list[int]], seq_len: int) -> dict[str, list[list[int]]]:
@@ -632,16 +650,16 @@ def main(argv=None):
     corpus = load_corpus(args)
     tokenizer = tokenizer or train_bpe_tokenizer(corpus["train"], args.vocab_size)
     data = TOKENIZE_INTO[args.layout](corpus, tokenizer, args.seq_len)
+    if len(data["train"]) < args.batch_size or len(data["validation"]) == 0:  # before reading the rows' columns
+        fail(f"the corpus is too small: {len(data['train'])} training / {len(data['validation'])} validation rows of "
+             f"{'<= ' if args.layout == 'padded' else ''}{args.seq_len} tokens (need >= --batch-size {args.batch_size} "
+             f"and >= 1): give more data, a smaller "
+             f"--seq-len or --batch-size, or a larger --val-fraction")
     val_chars = sum(len(t) for t in corpus["validation"]["text"])
     val_targets = {"stream": lambda rows: len(rows) * args.seq_len,
                    "packed": lambda rows: sum(sum(p != 0 for p in row) for row in rows["position_ids"]),
                    "padded": lambda rows: sum(len(row) - 1 for row in rows["input_ids"])}[args.layout](data["validation"])
     val_tokens_per_char = val_targets / max(val_chars, 1)
-    if len(data["train"]) < args.batch_size or len(data["validation"]) == 0:
-        fail(f"the corpus is too small: {len(data['train'])} training / {len(data['validation'])} validation rows of "
-             f"{'<= ' if args.layout == 'padded' else ''}{args.seq_len} tokens (need >= --batch-size {args.batch_size} "
-             f"and >= 1): give more data, a smaller "
-             f"--seq-len or --batch-size, or a larger --val-fraction")
     train_data = data["train"].select(range(len(data["train"]) // args.batch_size * args.batch_size))  # whole batches
     eval_data = data["validation"]
     per_device = args.batch_size // (world * args.grad_accum)

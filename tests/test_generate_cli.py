@@ -160,6 +160,7 @@ BAD_ARGUMENTS = [  # (argv, what the one-line error says)
     (["CKPT", "--top-p", "nan", "--prompt", "x"], "--top-p must be in (0, 1]"),
     (["CKPT", "--top-k", "-1", "--prompt", "x"], "--top-k must be >= 0 (0 disables it), got -1"),
     (["CKPT", "--max-new-tokens", "0", "--prompt", "x"], "--max-new-tokens must be >= 1"),
+    (["CKPT", "--seed", "-1", "--prompt", "x"], "--seed must be in [0, 2**32 - 1], got -1"),  # numpy's traceback
     (["CKPT", "--prompt", "x", "--bogus"], "unrecognized arguments: --bogus"),
     (["CKPT", "--prompt", ""], "a --prompt is empty"),
     (["CKPT", "--prompt", "x", "--device", "tpu"], "--device tpu: not a torch device"),

@@ -144,6 +144,25 @@ def test_bad_inputs_give_clear_errors():
         token(x, use_cache=True)
 
 
+def test_sequence_classifier_refuses_packed_rows():
+    """Packed rows (documents marked by position_ids restarting at 0, seq_idx or cu_seq_lens) are refused: one
+    label per row, read at its last token, would classify the row's last document only (once silently, or a
+    batch-size error from the loss). Left-padded rows with transformers' position ids still classify as before."""
+    model = tiny_head(LRNNForSequenceClassification)
+    x = ids(1, 8)
+    packed = dict(position_ids=torch.tensor([[0, 1, 2, 0, 1, 2, 3, 4]]), seq_idx=torch.tensor([[0, 0, 0, 1, 1, 1, 1, 1]]),
+                  cu_seq_lens_q=torch.tensor([0, 3, 8], dtype=torch.int32))
+    for name, value in packed.items():
+        with pytest.raises(ValueError, match=f"LRNNForSequenceClassification got packed rows \\(a document starts at "
+                                             f"row 0, position 3 in {name}\\)"):
+            model(x, **{name: value}, labels=torch.tensor([1]))
+    input_ids, mask = padded(ROWS, "left")
+    positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids, attention_mask=mask, position_ids=positions).logits,
+                                   model(input_ids, attention_mask=mask).logits, rtol=0, atol=0)
+
+
 def test_token_classifier_makes_no_cache_and_continues_from_one_passed_in():
     """The token head returns no cache, so it builds none (config.use_cache is True); a cache passed in is
     advanced in place, so two halves give the logits of the whole row."""

@@ -138,6 +138,25 @@ def test_collator_flash_kwargs_and_seq_idx():
     assert_packed_equals_alone(model, batch, [documents], **TOL64)
 
 
+def test_flash_kwargs_from_transformers_helper_with_tensor_max_lengths():
+    """transformers' prepare_fa_kwargs_from_position_ids gives max_length_q/_k as 0-dim tensors (the collator
+    gives ints): taken and checked like ints, once refused as "must be an int"; other tensors are refused."""
+    from transformers.modeling_flash_attention_utils import prepare_fa_kwargs_from_position_ids
+
+    model = tiny_model("hlru").double()
+    documents = _documents(DOCUMENTS)
+    batch = _collate(documents)
+    (cu_q, cu_k), (max_q, max_k) = prepare_fa_kwargs_from_position_ids(batch.pop("position_ids"))
+    assert isinstance(max_q, torch.Tensor) and max_q.dim() == 0
+    batch.update(cu_seq_lens_q=cu_q, cu_seq_lens_k=cu_k, max_length_q=max_q, max_length_k=max_k)
+    assert_packed_equals_alone(model, batch, [documents], **TOL64)
+    with pytest.raises(ValueError, match="max_length_k=15 is shorter than the longest document"):
+        model(**(batch | dict(max_length_k=max_k - 1)))
+    with pytest.raises(TypeError, match=r"max_length_q must be an int or a 0-dim integer tensor .* got a torch.int32 "
+                                        r"tensor of shape \(1,\)"):
+        model(**(batch | dict(max_length_q=max_q[None])))
+
+
 @pytest.mark.parametrize("lengths", [DOCUMENTS, [3, 1, 5, 1]])
 def test_an_attention_mask_of_ones_changes_nothing(lengths):
     """A mask of ones: dropped for 42 tokens, kept (the masked lag readout) up to 16 tokens."""
@@ -297,6 +316,35 @@ def test_packed_rows_with_a_cache_are_refused():
         model(input_ids=ids(1, 8), seq_idx=torch.tensor([[0, 0, 1, 1, 1, 1, 1, 1]]), **{CACHE_FIELD: cache})
 
 
+@pytest.mark.parametrize("mixer", ["hlru", "bdlru"])
+def test_generate_refuses_packed_prompts_naming_the_argument(mixer):
+    """generate() drops position_ids (no positional embeddings), so packed position ids would let the state run
+    from one document into the next unnoticed: they are refused, as are the other packing keywords (once a
+    misleading "a cache was passed" or a shape error at the first decode step). Plain and left-padded
+    position ids (transformers' own, with their attention mask) still generate what no position ids give."""
+    model = tiny_model(mixer)
+    prompt, boundaries, _ = _rows([[5, 3]])
+    with pytest.raises(ValueError, match="generate\\(\\): position_ids restart at 0 at row 0, position 5"):
+        model.generate(prompt, position_ids=boundaries["position_ids"], max_new_tokens=2)
+    with pytest.raises(ValueError, match="generate\\(\\): position_ids restart at 0"):
+        model.generate(inputs_embeds=model.get_input_embeddings()(prompt), position_ids=boundaries["position_ids"],
+                       max_new_tokens=2)
+    for name in ("seq_idx", "cu_seq_lens_q", "max_length_k"):
+        with pytest.raises(ValueError, match=f"generate\\(\\): {name} describe"):
+            model.generate(prompt, **{name: boundaries[name]}, max_new_tokens=2)
+    with pytest.raises(ValueError, match="generate\\(\\): seq_idx describe"):  # even one document per row
+        model.generate(prompt, seq_idx=torch.zeros_like(prompt), max_new_tokens=2)
+
+    left_padded = prompt.repeat(2, 1)
+    mask = torch.ones_like(left_padded)
+    left_padded[1, :3], mask[1, :3] = 0, 0
+    transformers_positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
+    for x, positions, extra in ((prompt, torch.arange(8)[None], {}),
+                                (left_padded, transformers_positions, dict(attention_mask=mask))):
+        expected = model.generate(x, max_new_tokens=3, do_sample=False, **extra)
+        assert torch.equal(model.generate(x, position_ids=positions, max_new_tokens=3, do_sample=False, **extra), expected)
+
+
 def test_forward_reads_every_check_in_one_host_read(monkeypatch):
     """An eager forward reads the token ids' range, the boundary checks and whether the mask is all ones with
     one read_flags call (one host sync on a GPU); bad token ids are still refused with packed rows."""
@@ -370,6 +418,24 @@ def test_ops_refuse_bad_resets_naming_the_op():
         ops.hlru_scan(v, logits, resets=torch.zeros(2, 4, dtype=torch.bool))
     with pytest.raises(TypeError, match="hlru_scan: resets must be a bool tensor"):
         ops.hlru_scan(v, logits, resets=torch.zeros(2, 5, dtype=torch.long))
+
+
+def test_hlru_lagged_states_refuses_bad_inputs_naming_them():
+    """ops.hlru_lagged_states (the H-LRU readout, public beside the scans): bad resets, initial_state or mask
+    are refused naming the tensor (once a bare "where expected condition to be a boolean tensor", a size
+    mismatch or an IndexError)."""
+    h = torch.randn(2, 6, 3)
+    state = torch.zeros(2, 3, 2)
+    resets = torch.zeros(2, 6, dtype=torch.bool)
+    for mask in (None, torch.ones(2, 6, dtype=torch.bool)):
+        with pytest.raises(TypeError, match="hlru_lagged_states: resets must be a bool tensor"):
+            ops.hlru_lagged_states(h, state, mask, resets.long())
+        with pytest.raises(ValueError, match=r"hlru_lagged_states: resets must have shape \(B, T\) = \(2, 6\)"):
+            ops.hlru_lagged_states(h, state, mask, resets[0])
+    with pytest.raises(ValueError, match=r"hlru_lagged_states: initial_state must have shape \(B, N, m\) = \(2, 3, m\)"):
+        ops.hlru_lagged_states(h, state[:, :2], None)
+    with pytest.raises(ValueError, match=r"hlru_lagged_states: mask must have shape \(B, T\) = \(2, 6\)"):
+        ops.hlru_lagged_states(h, state, torch.ones(2, 5))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -268,6 +268,8 @@ BAD_ARGUMENTS = [  # (argv, what the one-line error says): values that used to f
     (["--arch", "mamba", "--layout", "packed"], "--packing (--layout packed): Mamba takes no position_ids"),
     (["--layout", "padded", "--packing"], "argument --packing: not allowed with argument --layout"),
     (["--layout", "ragged"], "argument --layout: invalid choice: 'ragged'"),
+    (["--seed", "-1"], "--seed must be in [0, 2**32 - 1], got -1"),  # numpy's traceback
+    (["--seed", str(2**32)], f"--seed must be in [0, 2**32 - 1], got {2**32}"),
     (["--resume", "--overwrite"], "give one of them"),
     (["--resume", "--output-dir", "/nonexistent/run"], "--resume: no /nonexistent/run/run_args.json"),
 ]
@@ -584,6 +586,37 @@ def test_a_corpus_too_small_for_one_batch_is_named(tmp_path):
     small.write_text("To be, or not to be. " * 40)
     line = usage_error(["--data", str(small), "--output-dir", str(tmp_path / "out"), "--vocab-size", "257"], after_work=True)
     assert re.search(r"the corpus is too small: \d+ training / \d+ validation rows of 128 tokens \(need >= --batch-size 16", line)
+
+
+@pytest.mark.parametrize("layout", ["packed", "padded"])
+def test_too_few_documents_for_a_document_layout_are_named(layout, tmp_path):
+    """--layout packed / padded on a text file of one paragraph (no document left to train on) or of documents
+    too short for one row: one error line, once a datasets traceback ("Column name ['ids'] not in the dataset",
+    "Column 'position_ids' doesn't exist")."""
+    one = tmp_path / "one.txt"
+    one.write_text("To be, or not to be. " * 40)
+    line = usage_error(["--data", str(one), "--output-dir", str(tmp_path / "out"), "--layout", layout])
+    assert f"--data {one} holds 1 document(s) (paragraphs between blank lines): --layout {layout} needs at least 2" in line
+    few = tmp_path / "few.txt"
+    few.write_text("To be.\n\nOr not.\n\nThat is all.\n")
+    line = usage_error(["--data", str(few), "--output-dir", str(tmp_path / "out"), "--layout", layout, "--vocab-size",
+                        "257", "--batch-size", "4", "--seq-len", "32"], after_work=True)
+    assert re.search(r"the corpus is too small: \d+ training / \d+ validation rows of (<= )?32 tokens", line), line
+
+
+def test_records_without_text_are_named(tmp_path):
+    """A JSONL record whose text is null, or a --text-field of numbers: one error line before any work, once a
+    TypeError traceback from the tokenizer's trainer."""
+    records = [{"text": f"record {i}: to be, or not to be"} for i in range(30)]
+    records[3]["text"] = None
+    nulls = tmp_path / "nulls.jsonl"
+    nulls.write_text("\n".join(json.dumps(r) for r in records))
+    line = usage_error(["--data", str(nulls), "--output-dir", str(tmp_path / "out")], after_work=True)
+    assert f"--data {nulls}: 1 record(s) of its train split have no 'text' (null)" in line
+    numbers = tmp_path / "numbers.jsonl"
+    numbers.write_text("\n".join(json.dumps({"text": i}) for i in range(30)))
+    line = usage_error(["--data", str(numbers), "--output-dir", str(tmp_path / "out")], after_work=True)
+    assert f"--text-field 'text' of {numbers} holds Value('int64'), not text" in line
 
 
 def test_non_utf8_data_is_named(tmp_path):
