@@ -19,14 +19,14 @@ from transformers import GenerationMixin
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from .cache_lrnn import LRNNCache
-from .packing_lrnn import pending_document_starts, read_flags
+from .packing_lrnn import BOUNDARY_KWARGS, LENGTH_KWARGS, first_document_start
 
 CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
 # Keyword arguments prepare_inputs_for_generation drops, as the model does not use them (positions: it has no
 # positional embeddings; labels: transformers' default drops them too). Every other one reaches forward().
 UNUSED_GENERATION_KWARGS = ("cache_position", "position_ids", "labels")
 # Keyword arguments that only describe the documents of packed rows, which generate() does not take.
-PACKING_KWARGS = ("seq_idx", "cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")
+PACKING_KWARGS = tuple(name for name in BOUNDARY_KWARGS + LENGTH_KWARGS if name != "position_ids")
 # True inside a generate() call of this thread (and context): the prompt's ids were checked once, and later
 # steps feed the model its own samples, so forward() skips the range check (a host sync per step on GPUs).
 # A context variable, not a model attribute: overlapping generate() calls in other threads do not see it.
@@ -180,13 +180,10 @@ def refuse_packed_prompt(prompt: Optional[torch.Tensor], kwargs: dict) -> None:
     position_ids = kwargs.get("position_ids")
     if position_ids is None or not isinstance(prompt, torch.Tensor) or prompt.dim() < 2:
         return
-    B, T = prompt.shape[:2]
-    mask = kwargs.get("attention_mask")
-    mask = mask[:, -T:] if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None
-    flags, resolve = pending_document_starts(B, T, prompt.device, mask, False, position_ids=position_ids)
-    starts = resolve(read_flags(flags))
-    if starts is not None:
-        b, t = starts.nonzero()[0].tolist()
+    start = first_document_start(*prompt.shape[:2], prompt.device, kwargs.get("attention_mask"),
+                                 position_ids=position_ids)
+    if start is not None:
+        b, t = start
         raise ValueError(
             f"generate(): position_ids restart at 0 at row {b}, position {t}: they mark documents packed into one "
             "row, which generate() does not take (it continues one sequence per row, and the state would run from "

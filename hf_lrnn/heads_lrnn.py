@@ -23,12 +23,10 @@ from .cache_lrnn import LRNNCache
 from .configuration_lrnn import LRNNConfig
 from .generation_lrnn import CACHE_FIELD, pick_cache
 from .modeling_lrnn import LRNNModel, LRNNPreTrainedModel
-from .packing_lrnn import pending_document_starts, read_flags
+from .packing_lrnn import BOUNDARY_KWARGS, first_document_start
 
 # The classifier dropout when the config sets none (transformers' generic token-classification head's default).
 DEFAULT_CLASSIFIER_DROPOUT = 0.1
-# The keyword arguments that mark document starts in packed rows (``packing_lrnn``).
-BOUNDARY_KWARGS = ("position_ids", "cu_seq_lens_q", "cu_seq_lens_k", "seq_idx")
 
 
 def last_token_positions(
@@ -65,12 +63,9 @@ def refuse_packed_rows(hidden_states: torch.Tensor, attention_mask: Optional[tor
     boundaries = {name: kwargs.get(name) for name in BOUNDARY_KWARGS}
     if all(value is None for value in boundaries.values()) or torch.compiler.is_compiling():
         return
-    B, T = hidden_states.shape[:2]
-    mask = attention_mask[:, -T:] if attention_mask is not None else None
-    flags, resolve = pending_document_starts(B, T, hidden_states.device, mask, False, **boundaries)
-    starts = resolve(read_flags(flags))
-    if starts is not None:
-        b, t = starts.nonzero()[0].tolist()
+    start = first_document_start(*hidden_states.shape[:2], hidden_states.device, attention_mask, **boundaries)
+    if start is not None:
+        b, t = start
         raise ValueError(
             f"LRNNForSequenceClassification got packed rows (a document starts at row {b}, position {t} in "
             f"{'/'.join(name for name, value in boundaries.items() if value is not None)}): it classifies each row "

@@ -157,13 +157,19 @@ def check_scan_inputs(kind: str, v, gate_logits, initial_state, mask, normalizat
             raise ValueError(f"{name}: initial_state must have shape {(B, N, size)}, got {tuple(initial_state.shape)}")
         if initial_state.dtype not in FLOAT_DTYPES or initial_state.device != v.device:
             raise ValueError(f"{name}: initial_state must be a floating tensor on {v.device}")
-    if mask is not None:
-        if tuple(mask.shape) != (B, T):
-            raise ValueError(f"{name}: mask must have shape (B, T) = {(B, T)}, got {tuple(mask.shape)}")
-        if mask.device != v.device:
-            raise ValueError(f"{name}: mask is on {mask.device}, v on {v.device}")
+    check_mask(name, mask, v)
     check_resets(name, resets, v)
     return size
+
+
+def check_mask(name: str, mask: Optional[torch.Tensor], x: torch.Tensor) -> None:
+    """ValueError unless ``mask`` is None or (B, T) on the device of x (B, T, ...), the tensor it masks."""
+    if mask is None:
+        return
+    if tuple(mask.shape) != tuple(x.shape[:2]):
+        raise ValueError(f"{name}: mask must have shape (B, T) = {tuple(x.shape[:2])}, got {tuple(mask.shape)}")
+    if mask.device != x.device:
+        raise ValueError(f"{name}: mask is on {mask.device}, the inputs on {x.device}")
 
 
 def hlru_scan(
@@ -218,9 +224,7 @@ def hlru_lagged_states(h: torch.Tensor, initial_state: torch.Tensor, mask: Optio
         raise ValueError(f"{name}: initial_state must have shape (B, N, m) = ({B}, {N}, m), got {got}")
     if initial_state.device != h.device:
         raise ValueError(f"{name}: initial_state is on {initial_state.device}, h on {h.device}")
-    if mask is not None and (tuple(mask.shape) != (B, T) or mask.device != h.device):
-        raise ValueError(f"{name}: mask must have shape (B, T) = {(B, T)} on {h.device}, "
-                         f"got {tuple(mask.shape)} on {mask.device}")
+    check_mask(name, mask, h)
     check_resets(name, resets, h)
     m = initial_state.shape[-1]
     past = initial_state.flip(-1).transpose(1, 2).to(h.dtype)  # (B, m, N) = h_{-m}, ..., h_{-1}

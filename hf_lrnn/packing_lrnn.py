@@ -195,6 +195,22 @@ def pending_document_starts(
         values, flags, starts, position_ids, kept, cu_name, cu_seq_lens, seq_idx, max_length_q, max_length_k, has_cache)
 
 
+# The keyword arguments that mark document starts (their lengths, max_length_q / _k, only describe cu_seq_lens).
+BOUNDARY_KWARGS = ("position_ids", "cu_seq_lens_q", "cu_seq_lens_k", "seq_idx")
+LENGTH_KWARGS = ("max_length_q", "max_length_k")
+
+
+def first_document_start(B: int, T: int, device: torch.device, attention_mask: Optional[torch.Tensor],
+                         **boundaries) -> Optional[Tuple[int, int]]:
+    """(row, position) of the first document start at t > 0 that the boundary keywords mark in a (B, T) batch, or
+    None; the same checks as the model's forward (``pending_document_starts``, no cache), one host sync.
+    ``attention_mask``: (B, past + T) or None (its last T columns are read)."""
+    mask = attention_mask[:, -T:] if isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 2 else None
+    flags, resolve = pending_document_starts(B, T, device, mask, False, **boundaries)
+    starts = resolve(read_flags(flags))
+    return None if starts is None else tuple(starts.nonzero()[0].tolist())
+
+
 def _checked_starts(values, flags, starts, position_ids, kept, cu_name, cu_seq_lens, seq_idx, max_length_q,
                     max_length_k, has_cache) -> Optional[torch.Tensor]:
     """``pending_document_starts``' resolve: the refusals of the module docstring's table, from the ``values``
