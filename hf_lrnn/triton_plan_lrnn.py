@@ -40,17 +40,17 @@ MAX_SEQUENTIAL_BLOCK = 8  # BD-LRU block sizes run by the sequential kernels; la
 # tune_scan.py) and BD-LRU to BDLRU_TARGET_WIDTH = B * N * k * chunks (H100, tune_plan.py: chunks of 256 steps at
 # both shapes for k = 2 and 4, 1-8 % faster than the H200 rule's 128). The targets hold for REFERENCE_SMS SMs;
 # a device with S SMs aims at S / REFERENCE_SMS of them.
-# The step kernels (BD-LRU k > 8) are latency-bound: one program per SM runs a step in about 0.9 us, eight in
-# about 1.2 us, and a chunked scan pays for a summary pass of k + 1 state copies. So they run in one chunk while
-# B x (programs over N) reaches STEP_MIN_PROGRAMS_PER_SM per SM, else in as many chunks as bring it to
-# STEP_TARGET_PROGRAMS_PER_SM (H100, k = 16, width 2048, 32k tokens: B = 8 in one chunk 4.8 / 20.6 ms forward /
-# forward+backward, in 16 chunks 9.7 / 25.2; B = 1 in one chunk 29.0 / 85.4, in 16 chunks 10.8 / 27.4).
+# The step kernels (BD-LRU k > 8) run one step per loop iteration and are latency-bound, and their summary pass
+# carries k + 1 state copies; they chunk only while B x (programs over N) is under STEP_MIN_PROGRAMS_PER_SM per
+# SM, then by the BD-LRU rule. H100, k = 16 (one block a program), W = 2048, fwd / fwd+bwd ms: B = 1, T = 32k
+# (128 programs) 29.0 / 85.4 in one chunk, 10.8 / 27.4 in 128; B = 8, T = 4096 (1024 programs) 4.8 / 20.6 in
+# one chunk, 9.7 / 25.2 in 16. The threshold lies between; 3 a SM is an estimate (one program a SM ran a step in
+# about 0.9 us, eight in about 1.2 us), not swept.
 MIN_CHUNK_LEN = 128
 HLRU_TARGET_WORK = 1 << 19
 BDLRU_TARGET_WIDTH = 1 << 18
 REFERENCE_SMS = 132
 STEP_MIN_PROGRAMS_PER_SM = 3
-STEP_TARGET_PROGRAMS_PER_SM = 8
 # (U steps per loop iteration, channels or blocks per program, warps) of the sequential kernels, by m or k (m, k
 # <= 4: H100 sweep of tune_plan.py, the U fastest at both shapes; m = 3, 8 and k = 3, 8: H200 sweeps of
 # tune_scan.py); other sizes use sequential_config's default.
@@ -124,16 +124,14 @@ def chunk_plan(kind: str, B: int, T: int, N: int, D: int, sms: Optional[int],
     """(chunk length L, chunks C) of a scan of (B, T, N) at order or block size D on a device of ``sms`` SMs (None:
     not a GPU, one chunk): as many chunks of at least MIN_CHUNK_LEN steps as bring H-LRU's B N (m + 1) C to
     HLRU_TARGET_WORK sms / REFERENCE_SMS (BD-LRU's B N k C to BDLRU_TARGET_WIDTH sms / REFERENCE_SMS); the step
-    kernels (BD-LRU k > 8) one chunk unless B P < STEP_MIN_PROGRAMS_PER_SM sms for P programs over N, then as many
-    as bring B P C to STEP_TARGET_PROGRAMS_PER_SM sms; ``chunk_size`` forces L."""
+    kernels (BD-LRU k > 8) one chunk while their B P programs (P over N) reach STEP_MIN_PROGRAMS_PER_SM sms;
+    ``chunk_size`` forces L."""
     if sms is None:
         want = 1
     elif kind == "hlru":
         want = triton.cdiv(HLRU_TARGET_WORK * sms, REFERENCE_SMS * B * N * (D + 1))
-    elif D > MAX_SEQUENTIAL_BLOCK:
-        programs = B * triton.cdiv(N, step_geometry(N, D)[1])
-        want = 1 if programs >= STEP_MIN_PROGRAMS_PER_SM * sms else triton.cdiv(STEP_TARGET_PROGRAMS_PER_SM * sms,
-                                                                                 programs)
+    elif D > MAX_SEQUENTIAL_BLOCK and B * triton.cdiv(N, step_geometry(N, D)[1]) >= STEP_MIN_PROGRAMS_PER_SM * sms:
+        want = 1
     else:
         want = triton.cdiv(BDLRU_TARGET_WIDTH * sms, REFERENCE_SMS * B * N * D)
     return _chunk_length_and_count(kind, T, D, want, chunk_size)
