@@ -84,7 +84,7 @@ def select_scan(kind: str, size: int, v: torch.Tensor, backend: str) -> Callable
 
     Inside the Triton implementation (``scan_triton_lrnn``), from the shapes and the SM count: BD-LRU with k = 1 runs the
     H-LRU kernels with m = 1 (the same recurrence); BD-LRU with k > 8 runs the step kernels, everything
-    else the sequential kernels, in time chunks on CUDA (``chunk_plan``); the custom operator (autograd,
+    else the sequential kernels, both in time chunks on CUDA (``chunk_plan``); the custom operator (autograd,
     torch.compile) runs only where gradients or compilation need it, else the kernels are called directly.
     """
     if backend not in SCAN_BACKENDS:

@@ -9,11 +9,13 @@ Two kernel families: sequential kernels (H-LRU, and BD-LRU with k <= 8; a thread
 block, its state in registers) and step kernels (BD-LRU with k > 8). The gate normalisation is fused: the
 normalised gates are never written to memory, and the backward pass recomputes them from the logits.
 
-Time chunking (sequential kernels: H-LRU m <= 16, BD-LRU k <= 8), so that small batches fill the GPU: the map
+Time chunking (every kernel: H-LRU m <= 16, BD-LRU k <= 16), so that small batches fill the GPU: the map
 over a chunk is affine, ``s_end = P s_start + e``. A summary pass runs every chunk from zero (with the inputs)
 and from the unit states (without) to get [e | P] (H-LRU m > 8: the m + 1 copies split over several programs,
-``summary_copies``, so that they stay in registers), a small sequential kernel passes the true start
-states along the chunks, and the main pass reruns every chunk from its start state. The backward pass
+``summary_copies``, so that they stay in registers; BD-LRU k > 8: all copies in one program of the step
+kernels, as a matrix updated by one batched matrix product a step),
+a small sequential kernel passes the true start states along the chunks, and the main pass reruns every
+chunk from its start state. The backward pass
 does the same in reverse time. Forward saves its inputs and h for backward (no chunk summaries or start
 states: backward recomputes them). Masked steps (mask == 0) are the identity on the state; h there
 repeats the most recent state entry. Document starts (``resets`` True at t > 0)
@@ -92,53 +94,62 @@ def _lag_sources(mask: torch.Tensor, m: int, resets: Optional[torch.Tensor] = No
     return src.to(torch.int32).contiguous()
 
 
-_SEQUENTIAL_KERNELS = {"hlru": (_hlru_fwd_kernel, _hlru_bwd_kernel), "bdlru": (_bdlru_seq_fwd_kernel, _bdlru_seq_bwd_kernel)}
-
-
-def _summary_layout(kind, D, N, block):
-    """(kernel keyword arguments, program-axis-0 size) of the sequential kernels: H-LRU's summary pass runs its
-    D + 1 copies COPIES a program, in cdiv(D + 1, COPIES) groups per channel tile (``summary_copies``)."""
+def _launch(kind, D, N, backward):
+    """(kernel, launch constants, program-axis-0 size of the main pass, of the summary pass) of a scan of order or
+    block size D over N channels or blocks. Sequential kernels: U steps a loop iteration, BLOCK_N channels or
+    blocks a program; H-LRU's summary pass runs its D + 1 copies COPIES a program, in cdiv(D + 1, COPIES) groups
+    per channel tile (``summary_copies``). Step kernels (BD-LRU k > 8): a (BLOCK_N, KP, KP) gate tile a program;
+    the summary pass holds all K + 1 state copies of a tile in one program (KS = next power of two >= K, the
+    size of its matrices)."""
+    if kind == "bdlru" and D > MAX_SEQUENTIAL_BLOCK:
+        KP, block = step_geometry(N, D)
+        tiles = triton.cdiv(N, block)
+        kernel = _bdlru_step_bwd_kernel if backward else _bdlru_step_fwd_kernel
+        constants = dict(K=D, KP=KP, KS=triton.next_power_of_2(D), BLOCK_N=block, NUM_STAGES=NUM_STAGES,
+                         num_warps=NUM_WARPS)
+        return kernel, constants, tiles, tiles
+    U, block, warps = sequential_config(kind, D, backward)
     tiles = triton.cdiv(N, block)
-    if kind != "hlru":
-        return dict(K=D), tiles
+    constants = dict(U=U, BLOCK_N=block, num_warps=warps)
+    if kind == "bdlru":
+        kernel = _bdlru_seq_bwd_kernel if backward else _bdlru_seq_fwd_kernel
+        return kernel, dict(K=D, **constants), tiles, tiles
     copies = summary_copies(D)
-    return dict(M=D, COPIES=copies), tiles * triton.cdiv(D + 1, copies)
+    kernel = _hlru_bwd_kernel if backward else _hlru_fwd_kernel
+    return kernel, dict(M=D, COPIES=copies, **constants), tiles, tiles * triton.cdiv(D + 1, copies)
 
 
-def _sequential_forward(kind, v, g, init, mask, norm, L, resets=None):
-    """h and the final state of a sequential scan (H-LRU, or BD-LRU with k <= 8) in chunks of L steps."""
+def _chunked_forward(kind, v, g, init, mask, norm, L, resets=None):
+    """h and the final state of a scan in chunks of L steps: for more than one chunk, a summary pass ([e | P] of
+    every chunk), the combine kernel (the state entering each chunk) and the main pass from those states."""
     B, T, N = v.shape[:3]
     D = g.shape[-1] - 1
     C = triton.cdiv(T, L)
-    U, block, warps = sequential_config(kind, D, backward=False)
-    kernel = _SEQUENTIAL_KERNELS[kind][0]
+    kernel, constants, tiles, summary_tiles = _launch(kind, D, N, backward=False)
     h = torch.empty_like(v)
     ends = torch.empty(B, C, N, D, dtype=torch.float32, device=v.device)
     mask_arg = mask if mask is not None else v
     resets_arg = resets if resets is not None else v
-    sizes, summary_programs = _summary_layout(kind, D, N, block)
-    common = dict(NORM=norm, EPS=L1_EPS, HAS_MASK=mask is not None, HAS_RESETS=resets is not None, U=U,
-                  BLOCK_N=block, num_warps=warps, **sizes)
-    grid = (triton.cdiv(N, block), C, B)
+    common = dict(NORM=norm, EPS=L1_EPS, HAS_MASK=mask is not None, HAS_RESETS=resets is not None, **constants)
     if C > 1:
         summary = torch.empty(B, C, N, D, D + 1, dtype=torch.float32, device=v.device)
-        kernel[(summary_programs, C, B)](v, g, mask_arg, resets_arg, v, v, summary, T, N, L, 0, 0, HAS_START=False,
-                                         SUMMARY=True, **common)
+        kernel[(summary_tiles, C, B)](v, g, mask_arg, resets_arg, v, v, summary, T, N, L, 0, 0, HAS_START=False,
+                                      SUMMARY=True, **common)
         start, has_start, strides = _combine(summary, init, reverse=False), True, (C * N * D, N * D)
     else:
         start, has_start, strides = (init if init is not None else v), init is not None, (N * D, 0)
-    kernel[grid](v, g, mask_arg, resets_arg, start, h, ends, T, N, L, *strides, HAS_START=has_start, SUMMARY=False,
-                 **common)
+    kernel[(tiles, C, B)](v, g, mask_arg, resets_arg, start, h, ends, T, N, L, *strides, HAS_START=has_start,
+                          SUMMARY=False, **common)
     return h, ends[:, -1].contiguous()
 
 
-def _sequential_backward(kind, v, g, init, mask, h, L, dh, dfinal, norm, resets=None):
-    """dv, dgate_logits and the initial state's gradient (float32) of a sequential scan."""
+def _chunked_backward(kind, v, g, init, mask, h, L, dh, dfinal, norm, resets=None):
+    """dv, dgate_logits and the initial state's gradient (float32) of a scan in chunks of L steps (summary,
+    reverse combine and main pass, as ``_chunked_forward``)."""
     B, T, N = v.shape[:3]
     D = g.shape[-1] - 1
     C = triton.cdiv(T, L)
-    U, block, warps = sequential_config(kind, D, backward=True)
-    kernel = _SEQUENTIAL_KERNELS[kind][1]
+    kernel, constants, tiles, summary_tiles = _launch(kind, D, N, backward=True)
     dv, dg = torch.empty_like(v), torch.empty_like(g)
     d_init = torch.empty(B, N, D, dtype=torch.float32, device=v.device)
     head = (v, g, mask if mask is not None else v, resets if resets is not None else v,
@@ -146,43 +157,15 @@ def _sequential_backward(kind, v, g, init, mask, h, L, dh, dfinal, norm, resets=
     if kind == "hlru":  # where the lags of each step were written
         head += (_lag_sources(mask, D, resets) if mask is not None else v,)
     head += (dh,)
-    sizes, summary_programs = _summary_layout(kind, D, N, block)
     common = dict(NORM=norm, EPS=L1_EPS, HAS_INIT=init is not None, HAS_MASK=mask is not None,
-                  HAS_RESETS=resets is not None, U=U, BLOCK_N=block, num_warps=warps, **sizes)
-    grid = (triton.cdiv(N, block), C, B)
+                  HAS_RESETS=resets is not None, **constants)
     if C > 1:
         summary = torch.empty(B, C, N, D, D + 1, dtype=torch.float32, device=v.device)
-        kernel[(summary_programs, C, B)](*head, v, v, v, summary, T, N, L, 0, 0, HAS_LAM=False, SUMMARY=True,
-                                         **common)
+        kernel[(summary_tiles, C, B)](*head, v, v, v, summary, T, N, L, 0, 0, HAS_LAM=False, SUMMARY=True, **common)
         lam, has_lam, strides = _combine(summary, dfinal, reverse=True), True, (C * N * D, N * D)
     else:
         lam, has_lam, strides = (dfinal if dfinal is not None else v), dfinal is not None, (N * D, 0)
-    kernel[grid](*head, lam, dv, dg, d_init, T, N, L, *strides, HAS_LAM=has_lam, SUMMARY=False, **common)
-    return dv, dg, d_init
-
-
-def _step_forward(v, g, init, mask, norm, resets=None):
-    B, T, N, K = v.shape
-    KP, block = step_geometry(N, K)
-    h = torch.empty_like(v)
-    final = torch.empty(B, N, K, dtype=torch.float32, device=v.device)
-    _bdlru_step_fwd_kernel[(triton.cdiv(N, block), B)](
-        v, g, mask if mask is not None else v, resets if resets is not None else v, init if init is not None else v,
-        h, final, T, N, K=K, KP=KP, NORM=norm, EPS=L1_EPS, HAS_INIT=init is not None, HAS_MASK=mask is not None,
-        HAS_RESETS=resets is not None, BLOCK_N=block, NUM_STAGES=NUM_STAGES, num_warps=NUM_WARPS)
-    return h, final
-
-
-def _step_backward(v, g, init, mask, h, dh, dfinal, norm, resets=None):
-    B, T, N, K = v.shape
-    KP, block = step_geometry(N, K)
-    dv, dg = torch.empty_like(v), torch.empty_like(g)
-    d_init = torch.empty(B, N, K, dtype=torch.float32, device=v.device)
-    _bdlru_step_bwd_kernel[(triton.cdiv(N, block), B)](
-        v, g, mask if mask is not None else v, resets if resets is not None else v, init if init is not None else v,
-        h, dh, dfinal if dfinal is not None else v, dv, dg, d_init, T, N, K=K, KP=KP, NORM=norm, EPS=L1_EPS,
-        HAS_INIT=init is not None, HAS_LAM=dfinal is not None, HAS_MASK=mask is not None,
-        HAS_RESETS=resets is not None, BLOCK_N=block, NUM_STAGES=NUM_STAGES, num_warps=NUM_WARPS)
+    kernel[(tiles, C, B)](*head, lam, dv, dg, d_init, T, N, L, *strides, HAS_LAM=has_lam, SUMMARY=False, **common)
     return dv, dg, d_init
 
 
@@ -197,19 +180,13 @@ OP_NAMESPACE = "hf_lrnn" if __name__ == "hf_lrnn.scan_triton_lrnn" else "hf_lrnn
 
 
 def _scan_forward(kind, v, g, init, mask, normalization, chunk_size, resets=None):
-    D = g.shape[-1] - 1
-    L, _ = scan_chunk_plan(kind, v, D, chunk_size)  # also refuses a chunk_size that splits time for BD-LRU k > 8
-    if kind == "bdlru" and D > MAX_SEQUENTIAL_BLOCK:
-        return _step_forward(v, g, init, mask, normalization, resets)
-    return _sequential_forward(kind, v, g, init, mask, normalization, L, resets)
+    L, _ = scan_chunk_plan(kind, v, g.shape[-1] - 1, chunk_size)
+    return _chunked_forward(kind, v, g, init, mask, normalization, L, resets)
 
 
 def _scan_backward(kind, v, g, init, mask, h, dh, dfinal, normalization, chunk_size, resets=None):
-    D = g.shape[-1] - 1
-    if kind == "bdlru" and D > MAX_SEQUENTIAL_BLOCK:
-        return _step_backward(v, g, init, mask, h, dh, dfinal, normalization, resets)
-    L, _ = scan_chunk_plan(kind, v, D, chunk_size)
-    return _sequential_backward(kind, v, g, init, mask, h, L, dh, dfinal, normalization, resets)
+    L, _ = scan_chunk_plan(kind, v, g.shape[-1] - 1, chunk_size)
+    return _chunked_backward(kind, v, g, init, mask, h, L, dh, dfinal, normalization, resets)
 
 
 def _output_grads(h, dh, dfinal):

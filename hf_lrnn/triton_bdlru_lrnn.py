@@ -10,8 +10,13 @@ Shapes: v (B, T, N, k), gate_logits (B, T, N, k, k+1) ([..., i, 0] row i's input
   neighbouring threads write neighbouring addresses.
 - Step kernels (k > 8, whose dense k x k maps do not fit in one thread's registers): a program owns a
   (blocks, KP rows i, KP columns c) tile of gates, KP = next power of two >= k+1: column c < k holds
-  A[i, c] (logit 1 + c), column k the input gate a_0[i] (logit 0); one step per loop iteration, no time
-  chunking; the gate normalisation runs along the tile's last axis.
+  A[i, c] (logit 1 + c), column k the input gate a_0[i] (logit 0); one step per loop iteration; the gate
+  normalisation runs along the tile's last axis.
+
+Both families run in time chunks (program axis 1; ``scan_triton_lrnn`` plans them). A summary pass runs each
+chunk from k + 1 state copies to get its affine map [e | P]: the sequential kernels hold all copies in one
+thread; the step kernels hold them in one program as a vector e and a matrix P (the unit copies), normalise
+each step's gates once for all copies and update P by one batched matrix product (``_step_summary``).
 
 Document starts (``resets``, int8 (B, T), 0 at t = 0): the state entering a start step is zeroed in
 registers before the step (forward); backward, h_{t-1} counts as zero there and lam is zeroed after the
@@ -28,6 +33,8 @@ except ImportError as err:
 from .triton_helpers_lrnn import (
     _chunk_bounds,
     _chunk_start,
+    _gate_inverse,
+    _gate_numerator,
     _load_values,
     _normalize,
     _normalize_axis,
@@ -208,94 +215,205 @@ def _bdlru_seq_bwd_kernel(
 
 
 @triton.jit
-def _bdlru_step_fwd_kernel(
-    v_ptr, g_ptr, mask_ptr, resets_ptr, init_ptr, h_ptr, final_ptr, T, N,
-    K: tl.constexpr, KP: tl.constexpr, NORM: tl.constexpr, EPS: tl.constexpr, HAS_INIT: tl.constexpr,
-    HAS_MASK: tl.constexpr, HAS_RESETS: tl.constexpr, BLOCK_N: tl.constexpr, NUM_STAGES: tl.constexpr,
-):
-    """h_t = A_t h_{t-1} + a_0 * v_t for one (block tile, sequence): writes h (B, T, N, K) and the final
-    state (B, N, K); the state starts from init (or zeros), and from zero at a document start."""
-    b = tl.program_id(1).to(tl.int64)
+def _step_gate_tiles(g_ptr, n, n_ok, K: tl.constexpr, KS: tl.constexpr, AXIS: tl.constexpr, NORM: tl.constexpr,
+                     EPS: tl.constexpr):
+    """One step's gates of a block tile, normalised once for all state copies of a summary pass: the
+    (BLOCK_N, KS, KS) tile of A (AXIS = 2: [b, i, j] = A[i, j]) or of A^T (AXIS = 1: [b, j, i] = A[i, j]),
+    zero outside i, j < K, and a_0 (BLOCK_N, KS) by row i. g_ptr points at the step's logits (N, K, K+1);
+    row i of [a_0 | A] is normalised along AXIS together with its a_0."""
+    r = tl.arange(0, KS)
+    if AXIS == 2:
+        i = r[None, :, None]
+        j = r[None, None, :]
+    else:
+        i = r[None, None, :]
+        j = r[None, :, None]
+    ok = n_ok[:, None, None] & (i < K) & (j < K)
+    row_ok = n_ok[:, None] & (r < K)[None, :]
+    logits_a = tl.load(g_ptr + n[:, None, None] * (K * (K + 1)) + i * (K + 1) + 1 + j, mask=ok, other=0.0)
+    logits_a = logits_a.to(tl.float32)
+    logits_0 = tl.load(g_ptr + n[:, None] * (K * (K + 1)) + r[None, :] * (K + 1), mask=row_ok, other=0.0)
+    logits_0 = logits_0.to(tl.float32)
+    shift = tl.maximum(tl.max(tl.where(ok, logits_a, -1e30), AXIS), logits_0)  # (BLOCK_N, KS) by row i
+    num_a = tl.where(ok, _gate_numerator(logits_a, tl.expand_dims(shift, AXIS), NORM), 0.0)
+    num_0 = tl.where(row_ok, _gate_numerator(logits_0, shift, NORM), 0.0)
+    inv = _gate_inverse(tl.sum(tl.abs(num_a), AXIS) + tl.abs(num_0), NORM, EPS)  # inf in padded rows
+    return tl.where(ok, num_a * tl.expand_dims(inv, AXIS), 0.0), tl.where(row_ok, num_0 * inv, 0.0)
+
+
+@triton.jit
+def _step_summary(x_ptr, g_ptr, mask_ptr, resets_ptr, out_ptr, T, N, L, K: tl.constexpr, KS: tl.constexpr,
+                  NORM: tl.constexpr, EPS: tl.constexpr, HAS_MASK: tl.constexpr, HAS_RESETS: tl.constexpr,
+                  ADJOINT: tl.constexpr, BLOCK_N: tl.constexpr, NUM_STAGES: tl.constexpr):
+    """The summary pass of the step kernels: a chunk's affine map [e | P] for one (block tile, time chunk,
+    sequence), all K + 1 state copies in one program. Copy 0, e (BLOCK_N, KS), starts at zero and takes the
+    input; copies 1 + j, the columns j of P (BLOCK_N, KS, KS), start at the unit vectors e_j (P = identity)
+    and take none. KS = next power of two >= K (16 for K = 9..16: tl.dot's smallest size).
+
+    Forward (x = v (B, T, N, K)), t = t0..t1-1: a document start zeroes e and P before the step; unmasked
+    steps e <- A_t e + a_0 * v_t, P <- A_t P. Adjoint (ADJOINT, x = dh), t = t1-1..t0: e <- e + dh_t;
+    unmasked steps e <- A_t^T e, P <- A_t^T P; a document start zeroes e and P after the step. The gates are
+    normalised once a step (``_step_gate_tiles``); P's update is one batched (KS x KS) @ (KS x KS) product
+    (fp32, input_precision="ieee"), e's a broadcast multiply-sum. Writes out (B, C, N, K, K+1), [i, 0] = e[i],
+    [i, 1 + j] = P[i, j] (``_chunk_combine_kernel``'s layout).
+    """
+    pid_c, b, t0, t1 = _chunk_bounds(T, L)
     n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = n < N
-    row = tl.arange(0, KP)
-    col = tl.arange(0, KP)
-    vec_ok = n_ok[:, None] & (row < K)[None, :]
-    valid = vec_ok[:, :, None] & (col <= K)[None, None, :]
-    g_offs = n[:, None, None] * (K * (K + 1)) + row[None, :, None] * (K + 1) + tl.where(col == K, 0, col + 1)[None, None, :]
-    v_offs = n[:, None] * K + row[None, :]
-
-    h = tl.zeros((BLOCK_N, KP), dtype=tl.float32)
-    if HAS_INIT:
-        h = tl.load(init_ptr + b * (N * K) + v_offs, mask=vec_ok, other=0.0).to(tl.float32)
-    for t in tl.range(0, T, num_stages=NUM_STAGES):
+    r = tl.arange(0, KS)
+    vec_ok = n_ok[:, None] & (r < K)[None, :]
+    x_offs = n[:, None] * K + r[None, :]
+    e = tl.zeros((BLOCK_N, KS), dtype=tl.float32)
+    p = tl.where(vec_ok[:, :, None] & (r[None, :, None] == r[None, None, :]), 1.0, 0.0)
+    for s in tl.range(0, t1 - t0, num_stages=NUM_STAGES):
+        t = t1 - 1 - s if ADJOINT else t0 + s
         bt = b * T + t
-        v = tl.load(v_ptr + bt * (N * K) + v_offs, mask=vec_ok, other=0.0).to(tl.float32)
-        g = tl.load(g_ptr + bt * (N * K * (K + 1)) + g_offs, mask=valid, other=0.0)
-        a = _normalize_axis(g.to(tl.float32), valid, NORM, 2, EPS)
+        x = tl.load(x_ptr + bt * (N * K) + x_offs, mask=vec_ok, other=0.0).to(tl.float32)
+        a, a0 = _step_gate_tiles(g_ptr + bt * (N * K * (K + 1)), n, n_ok, K, KS, 1 if ADJOINT else 2, NORM, EPS)
         if HAS_RESETS:
-            h = tl.where(tl.load(resets_ptr + bt) != 0, 0.0, h)
-        x = tl.where((col < K)[None, None, :], h[:, None, :], tl.where((col == K)[None, None, :], v[:, :, None], 0.0))
-        h_new = tl.sum(a * x, axis=2)
+            doc_start = tl.load(resets_ptr + bt) != 0
+        if ADJOINT:
+            e += x
+        elif HAS_RESETS:
+            e = tl.where(doc_start, 0.0, e)
+            p = tl.where(doc_start, 0.0, p)
+        e_new = tl.sum(a * e[:, None, :], axis=2)  # A e, or A^T e (a holds A^T)
+        if not ADJOINT:
+            e_new += a0 * x
+        p_new = tl.dot(a, p, input_precision="ieee")
         if HAS_MASK:
-            h = tl.where(tl.load(mask_ptr + bt) != 0, h_new, h)
+            keep = tl.load(mask_ptr + bt) != 0
+            e = tl.where(keep, e_new, e)
+            p = tl.where(keep, p_new, p)
         else:
-            h = h_new
-        tl.store(h_ptr + bt * (N * K) + v_offs, h.to(h_ptr.dtype.element_ty), mask=vec_ok)
-    tl.store(final_ptr + b * (N * K) + v_offs, h, mask=vec_ok)
+            e = e_new
+            p = p_new
+        if ADJOINT and HAS_RESETS:
+            e = tl.where(doc_start, 0.0, e)
+            p = tl.where(doc_start, 0.0, p)
+    chunk = (b * tl.num_programs(1) + pid_c) * N + n
+    rows = out_ptr + chunk[:, None] * (K * (K + 1)) + r[None, :] * (K + 1)
+    tl.store(rows, e, mask=vec_ok)
+    tl.store(rows[:, :, None] + 1 + r[None, None, :], p, mask=vec_ok[:, :, None] & (r < K)[None, None, :])
+
+
+@triton.jit
+def _bdlru_step_fwd_kernel(
+    v_ptr, g_ptr, mask_ptr, resets_ptr, start_ptr, h_ptr, out_ptr,
+    T, N, L, start_stride_b, start_stride_c,
+    K: tl.constexpr, KP: tl.constexpr, KS: tl.constexpr, NORM: tl.constexpr, EPS: tl.constexpr,
+    HAS_START: tl.constexpr, HAS_MASK: tl.constexpr, HAS_RESETS: tl.constexpr, SUMMARY: tl.constexpr,
+    BLOCK_N: tl.constexpr, NUM_STAGES: tl.constexpr,
+):
+    """h_t = A_t h_{t-1} + a_0 * v_t for one (block tile, time chunk, sequence), state (BLOCK_N, KP); a
+    document start zeroes the state entering its step.
+
+    Main mode: start from start (B, C, N, K) (or zeros), write h (B, T, N, K) and the chunk-end state to
+    out (B, C, N, K). SUMMARY: the chunk's [e | P] in out (B, C, N, K, K+1), all K + 1 state copies in
+    this program (``_step_summary``).
+    """
+    if SUMMARY:
+        _step_summary(v_ptr, g_ptr, mask_ptr, resets_ptr, out_ptr, T, N, L, K, KS, NORM, EPS, HAS_MASK, HAS_RESETS,
+                      False, BLOCK_N, NUM_STAGES)
+    else:
+        pid_c, b, t0, t1 = _chunk_bounds(T, L)
+        n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        n_ok = n < N
+        row = tl.arange(0, KP)
+        col = tl.arange(0, KP)
+        vec_ok = n_ok[:, None] & (row < K)[None, :]
+        valid = vec_ok[:, :, None] & (col <= K)[None, None, :]
+        g_offs = (n[:, None, None] * (K * (K + 1)) + row[None, :, None] * (K + 1)
+                  + tl.where(col == K, 0, col + 1)[None, None, :])
+        v_offs = n[:, None] * K + row[None, :]
+        h = tl.zeros((BLOCK_N, KP), dtype=tl.float32)
+        if HAS_START:
+            h = tl.load(start_ptr + b * start_stride_b + pid_c * start_stride_c + v_offs, mask=vec_ok,
+                        other=0.0).to(tl.float32)
+        for t in tl.range(t0, t1, num_stages=NUM_STAGES):
+            bt = b * T + t
+            v = tl.load(v_ptr + bt * (N * K) + v_offs, mask=vec_ok, other=0.0).to(tl.float32)
+            g = tl.load(g_ptr + bt * (N * K * (K + 1)) + g_offs, mask=valid, other=0.0)
+            a = _normalize_axis(g.to(tl.float32), valid, NORM, 2, EPS)
+            if HAS_RESETS:
+                h = tl.where(tl.load(resets_ptr + bt) != 0, 0.0, h)
+            x = tl.where((col < K)[None, None, :], h[:, None, :],
+                         tl.where((col == K)[None, None, :], v[:, :, None], 0.0))
+            h_new = tl.sum(a * x, axis=2)
+            if HAS_MASK:
+                h = tl.where(tl.load(mask_ptr + bt) != 0, h_new, h)
+            else:
+                h = h_new
+            tl.store(h_ptr + bt * (N * K) + v_offs, h.to(h_ptr.dtype.element_ty), mask=vec_ok)
+        chunk = (b * tl.num_programs(1) + pid_c) * N + n
+        tl.store(out_ptr + chunk[:, None] * K + row[None, :], h, mask=vec_ok)
 
 
 @triton.jit
 def _bdlru_step_bwd_kernel(
-    v_ptr, g_ptr, mask_ptr, resets_ptr, init_ptr, h_ptr, dh_ptr, lam_ptr, dv_ptr, dg_ptr, d_init_ptr, T, N,
-    K: tl.constexpr, KP: tl.constexpr, NORM: tl.constexpr, EPS: tl.constexpr,
+    v_ptr, g_ptr, mask_ptr, resets_ptr, init_ptr, h_ptr, dh_ptr, lam_ptr, dv_ptr, dg_ptr, out_ptr,
+    T, N, L, lam_stride_b, lam_stride_c,
+    K: tl.constexpr, KP: tl.constexpr, KS: tl.constexpr, NORM: tl.constexpr, EPS: tl.constexpr,
     HAS_INIT: tl.constexpr, HAS_LAM: tl.constexpr, HAS_MASK: tl.constexpr, HAS_RESETS: tl.constexpr,
-    BLOCK_N: tl.constexpr, NUM_STAGES: tl.constexpr,
+    SUMMARY: tl.constexpr, BLOCK_N: tl.constexpr, NUM_STAGES: tl.constexpr,
 ):
-    """Reverse-time adjoint scan, lam = dL/dh, from the final state's gradient lam_ptr (B, N, K) (or
-    zeros); writes dv, dgate_logits (h_{t-1} read from h, or the initial state at t = 0, or zero at a
-    document start, which also zeroes lam after its step) and the initial state's gradient (B, N, K)."""
-    b = tl.program_id(1).to(tl.int64)
-    n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    n_ok = n < N
-    row = tl.arange(0, KP)
-    col = tl.arange(0, KP)
-    vec_ok = n_ok[:, None] & (row < K)[None, :]
-    valid = vec_ok[:, :, None] & (col <= K)[None, None, :]
-    g_offs = n[:, None, None] * (K * (K + 1)) + row[None, :, None] * (K + 1) + tl.where(col == K, 0, col + 1)[None, None, :]
-    v_offs = n[:, None] * K + row[None, :]
-    col_offs = n[:, None] * K + col[None, :]
-    col_ok = n_ok[:, None] & (col < K)[None, :]
+    """Reverse-time adjoint scan of one chunk, lam = dL/d(state after step t) from the later steps.
+    Step t: lam += dh_t; unmasked: dA_t = lam h_{t-1}^T, da_{t,0} = lam * v_t, dv_t = lam * a_{t,0},
+    lam <- A_t^T lam (h_{t-1} read from h, or the initial state at t = 0, or zero at a document start,
+    which also zeroes lam after its step).
 
-    lam = tl.zeros((BLOCK_N, KP), dtype=tl.float32)
-    if HAS_LAM:
-        lam = tl.load(lam_ptr + b * (N * K) + v_offs, mask=vec_ok, other=0.0)
-    for i in tl.range(0, T, num_stages=NUM_STAGES):
-        t = T - 1 - i
-        bt = b * T + t
-        lam += tl.load(dh_ptr + bt * (N * K) + v_offs, mask=vec_ok, other=0.0).to(tl.float32)
-        g = tl.load(g_ptr + bt * (N * K * (K + 1)) + g_offs, mask=valid, other=0.0).to(tl.float32)
-        a = _normalize_axis(g, valid, NORM, 2, EPS)
-        if HAS_MASK:
-            keep = tl.load(mask_ptr + bt) != 0
-        else:
-            keep = t >= 0  # true
-        v = tl.load(v_ptr + bt * (N * K) + v_offs, mask=vec_ok, other=0.0).to(tl.float32)
-        h_prev = tl.load(h_ptr + (bt - 1) * (N * K) + col_offs, mask=tl.where(t > 0, col_ok, False), other=0.0)
-        h_prev = h_prev.to(tl.float32)
-        if HAS_INIT:
-            h_prev += tl.load(init_ptr + b * (N * K) + col_offs, mask=tl.where(t == 0, col_ok, False),
-                              other=0.0).to(tl.float32)
-        if HAS_RESETS:
-            doc_start = tl.load(resets_ptr + bt) != 0
-            h_prev = tl.where(doc_start, 0.0, h_prev)
-        x = tl.where((col < K)[None, None, :], h_prev[:, None, :], tl.where((col == K)[None, None, :], v[:, :, None], 0.0))
-        dg = _normalize_axis_bwd(g, a, lam[:, :, None] * x, valid, NORM, 2, EPS)
-        a0 = tl.sum(tl.where((col == K)[None, None, :], a, 0.0), axis=2)
-        tl.store(dv_ptr + bt * (N * K) + v_offs, tl.where(keep, lam * a0, 0.0).to(dv_ptr.dtype.element_ty), mask=vec_ok)
-        tl.store(dg_ptr + bt * (N * K * (K + 1)) + g_offs, tl.where(keep, dg, 0.0).to(dg_ptr.dtype.element_ty), mask=valid)
-        lam_prev = tl.sum(a * lam[:, :, None], axis=1)  # A^T lam, indexed by column
-        lam = tl.where(keep, tl.where((col < K)[None, :], lam_prev, 0.0), lam)
-        if HAS_RESETS:
-            lam = tl.where(doc_start, 0.0, lam)
-    tl.store(d_init_ptr + b * (N * K) + v_offs, lam, mask=vec_ok)
+    Main mode: lam at the chunk end from lam_ptr (B, C, N, K) (or zeros); writes dv, dgate_logits and, for
+    chunk 0, lam after step 0 (the initial state's gradient) to out (B, N, K). SUMMARY: the chunk's adjoint
+    map [e | P] in out (B, C, N, K, K+1), all K + 1 copies of lam in this program (``_step_summary``).
+    """
+    if SUMMARY:
+        _step_summary(dh_ptr, g_ptr, mask_ptr, resets_ptr, out_ptr, T, N, L, K, KS, NORM, EPS, HAS_MASK, HAS_RESETS,
+                      True, BLOCK_N, NUM_STAGES)
+    else:
+        pid_c, b, t0, t1 = _chunk_bounds(T, L)
+        n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        n_ok = n < N
+        row = tl.arange(0, KP)
+        col = tl.arange(0, KP)
+        vec_ok = n_ok[:, None] & (row < K)[None, :]
+        valid = vec_ok[:, :, None] & (col <= K)[None, None, :]
+        g_offs = (n[:, None, None] * (K * (K + 1)) + row[None, :, None] * (K + 1)
+                  + tl.where(col == K, 0, col + 1)[None, None, :])
+        v_offs = n[:, None] * K + row[None, :]
+        col_offs = n[:, None] * K + col[None, :]
+        col_ok = n_ok[:, None] & (col < K)[None, :]
+        lam = tl.zeros((BLOCK_N, KP), dtype=tl.float32)
+        if HAS_LAM:
+            lam = tl.load(lam_ptr + b * lam_stride_b + pid_c * lam_stride_c + v_offs, mask=vec_ok, other=0.0)
+        for i in tl.range(0, t1 - t0, num_stages=NUM_STAGES):
+            t = t1 - 1 - i
+            bt = b * T + t
+            lam += tl.load(dh_ptr + bt * (N * K) + v_offs, mask=vec_ok, other=0.0).to(tl.float32)
+            g = tl.load(g_ptr + bt * (N * K * (K + 1)) + g_offs, mask=valid, other=0.0).to(tl.float32)
+            a = _normalize_axis(g, valid, NORM, 2, EPS)
+            if HAS_MASK:
+                keep = tl.load(mask_ptr + bt) != 0
+            else:
+                keep = t >= 0  # true
+            v = tl.load(v_ptr + bt * (N * K) + v_offs, mask=vec_ok, other=0.0).to(tl.float32)
+            h_prev = tl.load(h_ptr + (bt - 1) * (N * K) + col_offs, mask=tl.where(t > 0, col_ok, False), other=0.0)
+            h_prev = h_prev.to(tl.float32)
+            if HAS_INIT:
+                h_prev += tl.load(init_ptr + b * (N * K) + col_offs, mask=tl.where(t == 0, col_ok, False),
+                                  other=0.0).to(tl.float32)
+            if HAS_RESETS:
+                doc_start = tl.load(resets_ptr + bt) != 0
+                h_prev = tl.where(doc_start, 0.0, h_prev)
+            x = tl.where((col < K)[None, None, :], h_prev[:, None, :],
+                         tl.where((col == K)[None, None, :], v[:, :, None], 0.0))
+            dg = _normalize_axis_bwd(g, a, lam[:, :, None] * x, valid, NORM, 2, EPS)
+            a0 = tl.sum(tl.where((col == K)[None, None, :], a, 0.0), axis=2)
+            tl.store(dv_ptr + bt * (N * K) + v_offs, tl.where(keep, lam * a0, 0.0).to(dv_ptr.dtype.element_ty),
+                     mask=vec_ok)
+            tl.store(dg_ptr + bt * (N * K * (K + 1)) + g_offs, tl.where(keep, dg, 0.0).to(dg_ptr.dtype.element_ty),
+                     mask=valid)
+            lam_prev = tl.sum(a * lam[:, :, None], axis=1)  # A^T lam, indexed by column
+            lam = tl.where(keep, tl.where((col < K)[None, :], lam_prev, 0.0), lam)
+            if HAS_RESETS:
+                lam = tl.where(doc_start, 0.0, lam)
+        tl.store(out_ptr + b * (N * K) + v_offs, lam, mask=tl.where(pid_c == 0, vec_ok, False))

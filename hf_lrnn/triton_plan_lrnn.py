@@ -25,25 +25,32 @@ from .constants_lrnn import ScanUnsupportedError
 
 MAX_HLRU_ORDER = 16  # largest supported m
 MAX_BDLRU_BLOCK = 16  # largest supported k
-# Time chunking for H-LRU m <= 16 and BD-LRU k <= 8 (the summaries carry (D + 1) * D numbers per channel or block;
-# BD-LRU k > 8 runs the step kernels, in one chunk).
+# Time chunking for H-LRU m <= 16 and BD-LRU k <= 16 (the summaries carry (D + 1) * D numbers per channel or block;
+# BD-LRU k > 8 runs the step kernels, whose summary passes hold all k + 1 state copies of a block tile in one program).
 MAX_CHUNKED_HLRU_ORDER = 16
-MAX_CHUNKED_BDLRU_BLOCK = 8
+MAX_CHUNKED_BDLRU_BLOCK = 16
 # An H-LRU summary pass runs the m + 1 copies of the lags in one program for m <= MAX_ONE_GROUP_ORDER; above, in
 # groups of copies, each program holding about SUMMARY_GROUP_REGISTERS lag values (17 copies of 16 lags, 272 values
 # a thread, spill registers on sm_90).
 MAX_ONE_GROUP_ORDER = 8
 SUMMARY_GROUP_REGISTERS = 64
 MAX_SEQUENTIAL_BLOCK = 8  # BD-LRU block sizes run by the sequential kernels; larger ones by the step kernels
-# Time chunking of the sequential kernels (sweeps at B = 8, T = 4096 and B = 1, T = 32k, width 2048): chunks of
+# Time chunking (sweeps of the sequential kernels at B = 8, T = 4096 and B = 1, T = 32k, width 2048): chunks of
 # at least MIN_CHUNK_LEN steps, as many as bring H-LRU to about HLRU_TARGET_WORK = B * N * (m + 1) * chunks (H200,
 # tune_scan.py) and BD-LRU to BDLRU_TARGET_WIDTH = B * N * k * chunks (H100, tune_plan.py: chunks of 256 steps at
 # both shapes for k = 2 and 4, 1-8 % faster than the H200 rule's 128). The targets hold for REFERENCE_SMS SMs;
 # a device with S SMs aims at S / REFERENCE_SMS of them.
+# The step kernels (BD-LRU k > 8) run one step per loop iteration and are latency-bound, and their summary pass
+# carries k + 1 state copies; they chunk only while B x (programs over N) is under STEP_MIN_PROGRAMS_PER_SM per
+# SM, then by the BD-LRU rule. H100, k = 16 (one block a program), W = 2048, fwd / fwd+bwd ms: B = 1, T = 32k
+# (128 programs) 29.0 / 85.4 in one chunk, 10.8 / 27.4 in 128; B = 8, T = 4096 (1024 programs) 4.8 / 20.6 in
+# one chunk, 9.7 / 25.2 in 16. The threshold lies between; 3 a SM is an estimate (one program a SM ran a step in
+# about 0.9 us, eight in about 1.2 us), not swept.
 MIN_CHUNK_LEN = 128
 HLRU_TARGET_WORK = 1 << 19
 BDLRU_TARGET_WIDTH = 1 << 18
 REFERENCE_SMS = 132
+STEP_MIN_PROGRAMS_PER_SM = 3
 # (U steps per loop iteration, channels or blocks per program, warps) of the sequential kernels, by m or k (m, k
 # <= 4: H100 sweep of tune_plan.py, the U fastest at both shapes; m = 3, 8 and k = 3, 8: H200 sweeps of
 # tune_scan.py); other sizes use sequential_config's default.
@@ -116,12 +123,15 @@ def chunk_plan(kind: str, B: int, T: int, N: int, D: int, sms: Optional[int],
                chunk_size: Optional[int] = None) -> Tuple[int, int]:
     """(chunk length L, chunks C) of a scan of (B, T, N) at order or block size D on a device of ``sms`` SMs (None:
     not a GPU, one chunk): as many chunks of at least MIN_CHUNK_LEN steps as bring H-LRU's B N (m + 1) C to
-    HLRU_TARGET_WORK sms / REFERENCE_SMS (BD-LRU's B N k C to BDLRU_TARGET_WIDTH sms / REFERENCE_SMS); one chunk
-    for the step kernels (BD-LRU k > 8); ``chunk_size`` forces L."""
-    if sms is None or kind == "bdlru" and D > MAX_SEQUENTIAL_BLOCK:
+    HLRU_TARGET_WORK sms / REFERENCE_SMS (BD-LRU's B N k C to BDLRU_TARGET_WIDTH sms / REFERENCE_SMS); the step
+    kernels (BD-LRU k > 8) one chunk while their B P programs (P over N) reach STEP_MIN_PROGRAMS_PER_SM sms;
+    ``chunk_size`` forces L."""
+    if sms is None:
         want = 1
     elif kind == "hlru":
         want = triton.cdiv(HLRU_TARGET_WORK * sms, REFERENCE_SMS * B * N * (D + 1))
+    elif D > MAX_SEQUENTIAL_BLOCK and B * triton.cdiv(N, step_geometry(N, D)[1]) >= STEP_MIN_PROGRAMS_PER_SM * sms:
+        want = 1
     else:
         want = triton.cdiv(BDLRU_TARGET_WIDTH * sms, REFERENCE_SMS * B * N * D)
     return _chunk_length_and_count(kind, T, D, want, chunk_size)

@@ -22,7 +22,15 @@ from hf_lrnn.triton_plan_lrnn import REFERENCE_SMS, chunk_plan, summary_copies  
     ("bdlru", 8, 4096, 512, 4, 132, (256, 16)),
     # BD-LRU k = 2, B 1, T 32k, N 1024: 2^18 / (1024 2) = 128 chunks of 256 steps
     ("bdlru", 1, 32768, 1024, 2, 132, (256, 128)),
-    ("bdlru", 1, 32768, 128, 16, 132, (32768, 1)),  # k > 8: the step kernels, one chunk
+    # BD-LRU k = 16 (the step kernels, one block a program), B 1, T 32k, N 128: 128 programs, under 3 a SM, so
+    # the BD-LRU rule: 2^18 / (128 16) = 128 chunks of 256 steps; B 8, T 4096: 1024 programs, one chunk
+    ("bdlru", 1, 32768, 128, 16, 132, (256, 128)),
+    ("bdlru", 8, 4096, 128, 16, 132, (4096, 1)),
+    # k = 12: four blocks a program (16 x 16 tiles), N 170 -> 43 programs a sequence; B 8: 344 < 3 132, so
+    # ceil(2^18 / (8 170 12)) = 17 chunks; B 16: 688, one chunk; 66 SMs: 344 >= 3 66, one chunk
+    ("bdlru", 8, 4096, 170, 12, 132, (241, 17)),
+    ("bdlru", 16, 4096, 170, 12, 132, (4096, 1)),
+    ("bdlru", 8, 4096, 170, 12, 66, (4096, 1)),
     ("hlru", 8, 4096, 2048, 1, None, (4096, 1)),  # not a GPU: one chunk
     # m = 16 chunks too: ceil(2^19 / (8 2048 17)) = 2 chunks
     ("hlru", 8, 4096, 2048, 16, 132, (2048, 2)),
@@ -34,13 +42,15 @@ def test_chunk_plan(kind, B, T, N, D, sms, plan):
 
 
 def test_chunk_plan_forced_length_per_kind_limit():
-    """A forced chunk_size splits time for H-LRU up to m = 16; for BD-LRU k > 8 (the step kernels) it is refused,
-    naming the limit, unless it leaves one chunk."""
+    """A forced chunk_size splits time for H-LRU up to m = 16 and BD-LRU up to k = 16 (the sequential kernels to
+    k = 8, the step kernels above); past the limit it is refused, naming the limit, unless it leaves one chunk."""
     assert chunk_plan("hlru", 1, 37, 3, 16, None, chunk_size=8) == (8, 5)
     assert chunk_plan("bdlru", 1, 37, 3, 8, None, chunk_size=8) == (8, 5)
-    assert chunk_plan("bdlru", 1, 37, 3, 16, None, chunk_size=37) == (37, 1)
-    with pytest.raises(ScanUnsupportedError, match="bdlru kernels supports block size k up to 8, got 16"):
-        chunk_plan("bdlru", 1, 32768, 128, 16, 132, chunk_size=4096)
+    assert chunk_plan("bdlru", 1, 37, 3, 16, None, chunk_size=8) == (8, 5)
+    assert chunk_plan("bdlru", 1, 32768, 128, 16, 132, chunk_size=4096) == (4096, 8)
+    assert chunk_plan("bdlru", 1, 37, 3, 17, None, chunk_size=37) == (37, 1)
+    with pytest.raises(ScanUnsupportedError, match="bdlru kernels supports block size k up to 16, got 17"):
+        chunk_plan("bdlru", 1, 37, 3, 17, None, chunk_size=8)
 
 
 def test_summary_copies():

@@ -191,7 +191,7 @@ def test_torch_bad_resets_raise_naming_resets(scan):
 
 # ---------------------------------------------------------------------------------------------
 # Triton kernels (float32, interpreter): sequential kernels (H-LRU; BD-LRU k = 1 through H-LRU m = 1,
-# k <= 8), step kernels (BD-LRU k = 9), and the chunked path (summary, combine, rescan) forced by chunk_size.
+# k <= 8), step kernels (BD-LRU k = 9, 16), and the chunked path (summary, combine, rescan) forced by chunk_size.
 # ---------------------------------------------------------------------------------------------
 
 TRITON_MIXERS = MIXERS + [("bdlru", 9)]
@@ -224,20 +224,25 @@ def test_triton_chunked_with_starts_on_chunk_edges(kind, D, with_mask):
         assert_below(errors, 1e-5)
 
 
-@pytest.mark.parametrize("m,with_mask", [(9, False), (9, True), (16, True)])  # m = 16 costs ~25 s in the interpreter
-def test_triton_chunked_orders_above_8_with_starts(m, with_mask):
-    """H-LRU m > 8 in chunks of 4 steps: the summaries' copy groups, the combine kernel and the rescan, with
-    document starts on and between chunk edges, forward and backward."""
+# Sizes above 8: H-LRU m > 8 (the summaries' copy groups) and BD-LRU k > 8 (the step kernels, all summary copies in
+# one program); N = 3 blocks fill 3 of a k = 9 tile's 4 and make 3 tiles of one block at k = 16. Size 16 costs
+# ~25 s a case in the interpreter, so it runs once each way.
+@pytest.mark.parametrize("kind,D,with_mask", [("hlru", 9, False), ("hlru", 9, True), ("hlru", 16, True),
+                                              ("bdlru", 9, False), ("bdlru", 9, True), ("bdlru", 16, True)])
+def test_triton_chunked_sizes_above_8_with_starts(kind, D, with_mask):
+    """m or k > 8 in chunks of 4 steps: the summary passes, the combine kernel and the rescan, with document
+    starts on and between chunk edges, forward and backward."""
     for splits in (TRITON_EDGE_SPLITS, TRITON_SPLITS):
-        errors = packed_errors(_triton_scan("hlru"), "hlru", m, splits, "softmax", True, with_mask,
+        errors = packed_errors(_triton_scan(kind), kind, D, splits, "softmax", True, with_mask,
                                dtype=torch.float32, N=3, chunk_size=4)
         assert_below(errors, 1e-5)
 
 
-@pytest.mark.parametrize("m,normalization", [(9, "sigmoid_l1"), (16, "softmax")])
-def test_triton_chunked_orders_above_8_extreme_logits(m, normalization):
+@pytest.mark.parametrize("kind,D,normalization", [("hlru", 9, "sigmoid_l1"), ("hlru", 16, "softmax"),
+                                                  ("bdlru", 9, "sigmoid_l1"), ("bdlru", 16, "softmax")])
+def test_triton_chunked_sizes_above_8_extreme_logits(kind, D, normalization):
     """Logits of +-1e4 (saturated gates) with chunks of 4 steps: finite and equal to the documents alone."""
-    errors = packed_errors(_triton_scan("hlru"), "hlru", m, TRITON_SPLITS, normalization, True, True, extreme=True,
+    errors = packed_errors(_triton_scan(kind), kind, D, TRITON_SPLITS, normalization, True, True, extreme=True,
                            dtype=torch.float32, N=3, chunk_size=4)
     assert_below(errors, 1e-5)
 

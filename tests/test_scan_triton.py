@@ -125,14 +125,16 @@ def test_errors(monkeypatch):
         scan_triton.hlru_scan_triton(v, logits)
 
 
-def test_bdlru_chunking_refused_above_block_8():
-    """BD-LRU k > 8 (the step kernels) runs unchunked; asking for chunks is an error, not a silent fallback."""
-    v, logits, _, _ = scan_inputs("bdlru", 1, 9, 2, 16, normalization="softmax", with_state=False, with_mask=False,
-                                  seed=0)
-    with pytest.raises(ValueError, match="supports block size k up to 8, got 16"):
-        scan_triton.bdlru_scan_triton(v, logits, chunk_size=4)
-    h, _ = scan_triton.bdlru_scan_triton(v, logits, chunk_size=9)  # one chunk is fine
-    assert h.shape == v.shape
+# BD-LRU block sizes above 8 (the step kernels) chunk too: their summary passes hold a block tile's k + 1 state
+# copies in one program (one batched matrix product a step). Chunks of 5 steps over T = 21 give 5 chunks, the last
+# one step long; N = 3 at k = 9 leaves one of a tile's 4 blocks empty, N = 2 at k = 16 gives two tiles of one block.
+@pytest.mark.parametrize("k,N,normalization,with_state,with_mask", [
+    (9, 3, "tanh_l1", True, True),
+    (16, 2, "softmax", True, True),
+    (16, 2, "l1", False, False),
+])
+def test_bdlru_chunked_block_sizes_above_8(k, N, normalization, with_state, with_mask):
+    _assert_close(_errors("bdlru", k, 21, N, normalization, with_state, with_mask, chunk_size=5), 1e-5)
 
 
 # H-LRU orders above 8 chunk too: their summary passes run the m + 1 lag copies in groups over several programs

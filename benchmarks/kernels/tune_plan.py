@@ -73,8 +73,8 @@ def run_once(kind, D, launch, backward, v, g, L, h=None, dh=None):
     tab[D] = launch
     try:
         if backward:
-            return scan_triton_lrnn._sequential_backward(kind, v, g, None, None, h, L, dh, None, "softmax")
-        return scan_triton_lrnn._sequential_forward(kind, v, g, None, None, "softmax", L)
+            return scan_triton_lrnn._chunked_backward(kind, v, g, None, None, h, L, dh, None, "softmax")
+        return scan_triton_lrnn._chunked_forward(kind, v, g, None, None, "softmax", L)
     finally:
         if saved is None:
             del tab[D]
@@ -145,7 +145,7 @@ def main(argv=None) -> int:
             W = s["W"]
             v, g = inputs(kind, B, T, W, D, device)
             dh = torch.randn_like(v)
-            h = scan_triton_lrnn._sequential_forward(kind, v, g, None, None, "softmax", T)[0]
+            h = scan_triton_lrnn._chunked_forward(kind, v, g, None, None, "softmax", T)[0]
             L_plan = triton_plan_lrnn.chunk_plan(kind, B, T, W // D, D, None if a.smoke else
                                                  triton_plan_lrnn._device_sms(v))[0]
             for backward in directions:
