@@ -3,7 +3,7 @@
 How it ran (H100, 2026-12-06, records probe_fullsteps_h100_a5bd10f_08a44a5.*): from main at a5bd10f, with
 hf_lrnn_exp a copy of branch fullsteps' hf_lrnn at 08a44a5 beside this script, and this script's folder on
 PYTHONPATH (the run inserted it into sys.path itself): python probe_fullsteps.py OUT.jsonl. PROBE_SMOKE=1
-TRITON_INTERPRET=1: tiny shapes on the CPU. The printed "copy ... GB/s" is off by 1000 (bytes per ms); the
+TRITON_INTERPRET=1: tiny shapes on the CPU. The printed "copy ... GB/s" is in TB/s (bytes per ms / 1e9); the
 shares are right.
 """
 import itertools, json, multiprocessing as mp, os, sys, time
