@@ -155,9 +155,25 @@ def test_tune_plan_targeted_sweep(tmp_path):
     (_, T), Ls = next(iter(tune_plan.SMOKE["shapes"].items()))
     assert {(r["kind"], r["size"], r["direction"], r["L"], r["U"]) for r in rows} == {
         ("bdlru", 3, "bwd", L, U) for L in Ls for U in (1, 3)}
-    for bad in (["--cases", "bdlru:9"], ["--cases", "gru:2"], ["--cases", "hlru:3"], ["--u", "0"]):
+    for bad in (["--cases", "bdlru:17"], ["--cases", "gru:2"], ["--cases", "hlru:3"], ["--u", "0"],
+                ["--shapes", "0:32"], ["--shapes", "32"]):
         with pytest.raises(SystemExit):
             tune_plan.main(["--smoke", *bad, "--out", str(tmp_path / "bad.jsonl")])
+    assert not (tmp_path / "bad.jsonl").exists()
+
+
+def test_tune_plan_step_kernels(tmp_path):
+    """The step kernels (BD-LRU k > 8) sweep their chunk length alone, at the --shapes given (L = T, T / 2, ...),
+    with the planner's choice flagged at each shape."""
+    out = tmp_path / "step.jsonl"
+    tune_plan.main(["--smoke", "--cases", "bdlru:9", "--shapes", "2:16", "1:32", "--direction", "fwd",
+                    "--out", str(out)])
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert {(r["B"], r["T"], r["L"], r["chunks"]) for r in rows} == {
+        (2, 16, 16, 1), (2, 16, 8, 2), (2, 16, 4, 4), (1, 32, 32, 1), (1, 32, 16, 2), (1, 32, 8, 4)}
+    assert all(r["kind"] == "bdlru" and r["size"] == 9 and r["direction"] == "fwd" and r["U"] is None
+               and r["BLOCK_N"] is None and r["ms"] > 0 for r in rows)
+    assert [(r["B"], r["L"]) for r in rows if r["planner"]] == [(2, 16), (1, 32)]  # the CPU plans one chunk
 
 
 def test_scan_host_overhead(tmp_path, capsys):
