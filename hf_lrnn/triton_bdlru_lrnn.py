@@ -215,6 +215,21 @@ def _bdlru_seq_bwd_kernel(
 
 
 @triton.jit
+def _step_tile(N, K: tl.constexpr, KP: tl.constexpr, BLOCK_N: tl.constexpr):
+    """The (BLOCK_N blocks, KP rows i, KP columns c) gate tile of a step-kernel program: blocks n and n_ok,
+    the index c (rows and columns alike), vec_ok (BLOCK_N, KP) for i < K, valid (BLOCK_N, KP, KP) for i < K and
+    c <= K, and the offsets of one step's logits (column c < K: A[i, c], logit 1 + c; column K: a_0[i], logit 0)
+    and of its values v[n, i]."""
+    n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_ok = n < N
+    c = tl.arange(0, KP)
+    vec_ok = n_ok[:, None] & (c < K)[None, :]
+    valid = vec_ok[:, :, None] & (c <= K)[None, None, :]
+    g_offs = n[:, None, None] * (K * (K + 1)) + c[None, :, None] * (K + 1) + tl.where(c == K, 0, c + 1)[None, None, :]
+    return n, n_ok, c, vec_ok, valid, g_offs, n[:, None] * K + c[None, :]
+
+
+@triton.jit
 def _step_gate_tiles(g_ptr, n, n_ok, K: tl.constexpr, KS: tl.constexpr, AXIS: tl.constexpr, NORM: tl.constexpr,
                      EPS: tl.constexpr):
     """One step's gates of a block tile, normalised once for all state copies of a summary pass: the
@@ -317,15 +332,7 @@ def _bdlru_step_fwd_kernel(
                       False, BLOCK_N, NUM_STAGES)
     else:
         pid_c, b, t0, t1 = _chunk_bounds(T, L)
-        n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-        n_ok = n < N
-        row = tl.arange(0, KP)
-        col = tl.arange(0, KP)
-        vec_ok = n_ok[:, None] & (row < K)[None, :]
-        valid = vec_ok[:, :, None] & (col <= K)[None, None, :]
-        g_offs = (n[:, None, None] * (K * (K + 1)) + row[None, :, None] * (K + 1)
-                  + tl.where(col == K, 0, col + 1)[None, None, :])
-        v_offs = n[:, None] * K + row[None, :]
+        n, n_ok, col, vec_ok, valid, g_offs, v_offs = _step_tile(N, K, KP, BLOCK_N)
         h = tl.zeros((BLOCK_N, KP), dtype=tl.float32)
         if HAS_START:
             h = tl.load(start_ptr + b * start_stride_b + pid_c * start_stride_c + v_offs, mask=vec_ok,
@@ -346,7 +353,7 @@ def _bdlru_step_fwd_kernel(
                 h = h_new
             tl.store(h_ptr + bt * (N * K) + v_offs, h.to(h_ptr.dtype.element_ty), mask=vec_ok)
         chunk = (b * tl.num_programs(1) + pid_c) * N + n
-        tl.store(out_ptr + chunk[:, None] * K + row[None, :], h, mask=vec_ok)
+        tl.store(out_ptr + chunk[:, None] * K + col[None, :], h, mask=vec_ok)
 
 
 @triton.jit
@@ -371,17 +378,7 @@ def _bdlru_step_bwd_kernel(
                       True, BLOCK_N, NUM_STAGES)
     else:
         pid_c, b, t0, t1 = _chunk_bounds(T, L)
-        n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-        n_ok = n < N
-        row = tl.arange(0, KP)
-        col = tl.arange(0, KP)
-        vec_ok = n_ok[:, None] & (row < K)[None, :]
-        valid = vec_ok[:, :, None] & (col <= K)[None, None, :]
-        g_offs = (n[:, None, None] * (K * (K + 1)) + row[None, :, None] * (K + 1)
-                  + tl.where(col == K, 0, col + 1)[None, None, :])
-        v_offs = n[:, None] * K + row[None, :]
-        col_offs = n[:, None] * K + col[None, :]
-        col_ok = n_ok[:, None] & (col < K)[None, :]
+        n, n_ok, col, vec_ok, valid, g_offs, v_offs = _step_tile(N, K, KP, BLOCK_N)
         lam = tl.zeros((BLOCK_N, KP), dtype=tl.float32)
         if HAS_LAM:
             lam = tl.load(lam_ptr + b * lam_stride_b + pid_c * lam_stride_c + v_offs, mask=vec_ok, other=0.0)
@@ -396,10 +393,10 @@ def _bdlru_step_bwd_kernel(
             else:
                 keep = t >= 0  # true
             v = tl.load(v_ptr + bt * (N * K) + v_offs, mask=vec_ok, other=0.0).to(tl.float32)
-            h_prev = tl.load(h_ptr + (bt - 1) * (N * K) + col_offs, mask=tl.where(t > 0, col_ok, False), other=0.0)
+            h_prev = tl.load(h_ptr + (bt - 1) * (N * K) + v_offs, mask=tl.where(t > 0, vec_ok, False), other=0.0)
             h_prev = h_prev.to(tl.float32)
             if HAS_INIT:
-                h_prev += tl.load(init_ptr + b * (N * K) + col_offs, mask=tl.where(t == 0, col_ok, False),
+                h_prev += tl.load(init_ptr + b * (N * K) + v_offs, mask=tl.where(t == 0, vec_ok, False),
                                   other=0.0).to(tl.float32)
             if HAS_RESETS:
                 doc_start = tl.load(resets_ptr + bt) != 0
