@@ -240,6 +240,7 @@ def compare_row_text(row: dict) -> str:
     err = f"  rel_err {row['rel_err_vs_ours']:.1e}" if "rel_err_vs_ours" in row else ""
     if "bwd_alone_ms" in row:
         err += "  bwd alone " + "/".join(f"{x:.3f}" for x in row["bwd_alone_ms"]["all"])
+    err += f"  host {row['fwdbwd_host_ms']:.3f} ms, load {row['host_load_1min']:.1f}"
     return f"{head} {ms}  copy {row['frac_copy_bw_fwd']:.2f} / {row['frac_copy_bw_fwdbwd']:.2f}{err}"
 
 

@@ -20,6 +20,7 @@ import importlib.util
 import os
 import statistics
 import sys
+import time
 from typing import Callable, Dict, Optional, Tuple
 
 import torch
@@ -113,10 +114,25 @@ def contenders(kind: str, D: int, authors: Optional[Callable], fla: Optional[Cal
     return out
 
 
+def host_ms(step, calls: int = 10) -> float:
+    """Wall ms the host takes to issue one call of ``step`` (the GPU queue drained before, not waited on inside):
+    where it reaches the timed ms, the timing measures the host, not the kernels."""
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    sync()
+    start = time.perf_counter()
+    for _ in range(calls):
+        step()
+    elapsed = time.perf_counter() - start
+    sync()
+    return 1e3 * elapsed / calls
+
+
 def time_contender(bench, name: str, setup, v, g, repeats: int, warmup: int, rep: int) -> dict:
-    """fwd and fwd+bwd ms of one contender: ``repeats`` timings each, their min / median / max."""
+    """fwd and fwd+bwd ms of one contender: ``repeats`` timings each, their min / median / max; beside them the
+    host's ms to issue one fwd+bwd (``host_ms``) and the host's 1-minute load average when timing began, which
+    tell a host-bound or crowded-host timing from a slow kernel."""
     forward, leaves = setup(v, g)
-    out = {}
+    out = {"host_load_1min": os.getloadavg()[0]}
     with torch.no_grad():
         out["fwd_ms"] = [bench(forward, warmup, rep) for _ in range(repeats)]
     for x in leaves:
@@ -124,9 +140,10 @@ def time_contender(bench, name: str, setup, v, g, repeats: int, warmup: int, rep
     dy = torch.randn_like(forward())
     step = lambda: torch.autograd.grad(forward(), leaves, dy)  # noqa: E731
     out["fwdbwd_ms"] = [bench(step, warmup, rep) for _ in range(repeats)]
-    for key in [k for k in out if k.endswith("_ms")]:
+    for key in ("fwd_ms", "fwdbwd_ms"):
         times = out[key]
         out[key] = dict(min=min(times), median=statistics.median(times), max=max(times), all=times)
+    out["fwdbwd_host_ms"] = host_ms(step)
     return out
 
 

@@ -112,6 +112,7 @@ def test_bench_scan_compare_smoke(tmp_path, capsys):
     for row in result["rows"]:
         assert "error" not in row, row
         assert all(row[k]["min"] <= row[k]["median"] <= row[k]["max"] for k in ("fwd_ms", "fwdbwd_ms")), row
+        assert row["fwdbwd_host_ms"] > 0 and row["host_load_1min"] >= 0, row
         if row["contender"] == "ours":
             times = row["bwd_alone_ms"]
             assert len(times["all"]) == (c["repeats"] if row["B"] == s["B"] else c["b1_repeats"])
