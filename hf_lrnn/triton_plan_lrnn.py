@@ -21,14 +21,10 @@ try:  # inside try/except so that transformers' remote-code import check does no
 except ImportError as err:
     raise ImportError("hf_lrnn's Triton kernels need the 'triton' package (pip install triton)") from err
 
-from .constants_lrnn import ScanUnsupportedError
-
 MAX_HLRU_ORDER = 16  # largest supported m
 MAX_BDLRU_BLOCK = 16  # largest supported k
-# Time chunking for H-LRU m <= 16 and BD-LRU k <= 16 (the summaries carry (D + 1) * D numbers per channel or block;
-# BD-LRU k > 8 runs the step kernels, whose summary passes hold all k + 1 state copies of a block tile in one program).
-MAX_CHUNKED_HLRU_ORDER = 16
-MAX_CHUNKED_BDLRU_BLOCK = 16
+# Every supported size runs in time chunks (the summaries carry (D + 1) * D numbers per channel or block; BD-LRU
+# k > 8 runs the step kernels, whose summary passes hold all k + 1 state copies of a block tile in one program).
 # An H-LRU summary pass runs the m + 1 copies of the lags in one program for m <= MAX_ONE_GROUP_ORDER; above, in
 # groups of copies, each program holding about SUMMARY_GROUP_REGISTERS lag values (17 copies of 16 lags, 272 values
 # a thread, spill registers on sm_90).
@@ -100,25 +96,6 @@ def summary_copies(m: int) -> int:
     return triton.cdiv(m + 1, groups)
 
 
-def _chunk_length_and_count(kind: str, T: int, D: int, want: int, chunk_size: Optional[int]) -> Tuple[int, int]:
-    """(chunk length L, number of chunks C): ``chunk_size`` if given, else ``want`` chunks of at least
-    MIN_CHUNK_LEN steps; one chunk for state sizes D above the kind's limit (MAX_CHUNKED_HLRU_ORDER,
-    MAX_CHUNKED_BDLRU_BLOCK)."""
-    limit = MAX_CHUNKED_HLRU_ORDER if kind == "hlru" else MAX_CHUNKED_BDLRU_BLOCK
-    if chunk_size is not None:
-        L = max(1, min(chunk_size, T))
-    elif D <= limit:
-        L = triton.cdiv(T, max(1, min(want, T // MIN_CHUNK_LEN)))
-    else:
-        L = T
-    C = triton.cdiv(T, L)
-    if C > 1 and D > limit:
-        name = "order m" if kind == "hlru" else "block size k"
-        raise ScanUnsupportedError(f"time chunking of the Triton {kind} kernels supports {name} up to {limit}, got "
-                                   f"{D} (chunk_size={chunk_size} splits T = {T} into {C} chunks)")
-    return L, C
-
-
 def chunk_plan(kind: str, B: int, T: int, N: int, D: int, sms: Optional[int],
                chunk_size: Optional[int] = None) -> Tuple[int, int]:
     """(chunk length L, chunks C) of a scan of (B, T, N) at order or block size D on a device of ``sms`` SMs (None:
@@ -134,7 +111,8 @@ def chunk_plan(kind: str, B: int, T: int, N: int, D: int, sms: Optional[int],
         want = 1
     else:
         want = triton.cdiv(BDLRU_TARGET_WIDTH * sms, REFERENCE_SMS * B * N * D)
-    return _chunk_length_and_count(kind, T, D, want, chunk_size)
+    L = max(1, min(chunk_size, T)) if chunk_size is not None else triton.cdiv(T, max(1, min(want, T // MIN_CHUNK_LEN)))
+    return L, triton.cdiv(T, L)
 
 
 @functools.lru_cache(maxsize=None)

@@ -5,7 +5,6 @@ import pytest
 
 pytest.importorskip("triton")
 
-from hf_lrnn.constants_lrnn import ScanUnsupportedError  # noqa: E402
 from hf_lrnn.triton_plan_lrnn import REFERENCE_SMS, chunk_plan, summary_copies  # noqa: E402
 
 
@@ -41,16 +40,13 @@ def test_chunk_plan(kind, B, T, N, D, sms, plan):
     assert chunk_plan(kind, B, T, N, D, sms) == plan
 
 
-def test_chunk_plan_forced_length_per_kind_limit():
+def test_chunk_plan_forced_length_every_size():
     """A forced chunk_size splits time for H-LRU up to m = 16 and BD-LRU up to k = 16 (the sequential kernels to
-    k = 8, the step kernels above); past the limit it is refused, naming the limit, unless it leaves one chunk."""
+    k = 8, the step kernels above), on a GPU as off it."""
     assert chunk_plan("hlru", 1, 37, 3, 16, None, chunk_size=8) == (8, 5)
     assert chunk_plan("bdlru", 1, 37, 3, 8, None, chunk_size=8) == (8, 5)
     assert chunk_plan("bdlru", 1, 37, 3, 16, None, chunk_size=8) == (8, 5)
     assert chunk_plan("bdlru", 1, 32768, 128, 16, 132, chunk_size=4096) == (4096, 8)
-    assert chunk_plan("bdlru", 1, 37, 3, 17, None, chunk_size=37) == (37, 1)
-    with pytest.raises(ScanUnsupportedError, match="bdlru kernels supports block size k up to 16, got 17"):
-        chunk_plan("bdlru", 1, 37, 3, 17, None, chunk_size=8)
 
 
 def test_summary_copies():

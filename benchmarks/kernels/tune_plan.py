@@ -86,17 +86,20 @@ def parse_shape(ap, text: str):
 
 
 def run_once(kind, D, launch, backward, v, g, L, h=None, dh=None):
-    """One forward (backward) of the kernels at this launch (None: the step kernels) and chunk length."""
+    """One forward (backward) of the kernels at this launch (None: the step kernels, nothing to set) and chunk
+    length."""
+    def call():
+        if backward:
+            return scan_triton_lrnn._chunked_backward(kind, v, g, None, None, h, L, dh, None, "softmax")
+        return scan_triton_lrnn._chunked_forward(kind, v, g, None, None, "softmax", L)
+
     if launch is None:
-        return (scan_triton_lrnn._chunked_backward(kind, v, g, None, None, h, L, dh, None, "softmax") if backward
-                else scan_triton_lrnn._chunked_forward(kind, v, g, None, None, "softmax", L))
+        return call()
     tab = table(kind, backward)
     saved = tab.get(D)
     tab[D] = launch
     try:
-        if backward:
-            return scan_triton_lrnn._chunked_backward(kind, v, g, None, None, h, L, dh, None, "softmax")
-        return scan_triton_lrnn._chunked_forward(kind, v, g, None, None, "softmax", L)
+        return call()
     finally:
         if saved is None:
             del tab[D]
