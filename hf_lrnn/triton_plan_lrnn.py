@@ -38,15 +38,16 @@ MAX_SEQUENTIAL_BLOCK = 8  # BD-LRU block sizes run by the sequential kernels; la
 # a device with S SMs aims at S / REFERENCE_SMS of them.
 # The step kernels (BD-LRU k > 8) run one step per loop iteration and are latency-bound, and their summary pass
 # carries k + 1 state copies; they chunk only while B x (programs over N) is under STEP_MIN_PROGRAMS_PER_SM per
-# SM, then by the BD-LRU rule. H100, k = 16 (one block a program), W = 2048, fwd / fwd+bwd ms: B = 1, T = 32k
-# (128 programs) 29.0 / 85.4 in one chunk, 10.8 / 27.4 in 128; B = 8, T = 4096 (1024 programs) 4.8 / 20.6 in
-# one chunk, 9.7 / 25.2 in 16. The threshold lies between; 3 a SM is an estimate (one program a SM ran a step in
-# about 0.9 us, eight in about 1.2 us), not swept.
+# SM, then by the BD-LRU rule. Swept by tune_plan (H100, commit 731a2f6, W = 2048, 32k tokens as B = 8 ... 1
+# sequences, results/kernels/tune_step_h100_731a2f6.jsonl), fwd+bwd ms one chunk / best chunks: k = 12 (four
+# blocks a program) 344 programs (2.6 a SM) 14.6 / 21.2, 172 (1.3) 27.0 / 21.4; k = 16 (one block) 512 programs
+# (3.9 a SM) 23.5 / 25.5, 256 (1.9) 43.6 / 26.0. The threshold lies between 1.9 and 2.6 a SM: 2.25, their
+# geometric mean, picks the faster plan at all eight shapes swept.
 MIN_CHUNK_LEN = 128
 HLRU_TARGET_WORK = 1 << 19
 BDLRU_TARGET_WIDTH = 1 << 18
 REFERENCE_SMS = 132
-STEP_MIN_PROGRAMS_PER_SM = 3
+STEP_MIN_PROGRAMS_PER_SM = 2.25
 # (U steps per loop iteration, channels or blocks per program, warps) of the sequential kernels, by m or k (m, k
 # <= 4: H100 sweep of tune_plan.py, the U fastest at both shapes; m = 3, 8 and k = 3, 8: H200 sweeps of
 # tune_scan.py); other sizes use sequential_config's default.

@@ -21,15 +21,18 @@ from hf_lrnn.triton_plan_lrnn import REFERENCE_SMS, chunk_plan, summary_copies  
     ("bdlru", 8, 4096, 512, 4, 132, (256, 16)),
     # BD-LRU k = 2, B 1, T 32k, N 1024: 2^18 / (1024 2) = 128 chunks of 256 steps
     ("bdlru", 1, 32768, 1024, 2, 132, (256, 128)),
-    # BD-LRU k = 16 (the step kernels, one block a program), B 1, T 32k, N 128: 128 programs, under 3 a SM, so
-    # the BD-LRU rule: 2^18 / (128 16) = 128 chunks of 256 steps; B 8, T 4096: 1024 programs, one chunk
+    # BD-LRU k = 16 (the step kernels, one block a program), B 1, T 32k, N 128: 128 programs, under 2.25 a SM, so
+    # the BD-LRU rule: 2^18 / (128 16) = 128 chunks of 256 steps; B 2: 256 programs (1.94 a SM), 2^18 / (2 128
+    # 16) = 64 chunks; B 4: 512 programs, one chunk; B 8, T 4096: 1024 programs, one chunk
     ("bdlru", 1, 32768, 128, 16, 132, (256, 128)),
+    ("bdlru", 2, 16384, 128, 16, 132, (256, 64)),
+    ("bdlru", 4, 8192, 128, 16, 132, (8192, 1)),
     ("bdlru", 8, 4096, 128, 16, 132, (4096, 1)),
-    # k = 12: four blocks a program (16 x 16 tiles), N 170 -> 43 programs a sequence; B 8: 344 < 3 132, so
-    # ceil(2^18 / (8 170 12)) = 17 chunks; B 16: 688, one chunk; 66 SMs: 344 >= 3 66, one chunk
-    ("bdlru", 8, 4096, 170, 12, 132, (241, 17)),
-    ("bdlru", 16, 4096, 170, 12, 132, (4096, 1)),
-    ("bdlru", 8, 4096, 170, 12, 66, (4096, 1)),
+    # k = 12: four blocks a program (16 x 16 tiles), N 170 -> 43 programs a sequence; B 8: 344 >= 2.25 132 = 297,
+    # one chunk; B 4: 172, so ceil(2^18 / (4 170 12)) = 33 chunks; 66 SMs: B 4 >= 2.25 66, one chunk
+    ("bdlru", 8, 4096, 170, 12, 132, (4096, 1)),
+    ("bdlru", 4, 8192, 170, 12, 132, (249, 33)),
+    ("bdlru", 4, 8192, 170, 12, 66, (8192, 1)),
     ("hlru", 8, 4096, 2048, 1, None, (4096, 1)),  # not a GPU: one chunk
     # m = 16 chunks too: ceil(2^19 / (8 2048 17)) = 2 chunks
     ("hlru", 8, 4096, 2048, 16, 132, (2048, 2)),
