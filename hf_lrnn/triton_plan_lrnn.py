@@ -2,11 +2,12 @@
 or a BD-LRU of block size k, their launch constants, and how time is split into chunks.
 
 The launch constants come from sweeps of ``benchmarks/kernels/tune_plan.py`` (U and the BD-LRU chunk target for
-m <= 4 and k <= 4: one H100, commit ac5bf47, ``benchmarks/results/kernels/tune_plan_h100.jsonl``) and of its
-predecessor ``tune_scan.py`` (the rest: one H200, commit 320b203, since removed; benchmarks/README.md, "Tuning").
+m <= 4 and k <= 4: one H100, commit ac5bf47, ``benchmarks/results/kernels/tune_plan_h100.jsonl``; the step kernels'
+chunking threshold: one H100, commit 731a2f6, ``tune_step_h100_731a2f6.jsonl`` there) and of its predecessor
+``tune_scan.py`` (the rest: one H200, commit 320b203, since removed; benchmarks/README.md, "Tuning").
 The plan derives from the device only through its number of streaming multiprocessors (SMs): the chunk targets
 scale with SMs / REFERENCE_SMS (``chunk_plan``; the same plan on any 132-SM GPU, H100 SXM and H200 alike). It is a
-pure integer function of (B, T, N, size, SMs): deterministic, no tuning at run time.
+pure function of (B, T, N, size, SMs): deterministic, no tuning at run time.
 """
 from __future__ import annotations
 
