@@ -13,8 +13,8 @@ fixed (seeded), so two runs on one GPU time the same launches.
 
 Every kernel of the grid is compiled first by worker processes (one per CPU core), then one process times them.
 One JSON line per timing: kind, size, B, T, W, direction, L, chunks, U, BLOCK_N, num_warps (None for the step
-kernels), ms, and the planner's current choice flagged (``planner``); at the end, per (kind, size, shape, direction), the fastest launch against
-the planner's.
+kernels), ms, and the planner's current choice flagged (``planner``); at the end, per (kind, size, shape,
+direction), the fastest launch against the planner's.
 """
 from __future__ import annotations
 
@@ -127,7 +127,7 @@ def main(argv=None) -> int:
     ap.add_argument("--cases", nargs="+", metavar="KIND:SIZE", help="sweep these instead of the grid's cases, e.g. "
                     "hlru:2 bdlru:4 bdlru:16 (H-LRU m <= 16, BD-LRU k <= 16; k > 8: the step kernels, L alone)")
     ap.add_argument("--shapes", nargs="+", metavar="B:T", help="these (B, T) instead of the grid's, each with chunk "
-                    "lengths T, T / 2, ... down to 128 steps")
+                    "lengths T, T / 2, ... down to min(128, T / 4) steps")
     ap.add_argument("--u", nargs="+", type=int, metavar="U", help="these U for every case instead of the grid's U "
                     "by size (U = 16 and 32 compile for minutes)")
     ap.add_argument("--direction", choices=("fwd", "bwd", "both"), default="both")
