@@ -27,6 +27,7 @@ from transformers.generation.configuration_utils import CompileConfig
 from benchmarks.models import MODELS as MODEL_TABLE
 from benchmarks.models import is_lrnn, lrnn_fields
 from benchmarks.outputs import add_overwrite_flag, refuse_existing
+from benchmarks.synthetic.run import environment
 from hf_lrnn import LRNNConfig, LRNNForCausalLM
 
 MODELS = ("hlru_m2", "bdlru_k4", "llama")  # the default set; --models takes any LRNN label of benchmarks.models, or llama
@@ -195,7 +196,7 @@ def main(argv=None):
     start = time.time()
     results = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "torch": torch.__version__,
                "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "size": size, "params": {}, "argv": argv,
-               "rows": []}
+               "env": environment(), "rows": []}
     eval_models = {}
 
     def record(**row):

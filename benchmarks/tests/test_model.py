@@ -9,6 +9,7 @@ from benchmarks.model import bench, plot
 def test_bench_smoke_and_plot(tmp_path):
     bench.main(["--smoke", "--out", str(tmp_path), "--train-modes", "compiled,eager,compiled_fused_ce"])
     data = json.loads((tmp_path / "model_bench.json").read_text())
+    assert {"commit", "dirty", "gpu", "command"} <= set(data["env"])  # what produced the record
     rows = data["rows"]
     measured = [r for r in rows if r.get("status") is None]
     failed = [r for r in rows if r.get("status") == "error"]
