@@ -51,11 +51,11 @@ from .triton_bdlru_lrnn import (
 from .triton_helpers_lrnn import _chunk_combine_kernel
 from .triton_hlru_lrnn import _hlru_bwd_kernel, _hlru_fwd_kernel
 from .triton_plan_lrnn import (
-    COMBINE_BLOCK,
     KERNEL_DTYPES,
     NUM_WARPS,
     MAX_SEQUENTIAL_BLOCK,
     NUM_STAGES,
+    combine_geometry,
     scan_chunk_plan,
     interpreting,
     sequential_config,
@@ -69,9 +69,10 @@ def _combine(summary: torch.Tensor, x0: Optional[torch.Tensor], reverse: bool) -
     """States entering each chunk (B, C, N, D) from the chunk summaries (B, C, N, D, D+1)."""
     B, C, N, D = summary.shape[:4]
     out = torch.empty(B, C, N, D, dtype=torch.float32, device=summary.device)
-    _chunk_combine_kernel[(triton.cdiv(N, COMBINE_BLOCK), B)](
-        summary, x0 if x0 is not None else summary, out, N, C, D=D, HAS_X0=x0 is not None, REVERSE=reverse,
-        BLOCK_N=COMBINE_BLOCK, num_warps=NUM_WARPS)
+    DP, block = combine_geometry(D)
+    _chunk_combine_kernel[(triton.cdiv(N, block), B)](
+        summary, x0 if x0 is not None else summary, out, N, C, D=D, DP=DP, HAS_X0=x0 is not None, REVERSE=reverse,
+        BLOCK_N=block, NUM_STAGES=NUM_STAGES, num_warps=NUM_WARPS)
     return out
 
 

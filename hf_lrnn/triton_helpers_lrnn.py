@@ -306,26 +306,27 @@ def _store_rows(ptr, row, ok, vals, F: tl.constexpr):
 
 
 @triton.jit
-def _chunk_combine_kernel(sum_ptr, x0_ptr, out_ptr, N, C, D: tl.constexpr, HAS_X0: tl.constexpr,
-                          REVERSE: tl.constexpr, BLOCK_N: tl.constexpr):
+def _chunk_combine_kernel(sum_ptr, x0_ptr, out_ptr, N, C, D: tl.constexpr, DP: tl.constexpr, HAS_X0: tl.constexpr,
+                          REVERSE: tl.constexpr, BLOCK_N: tl.constexpr, NUM_STAGES: tl.constexpr):
     """The state entering each chunk, sequentially over the C chunks of one (channel tile, sequence):
     x = x0 (B, N, D) or 0; for c = 0..C-1 (REVERSE: C-1..0): out[c] = x, x = P_c x + e_c, with the chunk
-    summaries sum (B, C, N, D, D+1) = [e | P]; out (B, C, N, D)."""
+    summaries sum (B, C, N, D, D+1) = [e | P]; out (B, C, N, D). A program holds BLOCK_N channels' x as a
+    (BLOCK_N, DP) tile (DP = next power of two >= D) and loads each chunk's (BLOCK_N, DP, DP) tile of P and
+    (BLOCK_N, DP) of e whole (the next chunks' loads in flight while one is combined, NUM_STAGES deep)."""
     b = tl.program_id(1).to(tl.int64)
     n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    n_ok = n < N
+    i = tl.arange(0, DP)
+    ok = (n < N)[:, None] & (i < D)[None, :]  # (BLOCK_N, DP)
+    ok3 = ok[:, :, None] & (i < D)[None, None, :]  # (BLOCK_N, DP, DP)
     if HAS_X0:
-        x = _load_values(x0_ptr + (b * N + n) * D, n_ok, D)
+        x = tl.load(x0_ptr + (b * N + n)[:, None] * D + i[None, :], mask=ok, other=0.0).to(tl.float32)
     else:
-        x = _zero_state(tl.zeros((BLOCK_N,), dtype=tl.float32), D)
-    for s in range(0, C):
+        x = tl.zeros((BLOCK_N, DP), dtype=tl.float32)
+    for s in tl.range(0, C, num_stages=NUM_STAGES):
         c = (C - 1 - s) if REVERSE else s
-        _store_state(out_ptr + ((b * C + c) * N + n) * D, x, n_ok, D)
-        e_ptr = sum_ptr + ((b * C + c) * N + n) * (D * (D + 1))
-        new = ()
-        for i in tl.static_range(D):
-            acc = tl.load(e_ptr + i * (D + 1), mask=n_ok, other=0.0)
-            for j in tl.static_range(D):
-                acc += tl.load(e_ptr + i * (D + 1) + 1 + j, mask=n_ok, other=0.0) * x[j]
-            new = new + (acc,)
-        x = new
+        row = (b * C + c) * N + n  # (BLOCK_N,)
+        tl.store(out_ptr + row[:, None] * D + i[None, :], x, mask=ok)
+        e_ptr = sum_ptr + row[:, None] * (D * (D + 1)) + i[None, :] * (D + 1)  # (BLOCK_N, DP): [n, i, 0]
+        e = tl.load(e_ptr, mask=ok, other=0.0)
+        p = tl.load(e_ptr[:, :, None] + 1 + i[None, None, :], mask=ok3, other=0.0)
+        x = e + tl.sum(p * x[:, None, :], axis=2)

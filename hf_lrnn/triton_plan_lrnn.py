@@ -74,7 +74,10 @@ def triton_unsupported_reason(kind: str, size: int) -> Optional[str]:
 NUM_STAGES = 3  # software-pipelining depth of the step kernels' time loops
 STEP_TILE = 1024  # fp32 gate entries per program of the step kernels
 NUM_WARPS = 4
-COMBINE_BLOCK = 64
+# The combine kernel walks the chunks in sequence, one (channel tile, sequence) a program; a tile holds
+# COMBINE_TILE entries of the chunk maps P (BLOCK_N channels x DP x DP), at most COMBINE_MAX_BLOCK channels.
+COMBINE_TILE = 256
+COMBINE_MAX_BLOCK = 64
 
 
 def interpreting() -> bool:
@@ -85,6 +88,14 @@ def sequential_config(kind: str, size: int, backward: bool) -> Tuple[int, int, i
     """(U, BLOCK_N, num_warps) of the sequential kernels for H-LRU order or BD-LRU block size ``size``."""
     tables = {"hlru": (HLRU_FWD_CONFIG, HLRU_BWD_CONFIG), "bdlru": (BDLRU_FWD_CONFIG, BDLRU_BWD_CONFIG)}
     return tables[kind][backward].get(size, (2 if size <= 4 else 1, 128, 4))
+
+
+def combine_geometry(D: int) -> Tuple[int, int]:
+    """(DP, BLOCK_N) of the combine kernel at order or block size D: DP the next power of two >= D, BLOCK_N
+    channels (or blocks) a program, COMBINE_TILE / DP^2 up to COMBINE_MAX_BLOCK (D = 1, 2: 64; 4: 16; 8: 4;
+    16: 1)."""
+    DP = triton.next_power_of_2(D)
+    return DP, max(1, min(COMBINE_MAX_BLOCK, COMBINE_TILE // (DP * DP)))
 
 
 def summary_copies(m: int) -> int:

@@ -84,6 +84,25 @@ def test_shapes(kind, D, T, N, normalization, with_state, with_mask, chunk_size)
     _assert_close(_errors(kind, D, T, N, normalization, with_state, with_mask, chunk_size), 1e-5)
 
 
+@pytest.mark.parametrize("D,N,C", [(1, 5, 3), (3, 7, 4), (4, 17, 2), (8, 5, 3), (12, 3, 2), (16, 2, 3)])
+@pytest.mark.parametrize("reverse,with_x0", [(False, True), (True, True), (False, False)])
+def test_combine_kernel(D, N, C, reverse, with_x0):
+    """The combine kernel against a float64 loop: the state entering each chunk from the chunk summaries [e | P]
+    (B, C, N, D, D + 1), in time order or reversed, from x0 or zero (odd N: partial channel tiles)."""
+    g = torch.Generator().manual_seed(D * 100 + N)
+    summary = torch.randn(2, C, N, D, D + 1, generator=g)
+    x0 = torch.randn(2, N, D, generator=g) if with_x0 else None
+    out = scan_triton._combine(summary, x0, reverse)
+    x = x0.to(F64) if with_x0 else torch.zeros(2, N, D, dtype=F64)
+    expected = torch.empty(2, C, N, D, dtype=F64)
+    for c in (reversed(range(C)) if reverse else range(C)):
+        expected[:, c] = x
+        s = summary[:, c].to(F64)
+        x = s[..., 0] + (s[..., 1:] @ x[..., None])[..., 0]
+    assert out.shape == expected.shape and out.dtype == torch.float32
+    assert relative_error(out, expected) < 1e-6
+
+
 @pytest.mark.parametrize("kind", ["hlru", "bdlru"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_half_precision(kind, dtype):
