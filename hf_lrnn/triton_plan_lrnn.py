@@ -76,6 +76,9 @@ STEP_TILE = 1024  # fp32 gate entries per program of the step kernels
 NUM_WARPS = 4
 # The combine kernel walks the chunks in sequence, one (channel tile, sequence) a program; a tile holds
 # COMBINE_TILE entries of the chunk maps P (BLOCK_N channels x DP x DP), at most COMBINE_MAX_BLOCK channels.
+# 256 entries at 4 warps: against 64 entries (4 warps), 256 at 2 warps and 1,024 (4 warps), within 8 % of the best
+# at every D and shape but B = 1, D = 2..8, where 64 entries were 8-14 % faster (and 33-46 % slower at B = 8,
+# D = 4 and 8); one H200, 2026-12-06, benchmarks/results/kernels/probe_combine_h200_a5fd022.jsonl.
 COMBINE_TILE = 256
 COMBINE_MAX_BLOCK = 64
 
