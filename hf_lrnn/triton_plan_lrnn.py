@@ -71,7 +71,7 @@ def triton_unsupported_reason(kind: str, size: int) -> Optional[str]:
     return None
 
 
-NUM_STAGES = 3  # software-pipelining depth of the step kernels' time loops
+NUM_STAGES = 3  # software-pipelining depth of the step kernels' time loops and of the combine kernel's chunk loop
 STEP_TILE = 1024  # fp32 gate entries per program of the step kernels
 NUM_WARPS = 4
 # The combine kernel walks the chunks in sequence, one (channel tile, sequence) a program; a tile holds
