@@ -34,11 +34,6 @@ from typing import Optional, Tuple
 
 import torch
 
-try:  # inside try/except so that transformers' remote-code import check does not require triton
-    import triton
-except ImportError as err:
-    raise ImportError("hf_lrnn's Triton kernels need the 'triton' package (pip install triton)") from err
-
 from .constants_lrnn import ScanUnsupportedError
 from .gates_lrnn import GATE_NORMALIZATIONS, L1_EPS
 from .scan_reference_lrnn import check_resets
@@ -55,9 +50,11 @@ from .triton_plan_lrnn import (
     NUM_WARPS,
     MAX_SEQUENTIAL_BLOCK,
     NUM_STAGES,
+    cdiv,
     combine_geometry,
     scan_chunk_plan,
     interpreting,
+    next_power_of_2,
     sequential_config,
     step_geometry,
     summary_copies,
@@ -70,7 +67,7 @@ def _combine(summary: torch.Tensor, x0: Optional[torch.Tensor], reverse: bool) -
     B, C, N, D = summary.shape[:4]
     out = torch.empty(B, C, N, D, dtype=torch.float32, device=summary.device)
     DP, block = combine_geometry(D)
-    _chunk_combine_kernel[(triton.cdiv(N, block), B)](
+    _chunk_combine_kernel[(cdiv(N, block), B)](
         summary, x0 if x0 is not None else summary, out, N, C, D=D, DP=DP, HAS_X0=x0 is not None, REVERSE=reverse,
         BLOCK_N=block, NUM_STAGES=NUM_STAGES, num_warps=NUM_WARPS)
     return out
@@ -104,20 +101,20 @@ def _launch(kind, D, N, backward):
     size of its matrices)."""
     if kind == "bdlru" and D > MAX_SEQUENTIAL_BLOCK:
         KP, block = step_geometry(N, D)
-        tiles = triton.cdiv(N, block)
+        tiles = cdiv(N, block)
         kernel = _bdlru_step_bwd_kernel if backward else _bdlru_step_fwd_kernel
-        constants = dict(K=D, KP=KP, KS=triton.next_power_of_2(D), BLOCK_N=block, NUM_STAGES=NUM_STAGES,
+        constants = dict(K=D, KP=KP, KS=next_power_of_2(D), BLOCK_N=block, NUM_STAGES=NUM_STAGES,
                          num_warps=NUM_WARPS)
         return kernel, constants, tiles, tiles
     U, block, warps = sequential_config(kind, D, backward)
-    tiles = triton.cdiv(N, block)
+    tiles = cdiv(N, block)
     constants = dict(U=U, BLOCK_N=block, num_warps=warps)
     if kind == "bdlru":
         kernel = _bdlru_seq_bwd_kernel if backward else _bdlru_seq_fwd_kernel
         return kernel, dict(K=D, **constants), tiles, tiles
     copies = summary_copies(D)
     kernel = _hlru_bwd_kernel if backward else _hlru_fwd_kernel
-    return kernel, dict(M=D, COPIES=copies, **constants), tiles, tiles * triton.cdiv(D + 1, copies)
+    return kernel, dict(M=D, COPIES=copies, **constants), tiles, tiles * cdiv(D + 1, copies)
 
 
 def _chunked_forward(kind, v, g, init, mask, norm, L, resets=None):
@@ -125,7 +122,7 @@ def _chunked_forward(kind, v, g, init, mask, norm, L, resets=None):
     every chunk), the combine kernel (the state entering each chunk) and the main pass from those states."""
     B, T, N = v.shape[:3]
     D = g.shape[-1] - 1
-    C = triton.cdiv(T, L)
+    C = cdiv(T, L)
     kernel, constants, tiles, summary_tiles = _launch(kind, D, N, backward=False)
     h = torch.empty_like(v)
     ends = torch.empty(B, C, N, D, dtype=torch.float32, device=v.device)
@@ -149,7 +146,7 @@ def _chunked_backward(kind, v, g, init, mask, h, L, dh, dfinal, norm, resets=Non
     reverse combine and main pass, as ``_chunked_forward``)."""
     B, T, N = v.shape[:3]
     D = g.shape[-1] - 1
-    C = triton.cdiv(T, L)
+    C = cdiv(T, L)
     kernel, constants, tiles, summary_tiles = _launch(kind, D, N, backward=True)
     dv, dg = torch.empty_like(v), torch.empty_like(g)
     d_init = torch.empty(B, N, D, dtype=torch.float32, device=v.device)

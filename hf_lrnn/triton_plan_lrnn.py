@@ -17,11 +17,6 @@ from typing import Optional, Tuple
 
 import torch
 
-try:  # inside try/except so that transformers' remote-code import check does not require triton
-    import triton
-except ImportError as err:
-    raise ImportError("hf_lrnn's Triton kernels need the 'triton' package (pip install triton)") from err
-
 MAX_HLRU_ORDER = 16  # largest supported m
 MAX_BDLRU_BLOCK = 16  # largest supported k
 # Every supported size runs in time chunks (the summaries carry (D + 1) * D numbers per channel or block; BD-LRU
@@ -83,6 +78,18 @@ COMBINE_TILE = 256
 COMBINE_MAX_BLOCK = 64
 
 
+def cdiv(a: int, b: int) -> int:
+    """ceil(a / b) of ints, b > 0. The planners' integer helpers are plain Python: ``triton.cdiv`` and
+    ``triton.next_power_of_2`` are Triton constexpr functions, about 2 us a call in host code (Triton 3.6), and a
+    chunked forward+backward made twelve such calls."""
+    return -(-a // b)
+
+
+def next_power_of_2(n: int) -> int:
+    """The smallest power of two >= n (1 for n <= 1)."""
+    return 1 << max(n - 1, 0).bit_length()
+
+
 def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
@@ -97,7 +104,7 @@ def combine_geometry(D: int) -> Tuple[int, int]:
     """(DP, BLOCK_N) of the combine kernel at order or block size D: DP the next power of two >= D, BLOCK_N
     channels (or blocks) a program, COMBINE_TILE / DP^2 up to COMBINE_MAX_BLOCK (D = 1, 2: 64; 4: 16; 8: 4;
     16: 1)."""
-    DP = triton.next_power_of_2(D)
+    DP = next_power_of_2(D)
     return DP, max(1, min(COMBINE_MAX_BLOCK, COMBINE_TILE // (DP * DP)))
 
 
@@ -108,8 +115,8 @@ def summary_copies(m: int) -> int:
     5 copies, m = 12: 3 of 5, m = 16: 5 of 4, the last group's 3 copies past m + 1 unused)."""
     if m <= MAX_ONE_GROUP_ORDER:
         return m + 1
-    groups = triton.cdiv(m * (m + 1), SUMMARY_GROUP_REGISTERS)
-    return triton.cdiv(m + 1, groups)
+    groups = cdiv(m * (m + 1), SUMMARY_GROUP_REGISTERS)
+    return cdiv(m + 1, groups)
 
 
 def chunk_plan(kind: str, B: int, T: int, N: int, D: int, sms: Optional[int],
@@ -122,13 +129,13 @@ def chunk_plan(kind: str, B: int, T: int, N: int, D: int, sms: Optional[int],
     if sms is None:
         want = 1
     elif kind == "hlru":
-        want = triton.cdiv(HLRU_TARGET_WORK * sms, REFERENCE_SMS * B * N * (D + 1))
-    elif D > MAX_SEQUENTIAL_BLOCK and B * triton.cdiv(N, step_geometry(N, D)[1]) >= STEP_MIN_PROGRAMS_PER_SM * sms:
+        want = cdiv(HLRU_TARGET_WORK * sms, REFERENCE_SMS * B * N * (D + 1))
+    elif D > MAX_SEQUENTIAL_BLOCK and B * cdiv(N, step_geometry(N, D)[1]) >= STEP_MIN_PROGRAMS_PER_SM * sms:
         want = 1
     else:
-        want = triton.cdiv(BDLRU_TARGET_WIDTH * sms, REFERENCE_SMS * B * N * D)
-    L = max(1, min(chunk_size, T)) if chunk_size is not None else triton.cdiv(T, max(1, min(want, T // MIN_CHUNK_LEN)))
-    return L, triton.cdiv(T, L)
+        want = cdiv(BDLRU_TARGET_WIDTH * sms, REFERENCE_SMS * B * N * D)
+    L = max(1, min(chunk_size, T)) if chunk_size is not None else cdiv(T, max(1, min(want, T // MIN_CHUNK_LEN)))
+    return L, cdiv(T, L)
 
 
 @functools.lru_cache(maxsize=None)
@@ -152,5 +159,5 @@ def scan_chunk_plan(kind: str, v: torch.Tensor, D: int, chunk_size: Optional[int
 
 def step_geometry(N: int, K: int) -> Tuple[int, int]:
     """Padded width KP and blocks per program of the step kernels."""
-    KP = triton.next_power_of_2(K + 1)
-    return KP, max(1, min(triton.next_power_of_2(N), STEP_TILE // (KP * KP)))
+    KP = next_power_of_2(K + 1)
+    return KP, max(1, min(next_power_of_2(N), STEP_TILE // (KP * KP)))

@@ -2,10 +2,20 @@
 sequential kernels; the targets scale with the device's SMs / REFERENCE_SMS). Pure integer functions: the
 expected plans are worked out by hand from the docstrings."""
 import pytest
+import triton
 
-pytest.importorskip("triton")
+from hf_lrnn.triton_plan_lrnn import REFERENCE_SMS, cdiv, chunk_plan, next_power_of_2, summary_copies
 
-from hf_lrnn.triton_plan_lrnn import REFERENCE_SMS, chunk_plan, summary_copies  # noqa: E402
+
+def test_integer_helpers_match_triton():
+    """The planners' plain-Python cdiv and next_power_of_2 (host code avoids Triton's constexpr functions, ~2 us a
+    call) give Triton's results wherever the plans call them (positive sizes)."""
+    for a in range(1, 300):
+        assert next_power_of_2(a) == triton.next_power_of_2(a), a
+        for b in (1, 2, 3, 7, 64, 128, 257):
+            assert cdiv(a, b) == triton.cdiv(a, b), (a, b)
+    assert cdiv(0, 64) == 0 and cdiv(1 << 40, 3) == triton.cdiv(1 << 40, 3)
+    assert next_power_of_2(0) == 1 and next_power_of_2((1 << 40) + 1) == 1 << 41
 
 
 @pytest.mark.parametrize("kind,B,T,N,D,sms,plan", [

@@ -6,13 +6,17 @@ N = 32:
 - ``operator_fwd_bwd``: forward and backward through the custom operator (what torch.compile calls);
 - ``eager_fwd_bwd``: forward and backward through ``_EagerScan`` (eager autograd);
 - ``public_fwd_bwd``: the same through ``hf_lrnn.ops.hlru_scan(backend="triton")`` (its checks included);
-- ``public_fwd_no_grad``: the forward of ``ops.hlru_scan`` without grad.
+- ``public_fwd_no_grad``: the forward of ``ops.hlru_scan`` without grad;
+- ``launches_fwd_bwd``: ``public_fwd_bwd`` with the real drivers (plans, launch constants, allocations) and only the
+  Triton launches replaced by no-ops, at T = 1,024, N = 4, planned for a 132-SM GPU (8 chunks): what the host
+  spends beside the six launches of a chunked forward+backward.
 
     python -m benchmarks.kernels.scan_host_overhead [--out host_overhead.json]
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import time
@@ -24,8 +28,10 @@ from benchmarks.outputs import add_overwrite_flag, refuse_existing
 from benchmarks.synthetic.run import environment
 from hf_lrnn import ops
 from hf_lrnn import scan_triton_lrnn as scan_triton
+from hf_lrnn import triton_plan_lrnn as triton_plan
 
 B, T, N, M = 8, 64, 32, 2
+CHUNKED_T, CHUNKED_N = 1024, 4  # launches_fwd_bwd: 8 chunks of 128 steps on a 132-SM GPU
 
 
 def stand_in_forward(kind, v, g, init, mask, normalization, chunk_size, resets=None):
@@ -34,6 +40,16 @@ def stand_in_forward(kind, v, g, init, mask, normalization, chunk_size, resets=N
 
 def stand_in_backward(kind, v, g, init, mask, h, dh, dfinal, normalization, chunk_size, resets=None):
     return torch.empty_like(v), torch.empty_like(g), v.new_empty(v.shape[0], v.shape[2], g.shape[-1] - 1)
+
+
+class StandInKernel:
+    """A Triton kernel's stand-in: ``kernel[grid](*args, **kwargs)`` does nothing."""
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: None
+
+
+KERNELS = ("_hlru_fwd_kernel", "_hlru_bwd_kernel", "_chunk_combine_kernel")
 
 
 def per_call_us(fn, calls: int, repeats: int) -> float:
@@ -65,6 +81,16 @@ def measure(calls: int, repeats: int) -> dict:
         out = {name: per_call_us(fn, calls, repeats) for name, fn in cases.items()}
         with torch.no_grad():
             out["public_fwd_no_grad"] = per_call_us(lambda: ops.hlru_scan(v, g, backend="triton"), calls, repeats)
+    with contextlib.ExitStack() as stack:  # CPU tensors: one chunk unless the plan sees a GPU's SMs (132, an H100's)
+        for name in KERNELS:
+            stack.enter_context(mock.patch.object(scan_triton, name, StandInKernel()))
+        stack.enter_context(mock.patch.object(triton_plan, "_device_sms", lambda v: 132))
+        stack.enter_context(mock.patch.dict("os.environ", {"TRITON_INTERPRET": "1"}))
+        vc = torch.randn(B, CHUNKED_T, CHUNKED_N, requires_grad=True)
+        gc = torch.randn(B, CHUNKED_T, CHUNKED_N, M + 1, requires_grad=True)
+        dyc = torch.randn(B, CHUNKED_T, CHUNKED_N)
+        out["launches_fwd_bwd"] = per_call_us(
+            lambda: torch.autograd.grad(ops.hlru_scan(vc, gc, backend="triton")[0], (vc, gc), dyc), calls, repeats)
     return out
 
 

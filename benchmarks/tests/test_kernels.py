@@ -183,8 +183,10 @@ def test_scan_host_overhead(tmp_path, capsys):
     out = tmp_path / "host.json"
     scan_host_overhead.main(["--calls", "3", "--repeats", "1", "--out", str(out)])
     result = json.loads(out.read_text())
-    assert set(result["us_per_call"]) == {"operator_fwd_bwd", "eager_fwd_bwd", "public_fwd_bwd", "public_fwd_no_grad"}
+    assert set(result["us_per_call"]) == {"operator_fwd_bwd", "eager_fwd_bwd", "public_fwd_bwd", "public_fwd_no_grad",
+                                          "launches_fwd_bwd"}
     assert all(us > 0 for us in result["us_per_call"].values()) and "commit" in result["env"]
     assert "eager_fwd_bwd" in capsys.readouterr().out
     assert scan_host_overhead.scan_triton._scan_forward is not scan_host_overhead.stand_in_forward
+    assert not isinstance(scan_host_overhead.scan_triton._hlru_fwd_kernel, scan_host_overhead.StandInKernel)
 
