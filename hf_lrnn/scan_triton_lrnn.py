@@ -272,6 +272,7 @@ class _EagerScan(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, kind, v, g, init, mask, normalization, chunk_size, resets):
+        ctx.set_materialize_grads(False)  # an unused output's gradient stays None: no zeros kernel for it
         h, final = _scan_forward(kind, v, g, init, mask, normalization, chunk_size, resets)
         ctx.save_for_backward(v, g, init, mask, resets, h)
         ctx.kind, ctx.normalization, ctx.chunk_size = kind, normalization, chunk_size
