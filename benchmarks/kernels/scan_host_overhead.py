@@ -1,5 +1,6 @@
 """Host (Python) cost of one Triton scan call: the kernels' drivers (``_scan_forward``, ``_scan_backward``) are
-replaced by stand-ins that return empty tensors, so only the code around them is timed, on the CPU. Per call, in
+replaced by stand-ins that return empty tensors (in ``launches_fwd_bwd`` only the Triton launches are), so only the
+code around them is timed, on the CPU. Per call, in
 microseconds (median of --repeats rounds of --calls calls, after 50 warm-up calls), H-LRU m = 2, B = 8, T = 64,
 N = 32:
 
