@@ -52,7 +52,8 @@ def load_authors_scan(path: Optional[str]) -> Tuple[Optional[Callable], str]:
     except Exception as err:  # noqa: BLE001 - report why it could not be imported
         sys.modules.pop(AUTHORS_PACKAGE, None)
         return None, f"not available: import of {path!r} failed: {err!r}"
-    modes = list(getattr(scans, "_KERNELS", {}))
+    # their forward modes, and the "<mode>_v2" ones (the same forward, their fused backward; mad-lab 15f7b9f on)
+    modes = list(getattr(scans, "_KERNELS", {})) + list(getattr(scans, "_FUSED_BWD_MODES", {}))
     mode = next((m for m in AUTHORS_MODES if m in modes), None)
     if mode is None:
         return None, f"not available: triton_scans offers modes {modes}, none of {AUTHORS_MODES}"

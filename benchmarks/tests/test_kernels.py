@@ -1,10 +1,12 @@
 """benchmarks/kernels: each GPU script's --smoke mode (tiny shapes, Triton's interpreter on the CPU), so that the
 scripts stay in step with the kernels, and their device check; the torch-scan benchmark at short lengths."""
 import json
+import sys
 
 import pytest
+import torch
 
-from benchmarks.kernels import bench_scan, bench_torch_scan, check_scan_gpu, scan_host_overhead, tune_plan
+from benchmarks.kernels import bench_scan, bench_torch_scan, check_scan_gpu, compare_scan, scan_host_overhead, tune_plan
 
 
 def test_check_scan_gpu_smoke(tmp_path):
@@ -120,6 +122,21 @@ def test_bench_scan_compare_smoke(tmp_path, capsys):
         if row["contender"] == "authors_with_gates":
             assert row["rel_err_vs_ours"] < 1e-5, row
     assert "authors_with_gates" in capsys.readouterr().out
+
+
+def test_authors_v2_mode_preferred(tmp_path):
+    """Their later triton_scans.py (mad-lab 15f7b9f) lists "<mode>_v2" modes (their fused backward) apart from the
+    forward kernels, in _FUSED_BWD_MODES: the comparison times auto_v2 where offered, auto otherwise."""
+    authors = tmp_path / "authors"
+    authors.mkdir()
+    v2 = FAKE_AUTHORS_SCANS.replace("    return _KERNELS[mode](A, b)",
+                                    "    CALLS.append(mode)\n    return _KERNELS[_FUSED_BWD_MODES.get(mode, mode)](A, b)")
+    (authors / "triton_scans.py").write_text(v2 + '\n_FUSED_BWD_MODES = {"auto_v2": "auto"}\nCALLS = []\n')
+    fn, description = compare_scan.load_authors_scan(str(authors))
+    assert description.startswith("triton_affine_scan(mode='auto_v2')"), description
+    A, b = torch.rand(3, 5, 2, 2), torch.randn(3, 5, 2)
+    torch.testing.assert_close(fn(A, b), sys.modules[compare_scan.AUTHORS_PACKAGE + ".triton_scans"]._loop(A, b))
+    assert sys.modules[compare_scan.AUTHORS_PACKAGE + ".triton_scans"].CALLS == ["auto_v2"]
 
 
 def test_bench_scan_compare_without_the_authors(tmp_path):
