@@ -183,6 +183,7 @@ def compare(s: dict, c: dict, bench, copy_bw: float, authors_path, save: Callabl
     T = b1_T; a contender that fails records its error (e.g. the authors' kernels under the interpreter). ``save``
     gets the results so far after every case (a run cut short keeps them)."""
     authors, authors_info = compare_scan.load_authors_scan(authors_path)
+    authors_fused = compare_scan.load_authors_fused_gates() if authors is not None else None
     fla, fla_info = load_fla() if s["device"] == "cuda" else (None, "not available: fla runs on CUDA only")
     out = dict(authors=authors_info, fla=fla_info, rows=[])
     print("authors:", authors_info, "\nfla:", fla_info, flush=True)
@@ -191,7 +192,7 @@ def compare(s: dict, c: dict, bench, copy_bw: float, authors_path, save: Callabl
     for kind, D, B, T, repeats in cases:
         use_authors = authors if kind == "bdlru" or D <= c["authors_max_order"] else None
         v, g = make_inputs(s, kind, B, T, D)
-        for name, setup in compare_scan.contenders(kind, D, use_authors, fla).items():
+        for name, setup in compare_scan.contenders(kind, D, use_authors, fla, authors_fused).items():
             row = dict(kind=kind, size=D, B=B, T=T, contender=name)
             try:
                 if name != "ours" and not name.endswith("_kernel"):  # *_kernel: the same kernels on ready operands
@@ -218,16 +219,16 @@ def compare(s: dict, c: dict, bench, copy_bw: float, authors_path, save: Callabl
 
 
 def compare_summary(rows: list) -> str:
-    """One line per case: median fwd / fwd+bwd ms of ours, the authors' (kernel alone, with the gates) and fla's
-    kernel; '-' where a contender did not run."""
-    lines = ["case              ours           authors kernel  authors+gates   fla kernel"]
+    """One line per case: median fwd / fwd+bwd ms of ours, the authors' (kernel alone, with the gates, their
+    fused-gate kernel) and fla's kernel; '-' where a contender did not run."""
+    lines = ["case              ours           authors kernel  authors+gates   authors fused   fla kernel"]
     cases = dict.fromkeys((r["kind"], r["size"], r["B"], r["T"]) for r in rows)
     for case in cases:
         timed = {r["contender"]: r for r in rows if (r["kind"], r["size"], r["B"], r["T"]) == case and "fwd_ms" in r}
         ms = lambda name: (f"{timed[name]['fwd_ms']['median']:6.3f}/{timed[name]['fwdbwd_ms']['median']:6.3f}"  # noqa: E731
                            if name in timed else f"{'-':>13}")
         lines.append(f"{case[0]:5s} {case[1]:2d} B={case[2]} T={case[3]:5d} {ms('ours')}  "
-                     f"{ms('authors_kernel')}  {ms('authors_with_gates')}  {ms('fla_kernel')}")
+                     f"{ms('authors_kernel')}  {ms('authors_with_gates')}  {ms('authors_fused_gates')}  {ms('fla_kernel')}")
     return "\n".join(lines)
 
 

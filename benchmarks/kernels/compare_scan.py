@@ -7,6 +7,9 @@ time contiguous; ours takes the gate logits. Both of theirs are timed:
 - ``authors_kernel``: A and b built beforehand, untimed (their kernel alone, as in issue 22's table);
 - ``authors_with_gates``: softmax of our logits, A and b built and laid out for their kernel, the kernel, and h
   taken back out, all timed (the same work ours does), the backward through all of it.
+From mad-lab commit 15f7b9f on, their folder also holds ``fused_gate_scan(gates, v)`` (``triton_fused_gate_scan.py``,
+block size 1 only): the gates fused into the kernel, taking logits in the (B, T, N, ...) layout as ours does, their
+input gate last; ``authors_fused_gates`` times it on our H-LRU m = 1 logits, reordered beforehand (untimed).
 H-LRU order m runs through the m x m companion matrix (first row a_1..a_m, ones below the diagonal) and
 b = (a_0 v, 0, ..., 0); BD-LRU block k through A = a[..., 1:], b = a[..., 0] * v.
 fla: ``chunk_hgrn(x, g)`` solves h_t = exp(g_t) h_{t-1} + x_t; ``fla_kernel`` on ready x and g,
@@ -61,6 +64,14 @@ def load_authors_scan(path: Optional[str]) -> Tuple[Optional[Callable], str]:
     return (lambda A, b: fn(A, b, mode)), f"triton_affine_scan(mode={mode!r}) from {os.path.abspath(path)} (modes {modes})"
 
 
+def load_authors_fused_gates() -> Optional[Callable]:
+    """Their ``fused_gate_scan`` from the folder ``load_authors_scan`` loaded, None where it holds none."""
+    try:
+        return importlib.import_module(f"{AUTHORS_PACKAGE}.triton_fused_gate_scan").fused_gate_scan
+    except ImportError:
+        return None
+
+
 def authors_operands(kind: str, v: torch.Tensor, g: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """Their kernel's A (B*N, T, D, D) and b (B*N, T, D), in v's dtype, from our v and softmax gate logits
     (shapes as in ``scan_setup.scan_inputs``)."""
@@ -92,7 +103,8 @@ def fla_gates(v: torch.Tensor, g: torch.Tensor) -> Tuple[torch.Tensor, torch.Ten
     return (logp[..., 0].exp() * v.float()).to(v.dtype), logp[..., 1].to(v.dtype)
 
 
-def contenders(kind: str, D: int, authors: Optional[Callable], fla: Optional[Callable]) -> Dict[str, Callable]:
+def contenders(kind: str, D: int, authors: Optional[Callable], fla: Optional[Callable],
+               authors_fused: Optional[Callable] = None) -> Dict[str, Callable]:
     """name -> ``setup(v, g) -> (forward(), the inputs it differentiates)`` for this case."""
     ours = lambda v, g: ((lambda: SCANS[kind](v, g, backend="triton")[0]), (v, g))  # noqa: E731
     out = {"ours": ours}
@@ -106,6 +118,13 @@ def contenders(kind: str, D: int, authors: Optional[Callable], fla: Optional[Cal
             return (lambda: authors_output(kind, authors(*authors_operands(kind, v, g)), B, N)), (v, g)
 
         out.update(authors_kernel=authors_kernel, authors_with_gates=authors_with_gates)
+    if authors_fused is not None and kind == "hlru" and D == 1:
+        def authors_fused_gates(v, g):  # their gates (B, T, N, 1, 2) hold [a_1, a_0]; v (B, T, N, 1)
+            gates = g.detach().flip(-1)[..., None, :].contiguous().requires_grad_(True)
+            values = v.detach()[..., None].contiguous().requires_grad_(True)
+            return (lambda: authors_fused(gates, values)[..., 0]), (gates, values)
+
+        out.update(authors_fused_gates=authors_fused_gates)
     if fla is not None and kind == "hlru" and D == 1:
         def fla_kernel(v, g):
             x, lg = (t.detach().requires_grad_(True) for t in fla_gates(v.detach(), g.detach()))

@@ -97,12 +97,30 @@ def triton_affine_scan(A, b, mode):
 '''
 
 
+# A stand-in for their later triton_fused_gate_scan.py: gates (B, T, N, 1, 2) with the input gate last, v (B, T, N, 1).
+FAKE_AUTHORS_FUSED_GATES = '''
+import torch
+
+from .triton_scans import _loop
+
+
+def fused_gate_scan(gates, v):
+    B, T, N, m, _ = gates.shape
+    p = torch.softmax(gates, -1)
+    A = p[..., :m].transpose(1, 2).reshape(B * N, T, m, m)
+    b = (p[..., m] * v).transpose(1, 2).reshape(B * N, T, m)
+    return _loop(A, b).reshape(B, N, T, m).transpose(1, 2)
+'''
+
+
 def test_bench_scan_compare_smoke(tmp_path, capsys):
-    """bench_scan --smoke --compare times ours and both of the authors' variants on every case; the authors'
-    scan fed from our logits (companion matrices for H-LRU) gives our h."""
+    """bench_scan --smoke --compare times ours and both of the authors' variants on every case, and their fused-gate
+    scan at m = 1; the authors' scans fed from our logits (companion matrices for H-LRU; reordered gates for the
+    fused one) give our h."""
     authors = tmp_path / "authors"
     authors.mkdir()
     (authors / "triton_scans.py").write_text(FAKE_AUTHORS_SCANS)
+    (authors / "triton_fused_gate_scan.py").write_text(FAKE_AUTHORS_FUSED_GATES)
     bench_scan.main(["--smoke", "--compare", "--authors-path", str(authors), "--out", str(tmp_path)])
     result = json.loads((tmp_path / "bench_scan_compare_smoke.json").read_text())["compare"]
     assert result["authors"].startswith("triton_affine_scan(mode='auto')")
@@ -110,7 +128,7 @@ def test_bench_scan_compare_smoke(tmp_path, capsys):
     cases = [(kind, D, s["B"], s["T"]) for kind, D in c["main"]] + [(kind, D, 1, s["b1_T"]) for kind, D in c["b1"]]
     names = ["ours", "authors_kernel", "authors_with_gates"]
     assert [(r["kind"], r["size"], r["B"], r["T"], r["contender"]) for r in result["rows"]] == [
-        case + (name,) for case in cases for name in names]
+        case + (name,) for case in cases for name in names + ["authors_fused_gates"] * (case[:2] == ("hlru", 1))]
     for row in result["rows"]:
         assert "error" not in row, row
         assert all(row[k]["min"] <= row[k]["median"] <= row[k]["max"] for k in ("fwd_ms", "fwdbwd_ms")), row
@@ -119,9 +137,10 @@ def test_bench_scan_compare_smoke(tmp_path, capsys):
             times = row["bwd_alone_ms"]
             assert len(times["all"]) == (c["repeats"] if row["B"] == s["B"] else c["b1_repeats"])
             assert times["min"] <= times["median"] <= times["max"], row
-        if row["contender"] == "authors_with_gates":
+        if row["contender"] in ("authors_with_gates", "authors_fused_gates"):
             assert row["rel_err_vs_ours"] < 1e-5, row
-    assert "authors_with_gates" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "authors_with_gates" in printed and "authors_fused_gates" in printed
 
 
 def test_authors_v2_mode_preferred(tmp_path):
