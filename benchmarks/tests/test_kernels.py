@@ -158,12 +158,15 @@ def test_authors_v2_mode_preferred(tmp_path):
     assert sys.modules[compare_scan.AUTHORS_PACKAGE + ".triton_scans"].CALLS == ["auto_v2"]
 
 
-def test_bench_scan_compare_without_the_authors(tmp_path):
-    """Without their folder the comparison says why and times ours alone."""
+def test_bench_scan_compare_without_the_authors(tmp_path, monkeypatch):
+    """Without their folder the comparison says why and times ours alone (one case: the smoke test above runs them
+    all)."""
+    monkeypatch.setitem(bench_scan.COMPARE_SMOKE, "main", [("bdlru", 2)])
+    monkeypatch.setitem(bench_scan.COMPARE_SMOKE, "b1", [])
     bench_scan.main(["--smoke", "--compare", "--authors-path", str(tmp_path / "missing"), "--out", str(tmp_path)])
     result = json.loads((tmp_path / "bench_scan_compare_smoke.json").read_text())["compare"]
     assert result["authors"].startswith("not available:") and "triton_scans.py" in result["authors"]
-    assert {r["contender"] for r in result["rows"]} == {"ours"}
+    assert [(r["kind"], r["size"], r["contender"]) for r in result["rows"]] == [("bdlru", 2, "ours")]
 
 
 def test_tune_plan_smoke(tmp_path, capsys):
