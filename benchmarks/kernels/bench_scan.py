@@ -183,10 +183,11 @@ def compare(s: dict, c: dict, bench, copy_bw: float, authors_path, save: Callabl
     T = b1_T; a contender that fails records its error (e.g. the authors' kernels under the interpreter). ``save``
     gets the results so far after every case (a run cut short keeps them)."""
     authors, authors_info = compare_scan.load_authors_scan(authors_path)
-    authors_fused = compare_scan.load_authors_fused_gates() if authors is not None else None
+    authors_fused, fused_info = (compare_scan.load_authors_fused_gates() if authors is not None
+                                 else (None, "not available: no authors' folder loaded"))
     fla, fla_info = load_fla() if s["device"] == "cuda" else (None, "not available: fla runs on CUDA only")
-    out = dict(authors=authors_info, fla=fla_info, rows=[])
-    print("authors:", authors_info, "\nfla:", fla_info, flush=True)
+    out = dict(authors=authors_info, authors_fused=fused_info, fla=fla_info, rows=[])
+    print("authors:", authors_info, "\nauthors' fused-gate scan:", fused_info, "\nfla:", fla_info, flush=True)
     cases = [(kind, D, s["B"], s["T"], c["repeats"]) for kind, D in c["main"]]
     cases += [(kind, D, 1, s["b1_T"], c["b1_repeats"]) for kind, D in c["b1"]]
     for kind, D, B, T, repeats in cases:

@@ -64,12 +64,18 @@ def load_authors_scan(path: Optional[str]) -> Tuple[Optional[Callable], str]:
     return (lambda A, b: fn(A, b, mode)), f"triton_affine_scan(mode={mode!r}) from {os.path.abspath(path)} (modes {modes})"
 
 
-def load_authors_fused_gates() -> Optional[Callable]:
-    """Their ``fused_gate_scan`` from the folder ``load_authors_scan`` loaded, None where it holds none."""
+def load_authors_fused_gates() -> Tuple[Optional[Callable], str]:
+    """(their ``fused_gate_scan``, description) from the folder ``load_authors_scan`` loaded; (None, "not available:
+    reason") where it holds no ``triton_fused_gate_scan.py`` or that file fails to import."""
+    name = f"{AUTHORS_PACKAGE}.triton_fused_gate_scan"
     try:
-        return importlib.import_module(f"{AUTHORS_PACKAGE}.triton_fused_gate_scan").fused_gate_scan
-    except ImportError:
-        return None
+        return importlib.import_module(name).fused_gate_scan, f"fused_gate_scan from {name}"
+    except ModuleNotFoundError as err:
+        if err.name != name:
+            return None, f"not available: import of {name} failed: {err!r}"
+        return None, "not available: their folder holds no triton_fused_gate_scan.py (mad-lab before 15f7b9f)"
+    except Exception as err:  # noqa: BLE001 - report why it could not be imported
+        return None, f"not available: import of {name} failed: {err!r}"
 
 
 def authors_operands(kind: str, v: torch.Tensor, g: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:

@@ -124,6 +124,7 @@ def test_bench_scan_compare_smoke(tmp_path, capsys):
     bench_scan.main(["--smoke", "--compare", "--authors-path", str(authors), "--out", str(tmp_path)])
     result = json.loads((tmp_path / "bench_scan_compare_smoke.json").read_text())["compare"]
     assert result["authors"].startswith("triton_affine_scan(mode='auto')")
+    assert result["authors_fused"].startswith("fused_gate_scan from"), result["authors_fused"]
     c, s = bench_scan.COMPARE_SMOKE, bench_scan.SMOKE
     cases = [(kind, D, s["B"], s["T"]) for kind, D in c["main"]] + [(kind, D, 1, s["b1_T"]) for kind, D in c["b1"]]
     names = ["ours", "authors_kernel", "authors_with_gates"]
@@ -153,6 +154,8 @@ def test_authors_v2_mode_preferred(tmp_path):
     (authors / "triton_scans.py").write_text(v2 + '\n_FUSED_BWD_MODES = {"auto_v2": "auto"}\nCALLS = []\n')
     fn, description = compare_scan.load_authors_scan(str(authors))
     assert description.startswith("triton_affine_scan(mode='auto_v2')"), description
+    fused, fused_info = compare_scan.load_authors_fused_gates()  # this folder has no fused-gate scan: says so
+    assert fused is None and "holds no triton_fused_gate_scan.py" in fused_info, fused_info
     A, b = torch.rand(3, 5, 2, 2), torch.randn(3, 5, 2)
     torch.testing.assert_close(fn(A, b), sys.modules[compare_scan.AUTHORS_PACKAGE + ".triton_scans"]._loop(A, b))
     assert sys.modules[compare_scan.AUTHORS_PACKAGE + ".triton_scans"].CALLS == ["auto_v2"]
@@ -166,6 +169,7 @@ def test_bench_scan_compare_without_the_authors(tmp_path, monkeypatch):
     bench_scan.main(["--smoke", "--compare", "--authors-path", str(tmp_path / "missing"), "--out", str(tmp_path)])
     result = json.loads((tmp_path / "bench_scan_compare_smoke.json").read_text())["compare"]
     assert result["authors"].startswith("not available:") and "triton_scans.py" in result["authors"]
+    assert result["authors_fused"].startswith("not available:")
     assert [(r["kind"], r["size"], r["contender"]) for r in result["rows"]] == [("bdlru", 2, "ours")]
 
 
